@@ -5,15 +5,12 @@ package main
 import (
 	"context"
 	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/credflow/credflow/internal/app"
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	code := app.Run(ctx, os.Args[1:], os.Stdout, os.Stderr)
-	stop()
-	os.Exit(code)
+	// Signals are handled by app.Run: the sidecar drains on SIGTERM and
+	// reloads on SIGHUP; the other commands stop on SIGINT or SIGTERM.
+	os.Exit(app.Run(context.Background(), os.Args[1:], os.Stdout, os.Stderr))
 }

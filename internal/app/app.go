@@ -9,9 +9,12 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"runtime"
 	"sort"
 	"strings"
+	"syscall"
 )
 
 // version is stamped at link time:
@@ -39,6 +42,16 @@ func commands() map[string]command {
 			summary: "show this workload's identity as the Workload API serves it",
 			usage:   "credflow identity [-socket ADDR] [-wait DURATION]",
 			run:     runIdentity,
+		},
+		"run": {
+			summary: "run the sidecar",
+			usage:   "credflow run -c FILE",
+			run:     runSidecar,
+		},
+		"check": {
+			summary: "validate a sidecar configuration file",
+			usage:   "credflow check -c FILE",
+			run:     runCheck,
 		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
@@ -77,6 +90,11 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "credflow: unknown command %q\n\n", name)
 		printHelp(stderr, cmds)
 		return 2
+	}
+	if name != "run" { // the sidecar handles its own signals (drain, reload)
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
 	}
 	err := c.run(ctx, rest, stdout, stderr)
 	switch {

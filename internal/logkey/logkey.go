@@ -7,7 +7,21 @@ package logkey
 
 // Attribute keys, in alphabetical order.
 const (
+	Admin        = "admin"
 	Audience     = "audience"
+	Config       = "config"
+	Signal       = "signal"
+	Timeout      = "timeout"
+	BytesFromApp = "bytes_from_app"
+	BytesToApp   = "bytes_to_app"
+	Decision     = "decision"
+	Direction    = "direction"
+	DurationMS   = "duration_ms"
+	Group        = "group"
+	Listener     = "listener"
+	PeerID       = "peer_id"
+	Resumed      = "resumed"
+	TLSVersion   = "tls_version"
 	Backoff      = "backoff"
 	Entry        = "entry"
 	Error        = "error"

@@ -1,0 +1,307 @@
+// Package config loads and validates the sidecar's YAML configuration file.
+// Decoding is strict: an unknown field is an error, and every error names
+// the field it is about (for example "inbound[0].allow[1]").
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/credflow/credflow/proxy/authz"
+)
+
+// MaxSize bounds the configuration file.
+const MaxSize = 1 << 20
+
+// Defaults.
+const (
+	DefaultAdmin            = "127.0.0.1:15000"
+	DefaultLogLevel         = "info"
+	DefaultLogFormat        = "json"
+	DefaultHandshakeTimeout = 10 * time.Second
+	DefaultDialTimeout      = 5 * time.Second
+	DefaultIdleTimeout      = time.Hour
+	DefaultDrainTimeout     = 30 * time.Second
+	DefaultRevalidate       = 5 * time.Second
+	DefaultMaxConnections   = 10000
+)
+
+// Config is a validated configuration.
+type Config struct {
+	// WorkloadAPI is the Workload API address; empty means
+	// $SPIFFE_ENDPOINT_SOCKET, read by the process wiring.
+	WorkloadAPI string
+	Admin       string
+	LogLevel    string
+	LogFormat   string
+
+	HandshakeTimeout time.Duration
+	DialTimeout      time.Duration
+	IdleTimeout      time.Duration
+	DrainTimeout     time.Duration
+	Revalidate       time.Duration
+	MaxConnections   int
+
+	Inbound  []Inbound
+	Outbound []Outbound
+}
+
+// Inbound is a validated inbound listener.
+type Inbound struct {
+	Name, Listen, App string
+	Allow             authz.Policy
+}
+
+// Outbound is a validated outbound listener.
+type Outbound struct {
+	Name, Listen, Upstream string
+	Expect                 authz.Policy
+}
+
+// file is the YAML shape.
+type file struct {
+	WorkloadAPI string `yaml:"workload_api"`
+	Admin       string `yaml:"admin"`
+	Log         struct {
+		Level  string `yaml:"level"`
+		Format string `yaml:"format"`
+	} `yaml:"log"`
+	Timeouts struct {
+		Handshake  duration `yaml:"handshake"`
+		Dial       duration `yaml:"dial"`
+		Idle       duration `yaml:"idle"`
+		Drain      duration `yaml:"drain"`
+		Revalidate duration `yaml:"revalidate"`
+	} `yaml:"timeouts"`
+	Limits struct {
+		MaxConnections int `yaml:"max_connections"`
+	} `yaml:"limits"`
+	Inbound []struct {
+		Name   string   `yaml:"name"`
+		Listen string   `yaml:"listen"`
+		App    string   `yaml:"app"`
+		Allow  []string `yaml:"allow"`
+	} `yaml:"inbound"`
+	Outbound []struct {
+		Name     string   `yaml:"name"`
+		Listen   string   `yaml:"listen"`
+		Upstream string   `yaml:"upstream"`
+		Expect   []string `yaml:"expect"`
+	} `yaml:"outbound"`
+}
+
+// duration is a time.Duration written as "10s" in YAML.
+type duration struct {
+	d   time.Duration
+	set bool
+}
+
+func (d *duration) UnmarshalYAML(n *yaml.Node) error {
+	v, err := time.ParseDuration(n.Value)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration such as 10s or 1m30s", n.Line, n.Value)
+	}
+	if v <= 0 {
+		return fmt.Errorf("line %d: %q must be positive", n.Line, n.Value)
+	}
+	d.d, d.set = v, true
+	return nil
+}
+
+func (d duration) or(def time.Duration) time.Duration {
+	if d.set {
+		return d.d
+	}
+	return def
+}
+
+// Load reads and parses the file at path.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes and validates a configuration. All problems are reported.
+func Parse(data []byte) (*Config, error) {
+	if len(data) > MaxSize {
+		return nil, fmt.Errorf("config: %d bytes, over the %d limit", len(data), MaxSize)
+	}
+	var f file
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("config: the file is empty")
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("config: the file holds more than one YAML document")
+	}
+
+	var errs []error
+	fail := func(field, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+	}
+	c := &Config{
+		WorkloadAPI:      f.WorkloadAPI,
+		Admin:            cmpOr(f.Admin, DefaultAdmin),
+		LogLevel:         cmpOr(f.Log.Level, DefaultLogLevel),
+		LogFormat:        cmpOr(f.Log.Format, DefaultLogFormat),
+		HandshakeTimeout: f.Timeouts.Handshake.or(DefaultHandshakeTimeout),
+		DialTimeout:      f.Timeouts.Dial.or(DefaultDialTimeout),
+		IdleTimeout:      f.Timeouts.Idle.or(DefaultIdleTimeout),
+		DrainTimeout:     f.Timeouts.Drain.or(DefaultDrainTimeout),
+		Revalidate:       f.Timeouts.Revalidate.or(DefaultRevalidate),
+		MaxConnections:   f.Limits.MaxConnections,
+	}
+	switch {
+	case c.MaxConnections == 0:
+		c.MaxConnections = DefaultMaxConnections
+	case c.MaxConnections < 0:
+		fail("limits.max_connections", "must be positive")
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		fail("log.level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		fail("log.format", "%q is not json or text", c.LogFormat)
+	}
+	if err := checkAddr(c.Admin, true); err != nil {
+		fail("admin", "%v", err)
+	}
+
+	names := map[string]string{}
+	ports := map[string]string{} // listen address -> field
+	if c.Admin != "" {
+		ports[c.Admin] = "admin"
+	}
+	claim := func(field, name, listen string) {
+		if name == "" {
+			fail(field+".name", "required")
+		} else if prev, dup := names[name]; dup {
+			fail(field+".name", "%q is also the name of %s", name, prev)
+		} else {
+			names[name] = field
+		}
+		if err := checkAddr(listen, false); err != nil {
+			fail(field+".listen", "%v", err)
+			return
+		}
+		for addr, prev := range ports {
+			if clash(addr, listen) {
+				fail(field+".listen", "%s clashes with %s (%s)", listen, prev, addr)
+			}
+		}
+		ports[listen] = field + ".listen"
+	}
+	for i, in := range f.Inbound {
+		field := fmt.Sprintf("inbound[%d]", i)
+		claim(field, in.Name, in.Listen)
+		if err := checkAddr(in.App, true); err != nil {
+			fail(field+".app", "%v", err)
+		}
+		pol, err := policy(field+".allow", in.Allow)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Inbound = append(c.Inbound, Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol})
+	}
+	for i, out := range f.Outbound {
+		field := fmt.Sprintf("outbound[%d]", i)
+		claim(field, out.Name, out.Listen)
+		if err := checkAddr(out.Upstream, false); err != nil {
+			fail(field+".upstream", "%v", err)
+		}
+		pol, err := policy(field+".expect", out.Expect)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		c.Outbound = append(c.Outbound, Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: pol})
+	}
+	if len(f.Inbound)+len(f.Outbound) == 0 {
+		fail("inbound", "no inbound or outbound listener is configured")
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("config: invalid:\n%w", errors.Join(errs...))
+	}
+	return c, nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// policy parses a list of SPIFFE ID patterns, naming each bad entry.
+func policy(field string, patterns []string) (authz.Policy, error) {
+	if len(patterns) == 0 {
+		return authz.Policy{}, fmt.Errorf("%s: at least one SPIFFE ID, trust domain or prefix is required", field)
+	}
+	var errs []error
+	for i, s := range patterns {
+		if _, err := authz.ParsePattern(s); err != nil {
+			errs = append(errs, fmt.Errorf("%s[%d]: %w", field, i, err))
+		}
+	}
+	if len(errs) > 0 {
+		return authz.Policy{}, errors.Join(errs...)
+	}
+	return authz.ParsePolicy(patterns)
+}
+
+// checkAddr checks a host:port address with a numeric port; with loopback
+// set, the host must be a loopback IP or "localhost".
+func checkAddr(addr string, loopback bool) error {
+	if addr == "" {
+		return errors.New("required")
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: %v", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if loopback {
+		ip := net.ParseIP(host)
+		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
+			return fmt.Errorf("%q: must be a loopback address (127.0.0.1, [::1] or localhost)", addr)
+		}
+	}
+	return nil
+}
+
+// clash reports whether two listen addresses would collide: the same port
+// (other than 0) on the same host, or on a wildcard host.
+func clash(a, b string) bool {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	if pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
+}

@@ -1,0 +1,100 @@
+package config_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/internal/config"
+)
+
+const valid = `
+workload_api: unix:///run/spire/agent.sock
+admin: 127.0.0.1:15000
+log: {level: debug, format: text}
+timeouts: {handshake: 3s, drain: 1m}
+limits: {max_connections: 50}
+inbound:
+  - name: app
+    listen: 0.0.0.0:15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org/frontend, spiffe://example.org/ns/*]
+outbound:
+  - name: backend
+    listen: 127.0.0.1:15001
+    upstream: backend.svc:15006
+    expect: [spiffe://example.org/backend]
+`
+
+func TestParseValid(t *testing.T) {
+	c, err := config.Parse([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HandshakeTimeout != 3*time.Second || c.DrainTimeout != time.Minute || c.IdleTimeout != config.DefaultIdleTimeout ||
+		c.MaxConnections != 50 || c.LogLevel != "debug" || c.LogFormat != "text" {
+		t.Fatalf("parsed %+v", c)
+	}
+	if !c.Inbound[0].Allow.Allows(spiffeid.RequireFromString("spiffe://example.org/ns/x")) ||
+		c.Inbound[0].Allow.Allows(spiffeid.RequireFromString("spiffe://example.org/nsx")) {
+		t.Fatal("inbound policy wrong")
+	}
+	if !c.Outbound[0].Expect.Allows(spiffeid.RequireFromString("spiffe://example.org/backend")) {
+		t.Fatal("outbound policy wrong")
+	}
+}
+
+// TestParseErrors is B22: typos, unknown fields, bad SPIFFE IDs and port
+// clashes are refused at load with the field named.
+func TestParseErrors(t *testing.T) {
+	in := func(extra string) string {
+		return "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org/a]\n" + extra
+	}
+	tests := []struct{ name, file, want string }{
+		{"typo'd field", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    alow: [spiffe://a/b]\n", "field alow not found"},
+		{"unknown top-level", in("tiemouts: {idle: 1s}\n"), "field tiemouts not found"},
+		{"bad SPIFFE ID", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://Example.org/a]\n", "inbound[0].allow[0]"},
+		{"wildcard in the middle", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://a/*/b]\n", "inbound[0].allow[0]"},
+		{"empty allow", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: []\n", "inbound[0].allow: at least one"},
+		{"app not on loopback", "inbound:\n  - name: app\n    listen: :1\n    app: 10.0.0.1:2\n    allow: [spiffe://a]\n", "inbound[0].app"},
+		{"admin not on loopback", in("admin: 0.0.0.0:15000\n"), "admin:"},
+		{"port clash", in("outbound:\n  - name: b\n    listen: 127.0.0.1:15006\n    upstream: x:1\n    expect: [spiffe://a]\n"), "outbound[0].listen: 127.0.0.1:15006 clashes with inbound[0].listen"},
+		{"clash with a wildcard host", in("outbound:\n  - name: b\n    listen: 0.0.0.0:15006\n    upstream: x:1\n    expect: [spiffe://a]\n"), "clashes"},
+		{"clash with admin", in("admin: 127.0.0.1:15006\n"), "clashes with admin"},
+		{"duplicate name", in("outbound:\n  - name: app\n    listen: 127.0.0.1:1\n    upstream: x:1\n    expect: [spiffe://a]\n"), "outbound[0].name: \"app\" is also the name of inbound[0]"},
+		{"bad port", in("outbound:\n  - name: b\n    listen: 127.0.0.1:http\n    upstream: x:1\n    expect: [spiffe://a]\n"), "outbound[0].listen"},
+		{"bad duration", in("timeouts: {idle: 5}\n"), "not a duration"},
+		{"negative duration", in("timeouts: {idle: -5s}\n"), "must be positive"},
+		{"bad log level", in("log: {level: loud}\n"), "log.level"},
+		{"no listeners", "admin: 127.0.0.1:15000\n", "no inbound or outbound listener"},
+		{"empty file", "", "empty"},
+		{"two documents", in("---\nadmin: 127.0.0.1:1\n"), "more than one YAML document"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Parse([]byte(tt.file))
+			if err == nil {
+				t.Fatalf("parsed: %+v", c)
+			}
+			if !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("error %q does not contain %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(valid))
+	f.Add([]byte("inbound: [{name: a, listen: ':1', app: '127.0.0.1:2', allow: ['spiffe://a/*']}]\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		c, err := config.Parse(data)
+		if err != nil {
+			return
+		}
+		if len(c.Inbound)+len(c.Outbound) == 0 || c.MaxConnections <= 0 || c.HandshakeTimeout <= 0 {
+			t.Fatalf("invalid config accepted: %+v", c)
+		}
+	})
+}

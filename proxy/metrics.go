@@ -1,0 +1,133 @@
+package proxy
+
+import (
+	"crypto/tls"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics are the data plane's metrics. A nil *Metrics records nothing.
+// Every label takes values from a small fixed set.
+//
+//	credflow_connections_total{direction,result}          connections by result: allowed, refused, error;
+//	                                                      an allowed outbound connection is counted when
+//	                                                      it ends (TLS 1.3 servers refuse after the
+//	                                                      client's handshake completes)
+//	credflow_refusals_total{direction,reason}             refused or failed connections by reason
+//	credflow_handshake_duration_seconds{direction}        mTLS handshake time (histogram)
+//	credflow_tls_connections_total{direction,group,version,resumed}
+//	                                                      established mTLS connections by key-exchange group and TLS version
+//	credflow_bytes_total{direction,flow}                  bytes relayed, flow = from_app or to_app
+//	credflow_active_connections{direction}                connections being relayed now
+//	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired, policy_revoked
+type Metrics struct {
+	conns     *prometheus.CounterVec
+	refusals  *prometheus.CounterVec
+	handshake *prometheus.HistogramVec
+	tlsConns  *prometheus.CounterVec
+	bytes     *prometheus.CounterVec
+	active    *prometheus.GaugeVec
+	closed    *prometheus.CounterVec
+}
+
+// NewMetrics creates the data-plane metrics and registers them with reg.
+func NewMetrics(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		conns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_connections_total",
+			Help: "Connections handled, by direction (inbound, outbound) and result (allowed, refused, error).",
+		}, []string{"direction", "result"}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_refusals_total",
+			Help: "Connections refused or failed, by direction and reason.",
+		}, []string{"direction", "reason"}),
+		handshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "credflow_handshake_duration_seconds",
+			Help:    "Duration of mTLS handshakes, successful or not.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+		}, []string{"direction"}),
+		tlsConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_tls_connections_total",
+			Help: "Established mTLS connections by direction, key-exchange group, TLS version and resumption.",
+		}, []string{"direction", "group", "version", "resumed"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_bytes_total",
+			Help: "Bytes relayed, by direction and flow (from_app, to_app).",
+		}, []string{"direction", "flow"}),
+		active: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "credflow_active_connections",
+			Help: "Connections being relayed now, by direction.",
+		}, []string{"direction"}),
+		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_connections_closed_total",
+			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked).",
+		}, []string{"direction", "reason"}),
+	}
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed)
+	return m
+}
+
+func (m *Metrics) refused(dir direction, reason string, isError bool) {
+	if m == nil {
+		return
+	}
+	result := "refused"
+	if isError {
+		result = "error"
+	}
+	m.conns.WithLabelValues(string(dir), result).Inc()
+	m.refusals.WithLabelValues(string(dir), reason).Inc()
+}
+
+func (m *Metrics) handshakeDone(dir direction, seconds float64) {
+	if m != nil {
+		m.handshake.WithLabelValues(string(dir)).Observe(seconds)
+	}
+}
+
+func (m *Metrics) established(dir direction, cs *tls.ConnectionState) {
+	if m == nil {
+		return
+	}
+	m.conns.WithLabelValues(string(dir), "allowed").Inc()
+	resumed := "false"
+	if cs.DidResume {
+		resumed = "true"
+	}
+	m.tlsConns.WithLabelValues(string(dir), GroupName(cs.CurveID), tls.VersionName(cs.Version), resumed).Inc()
+}
+
+func (m *Metrics) started(dir direction) {
+	if m != nil {
+		m.active.WithLabelValues(string(dir)).Inc()
+	}
+}
+
+func (m *Metrics) finished(dir direction, fromApp, toApp int64) {
+	if m == nil {
+		return
+	}
+	m.active.WithLabelValues(string(dir)).Dec()
+	m.bytes.WithLabelValues(string(dir), "from_app").Add(float64(fromApp))
+	m.bytes.WithLabelValues(string(dir), "to_app").Add(float64(toApp))
+}
+
+func (m *Metrics) closedBySidecar(dir direction, reason string) {
+	if m != nil {
+		m.closed.WithLabelValues(string(dir), reason).Inc()
+	}
+}
+
+// GroupName names a key-exchange group for metrics and logs, mapping
+// anything outside crypto/tls's known groups to "other" so the label set
+// stays bounded.
+func GroupName(id tls.CurveID) string {
+	switch id {
+	case tls.X25519, tls.CurveP256, tls.CurveP384, tls.CurveP521,
+		tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024:
+		return id.String()
+	case 0:
+		return "none"
+	}
+	return "other"
+}

@@ -1,0 +1,266 @@
+// Package mtls builds the TLS configurations the sidecar uses between
+// workloads: TLS 1.3 only, the current X.509-SVID presented on every
+// handshake (read from an x509svid.Source, so rotation never rebuilds a
+// config), and the peer verified and authorized in VerifyConnection, which
+// Go also runs on resumed sessions, so a session ticket never outlives a
+// change of policy or trust bundle.
+//
+// Peer verification is done here rather than by crypto/x509's defaults:
+// the trust bundle is chosen by the trust domain of the peer's SPIFFE ID,
+// the leaf must carry exactly one URI SAN that parses as a canonical SPIFFE
+// ID, must not be a CA, and must carry the extended key usage of its role
+// (clientAuth for clients, serverAuth for servers; never "any").
+package mtls
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Reason is a stable, machine-readable cause of a refused handshake, used
+// as a metric label and a log field.
+type Reason string
+
+// Reasons a peer is refused.
+const (
+	ReasonNoPeerCert   Reason = "no_peer_cert"
+	ReasonInvalidSVID  Reason = "invalid_svid"
+	ReasonBadEKU       Reason = "bad_eku"
+	ReasonUntrusted    Reason = "untrusted"
+	ReasonExpired      Reason = "expired"
+	ReasonNotYetValid  Reason = "not_yet_valid"
+	ReasonUnauthorized Reason = "unauthorized"
+)
+
+// Refusal is the error a handshake fails with when this side refuses the
+// peer. The peer ID is set when it could be read from the certificate.
+type Refusal struct {
+	Reason Reason
+	Peer   spiffeid.ID
+	Err    error
+}
+
+func (r *Refusal) Error() string {
+	peer := "peer"
+	if !r.Peer.IsZero() {
+		peer = r.Peer.String()
+	}
+	if r.Err != nil {
+		return fmt.Sprintf("mtls: %s refused (%s): %v", peer, r.Reason, r.Err)
+	}
+	return fmt.Sprintf("mtls: %s refused (%s)", peer, r.Reason)
+}
+
+func (r *Refusal) Unwrap() error { return r.Err }
+
+// ReasonOf returns the refusal reason carried by err, or "" if err is not a
+// refusal by this side.
+func ReasonOf(err error) Reason {
+	var r *Refusal
+	if errors.As(err, &r) {
+		return r.Reason
+	}
+	return ""
+}
+
+// Authorizer decides whether a verified peer ID may connect. It is called
+// on every handshake, resumed ones included, so it should read the current
+// policy (for example through an atomic pointer) rather than a copy.
+type Authorizer func(spiffeid.ID) bool
+
+// Config describes one side of mutual TLS. SVIDs, Bundles and Authorize are
+// required.
+type Config struct {
+	SVIDs     x509svid.Source
+	Bundles   x509bundle.Source
+	Authorize Authorizer
+	// VerifyConnection, if set, runs after the peer is verified and
+	// authorized, with the peer's ID; it can refuse the connection on
+	// other grounds (the key-exchange policy, for instance).
+	VerifyConnection func(tls.ConnectionState, spiffeid.ID) error
+}
+
+// Server returns a TLS 1.3 server configuration that requires a client
+// SVID with the clientAuth usage.
+func (c Config) Server() *tls.Config {
+	certs := &certCache{src: c.SVIDs}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// Request rather than require a certificate, so that a client
+		// without one reaches VerifyConnection and is refused there with
+		// the reason no_peer_cert; the chain is verified there too.
+		ClientAuth: tls.RequestClientCert,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return certs.get()
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return c.verify(cs, x509.ExtKeyUsageClientAuth)
+		},
+	}
+}
+
+// Client returns a TLS 1.3 client configuration that presents the SVID and
+// requires a server SVID with the serverAuth usage. It keeps a small
+// session cache, so reconnections to a peer resume; resumption re-runs
+// VerifyConnection.
+func (c Config) Client() *tls.Config {
+	certs := &certCache{src: c.SVIDs}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		// The server's chain and identity are verified in
+		// VerifyConnection against the bundle of its trust domain, not
+		// by crypto/tls against system roots and a host name.
+		InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return certs.get()
+		},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			return c.verify(cs, x509.ExtKeyUsageServerAuth)
+		},
+		ClientSessionCache: tls.NewLRUClientSessionCache(64),
+	}
+}
+
+func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage) error {
+	id, err := Verify(cs.PeerCertificates, c.Bundles, eku, time.Now())
+	if err != nil {
+		return err
+	}
+	if c.Authorize == nil || !c.Authorize(id) {
+		return &Refusal{Reason: ReasonUnauthorized, Peer: id}
+	}
+	if c.VerifyConnection != nil {
+		return c.VerifyConnection(cs, id)
+	}
+	return nil
+}
+
+// Verify checks that chain is a valid X.509-SVID for the extended key usage
+// eku at time now, chained to the bundle of the trust domain its ID names,
+// and returns the ID. Failures are *Refusal.
+func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
+	if len(chain) == 0 {
+		return spiffeid.ID{}, &Refusal{Reason: ReasonNoPeerCert}
+	}
+	leaf := chain[0]
+	id, err := idFromLeaf(leaf)
+	if err != nil {
+		return spiffeid.ID{}, &Refusal{Reason: ReasonInvalidSVID, Err: err}
+	}
+	switch {
+	case leaf.IsCA:
+		return id, &Refusal{Reason: ReasonInvalidSVID, Peer: id, Err: errors.New("leaf is a CA")}
+	case leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0:
+		return id, &Refusal{Reason: ReasonInvalidSVID, Peer: id, Err: errors.New("leaf may sign certificates or CRLs")}
+	case !hasEKU(leaf, eku):
+		return id, &Refusal{Reason: ReasonBadEKU, Peer: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
+	case now.Before(leaf.NotBefore):
+		return id, &Refusal{Reason: ReasonNotYetValid, Peer: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
+	case !now.Before(leaf.NotAfter):
+		return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
+	}
+	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
+	if err != nil {
+		return id, &Refusal{Reason: ReasonUntrusted, Peer: id, Err: err}
+	}
+	roots := x509.NewCertPool()
+	for _, c := range bundle.X509Authorities() {
+		roots.AddCert(c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{
+		Roots:         roots,
+		Intermediates: inter,
+		KeyUsages:     []x509.ExtKeyUsage{eku},
+		CurrentTime:   now,
+	}); err != nil {
+		var inv x509.CertificateInvalidError
+		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+			return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: err}
+		}
+		return id, &Refusal{Reason: ReasonUntrusted, Peer: id, Err: err}
+	}
+	return id, nil
+}
+
+// idFromLeaf returns the SPIFFE ID of a leaf that carries exactly one URI
+// SAN, in canonical form.
+func idFromLeaf(leaf *x509.Certificate) (spiffeid.ID, error) {
+	switch len(leaf.URIs) {
+	case 0:
+		return spiffeid.ID{}, errors.New("no URI SAN")
+	case 1:
+	default:
+		return spiffeid.ID{}, fmt.Errorf("%d URI SANs, want exactly one", len(leaf.URIs))
+	}
+	raw := leaf.URIs[0].String()
+	id, err := spiffeid.FromString(raw)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if id.String() != raw {
+		return spiffeid.ID{}, errors.New("URI SAN is not a canonical SPIFFE ID")
+	}
+	return id, nil
+}
+
+func hasEKU(c *x509.Certificate, want x509.ExtKeyUsage) bool {
+	for _, u := range c.ExtKeyUsage {
+		if u == want {
+			return true
+		}
+	}
+	return false
+}
+
+func ekuName(u x509.ExtKeyUsage) string {
+	switch u {
+	case x509.ExtKeyUsageClientAuth:
+		return "clientAuth"
+	case x509.ExtKeyUsageServerAuth:
+		return "serverAuth"
+	}
+	return fmt.Sprint(u)
+}
+
+// certCache turns the Source's current SVID into a tls.Certificate, once
+// per SVID rather than once per handshake.
+type certCache struct {
+	src x509svid.Source
+	cur atomic.Pointer[cachedCert]
+}
+
+type cachedCert struct {
+	svid *x509svid.SVID
+	cert *tls.Certificate
+}
+
+func (c *certCache) get() (*tls.Certificate, error) {
+	svid, err := c.src.GetX509SVID()
+	if err != nil {
+		return nil, fmt.Errorf("mtls: no SVID to present: %w", err)
+	}
+	if len(svid.Certificates) == 0 || !time.Now().Before(svid.Certificates[0].NotAfter) {
+		return nil, errors.New("mtls: no SVID to present: the SVID has expired")
+	}
+	if cc := c.cur.Load(); cc != nil && cc.svid == svid {
+		return cc.cert, nil
+	}
+	cert := &tls.Certificate{PrivateKey: svid.PrivateKey, Leaf: svid.Certificates[0]}
+	for _, x := range svid.Certificates {
+		cert.Certificate = append(cert.Certificate, x.Raw)
+	}
+	c.cur.Store(&cachedCert{svid: svid, cert: cert})
+	return cert, nil
+}

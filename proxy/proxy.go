@@ -1,0 +1,574 @@
+// Package proxy is CredentialFlow's data plane: inbound listeners that
+// terminate mutual TLS with the workload's SVID, authorize the peer by
+// SPIFFE ID and relay to the app on loopback, and outbound listeners that
+// take the app's plain TCP connections and originate mutual TLS to an
+// upstream sidecar whose SPIFFE ID is checked.
+//
+// The identity comes in through go-spiffe's x509svid.Source and
+// x509bundle.Source, so the TLS configurations are built once and every
+// handshake presents the current SVID. Peer policies can be replaced while
+// running (SetPolicy); established connections whose peer is no longer
+// allowed, or whose peer certificate has expired, are closed within
+// Config.RevalidateInterval.
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/proxy/relay"
+)
+
+// Defaults of Config.
+const (
+	DefaultHandshakeTimeout   = 10 * time.Second
+	DefaultDialTimeout        = 5 * time.Second
+	DefaultIdleTimeout        = time.Hour
+	DefaultMaxConnections     = 10000
+	DefaultRevalidateInterval = 5 * time.Second
+)
+
+// Inbound is a listener that accepts mTLS from peer sidecars and relays to
+// the app.
+type Inbound struct {
+	Name   string       // unique among listeners; used in logs
+	Listen string       // address to listen on, e.g. ":15006"
+	App    string       // the app's address, e.g. "127.0.0.1:8080"
+	Allow  authz.Policy // the peers allowed in
+}
+
+// Outbound is a listener that accepts the app's plain TCP and relays it
+// over mTLS to an upstream sidecar.
+type Outbound struct {
+	Name     string       // unique among listeners; used in logs
+	Listen   string       // address to listen on, normally on loopback
+	Upstream string       // the upstream sidecar's inbound address
+	Expect   authz.Policy // the server identities accepted
+}
+
+// Config configures a Proxy. SVIDs and Bundles are required; every zero
+// duration or limit selects the documented default.
+type Config struct {
+	SVIDs   x509svid.Source
+	Bundles x509bundle.Source
+
+	Inbound  []Inbound
+	Outbound []Outbound
+
+	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
+	HandshakeTimeout time.Duration
+	// DialTimeout bounds a TCP connect to the app or an upstream. Default 5s.
+	DialTimeout time.Duration
+	// IdleTimeout closes a relayed connection with no traffic either way
+	// for this long. Default 1h.
+	IdleTimeout time.Duration
+	// MaxConnections bounds the connections open at once, both directions
+	// together; further ones are closed at accept with the reason "limit".
+	// Default 10000.
+	MaxConnections int
+	// RevalidateInterval is how often established connections are checked
+	// against their peer certificate's expiry and the current policy.
+	// Default 5s.
+	RevalidateInterval time.Duration
+
+	// Logger receives errors and events; nil discards them.
+	Logger *slog.Logger
+	// AccessLog receives one line per connection; nil discards them.
+	AccessLog *slog.Logger
+	// Metrics records data-plane metrics; nil records nothing.
+	Metrics *Metrics
+}
+
+type direction string
+
+const (
+	dirInbound  direction = "inbound"
+	dirOutbound direction = "outbound"
+)
+
+// Proxy runs the listeners of a Config.
+type Proxy struct {
+	cfg Config
+	log *slog.Logger
+	acc *slog.Logger
+	m   *Metrics
+
+	listeners []*listener
+	slots     chan struct{} // MaxConnections tokens
+	revalNow  chan struct{}
+
+	mu       sync.Mutex
+	conns    map[*conn]struct{}
+	draining bool
+	wg       sync.WaitGroup // connection goroutines
+}
+
+type listener struct {
+	name   string
+	dir    direction
+	addr   string
+	target string // app (inbound) or upstream (outbound)
+	policy atomic.Pointer[authz.Policy]
+	tls    *tls.Config
+	ln     net.Listener
+	conns  sync.WaitGroup
+}
+
+// conn is an established, relayed connection.
+type conn struct {
+	l        *listener
+	peer     spiffeid.ID
+	notAfter time.Time
+	close    func()
+	closedBy atomic.Value // string: why the sidecar closed it
+}
+
+// New checks cfg and builds the TLS configurations. It does not listen.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.SVIDs == nil || cfg.Bundles == nil {
+		return nil, errors.New("proxy: SVIDs and Bundles sources are required")
+	}
+	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
+	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
+	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, DefaultRevalidateInterval)
+	if cfg.MaxConnections <= 0 {
+		cfg.MaxConnections = DefaultMaxConnections
+	}
+	discard := slog.New(slog.DiscardHandler)
+	p := &Proxy{
+		cfg:      cfg,
+		log:      cmpOr(cfg.Logger, discard),
+		acc:      cmpOr(cfg.AccessLog, discard),
+		m:        cfg.Metrics,
+		slots:    make(chan struct{}, cfg.MaxConnections),
+		revalNow: make(chan struct{}, 1),
+		conns:    make(map[*conn]struct{}),
+	}
+	names := map[string]bool{}
+	add := func(name, addr, target string, dir direction, pol authz.Policy) (*listener, error) {
+		if name == "" || names[name] {
+			return nil, fmt.Errorf("proxy: listener name %q is empty or used twice", name)
+		}
+		names[name] = true
+		l := &listener{name: name, dir: dir, addr: addr, target: target}
+		l.policy.Store(&pol)
+		p.listeners = append(p.listeners, l)
+		return l, nil
+	}
+	for _, in := range cfg.Inbound {
+		l, err := add(in.Name, in.Listen, in.App, dirInbound, in.Allow)
+		if err != nil {
+			return nil, err
+		}
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows}.Server()
+	}
+	for _, out := range cfg.Outbound {
+		l, err := add(out.Name, out.Listen, out.Upstream, dirOutbound, out.Expect)
+		if err != nil {
+			return nil, err
+		}
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows}.Client()
+	}
+	return p, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
+}
+
+func cmpOr(l, def *slog.Logger) *slog.Logger {
+	if l == nil {
+		return def
+	}
+	return l
+}
+
+func (l *listener) allows(id spiffeid.ID) bool { return l.policy.Load().Allows(id) }
+
+// Listen binds every listener. On error, those already bound are closed and
+// the error names the listener.
+func (p *Proxy) Listen() error {
+	for i, l := range p.listeners {
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			for _, prev := range p.listeners[:i] {
+				prev.ln.Close()
+			}
+			return fmt.Errorf("proxy: listener %q: %w", l.name, err)
+		}
+		l.ln = ln
+	}
+	return nil
+}
+
+// Addr returns the bound address of the named listener, or nil.
+func (p *Proxy) Addr(name string) net.Addr {
+	for _, l := range p.listeners {
+		if l.name == name && l.ln != nil {
+			return l.ln.Addr()
+		}
+	}
+	return nil
+}
+
+// SetPolicy replaces the policy of the named listener: the peers allowed
+// in (inbound) or the server identities expected (outbound). New
+// handshakes, resumed ones included, use it at once; established
+// connections it no longer allows are closed right away.
+func (p *Proxy) SetPolicy(name string, pol authz.Policy) error {
+	for _, l := range p.listeners {
+		if l.name == name {
+			l.policy.Store(&pol)
+			select {
+			case p.revalNow <- struct{}{}:
+			default:
+			}
+			return nil
+		}
+	}
+	return fmt.Errorf("proxy: no listener %q", name)
+}
+
+// Serve accepts on every bound listener until ctx ends, then closes the
+// listeners and every connection and returns once all goroutines have
+// finished. Call Listen first.
+func (p *Proxy) Serve(ctx context.Context) error {
+	for _, l := range p.listeners {
+		if l.ln == nil {
+			return fmt.Errorf("proxy: listener %q is not bound; call Listen", l.name)
+		}
+	}
+	var wg sync.WaitGroup
+	for _, l := range p.listeners {
+		wg.Go(func() { p.accept(ctx, l) })
+	}
+	wg.Go(func() { p.revalidate(ctx) })
+	<-ctx.Done()
+	for _, l := range p.listeners {
+		l.ln.Close()
+	}
+	p.closeAll()
+	wg.Wait()
+	p.wg.Wait()
+	return nil
+}
+
+// Drain stops accepting inbound connections and waits until the inbound
+// connections in flight have finished or ctx ends. Outbound listeners keep
+// working, so the app can still call out while it drains; they stop when
+// Serve's context ends.
+func (p *Proxy) Drain(ctx context.Context) error {
+	p.mu.Lock()
+	p.draining = true
+	p.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range p.listeners {
+		if l.dir == dirInbound {
+			l.ln.Close()
+			wg.Go(l.conns.Wait)
+		}
+	}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("proxy: drain: %w", ctx.Err())
+	}
+}
+
+func (p *Proxy) accept(ctx context.Context, l *listener) {
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: back off briefly
+			// rather than spin.
+			p.log.Warn("proxy: accept failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
+			select {
+			case <-time.After(50 * time.Millisecond):
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		select {
+		case p.slots <- struct{}{}:
+		default:
+			c.Close()
+			p.m.refused(l.dir, "limit", false)
+			p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "limit", relay.Result{})
+			continue
+		}
+		l.conns.Add(1)
+		p.wg.Go(func() {
+			defer func() { <-p.slots; l.conns.Done() }()
+			if l.dir == dirInbound {
+				p.handleInbound(ctx, l, c)
+			} else {
+				p.handleOutbound(ctx, l, c)
+			}
+		})
+	}
+}
+
+func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
+	start := time.Now()
+	tc := tls.Server(raw, l.tls)
+	cs, err := p.handshake(ctx, l, tc)
+	if err != nil {
+		tc.Close()
+		p.refuse(l, start, err, "handshake_failed")
+		return
+	}
+	peer, notAfter := peerOf(cs)
+	app, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
+	if err != nil {
+		tc.Close()
+		p.m.refused(l.dir, "app_unavailable", true)
+		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{})
+		p.log.Warn("proxy: app unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
+		return
+	}
+	// a = the peer (TLS), b = the app: AToB is to_app, BToA from_app.
+	p.relay(ctx, l, start, peer, notAfter, cs, tc, app)
+}
+
+func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
+	start := time.Now()
+	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
+	if err != nil {
+		app.Close()
+		p.m.refused(l.dir, "upstream_unavailable", true)
+		p.access(l, start, spiffeid.ID{}, nil, "error", "upstream_unavailable", relay.Result{})
+		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
+		return
+	}
+	tc := tls.Client(raw, l.tls)
+	cs, err := p.handshake(ctx, l, tc)
+	if err != nil {
+		tc.Close()
+		app.Close()
+		p.refuse(l, start, err, "peer_refused")
+		return
+	}
+	peer, notAfter := peerOf(cs)
+	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
+	p.relay(ctx, l, start, peer, notAfter, cs, app, tc)
+}
+
+func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.ConnectionState, error) {
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.HandshakeTimeout)
+	defer cancel()
+	start := time.Now()
+	err := tc.HandshakeContext(hctx)
+	p.m.handshakeDone(l.dir, time.Since(start).Seconds())
+	if err != nil {
+		return nil, err
+	}
+	cs := tc.ConnectionState()
+	return &cs, nil
+}
+
+// refuse records a failed handshake. Our own refusals carry an mtls
+// reason; anything else (the peer refused us, a timeout, garbage) gets
+// fallback.
+func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback string) {
+	reason := string(mtls.ReasonOf(err))
+	var peer spiffeid.ID
+	var r *mtls.Refusal
+	if errors.As(err, &r) {
+		peer = r.Peer
+	}
+	switch {
+	case reason != "":
+	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+		reason = "handshake_timeout"
+	default:
+		reason = fallback
+	}
+	p.m.refused(l.dir, reason, false)
+	p.access(l, start, peer, nil, "deny", reason, relay.Result{})
+	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
+		slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// relay copies between a and b, tracking the connection for revalidation.
+// For inbound listeners a is the peer and b the app; for outbound ones a is
+// the app and b the peer.
+func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID, notAfter time.Time,
+	cs *tls.ConnectionState, a, b net.Conn) {
+	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { a.Close(); b.Close() }}
+	p.mu.Lock()
+	p.conns[c] = struct{}{}
+	p.mu.Unlock()
+	p.m.started(l.dir)
+	if l.dir == dirInbound {
+		p.m.established(l.dir, cs) // the peer passed our checks
+	}
+
+	res := relay.Copy(ctx, a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
+
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	fromApp, toApp := appBytes(l.dir, res)
+	p.m.finished(l.dir, fromApp, toApp)
+	if l.dir == dirOutbound && toApp == 0 && refusedByPeer(res.Err) {
+		// In TLS 1.3 the client's handshake completes before the server
+		// has checked the client certificate; a server that refuses us
+		// says so with an alert on our first read.
+		p.m.refused(l.dir, "peer_refused", false)
+		p.access(l, start, peer, cs, "deny", "peer_refused", res)
+		return
+	}
+	if l.dir == dirOutbound {
+		p.m.established(l.dir, cs) // the peer did not refuse us
+	}
+	reason, _ := c.closedBy.Load().(string)
+	p.access(l, start, peer, cs, "allow", reason, res)
+}
+
+// refusedByPeer reports whether a relay that delivered nothing to the app
+// ended because the peer refused the connection: a TLS alert from the peer
+// (crypto/tls reports it as a *net.OpError whose Op is "remote error"), or,
+// when our write raced the peer's close, a reset or broken pipe.
+func refusedByPeer(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error" ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}
+
+// peerOf returns the verified peer's ID and certificate expiry.
+func peerOf(cs *tls.ConnectionState) (spiffeid.ID, time.Time) {
+	leaf := cs.PeerCertificates[0]
+	id, _ := x509svid.IDFromCert(leaf) // verified in VerifyConnection
+	return id, leaf.NotAfter
+}
+
+// revalidate closes established connections whose peer certificate has
+// expired or whose peer the current policy no longer allows, every
+// RevalidateInterval and at once after SetPolicy.
+func (p *Proxy) revalidate(ctx context.Context) {
+	t := time.NewTicker(p.cfg.RevalidateInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		case <-p.revalNow:
+		}
+		now := time.Now()
+		var doomed []*conn
+		p.mu.Lock()
+		for c := range p.conns {
+			switch {
+			case !now.Before(c.notAfter):
+				c.closedBy.Store("peer_expired")
+				doomed = append(doomed, c)
+			case !c.l.allows(c.peer):
+				c.closedBy.Store("policy_revoked")
+				doomed = append(doomed, c)
+			}
+		}
+		p.mu.Unlock()
+		for _, c := range doomed {
+			reason, _ := c.closedBy.Load().(string)
+			p.m.closedBySidecar(c.l.dir, reason)
+			p.log.Info("proxy: closing connection", slog.String(logkey.Listener, c.l.name),
+				slog.String(logkey.PeerID, c.peer.String()), slog.String(logkey.Reason, reason))
+			c.close()
+		}
+	}
+}
+
+func (p *Proxy) closeAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for c := range p.conns {
+		c.close()
+	}
+}
+
+// Draining reports whether Drain has been called.
+func (p *Proxy) Draining() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.draining
+}
+
+// Policies returns each listener's current policy patterns, by name.
+func (p *Proxy) Policies() map[string][]string {
+	out := map[string][]string{}
+	for _, l := range p.listeners {
+		out[l.name] = l.policy.Load().Patterns()
+	}
+	return out
+}
+
+// access writes the connection's access-log line.
+func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result) {
+	attrs := []slog.Attr{
+		slog.String(logkey.Direction, string(l.dir)),
+		slog.String(logkey.Listener, l.name),
+		slog.String(logkey.Decision, decision),
+	}
+	if !peer.IsZero() {
+		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
+	}
+	if reason != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	}
+	if cs != nil {
+		attrs = append(attrs,
+			slog.String(logkey.Group, GroupName(cs.CurveID)),
+			slog.String(logkey.TLSVersion, tls.VersionName(cs.Version)),
+			slog.Bool(logkey.Resumed, cs.DidResume))
+	}
+	fromApp, toApp := appBytes(l.dir, res)
+	attrs = append(attrs,
+		slog.Int64(logkey.BytesFromApp, fromApp),
+		slog.Int64(logkey.BytesToApp, toApp),
+		slog.Float64(logkey.DurationMS, float64(time.Since(start).Microseconds())/1000))
+	if res.Err != nil {
+		attrs = append(attrs, slog.String(logkey.Error, res.Err.Error()))
+	}
+	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+// appBytes returns the bytes relayed from and to the app: inbound relays
+// have the peer as a and the app as b, outbound ones the reverse.
+func appBytes(dir direction, res relay.Result) (fromApp, toApp int64) {
+	if dir == dirOutbound {
+		return res.AToB, res.BToA
+	}
+	return res.BToA, res.AToB
+}
