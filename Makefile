@@ -53,8 +53,14 @@ lint:
 	$(GO) vet ./...
 
 ## fuzz-short: each fuzz target for a few seconds (seeds in testdata/fuzz).
+FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern
+
 fuzz-short:
-	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=10s ./agent/register/
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; fn=$${t##*:}; \
+		echo "fuzz $$pkg $$fn (10s)"; \
+		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=10s $$pkg; \
+	done
 
 ## demo: see README.
 demo: build spire

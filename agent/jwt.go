@@ -182,7 +182,8 @@ func (c *jwtCache) storeLocked(audience string, svid *jwtsvid.SVID, now time.Tim
 }
 
 // refreshJWTSVIDs replaces cached JWT-SVIDs past their refresh point: those
-// requested since they were fetched are fetched again, the others dropped.
+// requested since they were fetched are fetched again; the others are left
+// alone and dropped once under the lifetime floor.
 func (s *Source) refreshJWTSVIDs(ctx context.Context) {
 	t := time.NewTicker(refreshInterval)
 	defer t.Stop()
@@ -206,8 +207,13 @@ func (s *Source) refreshDue(now time.Time) {
 			continue
 		}
 		if !e.used {
-			c.lru.Remove(el)
-			delete(c.entries, aud)
+			// Not requested since it was fetched: not worth a refresh,
+			// but kept while usable, as a fallback if the Workload API
+			// fails when it is next asked for.
+			if !usable(e.svid, now, s.cfg.JWTMinRemaining) {
+				c.lru.Remove(el)
+				delete(c.entries, aud)
+			}
 			continue
 		}
 		e.used = false
