@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"crypto/tls"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -20,6 +21,9 @@ import (
 //	credflow_bytes_total{direction,flow}                  bytes relayed, flow = from_app or to_app
 //	credflow_active_connections{direction}                connections being relayed now
 //	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired, policy_revoked
+//	credflow_classical_connections_total{direction,trust_domain}
+//	                                                      connections that negotiated a classical group under
+//	                                                      hybrid-preferred, by peer trust domain (first 32, then "other")
 type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -28,7 +32,14 @@ type Metrics struct {
 	bytes     *prometheus.CounterVec
 	active    *prometheus.GaugeVec
 	closed    *prometheus.CounterVec
+	classical *prometheus.CounterVec
+
+	mu  sync.Mutex
+	tds map[string]struct{}
 }
+
+// maxTrustDomainLabels caps the trust_domain label values.
+const maxTrustDomainLabels = 32
 
 // NewMetrics creates the data-plane metrics and registers them with reg.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
@@ -62,8 +73,13 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_connections_closed_total",
 			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked).",
 		}, []string{"direction", "reason"}),
+		classical: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_classical_connections_total",
+			Help: "Connections that negotiated a classical key exchange under hybrid-preferred, by direction and peer trust domain (first 32, then \"other\").",
+		}, []string{"direction", "trust_domain"}),
+		tds: make(map[string]struct{}),
 	}
-	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed)
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical)
 	return m
 }
 
@@ -116,6 +132,22 @@ func (m *Metrics) closedBySidecar(dir direction, reason string) {
 	if m != nil {
 		m.closed.WithLabelValues(string(dir), reason).Inc()
 	}
+}
+
+func (m *Metrics) classicalAccepted(dir direction, td string) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	if _, ok := m.tds[td]; !ok {
+		if len(m.tds) >= maxTrustDomainLabels {
+			td = "other"
+		} else {
+			m.tds[td] = struct{}{}
+		}
+	}
+	m.mu.Unlock()
+	m.classical.WithLabelValues(string(dir), td).Inc()
 }
 
 // GroupName names a key-exchange group for metrics and logs, mapping

@@ -29,6 +29,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/relay"
@@ -69,6 +70,10 @@ type Config struct {
 
 	Inbound  []Inbound
 	Outbound []Outbound
+
+	// KeyExchange is the key-exchange policy; the zero value is
+	// hybrid-preferred everywhere.
+	KeyExchange pqc.Policy
 
 	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
 	HandshakeTimeout time.Duration
@@ -125,6 +130,7 @@ type listener struct {
 	target string // app (inbound) or upstream (outbound)
 	policy atomic.Pointer[authz.Policy]
 	tls    *tls.Config
+	kex    pqc.Mode // outbound: the key-exchange mode towards the upstream
 	ln     net.Listener
 	conns  sync.WaitGroup
 }
@@ -171,21 +177,45 @@ func New(cfg Config) (*Proxy, error) {
 		p.listeners = append(p.listeners, l)
 		return l, nil
 	}
+	kex := cfg.KeyExchange
 	for _, in := range cfg.Inbound {
 		l, err := add(in.Name, in.Listen, in.App, dirInbound, in.Allow)
 		if err != nil {
 			return nil, err
 		}
-		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows}.Server()
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
+		l.tls.CurvePreferences = kex.ServerGroups()
 	}
 	for _, out := range cfg.Outbound {
 		l, err := add(out.Name, out.Listen, out.Upstream, dirOutbound, out.Expect)
 		if err != nil {
 			return nil, err
 		}
-		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows}.Client()
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Client()
+		td := upstreamTrustDomain(out.Expect)
+		l.tls.CurvePreferences = kex.ClientGroups(td)
+		l.kex = kex.ModeFor(td)
 	}
 	return p, nil
+}
+
+// upstreamTrustDomain is the trust domain an outbound listener expects its
+// server in, when its policy names exactly one; else the zero value, which
+// selects the default key-exchange mode.
+func upstreamTrustDomain(expect authz.Policy) spiffeid.TrustDomain {
+	if tds := expect.TrustDomains(); len(tds) == 1 {
+		return tds[0]
+	}
+	return spiffeid.TrustDomain{}
+}
+
+// checkKeyExchange applies the key-exchange policy to a verified peer, by
+// its trust domain.
+func (p *Proxy) checkKeyExchange(cs tls.ConnectionState, peer spiffeid.ID) error {
+	if err := p.cfg.KeyExchange.Check(cs.CurveID, peer.TrustDomain()); err != nil {
+		return &mtls.Refusal{Reason: mtls.ReasonPQRequired, Peer: peer, Err: err}
+	}
+	return nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -371,7 +401,13 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	if err != nil {
 		tc.Close()
 		app.Close()
-		p.refuse(l, start, err, "peer_refused")
+		fallback := "peer_refused"
+		if l.kex == pqc.HybridRequired && refusedByPeer(err) {
+			// We offered hybrid groups only; a server that fails the
+			// handshake on that has none of them.
+			fallback = string(mtls.ReasonPQRequired)
+		}
+		p.refuse(l, start, err, fallback)
 		return
 	}
 	peer, notAfter := peerOf(cs)
@@ -432,6 +468,9 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	p.m.started(l.dir)
 	if l.dir == dirInbound {
 		p.m.established(l.dir, cs) // the peer passed our checks
+	}
+	if p.cfg.KeyExchange.Classical(cs.CurveID, peer.TrustDomain()) {
+		p.m.classicalAccepted(l.dir, peer.TrustDomain().Name())
 	}
 
 	res := relay.Copy(ctx, a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
@@ -524,6 +563,9 @@ func (p *Proxy) Draining() bool {
 	defer p.mu.Unlock()
 	return p.draining
 }
+
+// KeyExchange returns the key-exchange policy.
+func (p *Proxy) KeyExchange() pqc.Policy { return p.cfg.KeyExchange }
 
 // Policies returns each listener's current policy patterns, by name.
 func (p *Proxy) Policies() map[string][]string {

@@ -18,6 +18,7 @@ import (
 
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
 )
@@ -54,6 +55,11 @@ type inbound struct {
 
 func startInbound(t *testing.T, ca *testca.CA, allow authz.Policy, revalidate time.Duration) *inbound {
 	t.Helper()
+	return startInboundWith(t, ca, allow, revalidate, pqc.Policy{}, x509bundle.NewSet(ca.Bundle()))
+}
+
+func startInboundWith(t *testing.T, ca *testca.CA, allow authz.Policy, revalidate time.Duration, kex pqc.Policy, bundles *x509bundle.Set) *inbound {
+	t.Helper()
 	echo, err := sidecartest.Echo(t.Context())
 	if err != nil {
 		t.Fatal(err)
@@ -62,10 +68,11 @@ func startInbound(t *testing.T, ca *testca.CA, allow authz.Policy, revalidate ti
 	reg := prometheus.NewRegistry()
 	p, err := proxy.New(proxy.Config{
 		SVIDs:              static{svid: ca.Issue(t, id)},
-		Bundles:            x509bundle.NewSet(ca.Bundle()),
+		Bundles:            bundles,
 		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: allow}},
 		HandshakeTimeout:   2 * time.Second,
 		RevalidateInterval: revalidate,
+		KeyExchange:        kex,
 		Metrics:            proxy.NewMetrics(reg),
 	})
 	if err != nil {

@@ -5,7 +5,8 @@
 //	                  up, not draining); 503 and the reason otherwise
 //	/metrics          Prometheus metrics
 //	/debug/identity   the SPIFFE ID, SVID serial and validity, trust domains
-//	                  and listener policies, as JSON; never key material
+//	                  listener policies and the key-exchange policy, as JSON;
+//	                  never key material
 //
 // Nothing here changes state.
 package admin
@@ -31,6 +32,8 @@ type Deps struct {
 	Ready func() error
 	// Policies returns each listener's policy patterns by listener name.
 	Policies func() map[string][]string
+	// KeyExchange describes the key-exchange policy.
+	KeyExchange func() string
 }
 
 // Handler returns the admin HTTP handler.
@@ -62,6 +65,7 @@ type Identity struct {
 	Error        string              `json:"error,omitempty"`
 	TrustDomains []string            `json:"trust_domains"`
 	Policies     map[string][]string `json:"policies"`
+	KeyExchange  string              `json:"key_exchange"`
 }
 
 func identity(d Deps) Identity {
@@ -78,6 +82,7 @@ func identity(d Deps) Identity {
 		doc.TrustDomains = append(doc.TrustDomains, td.Name())
 	}
 	doc.Policies = d.Policies()
+	doc.KeyExchange = d.KeyExchange()
 	return doc
 }
 

@@ -155,6 +155,12 @@ func TestE2EPayloadsAndRefusal(t *testing.T) {
 		t.Fatalf("backend inbound allowed connections = %v (%v), want 4", allowed, err)
 	}
 
+	// The default key-exchange policy negotiated the hybrid group on every
+	// connection between the sidecars.
+	if n, _ := m.backend.Metric(ctx, "credflow_tls_connections_total", "direction=inbound", "group=X25519MLKEM768"); n != 4 {
+		t.Fatalf("inbound connections with X25519MLKEM768 = %v, want 4", n)
+	}
+
 	// The intruder's connection is refused at the handshake by the backend.
 	got, _ := roundTrip(m.intruderAddr, []byte("let me in"))
 	if len(got) != 0 {

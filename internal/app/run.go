@@ -21,6 +21,7 @@ import (
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 )
 
@@ -73,6 +74,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if cfg.KeyExchange.Requires() {
+		if err := pqc.HybridAvailable(); err != nil {
+			return fmt.Errorf("key_exchange requires hybrid post-quantum groups, but %w", err)
+		}
+	}
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -117,6 +123,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			SVIDs:        src,
 			TrustDomains: src.TrustDomains,
 			Policies:     p.Policies,
+			KeyExchange:  p.KeyExchange().String,
 			Ready: func() error {
 				if p.Draining() {
 					return errors.New("draining")
@@ -130,7 +137,8 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	go adminSrv.Serve(adminLn)
 	defer adminSrv.Close()
 
-	log.Info("credflow: running", slog.String(logkey.Config, path), slog.String(logkey.Admin, adminLn.Addr().String()))
+	log.Info("credflow: running", slog.String(logkey.Config, path), slog.String(logkey.Admin, adminLn.Addr().String()),
+		slog.String(logkey.KeyExchange, cfg.KeyExchange.String()))
 	for {
 		select {
 		case <-ctx.Done():
@@ -168,6 +176,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		IdleTimeout:        cfg.IdleTimeout,
 		MaxConnections:     cfg.MaxConnections,
 		RevalidateInterval: cfg.Revalidate,
+		KeyExchange:        cfg.KeyExchange,
 		Logger:             log,
 		AccessLog:          log,
 		Metrics:            m,

@@ -13,8 +13,10 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
+	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
 )
 
@@ -52,6 +54,9 @@ type Config struct {
 
 	Inbound  []Inbound
 	Outbound []Outbound
+
+	// KeyExchange is the key-exchange policy (default hybrid-preferred).
+	KeyExchange pqc.Policy
 }
 
 // Inbound is a validated inbound listener.
@@ -84,6 +89,11 @@ type file struct {
 	Limits struct {
 		MaxConnections int `yaml:"max_connections"`
 	} `yaml:"limits"`
+	KeyExchange struct {
+		Mode         string            `yaml:"mode"`
+		Groups       []string          `yaml:"groups"`
+		TrustDomains map[string]string `yaml:"trust_domains"`
+	} `yaml:"key_exchange"`
 	Inbound []struct {
 		Name   string   `yaml:"name"`
 		Listen string   `yaml:"listen"`
@@ -155,7 +165,10 @@ func Parse(data []byte) (*Config, error) {
 		return nil, errors.New("config: the file holds more than one YAML document")
 	}
 
-	var errs []error
+	var (
+		errs []error
+		err  error
+	)
 	fail := func(field, format string, args ...any) {
 		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
 	}
@@ -189,6 +202,34 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if err := checkAddr(c.Admin, true); err != nil {
 		fail("admin", "%v", err)
+	}
+	if c.KeyExchange.Mode, err = pqc.ParseMode(f.KeyExchange.Mode); err != nil {
+		fail("key_exchange.mode", "%v", err)
+	}
+	for i, g := range f.KeyExchange.Groups {
+		id, err := pqc.ParseGroup(g)
+		if err != nil {
+			fail(fmt.Sprintf("key_exchange.groups[%d]", i), "%v", err)
+			continue
+		}
+		c.KeyExchange.Groups = append(c.KeyExchange.Groups, id)
+	}
+	for name, mode := range f.KeyExchange.TrustDomains {
+		field := "key_exchange.trust_domains." + name
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			fail(field, "%v", err)
+			continue
+		}
+		m, err := pqc.ParseMode(mode)
+		if err != nil {
+			fail(field, "%v", err)
+			continue
+		}
+		if c.KeyExchange.Overrides == nil {
+			c.KeyExchange.Overrides = map[spiffeid.TrustDomain]pqc.Mode{}
+		}
+		c.KeyExchange.Overrides[td] = m
 	}
 
 	names := map[string]string{}

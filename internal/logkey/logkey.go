@@ -18,6 +18,7 @@ const (
 	Direction    = "direction"
 	DurationMS   = "duration_ms"
 	Group        = "group"
+	KeyExchange  = "key_exchange"
 	Listener     = "listener"
 	PeerID       = "peer_id"
 	Resumed      = "resumed"

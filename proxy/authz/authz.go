@@ -17,6 +17,7 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -133,6 +134,18 @@ func (p Policy) Allows(id spiffeid.ID) bool {
 		}
 	}
 	return false
+}
+
+// TrustDomains returns the distinct trust domains the policy's patterns
+// name, in order.
+func (p Policy) TrustDomains() []spiffeid.TrustDomain {
+	var out []spiffeid.TrustDomain
+	for _, pat := range p.patterns {
+		if !slices.Contains(out, pat.td) {
+			out = append(out, pat.td)
+		}
+	}
+	return out
 }
 
 // Patterns returns the policy's patterns in the syntax ParsePattern reads.

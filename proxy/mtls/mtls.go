@@ -38,6 +38,9 @@ const (
 	ReasonExpired      Reason = "expired"
 	ReasonNotYetValid  Reason = "not_yet_valid"
 	ReasonUnauthorized Reason = "unauthorized"
+	// ReasonPQRequired: the connection negotiated a classical key
+	// exchange where the policy requires a hybrid post-quantum one.
+	ReasonPQRequired Reason = "pq_required"
 )
 
 // Refusal is the error a handshake fails with when this side refuses the
