@@ -14,7 +14,7 @@ APT_COMMANDS := gcc openssl curl ip
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 
-.PHONY: all build spire deps test lint fuzz-short demo clean
+.PHONY: all build spire deps test lint fuzz-short bench-pq demo clean
 
 all: build
 
@@ -53,7 +53,7 @@ lint:
 	$(GO) vet ./...
 
 ## fuzz-short: each fuzz target for a few seconds (seeds in testdata/fuzz).
-FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern
+FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern ./pqc/mldsatoken:FuzzVerify
 
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \
@@ -61,6 +61,11 @@ fuzz-short:
 		echo "fuzz $$pkg $$fn (10s)"; \
 		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=10s $$pkg; \
 	done
+
+## bench-pq: handshake cost per key-exchange group, KEM primitives, token signatures;
+## writes bench/results/{kex,kem,tokens}.{md,jsonl}.
+bench-pq:
+	$(GO) run ./cmd/credflow-bench -scenario pq -n 300 -repeats 5 -out bench/results
 
 ## demo: see README.
 demo: build spire

@@ -13,10 +13,12 @@
 package mtls
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,6 +97,7 @@ type Config struct {
 // SVID with the clientAuth usage.
 func (c Config) Server() *tls.Config {
 	certs := &certCache{src: c.SVIDs}
+	verified := newVerifyCache()
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Request rather than require a certificate, so that a client
@@ -105,7 +108,7 @@ func (c Config) Server() *tls.Config {
 			return certs.get()
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return c.verify(cs, x509.ExtKeyUsageClientAuth)
+			return c.verify(cs, x509.ExtKeyUsageClientAuth, verified)
 		},
 	}
 }
@@ -116,6 +119,7 @@ func (c Config) Server() *tls.Config {
 // VerifyConnection.
 func (c Config) Client() *tls.Config {
 	certs := &certCache{src: c.SVIDs}
+	verified := newVerifyCache()
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// The server's chain and identity are verified in
@@ -126,14 +130,14 @@ func (c Config) Client() *tls.Config {
 			return certs.get()
 		},
 		VerifyConnection: func(cs tls.ConnectionState) error {
-			return c.verify(cs, x509.ExtKeyUsageServerAuth)
+			return c.verify(cs, x509.ExtKeyUsageServerAuth, verified)
 		},
 		ClientSessionCache: tls.NewLRUClientSessionCache(64),
 	}
 }
 
-func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage) error {
-	id, err := Verify(cs.PeerCertificates, c.Bundles, eku, time.Now())
+func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage, cache *verifyCache) error {
+	id, err := cache.verify(cs.PeerCertificates, c.Bundles, eku, time.Now())
 	if err != nil {
 		return err
 	}
@@ -266,4 +270,75 @@ func (c *certCache) get() (*tls.Certificate, error) {
 	}
 	c.cur.Store(&cachedCert{svid: svid, cert: cert})
 	return cert, nil
+}
+
+// verifyCache remembers chains that verified, so that a peer reconnecting
+// (resumed or not) is not verified again while nothing that the result
+// depends on has changed: the exact chain, the bundle object its trust
+// domain had (a Source hands out a new one on every update), the key usage
+// and the validity window of every certificate in the chain. Policy and
+// key-exchange checks are not cached; they run on every handshake.
+type verifyCache struct {
+	mu sync.Mutex
+	m  map[[sha256.Size]byte]verified
+}
+
+type verified struct {
+	id                  spiffeid.ID
+	bundle              *x509bundle.Bundle
+	notBefore, notAfter time.Time
+}
+
+// maxVerified bounds the cache; when full it is emptied, which costs one
+// verification per peer afterwards.
+const maxVerified = 4096
+
+func newVerifyCache() *verifyCache {
+	return &verifyCache{m: make(map[[sha256.Size]byte]verified)}
+}
+
+func (vc *verifyCache) verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
+	if len(chain) == 0 {
+		return Verify(chain, bundles, eku, now)
+	}
+	h := sha256.New()
+	h.Write([]byte{byte(eku)})
+	for _, c := range chain {
+		h.Write(c.Raw)
+	}
+	var key [sha256.Size]byte
+	h.Sum(key[:0])
+
+	vc.mu.Lock()
+	v, ok := vc.m[key]
+	vc.mu.Unlock()
+	if ok && !now.Before(v.notBefore) && now.Before(v.notAfter) {
+		if b, err := bundles.GetX509BundleForTrustDomain(v.id.TrustDomain()); err == nil && b == v.bundle {
+			return v.id, nil
+		}
+	}
+	id, err := Verify(chain, bundles, eku, now)
+	if err != nil {
+		return id, err
+	}
+	b, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
+	if err != nil {
+		return id, nil // verified, but nothing to key the cache on
+	}
+	v = verified{id: id, bundle: b, notBefore: chain[0].NotBefore, notAfter: chain[0].NotAfter}
+	for _, c := range chain[1:] {
+		if c.NotBefore.After(v.notBefore) {
+			v.notBefore = c.NotBefore
+		}
+		if c.NotAfter.Before(v.notAfter) {
+			v.notAfter = c.NotAfter
+		}
+	}
+	vc.mu.Lock()
+	if len(vc.m) >= maxVerified {
+		clear(vc.m)
+	}
+	vc.m[key] = v
+	vc.mu.Unlock()
+	return id, nil
 }

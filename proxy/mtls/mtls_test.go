@@ -1,0 +1,95 @@
+package mtls_test
+
+import (
+	"crypto/tls"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/proxy/mtls"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+type static struct{ svid *x509svid.SVID }
+
+func (s static) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
+
+// swappable is a bundle source whose bundle can be replaced, as a Source's
+// is on every Workload API update.
+type swappable struct{ b atomic.Pointer[x509bundle.Bundle] }
+
+func (s *swappable) GetX509BundleForTrustDomain(spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
+	return s.b.Load(), nil
+}
+
+// handshake runs a server with cfg and a client presenting svid over
+// loopback TCP and returns the server's verdict.
+func handshake(t *testing.T, server *tls.Config, svid *x509svid.SVID) error {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	errc := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			errc <- err
+			return
+		}
+		defer c.Close()
+		errc <- tls.Server(c, server).Handshake()
+	}()
+	cert := testca.TLSCertificate(svid)
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{
+		MinVersion: tls.VersionTLS13, InsecureSkipVerify: true,
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil },
+	})
+	if err == nil {
+		c.Close()
+	}
+	return <-errc
+}
+
+// TestVerifyCacheFollowsBundleAndExpiry: a chain that verified is not
+// trusted from the cache once the bundle changes or the certificate expires.
+func TestVerifyCacheFollowsBundleAndExpiry(t *testing.T) {
+	ca := testca.New(t, td)
+	bundles := &swappable{}
+	bundles.b.Store(ca.Bundle())
+	cfg := mtls.Config{
+		SVIDs:     static{ca.Issue(t, spiffeid.RequireFromPath(td, "/server"))},
+		Bundles:   bundles,
+		Authorize: func(spiffeid.ID) bool { return true },
+	}.Server()
+	now := time.Now()
+	client := ca.Issue(t, spiffeid.RequireFromPath(td, "/client"), testca.WithValidity(now.Add(-time.Minute), now.Add(2*time.Second)))
+
+	for i := range 2 { // the second is served from the cache
+		if err := handshake(t, cfg, client); err != nil {
+			t.Fatalf("handshake %d: %v", i, err)
+		}
+	}
+	// The trust domain's root is replaced: the cached result no longer holds.
+	bundles.b.Store(testca.New(t, td).Bundle())
+	if err := handshake(t, cfg, client); mtls.ReasonOf(err) != mtls.ReasonUntrusted {
+		t.Fatalf("after the bundle changed: %v, want %s", err, mtls.ReasonUntrusted)
+	}
+	// Back to the original root: trusted again, then expired.
+	bundles.b.Store(ca.Bundle())
+	if err := handshake(t, cfg, client); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(client.Certificates[0].NotAfter) + 100*time.Millisecond)
+	if err := handshake(t, cfg, client); mtls.ReasonOf(err) != mtls.ReasonExpired {
+		t.Fatalf("after expiry: %v, want %s", err, mtls.ReasonExpired)
+	}
+}
