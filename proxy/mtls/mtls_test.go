@@ -23,7 +23,9 @@ func (s static) GetX509SVID() (*x509svid.SVID, error) { return s.svid, nil }
 
 // swappable is a bundle source whose bundle can be replaced, as a Source's
 // is on every Workload API update.
-type swappable struct{ b atomic.Pointer[x509bundle.Bundle] }
+type swappable struct {
+	b atomic.Pointer[x509bundle.Bundle]
+}
 
 func (s *swappable) GetX509BundleForTrustDomain(spiffeid.TrustDomain) (*x509bundle.Bundle, error) {
 	return s.b.Load(), nil
