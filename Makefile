@@ -14,7 +14,7 @@ APT_COMMANDS := gcc openssl curl ip
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 
-.PHONY: all build spire deps test lint fuzz-short bench-pq demo clean
+.PHONY: all build spire deps test lint fuzz-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -66,6 +66,10 @@ fuzz-short:
 ## writes bench/results/{kex,kem,tokens}.{md,jsonl}.
 bench-pq:
 	$(GO) run ./cmd/credflow-bench -scenario pq -n 300 -repeats 5 -out bench/results
+
+## bench-quic: TCP against QUIC between sidecars (T3, T3q, with T0); writes bench/results/transport.{md,jsonl}.
+bench-quic:
+	$(GO) run ./cmd/credflow-bench -scenario transport -n 300 -repeats 5 -out bench/results
 
 ## demo: see README.
 demo: build spire

@@ -20,7 +20,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	scenario := fs.String("scenario", "pq", "scenarios to run, comma-separated: kex (handshake cost per key-exchange group), "+
 		"kem (KEM primitives, Go against circl), tokens (ES256 against ML-DSA-65 tokens), "+
-		"quic (Initial datagrams of a QUIC handshake per group); pq is all four")
+		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars); "+
+		"pq is the first four")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")
@@ -33,7 +34,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		names = []string{"kex", "kem", "tokens", "quic"}
 	}
 	for _, name := range names {
-		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" {
+		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" {
 			fmt.Fprintf(stderr, "credflow-bench: unknown scenario %q\n", name)
 			return 2
 		}
@@ -71,6 +72,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			results, table = rs, OpTable("KEM primitives: Go standard library against circl",
 				fmt.Sprintf("Single-threaded, %d operations per repeat, %d repeats; median and min–max. "+
 					"Bytes: public key (keygen), ciphertext (encaps, seal), shared key (decaps).", *n, *repeats), env, rs)
+		case "transport":
+			var rs []TransportResult
+			const bulkBytes = 256 << 20
+			rs, err = RunTransport(ctx, bulkBytes, *n, *repeats)
+			env.Finish()
+			results, table = rs, TransportTable(env, rs, bulkBytes, *n, *repeats)
 		case "quic":
 			var rs []QUICInitialResult
 			rs, err = RunQUICInitial(ctx)

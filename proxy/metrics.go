@@ -24,6 +24,11 @@ import (
 //	credflow_classical_connections_total{direction,trust_domain}
 //	                                                      connections that negotiated a classical group under
 //	                                                      hybrid-preferred, by peer trust domain (first 32, then "other")
+//	credflow_quic_connections_total{direction}            QUIC connections between sidecars (one handshake each)
+//	credflow_quic_streams_total{direction}                app connections carried as QUIC streams
+//	credflow_quic_fallbacks_total{reason}                 outbound app connections sent over TCP instead: timeout,
+//	                                                      handshake_failed, recently_failed, stream_limit
+//	credflow_quic_handshake_duration_seconds{direction}   outbound QUIC handshake time (histogram)
 type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -33,6 +38,11 @@ type Metrics struct {
 	active    *prometheus.GaugeVec
 	closed    *prometheus.CounterVec
 	classical *prometheus.CounterVec
+
+	quicConns     *prometheus.CounterVec
+	quicStreams   *prometheus.CounterVec
+	quicFallbacks *prometheus.CounterVec
+	quicHandshake *prometheus.HistogramVec
 
 	mu  sync.Mutex
 	tds map[string]struct{}
@@ -77,9 +87,27 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_classical_connections_total",
 			Help: "Connections that negotiated a classical key exchange under hybrid-preferred, by direction and peer trust domain (first 32, then \"other\").",
 		}, []string{"direction", "trust_domain"}),
+		quicConns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_quic_connections_total",
+			Help: "QUIC connections established between sidecars (one handshake each), by direction.",
+		}, []string{"direction"}),
+		quicStreams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_quic_streams_total",
+			Help: "App connections carried as QUIC streams, by direction.",
+		}, []string{"direction"}),
+		quicFallbacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_quic_fallbacks_total",
+			Help: "Outbound app connections sent over TCP because QUIC was unavailable, by reason (timeout, handshake_failed, recently_failed, stream_limit).",
+		}, []string{"reason"}),
+		quicHandshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "credflow_quic_handshake_duration_seconds",
+			Help:    "Duration of outbound QUIC handshakes, successful or not.",
+			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
+		}, []string{"direction"}),
 		tds: make(map[string]struct{}),
 	}
-	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical)
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
+		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicHandshake)
 	return m
 }
 
@@ -148,6 +176,30 @@ func (m *Metrics) classicalAccepted(dir direction, td string) {
 	}
 	m.mu.Unlock()
 	m.classical.WithLabelValues(string(dir), td).Inc()
+}
+
+func (m *Metrics) quicConn(dir direction) {
+	if m != nil {
+		m.quicConns.WithLabelValues(string(dir)).Inc()
+	}
+}
+
+func (m *Metrics) quicStream(dir direction) {
+	if m != nil {
+		m.quicStreams.WithLabelValues(string(dir)).Inc()
+	}
+}
+
+func (m *Metrics) quicFallback(reason string) {
+	if m != nil {
+		m.quicFallbacks.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) quicHandshakeDone(dir direction, seconds float64) {
+	if m != nil {
+		m.quicHandshake.WithLabelValues(string(dir)).Observe(seconds)
+	}
 }
 
 // GroupName names a key-exchange group for metrics and logs, mapping

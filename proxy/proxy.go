@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quic-go/quic-go"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -51,6 +52,9 @@ type Inbound struct {
 	Listen string       // address to listen on, e.g. ":15006"
 	App    string       // the app's address, e.g. "127.0.0.1:8080"
 	Allow  authz.Policy // the peers allowed in
+	// QUICListen, if set, is a UDP address on which the listener also
+	// accepts QUIC from peer sidecars (see ALPN and the stream header).
+	QUICListen string
 }
 
 // Outbound is a listener that accepts the app's plain TCP and relays it
@@ -60,6 +64,13 @@ type Outbound struct {
 	Listen   string       // address to listen on, normally on loopback
 	Upstream string       // the upstream sidecar's inbound address
 	Expect   authz.Policy // the server identities accepted
+	// QUICUpstream, if set, carries this listener's connections as streams
+	// of one QUIC connection to this UDP address, falling back to TCP when
+	// the QUIC handshake fails or times out.
+	QUICUpstream string
+	// QUICTarget names the inbound listener to reach at the upstream; empty
+	// means the one whose QUIC address this is.
+	QUICTarget string
 }
 
 // Config configures a Proxy. SVIDs and Bundles are required; every zero
@@ -74,6 +85,9 @@ type Config struct {
 	// KeyExchange is the key-exchange policy; the zero value is
 	// hybrid-preferred everywhere.
 	KeyExchange pqc.Policy
+
+	// QUIC sets the limits of QUIC connections.
+	QUIC QUICLimits
 
 	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
 	HandshakeTimeout time.Duration
@@ -133,6 +147,12 @@ type listener struct {
 	kex    pqc.Mode // outbound: the key-exchange mode towards the upstream
 	ln     net.Listener
 	conns  sync.WaitGroup
+
+	quicAddr     string      // inbound: UDP address
+	quicSrv      *quicServer // inbound, once bound
+	quicUpstream string      // outbound: UDP address
+	quicTarget   string
+	quicPool     *quicPool // outbound, once bound
 }
 
 // conn is an established, relayed connection.
@@ -153,6 +173,7 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, DefaultRevalidateInterval)
+	cfg.QUIC.HandshakeTimeout = orDefault(cfg.QUIC.HandshakeTimeout, DefaultQUICHandshakeTimeout)
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
@@ -185,6 +206,7 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
 		l.tls.CurvePreferences = kex.ServerGroups()
+		l.quicAddr = in.QUICListen
 	}
 	for _, out := range cfg.Outbound {
 		l, err := add(out.Name, out.Listen, out.Upstream, dirOutbound, out.Expect)
@@ -195,6 +217,7 @@ func New(cfg Config) (*Proxy, error) {
 		td := upstreamTrustDomain(out.Expect)
 		l.tls.CurvePreferences = kex.ClientGroups(td)
 		l.kex = kex.ModeFor(td)
+		l.quicUpstream, l.quicTarget = out.QUICUpstream, out.QUICTarget
 	}
 	return p, nil
 }
@@ -236,16 +259,54 @@ func (l *listener) allows(id spiffeid.ID) bool { return l.policy.Load().Allows(i
 
 // Listen binds every listener. On error, those already bound are closed and
 // the error names the listener.
-func (p *Proxy) Listen() error {
-	for i, l := range p.listeners {
+func (p *Proxy) Listen() (err error) {
+	defer func() {
+		if err != nil {
+			p.closeListeners()
+		}
+	}()
+	for _, l := range p.listeners {
 		ln, err := net.Listen("tcp", l.addr)
 		if err != nil {
-			for _, prev := range p.listeners[:i] {
-				prev.ln.Close()
-			}
 			return fmt.Errorf("proxy: listener %q: %w", l.name, err)
 		}
 		l.ln = ln
+		switch {
+		case l.quicAddr != "":
+			if err := p.listenQUIC(l); err != nil {
+				return err
+			}
+		case l.quicUpstream != "":
+			if l.quicPool, err = p.newQUICPool(l, l.quicUpstream, l.quicTarget); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// closeListeners closes every bound listener, TCP and QUIC.
+func (p *Proxy) closeListeners() {
+	for _, l := range p.listeners {
+		if l.ln != nil {
+			l.ln.Close()
+		}
+		if l.quicSrv != nil {
+			l.quicSrv.close()
+		}
+		if l.quicPool != nil {
+			l.quicPool.close()
+		}
+	}
+}
+
+// QUICAddr returns the bound UDP address of the named inbound listener's
+// QUIC side, or nil.
+func (p *Proxy) QUICAddr(name string) net.Addr {
+	for _, l := range p.listeners {
+		if l.name == name && l.quicSrv != nil {
+			return l.quicSrv.tr.Conn.LocalAddr()
+		}
 	}
 	return nil
 }
@@ -290,13 +351,14 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for _, l := range p.listeners {
 		wg.Go(func() { p.accept(ctx, l) })
+		if l.quicSrv != nil {
+			wg.Go(func() { p.acceptQUIC(ctx, l) })
+		}
 	}
 	wg.Go(func() { p.revalidate(ctx) })
 	<-ctx.Done()
-	for _, l := range p.listeners {
-		l.ln.Close()
-	}
 	p.closeAll()
+	p.closeListeners()
 	wg.Wait()
 	p.wg.Wait()
 	return nil
@@ -314,6 +376,9 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	for _, l := range p.listeners {
 		if l.dir == dirInbound {
 			l.ln.Close()
+			if l.quicSrv != nil {
+				l.quicSrv.ln.Close() // no new QUIC connections; new streams are refused
+			}
 			wg.Go(l.conns.Wait)
 		}
 	}
@@ -349,7 +414,7 @@ func (p *Proxy) accept(ctx context.Context, l *listener) {
 		default:
 			c.Close()
 			p.m.refused(l.dir, "limit", false)
-			p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "limit", relay.Result{})
+			p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "limit", relay.Result{}, "tcp")
 			continue
 		}
 		l.conns.Add(1)
@@ -370,7 +435,7 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		tc.Close()
-		p.refuse(l, start, err, "handshake_failed")
+		p.refuse(l, start, err, "handshake_failed", "tcp")
 		return
 	}
 	peer, notAfter := peerOf(cs)
@@ -378,21 +443,54 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 	if err != nil {
 		tc.Close()
 		p.m.refused(l.dir, "app_unavailable", true)
-		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{})
+		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{}, "tcp")
 		p.log.Warn("proxy: app unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
 	// a = the peer (TLS), b = the app: AToB is to_app, BToA from_app.
-	p.relay(ctx, l, start, peer, notAfter, cs, tc, app)
+	p.relay(ctx, l, start, peer, notAfter, cs, tc, app, "tcp")
 }
 
 func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	start := time.Now()
+	if l.quicPool != nil {
+		sc, pc, err := l.quicPool.open(ctx)
+		if err == nil {
+			peer, notAfter := peerOf(&pc.cs)
+			p.relay(ctx, l, start, peer, notAfter, &pc.cs, app, sc, "quic")
+			l.quicPool.release(pc)
+			return
+		}
+		var te *quic.TransportError
+		if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
+			// The TLS handshake itself failed: one side refused the
+			// other, and TCP, under the same policy, would fare no better.
+			app.Close()
+			fallback := "peer_refused"
+			if l.kex == pqc.HybridRequired && te.Remote {
+				fallback = string(mtls.ReasonPQRequired)
+			}
+			p.refuse(l, start, err, fallback, "quic")
+			return
+		}
+		reason := "handshake_failed"
+		switch {
+		case errors.Is(err, errQUICDown):
+			reason = "recently_failed"
+		case errors.Is(err, errStreamLimit):
+			reason = "stream_limit"
+		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
+			reason = "timeout"
+		}
+		p.m.quicFallback(reason)
+		p.log.Debug("proxy: QUIC unavailable, using TCP", slog.String(logkey.Listener, l.name),
+			slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
+	}
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
 		app.Close()
 		p.m.refused(l.dir, "upstream_unavailable", true)
-		p.access(l, start, spiffeid.ID{}, nil, "error", "upstream_unavailable", relay.Result{})
+		p.access(l, start, spiffeid.ID{}, nil, "error", "upstream_unavailable", relay.Result{}, "tcp")
 		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
@@ -407,12 +505,12 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 			// handshake on that has none of them.
 			fallback = string(mtls.ReasonPQRequired)
 		}
-		p.refuse(l, start, err, fallback)
+		p.refuse(l, start, err, fallback, "tcp")
 		return
 	}
 	peer, notAfter := peerOf(cs)
 	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
-	p.relay(ctx, l, start, peer, notAfter, cs, app, tc)
+	p.relay(ctx, l, start, peer, notAfter, cs, app, tc, "tcp")
 }
 
 func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.ConnectionState, error) {
@@ -431,7 +529,7 @@ func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.
 // refuse records a failed handshake. Our own refusals carry an mtls
 // reason; anything else (the peer refused us, a timeout, garbage) gets
 // fallback.
-func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback string) {
+func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transport string) {
 	reason := string(mtls.ReasonOf(err))
 	var peer spiffeid.ID
 	var r *mtls.Refusal
@@ -446,7 +544,7 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback string)
 		reason = fallback
 	}
 	p.m.refused(l.dir, reason, false)
-	p.access(l, start, peer, nil, "deny", reason, relay.Result{})
+	p.access(l, start, peer, nil, "deny", reason, relay.Result{}, transport)
 	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
 }
@@ -460,7 +558,7 @@ func isTimeout(err error) bool {
 // For inbound listeners a is the peer and b the app; for outbound ones a is
 // the app and b the peer.
 func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID, notAfter time.Time,
-	cs *tls.ConnectionState, a, b net.Conn) {
+	cs *tls.ConnectionState, a, b net.Conn, transport string) {
 	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { a.Close(); b.Close() }}
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
@@ -485,23 +583,26 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 		// has checked the client certificate; a server that refuses us
 		// says so with an alert on our first read.
 		p.m.refused(l.dir, "peer_refused", false)
-		p.access(l, start, peer, cs, "deny", "peer_refused", res)
+		p.access(l, start, peer, cs, "deny", "peer_refused", res, transport)
 		return
 	}
 	if l.dir == dirOutbound {
 		p.m.established(l.dir, cs) // the peer did not refuse us
 	}
 	reason, _ := c.closedBy.Load().(string)
-	p.access(l, start, peer, cs, "allow", reason, res)
+	p.access(l, start, peer, cs, "allow", reason, res, transport)
 }
 
 // refusedByPeer reports whether a relay that delivered nothing to the app
 // ended because the peer refused the connection: a TLS alert from the peer
-// (crypto/tls reports it as a *net.OpError whose Op is "remote error"), or,
+// (crypto/tls reports it as a *net.OpError whose Op is "remote error"; QUIC
+// as a remote crypto error closing the connection), or,
 // when our write raced the peer's close, a reset or broken pipe.
 func refusedByPeer(err error) bool {
 	var oe *net.OpError
+	var te *quic.TransportError
 	return errors.As(err, &oe) && oe.Op == "remote error" ||
+		errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError() ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
@@ -577,11 +678,14 @@ func (p *Proxy) Policies() map[string][]string {
 }
 
 // access writes the connection's access-log line.
-func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result) {
+func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result, transport string) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Decision, decision),
+	}
+	if transport != "" {
+		attrs = append(attrs, slog.String(logkey.Transport, transport))
 	}
 	if !peer.IsZero() {
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))

@@ -35,6 +35,14 @@ type mesh struct {
 
 func startMesh(t *testing.T, x509TTL time.Duration) *mesh {
 	t.Helper()
+	return startMeshWith(t, x509TTL, false, "")
+}
+
+// startMeshWith starts the mesh; with useQUIC the backend also listens for
+// QUIC and the frontend and intruder reach it over QUIC. extraOut is added
+// to their outbound listener's configuration.
+func startMeshWith(t *testing.T, x509TTL time.Duration, useQUIC bool, extraOut string) *mesh {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Fatal("end-to-end tests run sidecars as distinct uids and need root (make test runs as root)")
 	}
@@ -79,14 +87,20 @@ func startMesh(t *testing.T, x509TTL time.Duration) *mesh {
 		})
 		return sc
 	}
-	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\nlog: {level: debug}\ntimeouts: {revalidate: 1s, drain: 10s}\n", s.AgentAddr())
+	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\nlog: {level: debug}\ntimeouts: {revalidate: 1s, drain: 10s}\nquic: {handshake_timeout: 1s}\n", s.AgentAddr())
+	quicIn, quicOut := "", ""
+	if useQUIC {
+		quicIn = fmt.Sprintf("    quic_listen: %q\n", m.inboundAddr) // the same port number, over UDP
+		quicOut = "    transport: quic\n"
+	}
+	quicOut += extraOut
 	m.backend = start(uidBackend, "backend", common+fmt.Sprintf(`
 inbound:
   - name: app
     listen: %q
     app: %q
     allow: [spiffe://example.org/frontend]
-`, m.inboundAddr, echo))
+`, m.inboundAddr, echo)+quicIn)
 	for _, w := range []struct {
 		sc   **sidecartest.Sidecar
 		uid  int
@@ -99,7 +113,7 @@ outbound:
     listen: %q
     upstream: %q
     expect: [spiffe://example.org/backend]
-`, w.addr, m.inboundAddr))
+`, w.addr, m.inboundAddr)+quicOut)
 	}
 	return m
 }

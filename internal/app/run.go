@@ -177,15 +177,21 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		MaxConnections:     cfg.MaxConnections,
 		RevalidateInterval: cfg.Revalidate,
 		KeyExchange:        cfg.KeyExchange,
-		Logger:             log,
-		AccessLog:          log,
-		Metrics:            m,
+		QUIC: proxy.QUICLimits{
+			MaxStreams:       cfg.QUICMaxStreams,
+			HandshakeTimeout: cfg.QUICHandshakeTimeout,
+			IdleTimeout:      cfg.QUICIdleTimeout,
+		},
+		Logger:    log,
+		AccessLog: log,
+		Metrics:   m,
 	}
 	for _, in := range cfg.Inbound {
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow})
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow, QUICListen: in.QUICListen})
 	}
 	for _, out := range cfg.Outbound {
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect})
+		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget})
 	}
 	return pc
 }
@@ -221,10 +227,10 @@ func sameListeners(a, b *config.Config) bool {
 	key := func(c *config.Config) []string {
 		var k []string
 		for _, in := range c.Inbound {
-			k = append(k, "in|"+in.Name+"|"+in.Listen+"|"+in.App)
+			k = append(k, "in|"+in.Name+"|"+in.Listen+"|"+in.App+"|"+in.QUICListen)
 		}
 		for _, out := range c.Outbound {
-			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream)
+			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)
 		}
 		return k
 	}

@@ -57,18 +57,25 @@ type Config struct {
 
 	// KeyExchange is the key-exchange policy (default hybrid-preferred).
 	KeyExchange pqc.Policy
+
+	// QUIC limits; zero fields mean proxy's defaults.
+	QUICMaxStreams       int64
+	QUICHandshakeTimeout time.Duration
+	QUICIdleTimeout      time.Duration
 }
 
 // Inbound is a validated inbound listener.
 type Inbound struct {
 	Name, Listen, App string
 	Allow             authz.Policy
+	QUICListen        string
 }
 
 // Outbound is a validated outbound listener.
 type Outbound struct {
-	Name, Listen, Upstream string
-	Expect                 authz.Policy
+	Name, Listen, Upstream   string
+	Expect                   authz.Policy
+	QUICUpstream, QUICTarget string
 }
 
 // file is the YAML shape.
@@ -94,17 +101,26 @@ type file struct {
 		Groups       []string          `yaml:"groups"`
 		TrustDomains map[string]string `yaml:"trust_domains"`
 	} `yaml:"key_exchange"`
+	QUIC struct {
+		MaxStreams       int64    `yaml:"max_streams"`
+		HandshakeTimeout duration `yaml:"handshake_timeout"`
+		IdleTimeout      duration `yaml:"idle_timeout"`
+	} `yaml:"quic"`
 	Inbound []struct {
 		Name   string   `yaml:"name"`
 		Listen string   `yaml:"listen"`
 		App    string   `yaml:"app"`
 		Allow  []string `yaml:"allow"`
+		QUIC   string   `yaml:"quic_listen"`
 	} `yaml:"inbound"`
 	Outbound []struct {
-		Name     string   `yaml:"name"`
-		Listen   string   `yaml:"listen"`
-		Upstream string   `yaml:"upstream"`
-		Expect   []string `yaml:"expect"`
+		Name      string   `yaml:"name"`
+		Listen    string   `yaml:"listen"`
+		Upstream  string   `yaml:"upstream"`
+		Expect    []string `yaml:"expect"`
+		Transport string   `yaml:"transport"`
+		QUIC      string   `yaml:"quic_upstream"`
+		Target    string   `yaml:"quic_target"`
 	} `yaml:"outbound"`
 }
 
@@ -266,7 +282,12 @@ func Parse(data []byte) (*Config, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
-		c.Inbound = append(c.Inbound, Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol})
+		if in.QUIC != "" {
+			if err := checkAddr(in.QUIC, false); err != nil {
+				fail(field+".quic_listen", "%v", err)
+			}
+		}
+		c.Inbound = append(c.Inbound, Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC})
 	}
 	for i, out := range f.Outbound {
 		field := fmt.Sprintf("outbound[%d]", i)
@@ -278,7 +299,28 @@ func Parse(data []byte) (*Config, error) {
 		if err != nil {
 			errs = append(errs, err)
 		}
-		c.Outbound = append(c.Outbound, Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: pol})
+		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: pol}
+		switch out.Transport {
+		case "", "tcp":
+			if out.QUIC != "" || out.Target != "" {
+				fail(field+".quic_upstream", "set, but transport is not quic")
+			}
+		case "quic":
+			o.QUICUpstream, o.QUICTarget = cmpOr(out.QUIC, out.Upstream), out.Target
+			if err := checkAddr(o.QUICUpstream, false); err != nil {
+				fail(field+".quic_upstream", "%v", err)
+			}
+			if len(o.QUICTarget) > 255 {
+				fail(field+".quic_target", "longer than 255 bytes")
+			}
+		default:
+			fail(field+".transport", "%q is not tcp or quic", out.Transport)
+		}
+		c.Outbound = append(c.Outbound, o)
+	}
+	c.QUICMaxStreams, c.QUICHandshakeTimeout, c.QUICIdleTimeout = f.QUIC.MaxStreams, f.QUIC.HandshakeTimeout.or(0), f.QUIC.IdleTimeout.or(0)
+	if c.QUICMaxStreams < 0 {
+		fail("quic.max_streams", "must be positive")
 	}
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		fail("inbound", "no inbound or outbound listener is configured")

@@ -23,6 +23,7 @@ const (
 	PeerID       = "peer_id"
 	Resumed      = "resumed"
 	TLSVersion   = "tls_version"
+	Transport    = "transport"
 	Backoff      = "backoff"
 	Entry        = "entry"
 	Error        = "error"
