@@ -18,6 +18,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -134,7 +135,8 @@ type Proxy struct {
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
 	draining bool
-	wg       sync.WaitGroup // connection goroutines
+	groups   map[string]int64 // established connections by key-exchange group
+	wg       sync.WaitGroup   // connection goroutines
 }
 
 type listener struct {
@@ -186,6 +188,7 @@ func New(cfg Config) (*Proxy, error) {
 		slots:    make(chan struct{}, cfg.MaxConnections),
 		revalNow: make(chan struct{}, 1),
 		conns:    make(map[*conn]struct{}),
+		groups:   make(map[string]int64),
 	}
 	names := map[string]bool{}
 	add := func(name, addr, target string, dir direction, pol authz.Policy) (*listener, error) {
@@ -562,6 +565,7 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { a.Close(); b.Close() }}
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
+	p.groups[GroupName(cs.CurveID)]++
 	p.mu.Unlock()
 	p.m.started(l.dir)
 	if l.dir == dirInbound {
@@ -663,6 +667,14 @@ func (p *Proxy) Draining() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.draining
+}
+
+// NegotiatedGroups counts the relayed connections by the key-exchange group
+// they negotiated, since start.
+func (p *Proxy) NegotiatedGroups() map[string]int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return maps.Clone(p.groups)
 }
 
 // KeyExchange returns the key-exchange policy.

@@ -5,7 +5,8 @@
 //	                  up, not draining); 503 and the reason otherwise
 //	/metrics          Prometheus metrics
 //	/debug/identity   the SPIFFE ID, SVID serial and validity, trust domains
-//	                  listener policies and the key-exchange policy, as JSON;
+//	                  listener policies, the key-exchange policy and the
+//	                  connections by negotiated group, as JSON;
 //	                  never key material
 //
 // Nothing here changes state.
@@ -34,6 +35,8 @@ type Deps struct {
 	Policies func() map[string][]string
 	// KeyExchange describes the key-exchange policy.
 	KeyExchange func() string
+	// NegotiatedGroups counts connections by negotiated key-exchange group.
+	NegotiatedGroups func() map[string]int64
 }
 
 // Handler returns the admin HTTP handler.
@@ -66,6 +69,9 @@ type Identity struct {
 	TrustDomains []string            `json:"trust_domains"`
 	Policies     map[string][]string `json:"policies"`
 	KeyExchange  string              `json:"key_exchange"`
+	// NegotiatedGroups counts the connections relayed since start by the
+	// key-exchange group they negotiated.
+	NegotiatedGroups map[string]int64 `json:"negotiated_groups"`
 }
 
 func identity(d Deps) Identity {
@@ -83,6 +89,7 @@ func identity(d Deps) Identity {
 	}
 	doc.Policies = d.Policies()
 	doc.KeyExchange = d.KeyExchange()
+	doc.NegotiatedGroups = d.NegotiatedGroups()
 	return doc
 }
 

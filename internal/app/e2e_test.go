@@ -175,6 +175,14 @@ func TestE2EPayloadsAndRefusal(t *testing.T) {
 		t.Fatalf("inbound connections with X25519MLKEM768 = %v, want 4", n)
 	}
 
+	_, body, err := m.backend.Get(ctx, "/debug/identity")
+	if err != nil || !strings.Contains(body, `"X25519MLKEM768": 4`) || !strings.Contains(body, `"key_exchange": "hybrid-preferred"`) {
+		t.Fatalf("/debug/identity: %v\n%s", err, body)
+	}
+	if strings.Contains(body, "PRIVATE") || strings.Contains(body, "BEGIN") {
+		t.Fatalf("/debug/identity shows key or certificate material:\n%s", body)
+	}
+
 	// The intruder's connection is refused at the handshake by the backend.
 	got, _ := roundTrip(m.intruderAddr, []byte("let me in"))
 	if len(got) != 0 {

@@ -119,11 +119,12 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	go func() { proxyDone <- p.Serve(proxyCtx) }()
 	adminSrv := &http.Server{
 		Handler: admin.Handler(admin.Deps{
-			Gatherer:     reg,
-			SVIDs:        src,
-			TrustDomains: src.TrustDomains,
-			Policies:     p.Policies,
-			KeyExchange:  p.KeyExchange().String,
+			Gatherer:         reg,
+			SVIDs:            src,
+			TrustDomains:     src.TrustDomains,
+			Policies:         p.Policies,
+			KeyExchange:      p.KeyExchange().String,
+			NegotiatedGroups: p.NegotiatedGroups,
 			Ready: func() error {
 				if p.Draining() {
 					return errors.New("draining")
