@@ -1,9 +1,9 @@
 package agent
 
 import (
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credflow/credflow/internal/labelcap"
 )
 
 // maxTrustDomainLabels caps the distinct trust_domain label values; further
@@ -25,8 +25,7 @@ type Metrics struct {
 	jwtCache      *prometheus.CounterVec
 	bundleUpdates *prometheus.CounterVec
 
-	mu  sync.Mutex
-	tds map[string]struct{}
+	tds *labelcap.Set
 }
 
 // NewMetrics creates the identity metrics and registers them with reg.
@@ -54,7 +53,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_bundle_updates_total",
 			Help: "Trust bundle updates by kind (x509, jwt) and trust domain (capped; the rest is \"other\").",
 		}, []string{"kind", "trust_domain"}),
-		tds: make(map[string]struct{}),
+		tds: labelcap.New(maxTrustDomainLabels),
 	}
 	reg.MustRegister(m.svidExpiry, m.rotations, m.apiErrors, m.jwtCache, m.bundleUpdates)
 	return m
@@ -93,14 +92,6 @@ func (m *Metrics) bundleUpdated(kind, td string) {
 	if m == nil {
 		return
 	}
-	m.mu.Lock()
-	if _, ok := m.tds[td]; !ok {
-		if len(m.tds) >= maxTrustDomainLabels {
-			td = "other"
-		} else {
-			m.tds[td] = struct{}{}
-		}
-	}
-	m.mu.Unlock()
+	td = m.tds.Value(td)
 	m.bundleUpdates.WithLabelValues(kind, td).Inc()
 }

@@ -52,20 +52,10 @@ type KexResult struct {
 // authorization in VerifyConnection), over real loopback TCP, n handshakes
 // per group and mode per repeat, groups interleaved within each repeat.
 func RunKex(ctx context.Context, n, repeats int) ([]KexResult, error) {
-	td := spiffeid.RequireTrustDomainFromString("bench.example")
-	ca, caKey, err := newCA(td)
+	server, client, bundles, err := newIdentities()
 	if err != nil {
 		return nil, err
 	}
-	server, err := newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/server"))
-	if err != nil {
-		return nil, err
-	}
-	client, err := newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/client"))
-	if err != nil {
-		return nil, err
-	}
-	bundles := x509bundle.NewSet(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca}))
 	allow := func(spiffeid.ID) bool { return true }
 
 	var out []KexResult
@@ -213,6 +203,23 @@ func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// newIdentities makes a trust domain "bench.example" with a server and a
+// client SVID, and its bundle set.
+func newIdentities() (server, client *x509svid.SVID, bundles *x509bundle.Set, err error) {
+	td := spiffeid.RequireTrustDomainFromString("bench.example")
+	ca, caKey, err := newCA(td)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if server, err = newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/server")); err != nil {
+		return nil, nil, nil, err
+	}
+	if client, err = newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/client")); err != nil {
+		return nil, nil, nil, err
+	}
+	return server, client, x509bundle.NewSet(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca})), nil
 }
 
 func newCA(td spiffeid.TrustDomain) (*x509.Certificate, *ecdsa.PrivateKey, error) {

@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"slices"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/quic-go/quic-go"
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/proxy/mtls"
@@ -63,20 +61,10 @@ const quicHandshakes = 10
 // the sidecar's TLS configurations and counts the client's Initial
 // datagrams: hybrid ClientHellos are larger than a 1200-byte datagram.
 func RunQUICInitial(ctx context.Context) ([]QUICInitialResult, error) {
-	td := spiffeid.RequireTrustDomainFromString("bench.example")
-	ca, caKey, err := newCA(td)
+	server, client, bundles, err := newIdentities()
 	if err != nil {
 		return nil, err
 	}
-	server, err := newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/server"))
-	if err != nil {
-		return nil, err
-	}
-	client, err := newSVID(ca, caKey, spiffeid.RequireFromPath(td, "/client"))
-	if err != nil {
-		return nil, err
-	}
-	bundles := x509bundle.NewSet(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca}))
 	allow := func(spiffeid.ID) bool { return true }
 	var out []QUICInitialResult
 	for _, g := range KexGroups {

@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -10,9 +9,6 @@ import (
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
@@ -120,24 +116,11 @@ func startSink(ctx context.Context) (string, error) {
 // startPair runs an inbound sidecar in front of app and an outbound one in
 // front of it, over TCP or QUIC, and returns the outbound's address.
 func startPair(ctx context.Context, app string, useQUIC bool) (string, error) {
-	td := spiffeid.RequireTrustDomainFromString("bench.example")
-	ca, caKey, err := newCA(td)
+	serverSVID, clientSVID, bundles, err := newIdentities()
 	if err != nil {
 		return "", err
 	}
-	bundles := x509bundle.NewSet(x509bundle.FromX509Authorities(td, []*x509.Certificate{ca}))
-	svid := func(path string) (staticSVID, error) {
-		s, err := newSVID(ca, caKey, spiffeid.RequireFromPath(td, path))
-		return staticSVID{s}, err
-	}
-	server, err := svid("/server")
-	if err != nil {
-		return "", err
-	}
-	client, err := svid("/client")
-	if err != nil {
-		return "", err
-	}
+	server, client := staticSVID{serverSVID}, staticSVID{clientSVID}
 	allow, _ := authz.ParsePolicy([]string{"spiffe://bench.example/client"})
 	expect, _ := authz.ParsePolicy([]string{"spiffe://bench.example/server"})
 	in := proxy.Inbound{Name: "app", Listen: "127.0.0.1:0", App: app, Allow: allow}

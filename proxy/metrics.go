@@ -2,9 +2,10 @@ package proxy
 
 import (
 	"crypto/tls"
-	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/credflow/credflow/internal/labelcap"
 )
 
 // Metrics are the data plane's metrics. A nil *Metrics records nothing.
@@ -44,8 +45,7 @@ type Metrics struct {
 	quicFallbacks *prometheus.CounterVec
 	quicHandshake *prometheus.HistogramVec
 
-	mu  sync.Mutex
-	tds map[string]struct{}
+	tds *labelcap.Set
 }
 
 // maxTrustDomainLabels caps the trust_domain label values.
@@ -104,7 +104,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of outbound QUIC handshakes, successful or not.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 		}, []string{"direction"}),
-		tds: make(map[string]struct{}),
+		tds: labelcap.New(maxTrustDomainLabels),
 	}
 	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
 		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicHandshake)
@@ -166,15 +166,7 @@ func (m *Metrics) classicalAccepted(dir direction, td string) {
 	if m == nil {
 		return
 	}
-	m.mu.Lock()
-	if _, ok := m.tds[td]; !ok {
-		if len(m.tds) >= maxTrustDomainLabels {
-			td = "other"
-		} else {
-			m.tds[td] = struct{}{}
-		}
-	}
-	m.mu.Unlock()
+	td = m.tds.Value(td)
 	m.classical.WithLabelValues(string(dir), td).Inc()
 }
 

@@ -259,7 +259,14 @@ func leakFigures(t *testing.T, scs ...*sidecartest.Sidecar) map[string]float64 {
 // TestE2ERotationUnderTraffic is F4 in short form: SVIDs of ~10 s, a steady
 // client across at least three rotations, no failed request.
 func TestE2ERotationUnderTraffic(t *testing.T) {
-	m := startMesh(t, 10*time.Second)
+	trafficAcrossRotations(t, startMesh(t, 10*time.Second), 3)
+}
+
+// trafficAcrossRotations sends requests through the frontend at a steady
+// pace until both sidecars have rotated their SVIDs n times, and fails on
+// any failed request.
+func trafficAcrossRotations(t *testing.T, m *mesh, n float64) {
+	t.Helper()
 	ctx := t.Context()
 	rot := func() float64 {
 		a, _ := m.backend.Metric(ctx, "credflow_svid_rotations_total")
@@ -269,7 +276,7 @@ func TestE2ERotationUnderTraffic(t *testing.T) {
 	start := rot()
 	var ok, failed int
 	deadline := time.Now().Add(90 * time.Second)
-	for rot()-start < 3 {
+	for rot()-start < n {
 		if time.Now().After(deadline) {
 			t.Fatalf("only %v rotations in 90s", rot()-start)
 		}
