@@ -41,9 +41,9 @@ deps:
 	fi
 	$(GO) mod download
 
-## test: everything — lint, unit and real-SPIRE tests, a short fuzz run.
+## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
 test: deps spire lint
-	$(GO) test -count=1 -timeout 30m ./...
+	$(GO) test -race -count=1 -timeout 30m ./...
 	$(MAKE) --no-print-directory fuzz-short
 
 ## lint: gofmt and go vet.
