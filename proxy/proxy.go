@@ -56,6 +56,8 @@ type Inbound struct {
 	// QUICListen, if set, is a UDP address on which the listener also
 	// accepts QUIC from peer sidecars (see ALPN and the stream header).
 	QUICListen string
+	// HTTP, if set, makes the listener HTTP-aware (routes, tokens).
+	HTTP *InboundHTTP
 }
 
 // Outbound is a listener that accepts the app's plain TCP and relays it
@@ -72,6 +74,9 @@ type Outbound struct {
 	// QUICTarget names the inbound listener to reach at the upstream; empty
 	// means the one whose QUIC address this is.
 	QUICTarget string
+	// HTTP, if set, makes the listener HTTP-aware (pooled HTTP/2 to the
+	// upstream, JWT-SVIDs attached).
+	HTTP *OutboundHTTP
 }
 
 // Config configures a Proxy. SVIDs and Bundles are required; every zero
@@ -89,6 +94,11 @@ type Config struct {
 
 	// QUIC sets the limits of QUIC connections.
 	QUIC QUICLimits
+
+	// Tokens mints JWT-SVIDs for HTTP outbound listeners; ValidateJWT
+	// validates them on HTTP inbound listeners that require them.
+	Tokens      TokenSource
+	ValidateJWT TokenValidator
 
 	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
 	HandshakeTimeout time.Duration
@@ -155,6 +165,9 @@ type listener struct {
 	quicUpstream string      // outbound: UDP address
 	quicTarget   string
 	quicPool     *quicPool // outbound, once bound
+
+	httpIn  *httpInbound
+	httpOut *httpOutbound
 }
 
 // conn is an established, relayed connection.
@@ -210,6 +223,13 @@ func New(cfg Config) (*Proxy, error) {
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
 		l.tls.CurvePreferences = kex.ServerGroups()
 		l.quicAddr = in.QUICListen
+		if in.HTTP != nil {
+			if in.QUICListen != "" {
+				return nil, fmt.Errorf("proxy: listener %q: HTTP over QUIC is not supported", in.Name)
+			}
+			l.tls.NextProtos = []string{"h2", "http/1.1"}
+			l.httpIn = p.newHTTPInbound(l, *in.HTTP)
+		}
 	}
 	for _, out := range cfg.Outbound {
 		l, err := add(out.Name, out.Listen, out.Upstream, dirOutbound, out.Expect)
@@ -221,6 +241,13 @@ func New(cfg Config) (*Proxy, error) {
 		l.tls.CurvePreferences = kex.ClientGroups(td)
 		l.kex = kex.ModeFor(td)
 		l.quicUpstream, l.quicTarget = out.QUICUpstream, out.QUICTarget
+		if out.HTTP != nil {
+			if out.QUICUpstream != "" {
+				return nil, fmt.Errorf("proxy: listener %q: HTTP over QUIC is not supported", out.Name)
+			}
+			exact, _ := out.Expect.ExactID()
+			l.httpOut = p.newHTTPOutbound(l, *out.HTTP, exact)
+		}
 	}
 	return p, nil
 }
@@ -274,6 +301,9 @@ func (p *Proxy) Listen() (err error) {
 			return fmt.Errorf("proxy: listener %q: %w", l.name, err)
 		}
 		l.ln = ln
+		if l.httpIn != nil {
+			l.httpIn.ln = newChanListener(ln.Addr())
+		}
 		switch {
 		case l.quicAddr != "":
 			if err := p.listenQUIC(l); err != nil {
@@ -299,6 +329,14 @@ func (p *Proxy) closeListeners() {
 		}
 		if l.quicPool != nil {
 			l.quicPool.close()
+		}
+		if l.httpIn != nil {
+			l.httpIn.srv.Close()
+			l.httpIn.ln.Close()
+		}
+		if l.httpOut != nil {
+			l.httpOut.srv.Close()
+			l.httpOut.tr.CloseIdleConnections()
 		}
 	}
 }
@@ -353,7 +391,15 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	for _, l := range p.listeners {
-		wg.Go(func() { p.accept(ctx, l) })
+		switch {
+		case l.httpOut != nil:
+			wg.Go(func() { l.httpOut.srv.Serve(l.ln) })
+		case l.httpIn != nil:
+			wg.Go(func() { l.httpIn.srv.Serve(l.httpIn.ln) })
+			wg.Go(func() { p.accept(ctx, l) })
+		default:
+			wg.Go(func() { p.accept(ctx, l) })
+		}
 		if l.quicSrv != nil {
 			wg.Go(func() { p.acceptQUIC(ctx, l) })
 		}
@@ -381,6 +427,9 @@ func (p *Proxy) Drain(ctx context.Context) error {
 			l.ln.Close()
 			if l.quicSrv != nil {
 				l.quicSrv.ln.Close() // no new QUIC connections; new streams are refused
+			}
+			if l.httpIn != nil {
+				wg.Go(func() { l.httpIn.srv.Shutdown(ctx) }) // in-flight requests finish
 			}
 			wg.Go(l.conns.Wait)
 		}
@@ -442,6 +491,10 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 		return
 	}
 	peer, notAfter := peerOf(cs)
+	if l.httpIn != nil {
+		p.serveHTTPConn(l, tc, cs, peer, notAfter)
+		return
+	}
 	app, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
 		tc.Close()

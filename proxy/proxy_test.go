@@ -118,7 +118,7 @@ func (in *inbound) metric(t *testing.T, name string, labels ...string) float64 {
 					continue series
 				}
 			}
-			total += m.GetCounter().GetValue() + m.GetGauge().GetValue()
+			total += m.GetCounter().GetValue() + m.GetGauge().GetValue() + float64(m.GetHistogram().GetSampleCount())
 		}
 	}
 	return total

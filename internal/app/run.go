@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/admin"
@@ -186,13 +187,18 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		Logger:    log,
 		AccessLog: log,
 		Metrics:   m,
+		Tokens:    src,
+		ValidateJWT: func(token, audience string) (*jwtsvid.SVID, error) {
+			return agent.ValidateJWTSVID(token, src, audience)
+		},
 	}
 	for _, in := range cfg.Inbound {
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow, QUICListen: in.QUICListen})
+		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
+			QUICListen: in.QUICListen, HTTP: in.HTTP})
 	}
 	for _, out := range cfg.Outbound {
 		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget})
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP})
 	}
 	return pc
 }

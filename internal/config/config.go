@@ -11,13 +11,16 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
 	"github.com/credflow/credflow/pqc"
+	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/route"
 )
 
 // MaxSize bounds the configuration file.
@@ -69,6 +72,8 @@ type Inbound struct {
 	Name, Listen, App string
 	Allow             authz.Policy
 	QUICListen        string
+	// HTTP is set for protocol: http.
+	HTTP *proxy.InboundHTTP
 }
 
 // Outbound is a validated outbound listener.
@@ -76,6 +81,8 @@ type Outbound struct {
 	Name, Listen, Upstream   string
 	Expect                   authz.Policy
 	QUICUpstream, QUICTarget string
+	// HTTP is set for protocol: http.
+	HTTP *proxy.OutboundHTTP
 }
 
 // file is the YAML shape.
@@ -112,6 +119,20 @@ type file struct {
 		App    string   `yaml:"app"`
 		Allow  []string `yaml:"allow"`
 		QUIC   string   `yaml:"quic_listen"`
+
+		Protocol    string `yaml:"protocol"`
+		AppProtocol string `yaml:"app_protocol"`
+		Routes      []struct {
+			Peers   []string `yaml:"peers"`
+			Methods []string `yaml:"methods"`
+			Paths   []string `yaml:"paths"`
+		} `yaml:"routes"`
+		CaseInsensitivePaths bool `yaml:"case_insensitive_paths"`
+		JWT                  struct {
+			Require bool   `yaml:"require"`
+			Header  string `yaml:"header"`
+			Pass    bool   `yaml:"pass"`
+		} `yaml:"jwt"`
 	} `yaml:"inbound"`
 	Outbound []struct {
 		Name      string   `yaml:"name"`
@@ -121,6 +142,11 @@ type file struct {
 		Transport string   `yaml:"transport"`
 		QUIC      string   `yaml:"quic_upstream"`
 		Target    string   `yaml:"quic_target"`
+
+		Protocol    string `yaml:"protocol"`
+		JWTAudience string `yaml:"jwt_audience"`
+		TokenHeader string `yaml:"token_header"`
+		Pool        int    `yaml:"pool"`
 	} `yaml:"outbound"`
 }
 
@@ -287,7 +313,59 @@ func Parse(data []byte) (*Config, error) {
 				fail(field+".quic_listen", "%v", err)
 			}
 		}
-		c.Inbound = append(c.Inbound, Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC})
+		ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC}
+		switch in.Protocol {
+		case "", "tcp":
+			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" {
+				fail(field+".protocol", "routes, jwt and app_protocol need protocol: http")
+			}
+		case "http":
+			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass}
+			h.Routes.CaseInsensitive = in.CaseInsensitivePaths
+			switch in.AppProtocol {
+			case "", "http1":
+			case "h2c":
+				h.AppH2C = true
+			default:
+				fail(field+".app_protocol", "%q is not http1 or h2c", in.AppProtocol)
+			}
+			if len(in.Routes) == 0 {
+				fail(field+".routes", "protocol http denies every request without a route")
+			}
+			for j, r := range in.Routes {
+				rf := fmt.Sprintf("%s.routes[%d]", field, j)
+				peers, err := policy(rf+".peers", r.Peers)
+				if err != nil {
+					errs = append(errs, err)
+				}
+				rule := route.Rule{Peers: peers}
+				for _, m := range r.Methods {
+					if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
+						fail(rf+".methods", "%q is not an upper-case HTTP method", m)
+					}
+					rule.Methods = append(rule.Methods, m)
+				}
+				if len(r.Paths) == 0 {
+					fail(rf+".paths", "at least one path (exact, or a prefix ending in /*) is required")
+				}
+				for k, ps := range r.Paths {
+					pth, err := route.ParsePath(ps)
+					if err != nil {
+						fail(fmt.Sprintf("%s.paths[%d]", rf, k), "%v", err)
+						continue
+					}
+					rule.Paths = append(rule.Paths, pth)
+				}
+				h.Routes.Rules = append(h.Routes.Rules, rule)
+			}
+			if in.QUIC != "" {
+				fail(field+".quic_listen", "QUIC carries protocol tcp only")
+			}
+			ib.HTTP = h
+		default:
+			fail(field+".protocol", "%q is not tcp or http", in.Protocol)
+		}
+		c.Inbound = append(c.Inbound, ib)
 	}
 	for i, out := range f.Outbound {
 		field := fmt.Sprintf("outbound[%d]", i)
@@ -315,6 +393,22 @@ func Parse(data []byte) (*Config, error) {
 			}
 		default:
 			fail(field+".transport", "%q is not tcp or quic", out.Transport)
+		}
+		switch out.Protocol {
+		case "", "tcp":
+			if out.JWTAudience != "" || out.Pool != 0 || out.TokenHeader != "" {
+				fail(field+".protocol", "jwt_audience, token_header and pool need protocol: http")
+			}
+		case "http":
+			if out.Pool < 0 {
+				fail(field+".pool", "must be positive")
+			}
+			if o.QUICUpstream != "" {
+				fail(field+".transport", "QUIC carries protocol tcp only")
+			}
+			o.HTTP = &proxy.OutboundHTTP{JWTAudience: out.JWTAudience, TokenHeader: out.TokenHeader, Pool: out.Pool}
+		default:
+			fail(field+".protocol", "%q is not tcp or http", out.Protocol)
 		}
 		c.Outbound = append(c.Outbound, o)
 	}

@@ -136,6 +136,15 @@ func (p Policy) Allows(id spiffeid.ID) bool {
 	return false
 }
 
+// ExactID returns the ID when the policy is a single exact SPIFFE ID.
+func (p Policy) ExactID() (spiffeid.ID, bool) {
+	if len(p.patterns) != 1 || p.patterns[0].kind != exact {
+		return spiffeid.ID{}, false
+	}
+	id, err := spiffeid.FromPath(p.patterns[0].td, p.patterns[0].path)
+	return id, err == nil
+}
+
 // TrustDomains returns the distinct trust domains the policy's patterns
 // name, in order.
 func (p Policy) TrustDomains() []spiffeid.TrustDomain {

@@ -1,0 +1,216 @@
+package app_test
+
+import (
+	"bufio"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/credflow/credflow/internal/sidecartest"
+	"github.com/credflow/credflow/internal/spiretest"
+)
+
+// TestE2EHTTPAndGRPC: two sidecars in HTTP mode on real SPIRE. A grpc-go
+// client (unary and server-streaming) and an HTTP/1.1 client go through
+// them; a route allows some methods and refuses another (403 and
+// PermissionDenied); the app receives a JWT-SVID minted by SPIRE for its
+// own SPIFFE ID with the caller as subject; a JWT-SVID fetched by another
+// workload and replayed through the frontend is refused.
+func TestE2EHTTPAndGRPC(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("end-to-end tests run sidecars as distinct uids and need root (make test runs as root)")
+	}
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := startSPIRE(t)
+	if bin, err = s.InstallBinary(bin); err != nil {
+		t.Fatal(err)
+	}
+	agentBin, err := s.InstallBinary(s.AgentBin())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := t.Context()
+	for uid, path := range map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"} {
+		if _, err := s.Register(ctx, spiretest.Entry{ID: s.ID(path), UID: uid}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// The apps: a gRPC health server (h2c) and an HTTP/1.1 app that reports
+	// the token it received.
+	grpcLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	healthpb.RegisterHealthServer(gs, health.NewServer())
+	go gs.Serve(grpcLn)
+	t.Cleanup(gs.Stop)
+	httpLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		claims := map[string]any{}
+		if tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok {
+			if parts := strings.Split(tok, "."); len(parts) == 3 {
+				b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+				json.Unmarshal(b, &claims)
+			}
+		}
+		fmt.Fprintf(w, "peer=%s sub=%v aud=%v", r.Header.Get("X-Credflow-Peer-Id"), claims["sub"], claims["aud"])
+	})}
+	go hs.Serve(httpLn)
+	t.Cleanup(func() { hs.Close() })
+
+	addrs := make([]string, 6)
+	for i := range addrs {
+		if addrs[i], err = sidecartest.FreeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inGRPC, inHTTP, outGRPC, outHTTP, intruderHTTP := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
+	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\nlog: {level: debug}\n", s.AgentAddr())
+	start := func(uid int, name, cfg string) *sidecartest.Sidecar {
+		sc, err := sidecartest.Start(ctx, s, bin, uid, name, cfg, 60*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			sc.Stop(10 * time.Second)
+			if t.Failed() {
+				t.Logf("--- %s log ---\n%s", name, sc.Tail(6000))
+			}
+		})
+		return sc
+	}
+	backend := start(uidBackend, "backend", common+fmt.Sprintf(`inbound:
+  - name: grpc
+    listen: %q
+    app: %q
+    protocol: http
+    app_protocol: h2c
+    allow: [spiffe://example.org]
+    jwt: {require: true}
+    routes:
+      - peers: [spiffe://example.org/frontend]
+        methods: [POST]
+        paths: [/grpc.health.v1.Health/Check, /grpc.health.v1.Health/Watch]
+  - name: web
+    listen: %q
+    app: %q
+    protocol: http
+    allow: [spiffe://example.org]
+    jwt: {require: true, pass: true}
+    routes:
+      - peers: [spiffe://example.org/frontend, spiffe://example.org/intruder]
+        methods: [GET]
+        paths: [/api/*]
+`, inGRPC, grpcLn.Addr(), inHTTP, httpLn.Addr()))
+	outbound := func(name, listen, upstream string) string {
+		return fmt.Sprintf("  - name: %s\n    listen: %q\n    upstream: %q\n    protocol: http\n    expect: [spiffe://example.org/backend]\n", name, listen, upstream)
+	}
+	start(uidFrontend, "frontend", common+"outbound:\n"+outbound("grpc", outGRPC, inGRPC)+outbound("web", outHTTP, inHTTP))
+	start(uidIntruder, "intruder", common+"outbound:\n"+outbound("web", intruderHTTP, inHTTP))
+
+	// gRPC: unary and server-streaming allowed, another method refused.
+	conn, err := grpc.NewClient("passthrough:///"+outGRPC, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	hc := healthpb.NewHealthClient(conn)
+	if resp, err := hc.Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("unary Check through the sidecars: %v, %v", resp, err)
+	}
+	stream, err := hc.Watch(ctx, &healthpb.HealthCheckRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp, err := stream.Recv(); err != nil || resp.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("server-streaming Watch through the sidecars: %v, %v", resp, err)
+	}
+	err = conn.Invoke(ctx, "/grpc.health.v1.Health/List", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("a method outside the route: %v, want PermissionDenied", err)
+	}
+
+	// HTTP/1.1: the app gets the JWT-SVID SPIRE minted for it, with the
+	// frontend as subject; a path outside the route is refused.
+	get := func(addr, path, auth string) (int, string) {
+		req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+addr+path, nil)
+		if auth != "" {
+			req.Header.Set("Authorization", auth)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	code, body := get(outHTTP, "/api/thing", "")
+	if code != 200 || !strings.Contains(body, "peer=spiffe://example.org/frontend sub=spiffe://example.org/frontend aud=[spiffe://example.org/backend]") {
+		t.Fatalf("HTTP/1.1 through the sidecars: %d %s", code, body)
+	}
+	if code, body := get(outHTTP, "/admin", ""); code != 403 {
+		t.Fatalf("a path outside the route: %d %s", code, body)
+	}
+
+	// The intruder fetches its own JWT-SVID for the backend; the frontend's
+	// app replays it: refused, its subject is not the mTLS peer.
+	out, err := s.Command(ctx, uidIntruder, agentBin, "api", "fetch", "jwt", "-audience", "spiffe://example.org/backend",
+		"-socketPath", s.AgentSocket()).CombinedOutput()
+	if err != nil {
+		t.Fatalf("spire-agent api fetch jwt: %v\n%s", err, out)
+	}
+	token := tokenFrom(t, string(out))
+	if code, body := get(outHTTP, "/api/thing", "Bearer "+token); code != 401 || !strings.Contains(body, "token_peer_mismatch") {
+		t.Fatalf("a replayed token: %d %s", code, body)
+	}
+	// Through its own sidecar the intruder is served (the route allows it).
+	if code, body := get(intruderHTTP, "/api/thing", ""); code != 200 || !strings.Contains(body, "sub=spiffe://example.org/intruder") {
+		t.Fatalf("the intruder through its own sidecar: %d %s", code, body)
+	}
+	if n, _ := backend.Metric(ctx, "credflow_refusals_total", "reason=token_peer_mismatch"); n != 1 {
+		t.Errorf("token_peer_mismatch refusals = %v, want 1", n)
+	}
+	// B18: no token in any log.
+	for _, sc := range []string{"backend", "frontend", "intruder"} {
+		b, _ := os.ReadFile(s.Dir() + "/sidecar-" + sc + "/credflow.log")
+		if strings.Contains(string(b), token[:40]) || strings.Contains(string(b), "eyJ") {
+			t.Errorf("%s's log holds a token", sc)
+		}
+	}
+}
+
+// tokenFrom finds the token in `spire-agent api fetch jwt` output.
+func tokenFrom(t *testing.T, out string) string {
+	t.Helper()
+	sc := bufio.NewScanner(strings.NewReader(out))
+	for sc.Scan() {
+		if strings.HasPrefix(sc.Text(), "token(") && sc.Scan() {
+			return strings.TrimSpace(sc.Text())
+		}
+	}
+	t.Fatalf("no token in:\n%s", out)
+	return ""
+}

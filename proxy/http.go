@@ -1,0 +1,426 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/route"
+)
+
+// Headers the sidecar sets, or strips when they come from outside.
+const (
+	// PeerHeader carries the verified peer SPIFFE ID to the app. Any value
+	// a peer sends is replaced.
+	PeerHeader = "X-Credflow-Peer-Id"
+	// xfcc is stripped: only the sidecar speaks for the peer's identity.
+	xfcc = "X-Forwarded-Client-Cert"
+)
+
+// InboundHTTP makes an inbound listener HTTP-aware (HTTP/1.1 and HTTP/2,
+// gRPC included): every request is authorized by route and, if required,
+// by a JWT-SVID bound to the mTLS peer.
+type InboundHTTP struct {
+	// Routes allow requests by peer, method and canonical path; a request
+	// no rule allows is refused (403, or gRPC PermissionDenied).
+	Routes route.Table
+	// RequireJWT refuses requests without a valid JWT-SVID whose audience
+	// is this workload and whose subject is the mTLS peer.
+	RequireJWT bool
+	// TokenHeader is the header the JWT-SVID comes in; default
+	// Authorization ("Bearer <token>").
+	TokenHeader string
+	// PassJWT forwards the validated token to the app; by default it is
+	// stripped.
+	PassJWT bool
+	// AppH2C speaks HTTP/2 without TLS to the app (gRPC servers); default
+	// HTTP/1.1.
+	AppH2C bool
+}
+
+// OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
+// or h2c, gRPC included) are multiplexed over a small pool of HTTP/2 mTLS
+// connections to the upstream sidecar, each with a JWT-SVID attached.
+type OutboundHTTP struct {
+	// JWTAudience is the audience of the JWT-SVID attached to each request;
+	// default: the expected server ID when the listener expects exactly
+	// one; none otherwise (no token attached).
+	JWTAudience string
+	// TokenHeader is the header the token goes in when the app has set its
+	// own Authorization; default X-Credflow-Jwt-Svid.
+	TokenHeader string
+	// Pool is the number of HTTP/2 connections kept to the upstream;
+	// default 2.
+	Pool int
+}
+
+// TokenSource mints JWT-SVIDs for this workload (agent.Source does).
+type TokenSource interface {
+	FetchJWTSVID(ctx context.Context, audience string) (*jwtsvid.SVID, error)
+}
+
+// TokenValidator validates a JWT-SVID for an audience against the JWT
+// bundles (agent.ValidateJWTSVID does).
+type TokenValidator func(token, audience string) (*jwtsvid.SVID, error)
+
+// chanListener hands connections that the proxy accepted and authorized to
+// an http.Server.
+type chanListener struct {
+	addr   net.Addr
+	conns  chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener(addr net.Addr) *chanListener {
+	return &chanListener{addr: addr, conns: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (c *chanListener) Accept() (net.Conn, error) {
+	select {
+	case conn := <-c.conns:
+		return conn, nil
+	case <-c.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (c *chanListener) Close() error {
+	c.once.Do(func() { close(c.closed) })
+	return nil
+}
+
+func (c *chanListener) Addr() net.Addr { return c.addr }
+
+// give hands conn to the server; false if it is closed.
+func (c *chanListener) give(conn net.Conn) bool {
+	select {
+	case c.conns <- conn:
+		return true
+	case <-c.closed:
+		return false
+	}
+}
+
+// httpInbound serves the HTTP side of an inbound listener.
+type httpInbound struct {
+	cfg   InboundHTTP
+	ln    *chanListener
+	srv   *http.Server
+	proxy *httputil.ReverseProxy
+
+	mu   sync.Mutex
+	open map[net.Conn]chan struct{} // closed when the server closes the conn
+}
+
+func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
+	if cfg.TokenHeader == "" {
+		cfg.TokenHeader = "Authorization"
+	}
+	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		MaxIdleConnsPerHost: 64,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if cfg.AppH2C {
+		tr.Protocols = new(http.Protocols)
+		tr.Protocols.SetUnencryptedHTTP2(true)
+	}
+	h := &httpInbound{cfg: cfg}
+	h.proxy = &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     tr,
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.m.refused(l.dir, "app_unavailable", true)
+			deny(w, r, http.StatusBadGateway, 14, "app_unavailable")
+		},
+	}
+	h.srv = &http.Server{
+		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveInboundHTTP(l, h, w, r) }),
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ConnState:         h.connState,
+	}
+	h.open = make(map[net.Conn]chan struct{})
+	return h
+}
+
+// serveInboundHTTP authorizes one request and forwards it to the app.
+func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
+	if err != nil {
+		deny(w, r, http.StatusForbidden, 7, "invalid_svid")
+		return
+	}
+	refuse := func(status, grpcCode int, reason string) {
+		p.m.refused(l.dir, reason, false)
+		p.httpAccess(l, start, peer, r, "deny", reason, status)
+		deny(w, r, status, grpcCode, reason)
+	}
+	if r.ProtoMajor == 2 && r.Header.Get("Host") != "" && !strings.EqualFold(r.Header.Get("Host"), r.Host) {
+		refuse(http.StatusBadRequest, 3, "host_mismatch")
+		return
+	}
+	path, err := route.Normalize(r.URL.EscapedPath())
+	if err != nil {
+		refuse(http.StatusBadRequest, 3, "bad_path")
+		return
+	}
+	if !h.cfg.Routes.Allows(peer, r.Method, path) {
+		refuse(http.StatusForbidden, 7, "route_denied")
+		return
+	}
+	if h.cfg.RequireJWT {
+		if reason := p.checkJWT(h.cfg.TokenHeader, r, peer); reason != "" {
+			refuse(http.StatusUnauthorized, 16, reason)
+			return
+		}
+		if !h.cfg.PassJWT {
+			r.Header.Del(h.cfg.TokenHeader)
+		}
+	}
+	r.Header.Del(xfcc)
+	r.Header.Del(PeerHeader)
+	r.Header.Set(PeerHeader, peer.String())
+	r.URL.Path, r.URL.RawPath = path, ""
+	p.httpAccess(l, start, peer, r, "allow", "", 0)
+	h.proxy.ServeHTTP(w, r)
+}
+
+// checkJWT validates the request's JWT-SVID: audience this workload,
+// subject the mTLS peer. It returns a refusal reason or "".
+func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) string {
+	vals := r.Header.Values(header)
+	if len(vals) == 0 {
+		return "missing_token"
+	}
+	if len(vals) > 1 {
+		return "bad_token" // one token, not a choice of several
+	}
+	tok := vals[0]
+	if strings.EqualFold(header, "Authorization") {
+		var ok bool
+		if tok, ok = cutPrefixFold(tok, "Bearer "); !ok {
+			return "missing_token"
+		}
+	}
+	if len(tok) > maxTokenSize {
+		return "bad_token"
+	}
+	self, err := p.cfg.SVIDs.GetX509SVID()
+	if err != nil || p.cfg.ValidateJWT == nil {
+		return "no_identity"
+	}
+	svid, err := p.cfg.ValidateJWT(tok, self.ID.String())
+	if err != nil {
+		return "bad_token"
+	}
+	if svid.ID != peer {
+		return "token_peer_mismatch"
+	}
+	return ""
+}
+
+// maxTokenSize bounds the JWT-SVIDs the sidecar parses.
+const maxTokenSize = 16 << 10
+
+func cutPrefixFold(s, prefix string) (string, bool) {
+	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
+		return s[len(prefix):], true
+	}
+	return s, false
+}
+
+// deny answers a refused request: an HTTP status with the reason, or, for
+// gRPC, a trailers-only response with grpcCode.
+func deny(w http.ResponseWriter, r *http.Request, status, grpcCode int, reason string) {
+	w.Header().Set("X-Credflow-Reason", reason)
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		w.Header().Set("Content-Type", "application/grpc")
+		w.Header().Set("Grpc-Status", fmt.Sprint(grpcCode))
+		w.Header().Set("Grpc-Message", "credflow: "+reason)
+		w.WriteHeader(http.StatusOK)
+		return
+	}
+	http.Error(w, http.StatusText(status)+": "+reason, status)
+}
+
+// httpOutbound serves the HTTP side of an outbound listener.
+type httpOutbound struct {
+	cfg      OutboundHTTP
+	srv      *http.Server
+	tr       *http.Transport
+	audience string
+}
+
+func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffeid.ID) *httpOutbound {
+	if cfg.TokenHeader == "" {
+		cfg.TokenHeader = "X-Credflow-Jwt-Svid"
+	}
+	if cfg.Pool <= 0 {
+		cfg.Pool = 2
+	}
+	h := &httpOutbound{cfg: cfg, audience: cfg.JWTAudience}
+	if h.audience == "" && !expectOne.IsZero() {
+		h.audience = expectOne.String()
+	}
+	tlsConf := l.tls.Clone()
+	tlsConf.NextProtos = []string{"h2"}
+	h.tr = &http.Transport{
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
+			if err != nil {
+				p.m.refused(l.dir, "upstream_unavailable", true)
+				return nil, err
+			}
+			tc := tls.Client(raw, tlsConf)
+			if _, err := p.handshake(ctx, l, tc); err != nil {
+				raw.Close()
+				p.refuse(l, time.Now(), err, "peer_refused", "tcp")
+				return nil, err
+			}
+			return tc, nil
+		},
+		ForceAttemptHTTP2: true,
+		MaxConnsPerHost:   cfg.Pool,
+		IdleConnTimeout:   p.cfg.IdleTimeout,
+	}
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(pr *httputil.ProxyRequest) {
+			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
+			pr.Out.Host = pr.In.Host
+		},
+		Transport:     h.tr,
+		FlushInterval: -1,
+		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
+			deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+		},
+	}
+	protocols := new(http.Protocols)
+	protocols.SetHTTP1(true)
+	protocols.SetUnencryptedHTTP2(true)
+	h.srv = &http.Server{
+		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if err := p.attachJWT(r, h); err != nil {
+				p.m.refused(l.dir, "no_token", true)
+				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
+				return
+			}
+			rp.ServeHTTP(w, r)
+		}),
+		Protocols:         protocols,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		MaxHeaderBytes:    64 << 10,
+		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+	}
+	return h
+}
+
+// attachJWT adds this workload's JWT-SVID for the upstream's audience: in
+// Authorization when the app set none, else in the configured header.
+func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
+	if h.audience == "" {
+		return nil
+	}
+	if p.cfg.Tokens == nil {
+		return errors.New("proxy: no token source")
+	}
+	svid, err := p.cfg.Tokens.FetchJWTSVID(r.Context(), h.audience)
+	if err != nil {
+		return err
+	}
+	if r.Header.Get("Authorization") == "" {
+		r.Header.Set("Authorization", "Bearer "+svid.Marshal())
+	} else {
+		r.Header.Set(h.cfg.TokenHeader, svid.Marshal())
+	}
+	return nil
+}
+
+// httpAccess writes the access-log line of one request. The path logged is
+// the canonical one; no header value is logged.
+func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int) {
+	attrs := []slog.Attr{
+		slog.String(logkey.Direction, string(l.dir)),
+		slog.String(logkey.Listener, l.name),
+		slog.String(logkey.Transport, "http"),
+		slog.String(logkey.Decision, decision),
+		slog.String(logkey.PeerID, peer.String()),
+		slog.String(logkey.Method, r.Method),
+		slog.String(logkey.Proto, r.Proto),
+		slog.Float64(logkey.DurationMS, float64(time.Since(start).Microseconds())/1000),
+	}
+	if reason != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, reason), slog.Int(logkey.Status, status))
+	}
+	if path, err := route.Normalize(r.URL.EscapedPath()); err == nil && len(path) <= 256 {
+		attrs = append(attrs, slog.String(logkey.Path, path))
+	}
+	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+}
+
+// serveHTTPConn hands an authorized mTLS connection to the listener's HTTP
+// server and tracks it until the server closes it, so that revalidation
+// can close it and its slot is held while it is open.
+func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState, peer spiffeid.ID, notAfter time.Time) {
+	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { tc.Close() }}
+	p.mu.Lock()
+	p.conns[c] = struct{}{}
+	p.groups[GroupName(cs.CurveID)]++
+	p.mu.Unlock()
+	p.m.started(l.dir)
+	p.m.established(l.dir, cs)
+	closed := make(chan struct{})
+	l.httpIn.track(tc, closed)
+	if !l.httpIn.ln.give(tc) {
+		tc.Close()
+		close(closed)
+	}
+	<-closed // the slot is held until the HTTP server closes the connection
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
+	p.m.finished(l.dir, 0, 0)
+}
+
+// track arranges for closed to be closed when the server is done with c.
+func (h *httpInbound) track(c net.Conn, closed chan struct{}) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.open[c] = closed
+}
+
+func (h *httpInbound) connState(c net.Conn, s http.ConnState) {
+	if s != http.StateClosed && s != http.StateHijacked {
+		return
+	}
+	h.mu.Lock()
+	ch, ok := h.open[c]
+	delete(h.open, c)
+	h.mu.Unlock()
+	if ok {
+		close(ch)
+	}
+}

@@ -1,0 +1,270 @@
+package proxy_test
+
+import (
+	"bufio"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/route"
+)
+
+// jwtIssuer mints JWT-SVIDs of the example.org trust domain for tests; the
+// data plane's SPIRE behaviour is tested end to end elsewhere.
+type jwtIssuer struct {
+	key     *ecdsa.PrivateKey
+	bundles *jwtbundle.Set
+}
+
+func newJWTIssuer(t *testing.T) *jwtIssuer {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := jwtbundle.New(td)
+	b.AddJWTAuthority("k1", key.Public())
+	return &jwtIssuer{key: key, bundles: jwtbundle.NewSet(b)}
+}
+
+func (j *jwtIssuer) mint(sub spiffeid.ID, aud string) (string, error) {
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: j.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
+	if err != nil {
+		return "", err
+	}
+	now := time.Now()
+	return jwt.Signed(signer).Claims(jwt.Claims{Subject: sub.String(), Audience: jwt.Audience{aud},
+		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(time.Minute))}).Serialize()
+}
+
+// source is a proxy.TokenSource for one workload.
+type source struct {
+	j  *jwtIssuer
+	id spiffeid.ID
+}
+
+func (s source) FetchJWTSVID(_ context.Context, aud string) (*jwtsvid.SVID, error) {
+	tok, err := s.j.mint(s.id, aud)
+	if err != nil {
+		return nil, err
+	}
+	return jwtsvid.ParseInsecure(tok, []string{aud})
+}
+
+func (j *jwtIssuer) validate(tok, aud string) (*jwtsvid.SVID, error) {
+	return jwtsvid.ParseAndValidate(tok, j.bundles, []string{aud})
+}
+
+type httpPair struct {
+	outAddr string
+	in, out *inbound
+	issuer  *jwtIssuer
+}
+
+func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
+	t.Helper()
+	ca := testca.New(t, td)
+	issuer := newJWTIssuer(t)
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: app}
+	go srv.Serve(appLn)
+	t.Cleanup(func() { srv.Close() })
+
+	api, _ := route.ParsePath("/api/*")
+	routes := route.Table{Rules: []route.Rule{{Peers: policy(t, "spiffe://example.org/frontend"), Methods: []string{"GET", "POST"}, Paths: []route.Path{api}}}}
+	bundles := x509bundle.NewSet(ca.Bundle())
+	inP, inReg := startProxy(t, proxy.Config{
+		SVIDs:       static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles:     bundles,
+		Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
+		ValidateJWT: issuer.validate,
+	})
+	front := spiffeid.RequireFromPath(td, "/frontend")
+	outP, outReg := startProxy(t, proxy.Config{
+		SVIDs:    static{svid: ca.Issue(t, front)},
+		Bundles:  bundles,
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: inP.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend"), HTTP: &proxy.OutboundHTTP{}}},
+		Tokens:   source{j: issuer, id: front},
+	})
+	return &httpPair{outAddr: outP.Addr("up").String(), in: &inbound{reg: inReg}, out: &inbound{reg: outReg}, issuer: issuer}
+}
+
+// rawRequest sends a request exactly as written and returns the status
+// code and body.
+func rawRequest(t *testing.T, addr, req string) (int, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, req)
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("reading the response to %q: %v", req, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// echoApp reports what reached it: the path, the peer header, whether a
+// token, an XFCC or a spoofed header arrived.
+var echoApp = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	fmt.Fprintf(w, "path=%s peer=%s auth=%q xfcc=%q", r.URL.Path, r.Header.Values(proxy.PeerHeader), r.Header.Get("Authorization"), r.Header.Get("X-Forwarded-Client-Cert"))
+})
+
+func TestHTTPRoutesAndHygiene(t *testing.T) {
+	hp := startHTTPPair(t, echoApp)
+	get := func(path string, extra string) (int, string) {
+		return rawRequest(t, hp.outAddr, "GET "+path+" HTTP/1.1\r\nHost: backend\r\n"+extra+"Connection: close\r\n\r\n")
+	}
+	code, body := get("/api/items", "X-Credflow-Peer-Id: spiffe://example.org/admin\r\nX-Forwarded-Client-Cert: By=spiffe://evil\r\n")
+	if code != 200 || !strings.Contains(body, "path=/api/items") || !strings.Contains(body, "peer=[spiffe://example.org/frontend]") ||
+		!strings.Contains(body, `auth=""`) || !strings.Contains(body, `xfcc=""`) {
+		t.Fatalf("allowed request: %d %s", code, body)
+	}
+	// B1: every spelling of a path outside the rules is refused.
+	for _, p := range []string{"/admin", "//admin", "/./admin", "/api/../admin", "/%61dmin", "/admin%2f", "/admin;p=1", "/ADMIN", "/api/%2e%2e/admin"} {
+		if code, body := get(p, ""); code != 403 && code != 400 {
+			t.Errorf("GET %s: %d %s", p, code, body)
+		}
+	}
+	// The canonical path is what the app gets.
+	if code, body := get("/api/./a//b/../c", ""); code != 200 || !strings.Contains(body, "path=/api/a/c ") {
+		t.Errorf("normalized path: %d %s", code, body)
+	}
+	if code, _ := rawRequest(t, hp.outAddr, "DELETE /api/x HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"); code != 403 {
+		t.Errorf("a method outside the rule: %d", code)
+	}
+	hp.in.waitMetric(t, 2, "credflow_refusals_total", "reason=bad_path") // %2f and ;
+	if n := hp.in.metric(t, "credflow_refusals_total", "reason=route_denied"); n < 7 {
+		t.Errorf("route_denied refusals = %v", n)
+	}
+}
+
+// TestHTTPSmuggling is B11: the sidecar parses each HTTP/1 request once
+// and re-frames it (HTTP/2 between sidecars, fresh framing to the app), so
+// no request reaches the app unseen. Ambiguous framing is refused; a
+// request hidden behind Content-Length+Transfer-Encoding is parsed as the
+// separate request it is under RFC 9112 and authorized on its own.
+func TestHTTPSmuggling(t *testing.T) {
+	var mu sync.Mutex
+	var seen []string
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		mu.Lock()
+		seen = append(seen, r.Method+" "+r.URL.Path+" "+string(b))
+		mu.Unlock()
+	})
+	hp := startHTTPPair(t, app)
+	send := func(req string) []int {
+		c, err := net.Dial("tcp", hp.outAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, req)
+		br := bufio.NewReader(c)
+		var codes []int
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				return codes
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			codes = append(codes, resp.StatusCode)
+		}
+	}
+	smuggled := "GET /admin HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"
+	codes := send("POST /api/x HTTP/1.1\r\nHost: b\r\nContent-Length: " + fmt.Sprint(5+len(smuggled)) +
+		"\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + smuggled)
+	if len(codes) != 2 || codes[0] != 200 || codes[1] != 403 {
+		t.Errorf("CL+TE with a hidden request: responses %v, want [200 403]", codes)
+	}
+	if codes := send("POST /api/x HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked, identity\r\nConnection: close\r\n\r\n0\r\n\r\n"); len(codes) != 1 || codes[0] < 400 {
+		t.Errorf("chunked, identity: %v", codes)
+	}
+	if codes := send("POST /api/x HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n4\nabcd\n0\r\n\r\n"); len(codes) != 1 || codes[0] < 400 {
+		t.Errorf("bare-LF chunk size: %v", codes)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for _, s := range seen {
+		if strings.Contains(s, "/admin") || strings.Contains(s, "abcd") {
+			t.Errorf("the app received %q", s)
+		}
+	}
+	if len(seen) != 1 || seen[0] != "POST /api/x " {
+		t.Errorf("the app saw %q, want exactly the one empty POST", seen)
+	}
+}
+
+// TestHTTPTokenBoundToPeer is B17: the app's own Authorization (a token
+// minted for another workload, replayed) is refused because its subject is
+// not the mTLS peer; the sidecar's token then travels in its own header.
+func TestHTTPTokenBoundToPeer(t *testing.T) {
+	hp := startHTTPPair(t, echoApp)
+	replayed, err := hp.issuer.mint(spiffeid.RequireFromPath(td, "/other"), "spiffe://example.org/backend")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, body := rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer "+replayed+"\r\nConnection: close\r\n\r\n")
+	if code != 401 || !strings.Contains(body, "token_peer_mismatch") {
+		t.Fatalf("a token of another workload: %d %s", code, body)
+	}
+	code, body = rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer not.a.token\r\nConnection: close\r\n\r\n")
+	if code != 401 || !strings.Contains(body, "bad_token") {
+		t.Fatalf("garbage token: %d %s", code, body)
+	}
+	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=token_peer_mismatch")
+	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=bad_token")
+	if body := strings.ToLower(body); strings.Contains(body, strings.ToLower(replayed[:20])) {
+		t.Fatal("the refusal body echoes the token")
+	}
+}
+
+// TestHTTPPooling: N sequential requests cost at most the pool size in
+// handshakes.
+func TestHTTPPooling(t *testing.T) {
+	hp := startHTTPPair(t, echoApp)
+	client := &http.Client{}
+	for i := range 50 {
+		resp, err := client.Get("http://" + hp.outAddr + "/api/" + fmt.Sprint(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, resp.StatusCode)
+		}
+	}
+	if n := hp.out.metric(t, "credflow_handshake_duration_seconds"); n < 1 || n > 2 {
+		t.Fatalf("%v handshakes for 50 requests, want at most the pool size 2", n)
+	}
+	hp.in.waitMetric(t, 1, "credflow_tls_connections_total", "direction=inbound", "version=TLS 1.3")
+}

@@ -1,0 +1,118 @@
+package route_test
+
+import (
+	"errors"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/route"
+)
+
+func TestNormalize(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"/admin", "/admin"},
+		{"//admin", "/admin"},
+		{"/./admin", "/admin"},
+		{"/x/../admin", "/admin"},
+		{"/%61dmin", "/admin"},
+		{"/a/b/", "/a/b/"},
+		{"/a/b/.", "/a/b/"},
+		{"/", "/"},
+		{"/a%20b", "/a b"},
+		{"/ADMIN", "/ADMIN"},
+	}
+	for _, tt := range tests {
+		got, err := route.Normalize(tt.in)
+		if err != nil || got != tt.want {
+			t.Errorf("Normalize(%q) = %q, %v; want %q", tt.in, got, err, tt.want)
+		}
+	}
+	for _, bad := range []string{"/admin%2f", "/admin%2F", "/admin;p=1", "/a%5cb", "/a\\b", "/..", "/a/../../b", "/%00", "/a%0d%0aX: y", "admin", "", "/%zz"} {
+		if got, err := route.Normalize(bad); !errors.Is(err, route.ErrBadPath) {
+			t.Errorf("Normalize(%q) = %q, %v; want ErrBadPath", bad, got, err)
+		}
+	}
+}
+
+// TestB1 checks that every spelling of /admin gets the decision of the
+// canonical path: a rule that allows only /public/* never lets /admin in,
+// and a rule that allows /admin lets in exactly the canonical spellings.
+func TestB1(t *testing.T) {
+	peers, _ := authz.ParsePolicy([]string{"spiffe://td/frontend"})
+	pub, _ := route.ParsePath("/public/*")
+	admin, _ := route.ParsePath("/admin")
+	peer := spiffeid.RequireFromString("spiffe://td/frontend")
+	publicOnly := route.Table{Rules: []route.Rule{{Peers: peers, Paths: []route.Path{pub}}}}
+	adminOnly := route.Table{Rules: []route.Rule{{Peers: peers, Methods: []string{"GET"}, Paths: []route.Path{admin}}}}
+	folded := route.Table{Rules: adminOnly.Rules, CaseInsensitive: true}
+	for _, spelling := range []string{"/admin", "//admin", "/./admin", "/x/../admin", "/%61dmin", "/admin%2f", "/admin;p=1", "/ADMIN", "/public/../admin", "/public/%2e%2e/admin"} {
+		canon, err := route.Normalize(spelling)
+		if err != nil {
+			continue // answered 400: refused whatever the rules say
+		}
+		if publicOnly.Allows(peer, "GET", canon) {
+			t.Errorf("%q (canonical %q) passed a rule that allows only /public/*", spelling, canon)
+		}
+		wantAdmin := strings.EqualFold(canon, "/admin")
+		if got := folded.Allows(peer, "GET", canon); got != wantAdmin {
+			t.Errorf("case-insensitive: %q (canonical %q) allowed=%v, want %v", spelling, canon, got, wantAdmin)
+		}
+		if got := adminOnly.Allows(peer, "GET", canon); got != (canon == "/admin") {
+			t.Errorf("case-sensitive: %q (canonical %q) allowed=%v", spelling, canon, got)
+		}
+	}
+	if adminOnly.Allows(peer, "POST", "/admin") {
+		t.Error("a method outside the rule was allowed")
+	}
+	if adminOnly.Allows(spiffeid.RequireFromString("spiffe://td/other"), "GET", "/admin") {
+		t.Error("a peer outside the rule was allowed")
+	}
+	if !publicOnly.Allows(peer, "DELETE", "/public/x") || publicOnly.Allows(peer, "GET", "/publicx") || publicOnly.Allows(peer, "GET", "/public") {
+		t.Error("prefix match is not at a '/' boundary")
+	}
+}
+
+func TestParsePath(t *testing.T) {
+	for _, bad := range []string{"admin", "/a/*/b", "/a*", "//a", "/a/../b", "/a;b"} {
+		if _, err := route.ParsePath(bad); err == nil {
+			t.Errorf("ParsePath(%q) succeeded", bad)
+		}
+	}
+}
+
+func FuzzNormalize(f *testing.F) {
+	for _, s := range []string{"/admin", "//a/./b/../c", "/%61", "/a%2fb", "/a;b", "/.."} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		out, err := route.Normalize(in)
+		if err != nil {
+			return
+		}
+		// Canonical output is a fixed point, and holds nothing ambiguous.
+		again, err := route.Normalize(escape(out))
+		if err != nil || again != out {
+			t.Fatalf("Normalize(%q) = %q, but that normalizes to %q, %v", in, out, again, err)
+		}
+		if strings.Contains(out, "//") || strings.Contains(out, "/./") || strings.Contains(out, "/../") {
+			t.Fatalf("Normalize(%q) = %q is not canonical", in, out)
+		}
+	})
+}
+
+// escape percent-encodes what a request line could not carry raw.
+func escape(p string) string {
+	var b strings.Builder
+	for i := 0; i < len(p); i++ {
+		c := p[i]
+		if c == '%' || c <= ' ' || c >= 0x7f || c == '?' || c == '#' {
+			b.WriteString("%" + strings.ToUpper(string("0123456789abcdef"[c>>4])+string("0123456789abcdef"[c&15])))
+			continue
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
