@@ -53,7 +53,8 @@ lint:
 	$(GO) vet ./...
 
 ## fuzz-short: each fuzz target for a few seconds (seeds in testdata/fuzz).
-FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern ./pqc/mldsatoken:FuzzVerify
+FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern ./pqc/mldsatoken:FuzzVerify \
+	./proxy/route:FuzzNormalize ./agent:FuzzValidateJWTSVID
 
 fuzz-short:
 	@set -e; for t in $(FUZZ_TARGETS); do \

@@ -155,11 +155,21 @@ func TestHTTPRoutesAndHygiene(t *testing.T) {
 	if code, body := get("/api/./a//b/../c", ""); code != 200 || !strings.Contains(body, "path=/api/a/c ") {
 		t.Errorf("normalized path: %d %s", code, body)
 	}
+	// B2: the Host header takes no part in the decision, whatever its case
+	// or a trailing dot.
+	for _, host := range []string{"BACKEND", "backend.", "Backend.Default.Svc."} {
+		if code, _ := rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"); code != 200 {
+			t.Errorf("Host %q on an allowed path: %d", host, code)
+		}
+		if code, _ := rawRequest(t, hp.outAddr, "GET /admin HTTP/1.1\r\nHost: "+host+"\r\nConnection: close\r\n\r\n"); code != 403 {
+			t.Errorf("Host %q on a denied path: %d", host, code)
+		}
+	}
 	if code, _ := rawRequest(t, hp.outAddr, "DELETE /api/x HTTP/1.1\r\nHost: b\r\nConnection: close\r\n\r\n"); code != 403 {
 		t.Errorf("a method outside the rule: %d", code)
 	}
 	hp.in.waitMetric(t, 2, "credflow_refusals_total", "reason=bad_path") // %2f and ;
-	if n := hp.in.metric(t, "credflow_refusals_total", "reason=route_denied"); n < 7 {
+	if n := hp.in.metric(t, "credflow_refusals_total", "reason=route_denied"); n < 10 {
 		t.Errorf("route_denied refusals = %v", n)
 	}
 }
