@@ -228,8 +228,16 @@ func TestHTTPSmuggling(t *testing.T) {
 			t.Errorf("the app received %q", s)
 		}
 	}
-	if len(seen) != 1 || seen[0] != "POST /api/x " {
-		t.Errorf("the app saw %q, want exactly the one empty POST", seen)
+	// The legitimate empty POST arrives; a request refused for its body
+	// may have been started towards the app before the body failed to
+	// parse, but only ever with that body cut off, never with its bytes.
+	if len(seen) < 1 || len(seen) > 2 {
+		t.Errorf("the app saw %q", seen)
+	}
+	for _, s := range seen {
+		if s != "POST /api/x " {
+			t.Errorf("the app saw %q, want only empty POSTs to /api/x", s)
+		}
 	}
 }
 
