@@ -252,14 +252,18 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 }
 
 // deny answers a refused request: an HTTP status with the reason, or, for
-// gRPC, a trailers-only response with grpcCode.
+// gRPC, status 200 with grpcCode in the trailers.
 func deny(w http.ResponseWriter, r *http.Request, status, grpcCode int, reason string) {
 	w.Header().Set("X-Credflow-Reason", reason)
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
+		// Status in trailers rather than a trailers-only response: a
+		// proxy that flushes the headers first (the outbound sidecar
+		// does, for streaming) would otherwise split them from the end
+		// of the stream and the client would see no status.
 		w.Header().Set("Content-Type", "application/grpc")
-		w.Header().Set("Grpc-Status", fmt.Sprint(grpcCode))
-		w.Header().Set("Grpc-Message", "credflow: "+reason)
 		w.WriteHeader(http.StatusOK)
+		w.Header().Set(http.TrailerPrefix+"Grpc-Status", fmt.Sprint(grpcCode))
+		w.Header().Set(http.TrailerPrefix+"Grpc-Message", "credflow: "+reason)
 		return
 	}
 	http.Error(w, http.StatusText(status)+": "+reason, status)
