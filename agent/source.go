@@ -261,12 +261,19 @@ func (s *Source) TrustDomains() []spiffeid.TrustDomain {
 	return tds
 }
 
-// Ready returns nil when the Source holds an unexpired X.509-SVID, and a
+// Ready returns nil when the Source holds an unexpired X.509-SVID and has
+// received the JWT bundles (so that it can validate JWT-SVIDs), and a
 // *NotReadyError with a stable Reason otherwise.
 func (s *Source) Ready() error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	return s.readyLocked(time.Now())
+	if err := s.readyLocked(time.Now()); err != nil {
+		return err
+	}
+	if s.jwt == nil {
+		return &NotReadyError{Reason: ReasonStarting, Err: errors.New("agent: JWT bundles not received yet")}
+	}
+	return nil
 }
 
 func (s *Source) readyLocked(now time.Time) error {
