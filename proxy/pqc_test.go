@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -142,24 +141,12 @@ func startOutbound(t *testing.T, ca *testca.CA, upstream, expect string, kex pqc
 	for _, o := range others {
 		bundles.Add(o.Bundle())
 	}
-	reg := prometheus.NewRegistry()
-	p, err := proxy.New(proxy.Config{
+	p, reg := startProxy(t, proxy.Config{
 		SVIDs:       static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
 		Bundles:     bundles,
 		Outbound:    []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: upstream, Expect: policy(t, expect)}},
 		KeyExchange: kex,
-		Metrics:     proxy.NewMetrics(reg),
 	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
 	return &outbound{addr: p.Addr("up").String(), in: &inbound{reg: reg}}
 }
 

@@ -1,7 +1,6 @@
 package proxy_test
 
 import (
-	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -64,31 +63,13 @@ func startInboundWith(t *testing.T, ca *testca.CA, allow authz.Policy, revalidat
 	if err != nil {
 		t.Fatal(err)
 	}
-	id := spiffeid.RequireFromPath(td, "/backend")
-	reg := prometheus.NewRegistry()
-	p, err := proxy.New(proxy.Config{
-		SVIDs:              static{svid: ca.Issue(t, id)},
+	p, reg := startProxy(t, proxy.Config{
+		SVIDs:              static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
 		Bundles:            bundles,
 		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: allow}},
 		HandshakeTimeout:   2 * time.Second,
 		RevalidateInterval: revalidate,
 		KeyExchange:        kex,
-		Metrics:            proxy.NewMetrics(reg),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Listen(); err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
 	})
 	return &inbound{p: p, addr: p.Addr("app").String(), reg: reg}
 }
@@ -352,23 +333,11 @@ func TestOutboundChecksServerIdentity(t *testing.T) {
 	ca := testca.New(t, td)
 	in := startInbound(t, ca, policy(t, "spiffe://example.org/frontend"), time.Second)
 	start := func(expect string) (string, *prometheus.Registry) {
-		reg := prometheus.NewRegistry()
-		p, err := proxy.New(proxy.Config{
+		p, reg := startProxy(t, proxy.Config{
 			SVIDs:    static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
 			Bundles:  x509bundle.NewSet(ca.Bundle()),
 			Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: in.addr, Expect: policy(t, expect)}},
-			Metrics:  proxy.NewMetrics(reg),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := p.Listen(); err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- p.Serve(ctx) }()
-		t.Cleanup(func() { cancel(); <-done })
 		return p.Addr("up").String(), reg
 	}
 	good, _ := start("spiffe://example.org/backend")
