@@ -80,13 +80,13 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 	go hs.Serve(httpLn)
 	t.Cleanup(func() { hs.Close() })
 
-	addrs := make([]string, 6)
+	addrs := make([]string, 7)
 	for i := range addrs {
 		if addrs[i], err = sidecartest.FreeAddr(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	inGRPC, inHTTP, outGRPC, outHTTP, intruderHTTP := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
+	inGRPC, inHTTP, outGRPC, outHTTP, intruderHTTP, tokenEndpoint := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4], addrs[5]
 	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\nlog: {level: debug}\n", s.AgentAddr())
 	start := func(uid int, name, cfg string) *sidecartest.Sidecar {
 		sc, err := sidecartest.Start(ctx, s, bin, uid, name, cfg, 60*time.Second)
@@ -127,7 +127,7 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 	outbound := func(name, listen, upstream string) string {
 		return fmt.Sprintf("  - name: %s\n    listen: %q\n    upstream: %q\n    protocol: http\n    expect: [spiffe://example.org/backend]\n", name, listen, upstream)
 	}
-	start(uidFrontend, "frontend", common+"outbound:\n"+outbound("grpc", outGRPC, inGRPC)+outbound("web", outHTTP, inHTTP))
+	start(uidFrontend, "frontend", common+fmt.Sprintf("token_endpoint: %q\n", tokenEndpoint)+"outbound:\n"+outbound("grpc", outGRPC, inGRPC)+outbound("web", outHTTP, inHTTP))
 	start(uidIntruder, "intruder", common+"outbound:\n"+outbound("web", intruderHTTP, inHTTP))
 
 	// gRPC: unary and server-streaming allowed, another method refused.
@@ -192,6 +192,29 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 	}
 	if n, _ := backend.Metric(ctx, "credflow_refusals_total", "reason=token_peer_mismatch"); n != 1 {
 		t.Errorf("token_peer_mismatch refusals = %v, want 1", n)
+	}
+	// The RFC 8693 endpoint: a malformed request gets invalid_request; a
+	// valid one a JWT-SVID that the backend accepts as the frontend's.
+	form := func(body string) (int, map[string]any) {
+		resp, err := http.Post("http://"+tokenEndpoint+"/token", "application/x-www-form-urlencoded", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, out := form("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange"); code != 400 || out["error"] != "invalid_request" {
+		t.Fatalf("token endpoint, no audience: %d %v", code, out)
+	}
+	code, tokResp := form("grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&audience=spiffe%3A%2F%2Fexample.org%2Fbackend")
+	exchanged, _ := tokResp["access_token"].(string)
+	if code != 200 || exchanged == "" {
+		t.Fatalf("token endpoint: %d %v", code, tokResp)
+	}
+	if code, body := get(outHTTP, "/api/thing", "Bearer "+exchanged); code != 200 || !strings.Contains(body, "sub=spiffe://example.org/frontend") {
+		t.Fatalf("the exchanged token through the sidecars: %d %s", code, body)
 	}
 	// B18: no token in any log.
 	for _, sc := range []string{"backend", "frontend", "intruder"} {

@@ -24,6 +24,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/exchange"
 )
 
 func configFlag(name, usage string, args []string, stderr io.Writer) (string, error) {
@@ -138,6 +139,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	go adminSrv.Serve(adminLn)
 	defer adminSrv.Close()
+	if cfg.TokenEndpoint != "" {
+		tokLn, err := net.Listen("tcp", cfg.TokenEndpoint)
+		if err != nil {
+			return fmt.Errorf("token endpoint %s: %w", cfg.TokenEndpoint, err)
+		}
+		tokSrv := &http.Server{Handler: exchange.Handler(src), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+		go tokSrv.Serve(tokLn)
+		defer tokSrv.Close()
+	}
 
 	log.Info("credflow: running", slog.String(logkey.Config, path), slog.String(logkey.Admin, adminLn.Addr().String()),
 		slog.String(logkey.KeyExchange, cfg.KeyExchange.String()))

@@ -45,8 +45,11 @@ type Config struct {
 	// $SPIFFE_ENDPOINT_SOCKET, read by the process wiring.
 	WorkloadAPI string
 	Admin       string
-	LogLevel    string
-	LogFormat   string
+	// TokenEndpoint, if set, is the loopback address of the RFC 8693 token
+	// endpoint.
+	TokenEndpoint string
+	LogLevel      string
+	LogFormat     string
 
 	HandshakeTimeout time.Duration
 	DialTimeout      time.Duration
@@ -87,9 +90,10 @@ type Outbound struct {
 
 // file is the YAML shape.
 type file struct {
-	WorkloadAPI string `yaml:"workload_api"`
-	Admin       string `yaml:"admin"`
-	Log         struct {
+	WorkloadAPI   string `yaml:"workload_api"`
+	Admin         string `yaml:"admin"`
+	TokenEndpoint string `yaml:"token_endpoint"`
+	Log           struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
 	} `yaml:"log"`
@@ -244,6 +248,13 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if err := checkAddr(c.Admin, true); err != nil {
 		fail("admin", "%v", err)
+	}
+	if c.TokenEndpoint = f.TokenEndpoint; c.TokenEndpoint != "" {
+		if err := checkAddr(c.TokenEndpoint, true); err != nil {
+			fail("token_endpoint", "%v", err)
+		} else if clash(c.TokenEndpoint, c.Admin) {
+			fail("token_endpoint", "%s clashes with admin (%s)", c.TokenEndpoint, c.Admin)
+		}
 	}
 	if c.KeyExchange.Mode, err = pqc.ParseMode(f.KeyExchange.Mode); err != nil {
 		fail("key_exchange.mode", "%v", err)

@@ -1,0 +1,89 @@
+package exchange_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/credflow/credflow/proxy/exchange"
+)
+
+// tokens returns an SVID whose only use here is its Marshal and Expiry.
+type tokens struct{ fail bool }
+
+func (t tokens) FetchJWTSVID(_ context.Context, aud string) (*jwtsvid.SVID, error) {
+	if t.fail {
+		return nil, errors.New("agent down")
+	}
+	return &jwtsvid.SVID{ID: spiffeid.RequireFromString("spiffe://example.org/a"), Audience: []string{aud}, Expiry: time.Now().Add(time.Minute)}, nil
+}
+
+func post(t *testing.T, h http.Handler, body string, mod func(*http.Request)) (int, map[string]any) {
+	t.Helper()
+	r := httptest.NewRequest("POST", "/token", strings.NewReader(body))
+	r.RemoteAddr = "127.0.0.1:5555"
+	r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if mod != nil {
+		mod(r)
+	}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	var out map[string]any
+	json.Unmarshal(w.Body.Bytes(), &out)
+	if w.Header().Get("Cache-Control") != "no-store" {
+		t.Error("response without Cache-Control: no-store")
+	}
+	return w.Code, out
+}
+
+func TestTokenEndpoint(t *testing.T) {
+	h := exchange.Handler(tokens{})
+	ok := url.Values{"grant_type": {exchange.GrantType}, "audience": {"spiffe://example.org/b"}}.Encode()
+	code, out := post(t, h, ok, nil)
+	if code != 200 || out["issued_token_type"] != exchange.TokenType || out["token_type"] != "N_A" || out["expires_in"].(float64) < 50 {
+		t.Fatalf("valid request: %d %v", code, out)
+	}
+	tests := []struct {
+		name, body string
+		mod        func(*http.Request)
+		code       int
+		err        string
+	}{
+		{"wrong grant", "grant_type=client_credentials&audience=x", nil, 400, "unsupported_grant_type"},
+		{"no grant", "audience=x", nil, 400, "invalid_request"},
+		{"two grants", "grant_type=" + url.QueryEscape(exchange.GrantType) + "&grant_type=x&audience=x", nil, 400, "invalid_request"},
+		{"no audience", "grant_type=" + url.QueryEscape(exchange.GrantType), nil, 400, "invalid_request"},
+		{"empty audience", "grant_type=" + url.QueryEscape(exchange.GrantType) + "&audience=", nil, 400, "invalid_request"},
+		{"two audiences", "grant_type=" + url.QueryEscape(exchange.GrantType) + "&audience=a&audience=b", nil, 400, "invalid_request"},
+		{"subject token", "grant_type=" + url.QueryEscape(exchange.GrantType) + "&audience=a&subject_token=x", nil, 400, "invalid_request"},
+		{"other token type", "grant_type=" + url.QueryEscape(exchange.GrantType) + "&audience=a&requested_token_type=urn:x", nil, 400, "invalid_request"},
+		{"malformed form", "%zz", nil, 400, "invalid_request"},
+		{"json body", `{"grant_type":"x"}`, func(r *http.Request) { r.Header.Set("Content-Type", "application/json") }, 400, "invalid_request"},
+		{"GET", "", func(r *http.Request) { r.Method = "GET" }, 405, "invalid_request"},
+		{"from outside", ok, func(r *http.Request) { r.RemoteAddr = "10.0.0.8:5555" }, 403, "access_denied"},
+		{"huge", "grant_type=" + strings.Repeat("a", 1<<20), nil, 400, "invalid_request"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, out := post(t, h, tt.body, tt.mod)
+			if code != tt.code || out["error"] != tt.err {
+				t.Fatalf("%d %v, want %d %s", code, out, tt.code, tt.err)
+			}
+			if _, leaked := out["access_token"]; leaked {
+				t.Fatal("an error carried a token")
+			}
+		})
+	}
+	if code, out := post(t, exchange.Handler(tokens{fail: true}), ok, nil); code != 503 || out["error"] != "temporarily_unavailable" {
+		t.Fatalf("agent down: %d %v", code, out)
+	}
+}
