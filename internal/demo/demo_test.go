@@ -1,0 +1,37 @@
+package demo_test
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/credflow/credflow/internal/demo"
+)
+
+// TestDemo runs `make demo`'s program and checks that its output shows the
+// allowed calls and the refused one.
+func TestDemo(t *testing.T) {
+	if os.Getuid() != 0 {
+		t.Fatal("the demo runs workloads as other uids and needs root (make test runs as root)")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	var out bytes.Buffer
+	if err := demo.Run(ctx, &out); err != nil {
+		t.Fatalf("demo: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		`sent "hello backend #1"  got "hello backend #1"`,
+		"refused: no reply, connection closed",
+		"ALLOW spiffe://example.org/frontend",
+		"DENY  spiffe://example.org/intruder    reason=unauthorized",
+		"credflow_refusals_total{direction=outbound,reason=peer_refused} 1",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("the demo's output lacks %q:\n%s", want, out.String())
+		}
+	}
+}
