@@ -238,6 +238,7 @@ func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) strin
 	if svid.ID != peer {
 		return "token_peer_mismatch"
 	}
+	p.m.token("validated")
 	return ""
 }
 
@@ -360,6 +361,7 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 	} else {
 		r.Header.Set(h.cfg.TokenHeader, svid.Marshal())
 	}
+	p.m.token("attached")
 	return nil
 }
 

@@ -285,4 +285,6 @@ func TestHTTPPooling(t *testing.T) {
 		t.Fatalf("%v handshakes for 50 requests, want at most the pool size 2", n)
 	}
 	hp.in.waitMetric(t, 1, "credflow_tls_connections_total", "direction=inbound", "version=TLS 1.3")
+	hp.out.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=attached")
+	hp.in.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=validated")
 }

@@ -30,6 +30,7 @@ import (
 //	credflow_quic_fallbacks_total{reason}                 outbound app connections sent over TCP instead: timeout,
 //	                                                      handshake_failed, recently_failed, stream_limit
 //	credflow_quic_handshake_duration_seconds{direction}   outbound QUIC handshake time (histogram)
+//	credflow_jwt_tokens_total{op}                         JWT-SVIDs attached (outbound) and validated (inbound) in HTTP mode
 type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -44,6 +45,7 @@ type Metrics struct {
 	quicStreams   *prometheus.CounterVec
 	quicFallbacks *prometheus.CounterVec
 	quicHandshake *prometheus.HistogramVec
+	tokens        *prometheus.CounterVec
 
 	tds *labelcap.Set
 }
@@ -104,10 +106,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of outbound QUIC handshakes, successful or not.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 		}, []string{"direction"}),
+		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_jwt_tokens_total",
+			Help: "JWT-SVIDs handled in HTTP mode, by operation: attached (outbound), validated (inbound); refusals are in credflow_refusals_total.",
+		}, []string{"op"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
 	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
-		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicHandshake)
+		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicHandshake, m.tokens)
 	return m
 }
 
@@ -191,6 +197,12 @@ func (m *Metrics) quicFallback(reason string) {
 func (m *Metrics) quicHandshakeDone(dir direction, seconds float64) {
 	if m != nil {
 		m.quicHandshake.WithLabelValues(string(dir)).Observe(seconds)
+	}
+}
+
+func (m *Metrics) token(op string) {
+	if m != nil {
+		m.tokens.WithLabelValues(op).Inc()
 	}
 }
 

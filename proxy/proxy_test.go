@@ -177,6 +177,7 @@ func TestInboundRefusesBadPeers(t *testing.T) {
 		{"B5 https URI", ca.Issue(t, front, testca.WithURIs("https://example.org/frontend")), "invalid_svid"},
 		{"B5 ID only in a DNS SAN", ca.Issue(t, spiffeid.ID{}, testca.WithURIs(), testca.WithDNSNames(front.String())), "invalid_svid"},
 		{"B6 NUL in the URI SAN", ca.Issue(t, front, testca.WithURIs("spiffe://example.org/frontend\x00.evil")), "handshake_failed"},
+		{"B10 CR/LF in the URI SAN", ca.Issue(t, front, testca.WithURIs("spiffe://example.org/frontend\r\nX-Credflow-Peer-Id: spiffe://example.org/admin")), "handshake_failed"},
 		{"B7 no clientAuth EKU", ca.Issue(t, front, testca.WithExtKeyUsage(x509.ExtKeyUsageServerAuth)), "bad_eku"},
 		{"B7 leaf is a CA", ca.Issue(t, front, testca.WithCA()), "invalid_svid"},
 		{"B8 signed by another trust domain", ca.Issue(t, front, testca.WithSigner(other)), "untrusted"},
