@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -21,6 +23,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy"
@@ -73,9 +77,10 @@ func (j *jwtIssuer) validate(tok, aud string) (*jwtsvid.SVID, error) {
 }
 
 type httpPair struct {
-	outAddr string
-	in, out *inbound
-	issuer  *jwtIssuer
+	outAddr, inAddr string
+	in, out         *inbound
+	issuer          *jwtIssuer
+	ca              *testca.CA
 }
 
 func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
@@ -106,7 +111,8 @@ func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: inP.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend"), HTTP: &proxy.OutboundHTTP{}}},
 		Tokens:   source{j: issuer, id: front},
 	})
-	return &httpPair{outAddr: outP.Addr("up").String(), in: &inbound{reg: inReg}, out: &inbound{reg: outReg}, issuer: issuer}
+	return &httpPair{outAddr: outP.Addr("up").String(), inAddr: inP.Addr("app").String(),
+		in: &inbound{reg: inReg}, out: &inbound{reg: outReg}, issuer: issuer, ca: ca}
 }
 
 // rawRequest sends a request exactly as written and returns the status
@@ -287,4 +293,61 @@ func TestHTTPPooling(t *testing.T) {
 	hp.in.waitMetric(t, 1, "credflow_tls_connections_total", "direction=inbound", "version=TLS 1.3")
 	hp.out.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=attached")
 	hp.in.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=validated")
+}
+
+// TestHTTP2AuthorityHost is B2's HTTP/2 half: a request whose Host header
+// differs from its :authority is refused (400) before anything else is
+// looked at; one whose Host differs only in case passes that check.
+func TestHTTP2AuthorityHost(t *testing.T) {
+	hp := startHTTPPair(t, echoApp)
+	cert := testca.TLSCertificate(hp.ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")))
+	status := func(host string) string {
+		c, err := tls.Dial("tcp", hp.inAddr, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{"h2"},
+			GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, http2.ClientPreface)
+		fr := http2.NewFramer(c, c)
+		fr.WriteSettings()
+		var block bytes.Buffer
+		enc := hpack.NewEncoder(&block)
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "backend"}, {":path", "/api/x"}, {"host", host}} {
+			enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: block.Bytes(), EndStream: true, EndHeaders: true})
+		for {
+			f, err := fr.ReadFrame()
+			if err != nil {
+				t.Fatalf("reading the response: %v", err)
+			}
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					fr.WriteSettingsAck()
+				}
+			case *http2.HeadersFrame:
+				fields, err := hpack.NewDecoder(4096, nil).DecodeFull(f.HeaderBlockFragment())
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, hf := range fields {
+					if hf.Name == ":status" {
+						return hf.Value
+					}
+				}
+			case *http2.RSTStreamFrame:
+				return "reset"
+			}
+		}
+	}
+	if got := status("evil.example"); got != "400" {
+		t.Errorf(":authority backend, Host evil.example: status %s, want 400", got)
+	}
+	if got := status("BACKEND"); got != "401" { // past the Host check; no token
+		t.Errorf(":authority backend, Host BACKEND: status %s, want 401 (missing token)", got)
+	}
+	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=host_mismatch")
 }
