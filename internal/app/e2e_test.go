@@ -38,28 +38,41 @@ func startMesh(t *testing.T, x509TTL time.Duration) *mesh {
 	return startMeshWith(t, x509TTL, false, "")
 }
 
-// startMeshWith starts the mesh; with useQUIC the backend also listens for
-// QUIC and the frontend and intruder reach it over QUIC. extraOut is added
-// to their outbound listener's configuration.
-func startMeshWith(t *testing.T, x509TTL time.Duration, useQUIC bool, extraOut string) *mesh {
+// startWorkloads starts a real SPIRE, registers each uid's workload with the
+// given X.509-SVID lifetime (0: the server's default), and installs the
+// credflow and spire-agent binaries where those uids can run them. It needs
+// root, to run workloads as other uids.
+func startWorkloads(t *testing.T, x509TTL time.Duration, workloads map[int]string) (s *spiretest.SPIRE, credflowBin, agentBin string) {
 	t.Helper()
 	if os.Getuid() != 0 {
-		t.Fatal("end-to-end tests run sidecars as distinct uids and need root (make test runs as root)")
+		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
 	}
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := startSPIRE(t)
-	if bin, err = s.InstallBinary(bin); err != nil {
+	s = startSPIRE(t)
+	if credflowBin, err = s.InstallBinary(bin); err != nil {
 		t.Fatal(err)
 	}
-	ctx := t.Context()
-	for uid, path := range map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"} {
-		if _, err := s.Register(ctx, spiretest.Entry{ID: s.ID(path), UID: uid, X509SVIDTTL: x509TTL}); err != nil {
+	if agentBin, err = s.InstallBinary(s.AgentBin()); err != nil {
+		t.Fatal(err)
+	}
+	for uid, path := range workloads {
+		if _, err := s.Register(t.Context(), spiretest.Entry{ID: s.ID(path), UID: uid, X509SVIDTTL: x509TTL}); err != nil {
 			t.Fatal(err)
 		}
 	}
+	return s, credflowBin, agentBin
+}
+
+// startMeshWith starts the mesh; with useQUIC the backend also listens for
+// QUIC and the frontend and intruder reach it over QUIC. extraOut is added
+// to their outbound listener's configuration.
+func startMeshWith(t *testing.T, x509TTL time.Duration, useQUIC bool, extraOut string) *mesh {
+	t.Helper()
+	s, bin, _ := startWorkloads(t, x509TTL, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"})
+	ctx := t.Context()
 	echo, err := sidecartest.Echo(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -21,7 +21,6 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credflow/credflow/internal/sidecartest"
-	"github.com/credflow/credflow/internal/spiretest"
 )
 
 // TestE2EHTTPAndGRPC: two sidecars in HTTP mode on real SPIRE. A grpc-go
@@ -31,27 +30,8 @@ import (
 // own SPIFFE ID with the caller as subject; a JWT-SVID fetched by another
 // workload and replayed through the frontend is refused.
 func TestE2EHTTPAndGRPC(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("end-to-end tests run sidecars as distinct uids and need root (make test runs as root)")
-	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startSPIRE(t)
-	if bin, err = s.InstallBinary(bin); err != nil {
-		t.Fatal(err)
-	}
-	agentBin, err := s.InstallBinary(s.AgentBin())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, bin, agentBin := startWorkloads(t, 0, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"})
 	ctx := t.Context()
-	for uid, path := range map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"} {
-		if _, err := s.Register(ctx, spiretest.Entry{ID: s.ID(path), UID: uid}); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	// The apps: a gRPC health server (h2c) and an HTTP/1.1 app that reports
 	// the token it received.

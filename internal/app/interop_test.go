@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/credflow/credflow/internal/sidecartest"
-	"github.com/credflow/credflow/internal/spiretest"
 )
 
 // TestInteropCurlAndOpenSSL: clients nobody here wrote. curl, presenting an
@@ -20,32 +19,13 @@ import (
 // workload, reaches an HTTP app through the inbound sidecar; `openssl
 // s_client` without a client certificate is refused (no_peer_cert).
 func TestInteropCurlAndOpenSSL(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("this test runs workloads as other uids and needs root (make test runs as root)")
-	}
 	for _, tool := range []string{"curl", "openssl"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is not installed: make test installs it (make deps)", tool)
 		}
 	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := startSPIRE(t)
-	if bin, err = s.InstallBinary(bin); err != nil {
-		t.Fatal(err)
-	}
-	agentBin, err := s.InstallBinary(s.AgentBin())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, bin, agentBin := startWorkloads(t, 0, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend"})
 	ctx := t.Context()
-	for uid, path := range map[int]string{uidFrontend: "/frontend", uidBackend: "/backend"} {
-		if _, err := s.Register(ctx, spiretest.Entry{ID: s.ID(path), UID: uid}); err != nil {
-			t.Fatal(err)
-		}
-	}
 
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
