@@ -18,7 +18,10 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/route"
+	"github.com/credflow/credflow/proxy/txn"
 )
 
 // Headers the sidecar sets, or strips when they come from outside.
@@ -49,6 +52,14 @@ type InboundHTTP struct {
 	// AppH2C speaks HTTP/2 without TLS to the app (gRPC servers); default
 	// HTTP/1.1.
 	AppH2C bool
+	// TxnMinters, when it allows anyone, turns on transaction tokens: a
+	// Txn-Token header must verify against the X.509 bundles, be minted by
+	// a workload TxnMinters allows, and name this trust domain in its
+	// audience, or the request is refused. Without it, a Txn-Token header
+	// is stripped: the app never sees one its sidecar has not verified.
+	TxnMinters authz.Policy
+	// RequireTxn refuses requests that carry no transaction token.
+	RequireTxn bool
 }
 
 // OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
@@ -65,6 +76,21 @@ type OutboundHTTP struct {
 	// Pool is the number of HTTP/2 connections kept to the upstream;
 	// default 2.
 	Pool int
+	// Exchange makes this listener the edge of the mesh: the app's
+	// "Authorization: Bearer" token is validated as an external token and
+	// replaced by a transaction token (Txn-Token header) minted by
+	// Config.Exchanger. A request without a valid external token is
+	// refused with 401.
+	Exchange bool
+	// KeepExternal forwards the external token too (the JWT-SVID then goes
+	// in TokenHeader); by default it is dropped.
+	KeepExternal bool
+}
+
+// Exchanger exchanges an external token for a transaction token
+// (edge.Exchanger does). A refusal is an *edge.Error.
+type Exchanger interface {
+	Exchange(ctx context.Context, external string) (string, *txn.Claims, error)
 }
 
 // TokenSource mints JWT-SVIDs for this workload (agent.Source does).
@@ -118,6 +144,7 @@ func (c *chanListener) give(conn net.Conn) bool {
 // httpInbound serves the HTTP side of an inbound listener.
 type httpInbound struct {
 	cfg   InboundHTTP
+	txn   *txn.Verifier // nil: transaction tokens are stripped
 	ln    *chanListener
 	srv   *http.Server
 	proxy *httputil.ReverseProxy
@@ -140,6 +167,9 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	h := &httpInbound{cfg: cfg}
+	if len(cfg.TxnMinters.Patterns()) > 0 {
+		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
+	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
@@ -199,6 +229,12 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 			r.Header.Del(h.cfg.TokenHeader)
 		}
 	}
+	if h.txn == nil {
+		r.Header.Del(txn.Header)
+	} else if reason := p.checkTxn(h, r); reason != "" {
+		refuse(http.StatusUnauthorized, 16, reason)
+		return
+	}
 	r.Header.Del(xfcc)
 	r.Header.Del(PeerHeader)
 	r.Header.Set(PeerHeader, peer.String())
@@ -239,6 +275,29 @@ func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) strin
 		return "token_peer_mismatch"
 	}
 	p.m.token("validated")
+	return ""
+}
+
+// checkTxn verifies the request's transaction token, if any, and requires
+// one if so configured. It returns a refusal reason or "".
+func (p *Proxy) checkTxn(h *httpInbound, r *http.Request) string {
+	vals := r.Header.Values(txn.Header)
+	switch {
+	case len(vals) == 0 && h.cfg.RequireTxn:
+		return "txn_missing"
+	case len(vals) == 0:
+		return ""
+	case len(vals) > 1:
+		return string(txn.ReasonMalformed)
+	}
+	self, err := p.cfg.SVIDs.GetX509SVID()
+	if err != nil {
+		return "no_identity"
+	}
+	if _, _, err := h.txn.Verify(vals[0], self.ID.TrustDomain()); err != nil {
+		return string(txn.ReasonOf(err))
+	}
+	p.m.token("txn_verified")
 	return ""
 }
 
@@ -327,6 +386,13 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	protocols.SetUnencryptedHTTP2(true)
 	h.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if h.cfg.Exchange {
+				if reason := p.exchange(r, h); reason != "" {
+					p.m.refused(l.dir, reason, false)
+					deny(w, r, http.StatusUnauthorized, 16, reason)
+					return
+				}
+			}
 			if err := p.attachJWT(r, h); err != nil {
 				p.m.refused(l.dir, "no_token", true)
 				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
@@ -341,6 +407,41 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 	}
 	return h
+}
+
+// exchange replaces the app's external bearer token with a transaction
+// token. It returns a refusal reason or "".
+func (p *Proxy) exchange(r *http.Request, h *httpOutbound) string {
+	if p.cfg.Exchanger == nil {
+		return "no_exchanger"
+	}
+	vals := r.Header.Values("Authorization")
+	if len(vals) > 1 {
+		return string(edge.ReasonMalformed)
+	}
+	external, ok := "", false
+	if len(vals) == 1 {
+		external, ok = cutPrefixFold(vals[0], "Bearer ")
+	}
+	if !ok || external == "" {
+		return string(edge.ReasonMissing)
+	}
+	tok, c, err := p.cfg.Exchanger.Exchange(r.Context(), external)
+	if err != nil {
+		var refusal *edge.Error
+		if errors.As(err, &refusal) {
+			return string(refusal.Reason)
+		}
+		p.log.Warn("proxy: minting a transaction token failed", slog.String(logkey.Error, err.Error()))
+		return "txn_mint_failed"
+	}
+	if !h.cfg.KeepExternal {
+		r.Header.Del("Authorization")
+	}
+	r.Header.Set(txn.Header, tok)
+	p.m.token("minted")
+	p.log.Debug("proxy: transaction token minted", slog.String(logkey.Txn, c.Txn), slog.String(logkey.TokenID, c.ID))
+	return ""
 }
 
 // attachJWT adds this workload's JWT-SVID for the upstream's audience: in

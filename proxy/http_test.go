@@ -138,7 +138,8 @@ func rawRequest(t *testing.T, addr, req string) (int, string) {
 // echoApp reports what reached it: the path, the peer header, whether a
 // token, an XFCC or a spoofed header arrived.
 var echoApp = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-	fmt.Fprintf(w, "path=%s peer=%s auth=%q xfcc=%q", r.URL.Path, r.Header.Values(proxy.PeerHeader), r.Header.Get("Authorization"), r.Header.Get("X-Forwarded-Client-Cert"))
+	fmt.Fprintf(w, "path=%s peer=%s auth=%q xfcc=%q txn=%q", r.URL.Path, r.Header.Values(proxy.PeerHeader), r.Header.Get("Authorization"),
+		r.Header.Get("X-Forwarded-Client-Cert"), r.Header.Get("Txn-Token"))
 })
 
 func TestHTTPRoutesAndHygiene(t *testing.T) {
@@ -146,9 +147,11 @@ func TestHTTPRoutesAndHygiene(t *testing.T) {
 	get := func(path string, extra string) (int, string) {
 		return rawRequest(t, hp.outAddr, "GET "+path+" HTTP/1.1\r\nHost: backend\r\n"+extra+"Connection: close\r\n\r\n")
 	}
-	code, body := get("/api/items", "X-Credflow-Peer-Id: spiffe://example.org/admin\r\nX-Forwarded-Client-Cert: By=spiffe://evil\r\n")
+	// B9: identity and token headers from outside never reach the app;
+	// a Txn-Token on a listener that does not verify them is stripped.
+	code, body := get("/api/items", "X-Credflow-Peer-Id: spiffe://example.org/admin\r\nX-Forwarded-Client-Cert: By=spiffe://evil\r\nTxn-Token: e30.e30.\r\n")
 	if code != 200 || !strings.Contains(body, "path=/api/items") || !strings.Contains(body, "peer=[spiffe://example.org/frontend]") ||
-		!strings.Contains(body, `auth=""`) || !strings.Contains(body, `xfcc=""`) {
+		!strings.Contains(body, `auth=""`) || !strings.Contains(body, `xfcc=""`) || !strings.Contains(body, `txn=""`) {
 		t.Fatalf("allowed request: %d %s", code, body)
 	}
 	// B1: every spelling of a path outside the rules is refused.

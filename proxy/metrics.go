@@ -30,7 +30,9 @@ import (
 //	credflow_quic_fallbacks_total{reason}                 outbound app connections sent over TCP instead: timeout,
 //	                                                      handshake_failed, recently_failed, stream_limit
 //	credflow_quic_handshake_duration_seconds{direction}   outbound QUIC handshake time (histogram)
-//	credflow_jwt_tokens_total{op}                         JWT-SVIDs attached (outbound) and validated (inbound) in HTTP mode
+//	credflow_jwt_tokens_total{op}                         tokens in HTTP mode: JWT-SVIDs attached (outbound) and
+//	                                                      validated (inbound); transaction tokens minted (edge
+//	                                                      outbound) and txn_verified (inbound)
 type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -108,7 +110,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction"}),
 		tokens: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_jwt_tokens_total",
-			Help: "JWT-SVIDs handled in HTTP mode, by operation: attached (outbound), validated (inbound); refusals are in credflow_refusals_total.",
+			Help: "Tokens handled in HTTP mode, by operation: JWT-SVIDs attached (outbound) and validated (inbound), transaction tokens minted (edge) and txn_verified (inbound); refusals are in credflow_refusals_total.",
 		}, []string{"op"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}

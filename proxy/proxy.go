@@ -99,6 +99,9 @@ type Config struct {
 	// validates them on HTTP inbound listeners that require them.
 	Tokens      TokenSource
 	ValidateJWT TokenValidator
+	// Exchanger mints transaction tokens on HTTP outbound listeners with
+	// Exchange set.
+	Exchanger Exchanger
 
 	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
 	HandshakeTimeout time.Duration

@@ -38,4 +38,6 @@ const (
 	TrustDomain  = "trust_domain"
 	TrustDomains = "trust_domains"
 	Watch        = "watch"
+	Txn          = "txn"
+	TokenID      = "jti"
 )

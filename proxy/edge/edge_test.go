@@ -1,0 +1,327 @@
+package edge
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/base64"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+)
+
+const issuer = "https://idp.example"
+
+// idp is a test identity provider: signing keys and a JWKS.
+type idp struct {
+	mu   sync.Mutex
+	keys map[string]any // kid -> private key
+}
+
+func newIDP(t *testing.T) *idp {
+	return &idp{keys: map[string]any{"rsa1": rsaKey(t), "ec1": ecKey(t)}}
+}
+
+func rsaKey(t *testing.T) *rsa.PrivateKey {
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func ecKey(t *testing.T) *ecdsa.PrivateKey {
+	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func (p *idp) jwks() []byte {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var set jose.JSONWebKeySet
+	for kid, k := range p.keys {
+		var pub any
+		switch k := k.(type) {
+		case *rsa.PrivateKey:
+			pub = k.Public()
+		case *ecdsa.PrivateKey:
+			pub = k.Public()
+		}
+		set.Keys = append(set.Keys, jose.JSONWebKey{Key: pub, KeyID: kid, Use: "sig"})
+	}
+	out, _ := json.Marshal(set)
+	return out
+}
+
+func (p *idp) add(kid string, key any) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.keys[kid] = key
+}
+
+func (p *idp) key(kid string) any {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.keys[kid]
+}
+
+// claimSet returns valid claims, changed by edits (nil deletes).
+func claimSet(edits map[string]any) map[string]any {
+	now := time.Now()
+	c := map[string]any{"iss": issuer, "sub": "alice", "aud": []string{"orders"}, "exp": now.Add(5 * time.Minute).Unix(),
+		"iat": now.Unix(), "scope": "orders.read profile"}
+	for k, v := range edits {
+		if v == nil {
+			delete(c, k)
+		} else {
+			c[k] = v
+		}
+	}
+	return c
+}
+
+func signJWT(t *testing.T, alg jose.SignatureAlgorithm, key any, kid string, hdr map[string]any, c map[string]any) string {
+	t.Helper()
+	opts := (&jose.SignerOptions{}).WithType("JWT")
+	if kid != "" {
+		opts.WithHeader("kid", kid)
+	}
+	for k, v := range hdr {
+		opts.WithHeader(jose.HeaderKey(k), v)
+	}
+	s, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: key}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, _ := json.Marshal(c)
+	obj, err := s.Sign(payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := obj.CompactSerialize()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func newFileValidator(t *testing.T, p *idp, algs ...string) *Validator {
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(path, p.jwks(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ks, err := NewKeySet(KeySetConfig{File: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Algorithms: algs, Keys: ks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func TestValidate(t *testing.T) {
+	p := newIDP(t)
+	v := newFileValidator(t, p)
+	ctx := context.Background()
+	good := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))
+	sub, err := v.Validate(ctx, good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sub.Subject != "alice" || sub.Issuer != issuer || strings.Join(sub.Scopes, " ") != "orders.read profile" {
+		t.Errorf("subject %+v", sub)
+	}
+	if _, err := v.Validate(ctx, signJWT(t, jose.ES256, p.key("ec1"), "ec1", nil, claimSet(map[string]any{"scope": nil, "scp": []string{"a", "b"}}))); err != nil {
+		t.Errorf("ES256 with scp: %v", err)
+	}
+
+	// An HMAC token keyed with the RSA public key: the classic algorithm
+	// confusion.
+	pubDER := p.key("rsa1").(*rsa.PrivateKey).PublicKey.N.Bytes()
+	noneTok := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." +
+		strings.Split(good, ".")[1] + "."
+	other := rsaKey(t)
+	parts := strings.Split(good, ".")
+	changed, _ := json.Marshal(claimSet(map[string]any{"sub": "mallory"}))
+	cases := []struct {
+		name  string
+		token string
+		want  Reason
+	}{
+		{"empty", "", ReasonMissing},
+		{"oversized", strings.Repeat("x", MaxTokenSize+1), ReasonMalformed},
+		{"not a JWS", "hello", ReasonMalformed},
+		{"alg none", noneTok, ReasonAlg},
+		{"HS256 keyed with the public key", signJWT(t, jose.HS256, pubDER, "rsa1", nil, claimSet(nil)), ReasonAlg},
+		{"alg the issuer does not use", signJWT(t, jose.PS256, p.key("rsa1"), "rsa1", nil, claimSet(nil)), ReasonAlg},
+		{"expired", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), ReasonExpired},
+		{"not yet valid", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), ReasonExpired},
+		{"no exp", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": nil})), ReasonClaims},
+		{"no sub", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"sub": nil})), ReasonClaims},
+		{"wrong audience", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"aud": "billing"})), ReasonAudience},
+		{"unknown issuer", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"iss": "https://evil.example"})), ReasonIssuer},
+		{"forged: another key, a known kid", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(nil)), ReasonSignature},
+		{"payload changed", parts[0] + "." + base64.RawURLEncoding.EncodeToString(changed) + "." + parts[2], ReasonSignature},
+		{"unknown kid", signJWT(t, jose.RS256, other, "rsa9", nil, claimSet(nil)), ReasonKey},
+		{"jku header", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jku": "https://evil.example/jwks"}, claimSet(nil)), ReasonHeader},
+		{"embedded jwk", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jwk": map[string]any{"kty": "oct"}}, claimSet(nil)), ReasonHeader},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := v.Validate(ctx, tc.token)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := ReasonOf(err); got != tc.want {
+				t.Fatalf("reason %s (%v), want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func TestKeySetURLRefresh(t *testing.T) {
+	p := newIDP(t)
+	var hits atomic.Int32
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		w.Header().Set("Content-Type", "application/jwk-set+json")
+		w.Write(p.jwks())
+	}))
+	defer srv.Close()
+	var refreshes []error
+	ks, err := NewKeySet(KeySetConfig{URL: srv.URL + "/jwks", TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
+		Refresh: time.Hour, OnRefresh: func(err error) { refreshes = append(refreshes, err) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := time.Now()
+	ks.now = func() time.Time { return clock }
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if _, err := v.Validate(ctx, signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))); err != nil {
+		t.Fatal(err)
+	}
+	if hits.Load() != 1 {
+		t.Fatalf("%d fetches for the first token, want 1", hits.Load())
+	}
+	// The provider rotates in a new key. Tokens with it fail until the
+	// refresh interval has passed since the last fetch, however many come.
+	p.add("rsa2", rsaKey(t))
+	rotated := signJWT(t, jose.RS256, p.key("rsa2"), "rsa2", nil, claimSet(nil))
+	for range 50 {
+		if _, err := v.Validate(ctx, rotated); ReasonOf(err) != ReasonKey {
+			t.Fatalf("err %v, want %s", err, ReasonKey)
+		}
+	}
+	if hits.Load() != 1 {
+		t.Fatalf("%d fetches: unknown key IDs refreshed the set within the interval", hits.Load())
+	}
+	clock = clock.Add(time.Hour)
+	if _, err := v.Validate(ctx, rotated); err != nil {
+		t.Fatalf("after the interval, the rotated key: %v", err)
+	}
+	if hits.Load() != 2 || len(refreshes) != 2 || refreshes[0] != nil || refreshes[1] != nil {
+		t.Fatalf("%d fetches, refreshes %v; want 2, both ok", hits.Load(), refreshes)
+	}
+	// The old key still works from the cache.
+	if _, err := v.Validate(ctx, signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestKeySetConfig(t *testing.T) {
+	for _, cfg := range []KeySetConfig{
+		{},
+		{File: "a", URL: "https://b"},
+		{URL: "http://idp.example/jwks"},
+		{URL: "https://"},
+	} {
+		if _, err := NewKeySet(cfg); err == nil {
+			t.Errorf("%+v accepted", cfg)
+		}
+	}
+	ks, _ := NewKeySet(KeySetConfig{File: "/nonexistent"})
+	for _, issuers := range [][]Issuer{
+		{{Audiences: []string{"a"}, Keys: ks}},
+		{{Issuer: issuer, Keys: ks}},
+		{{Issuer: issuer, Audiences: []string{"a"}}},
+		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks, Algorithms: []string{"HS256"}}},
+		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks}, {Issuer: issuer, Audiences: []string{"a"}, Keys: ks}},
+	} {
+		if _, err := NewValidator(issuers); err == nil {
+			t.Errorf("%+v accepted", issuers)
+		}
+	}
+}
+
+func TestKeySetFailedFetchKeepsKeys(t *testing.T) {
+	p := newIDP(t)
+	var fail atomic.Bool
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if fail.Load() {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write(p.jwks())
+	}))
+	defer srv.Close()
+	ks, _ := NewKeySet(KeySetConfig{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig, Refresh: time.Nanosecond})
+	ctx := context.Background()
+	if err := ks.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	fail.Store(true)
+	if _, err := ks.Key(ctx, "rsa9", "RS256"); err == nil {
+		t.Fatal("an unknown key was found")
+	}
+	if _, err := ks.Key(ctx, "rsa1", "RS256"); err != nil {
+		t.Fatalf("a failed refresh dropped the cached keys: %v", err)
+	}
+}
+
+func FuzzValidate(f *testing.F) {
+	p := &idp{keys: map[string]any{}}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	p.add("ec1", key)
+	dir := f.TempDir()
+	path := filepath.Join(dir, "jwks.json")
+	os.WriteFile(path, p.jwks(), 0o600)
+	ks, _ := NewKeySet(KeySetConfig{File: path})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks, Algorithms: []string{"ES256"}}})
+	if err != nil {
+		f.Fatal(err)
+	}
+	s, _ := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: key}, (&jose.SignerOptions{}).WithHeader("kid", "ec1"))
+	payload, _ := json.Marshal(claimSet(nil))
+	obj, _ := s.Sign(payload)
+	good, _ := obj.CompactSerialize()
+	f.Add(good)
+	f.Add("")
+	f.Add("eyJhbGciOiJub25lIn0.e30.")
+	f.Add("a.b.c")
+	f.Fuzz(func(t *testing.T, tok string) {
+		sub, err := v.Validate(context.Background(), tok)
+		if err == nil && (sub.Subject != "alice" || sub.Issuer != issuer) {
+			t.Fatalf("accepted changed claims %+v from %q", sub, tok)
+		}
+	})
+}

@@ -1,0 +1,391 @@
+// Package txn mints and verifies transaction tokens: short-lived JWTs that
+// carry an external caller's identity through the mesh, in the spirit of the
+// OAuth Transaction Tokens draft.
+//
+// A token is minted by a sidecar at the edge of the mesh, after it has
+// validated an external credential. It is signed with the minting workload's
+// X.509-SVID key and carries the SVID chain in its x5c header, so any
+// sidecar can verify it with nothing but the SPIFFE X.509 trust bundles: no
+// key distribution, no issuer to call. Its header type is txntoken+jwt and
+// its claims are
+//
+//	iss      the minting workload's SPIFFE ID (also the x5c leaf's)
+//	sub      the external subject
+//	sub_iss  the external issuer
+//	aud      the audience, by default the minter's trust domain
+//	act      {"sub": the calling workload's SPIFFE ID}
+//	txn      a transaction id
+//	scope    the external scopes narrowed by the minter's policy
+//	jti, iat, exp
+//
+// A Verifier refuses a token whose chain does not verify against the bundle
+// of its trust domain, whose signer its policy does not allow to mint, whose
+// type, audience or lifetime is wrong, or whose header carries anything that
+// would have to be fetched.
+//
+// A transaction token is a bearer token inside the mesh: it is not bound to
+// the mTLS peer that presents it (it crosses several hops unchanged), which
+// is why it lives for a minute and is only accepted over mTLS from peers the
+// route rules allow.
+package txn
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+)
+
+// Header is the HTTP header a transaction token travels in.
+const Header = "Txn-Token"
+
+// Type is the JOSE typ of a transaction token.
+const Type = "txntoken+jwt"
+
+// Limits.
+const (
+	// DefaultTTL is a token's lifetime when MintConfig.TTL is zero.
+	DefaultTTL = time.Minute
+	// MaxTTL is the longest lifetime a Verifier accepts.
+	MaxTTL = 10 * time.Minute
+	// MaxSize bounds the tokens a Verifier parses.
+	MaxSize = 16 << 10
+	// DefaultSkew is the clock skew a Verifier tolerates by default.
+	DefaultSkew = 30 * time.Second
+)
+
+// Claims are the claims of a transaction token.
+type Claims struct {
+	Issuer    string           `json:"iss"`
+	Subject   string           `json:"sub"`
+	SubjectIs string           `json:"sub_iss"`
+	Audience  jwt.Audience     `json:"aud"`
+	Actor     Actor            `json:"act"`
+	Txn       string           `json:"txn"`
+	Scope     string           `json:"scope,omitempty"`
+	ID        string           `json:"jti"`
+	IssuedAt  *jwt.NumericDate `json:"iat"`
+	Expiry    *jwt.NumericDate `json:"exp"`
+}
+
+// Actor names the workload that acted on the subject's behalf.
+type Actor struct {
+	Subject string `json:"sub"`
+}
+
+// Request is what a minter is asked to put in a token.
+type Request struct {
+	// Subject and SubjectIssuer identify the external caller.
+	Subject, SubjectIssuer string
+	// Scopes are the external token's scopes; the minter keeps those its
+	// policy allows.
+	Scopes []string
+	// Txn is the transaction id; a random one when empty.
+	Txn string
+}
+
+// MintConfig is a minter's policy. The zero value mints 60-second tokens for
+// the minter's trust domain with no scope.
+type MintConfig struct {
+	// TTL is the lifetime of a token; default DefaultTTL, at most MaxTTL.
+	TTL time.Duration
+	// Audience is the aud claim; default the minter's trust domain
+	// ("spiffe://example.org"), which every verifier in it accepts.
+	Audience string
+	// Scopes are the scopes a token may carry: the external scopes are
+	// narrowed to these. None means no scope is passed on.
+	Scopes []string
+}
+
+// Minter mints transaction tokens signed with the workload's X.509-SVID.
+type Minter struct {
+	cfg  MintConfig
+	svid x509svid.Source
+	now  func() time.Time
+}
+
+// NewMinter returns a minter that signs with the current SVID from svids.
+func NewMinter(svids x509svid.Source, cfg MintConfig) (*Minter, error) {
+	if cfg.TTL == 0 {
+		cfg.TTL = DefaultTTL
+	}
+	if cfg.TTL < 0 || cfg.TTL > MaxTTL {
+		return nil, fmt.Errorf("txn: lifetime %v is outside (0, %v]", cfg.TTL, MaxTTL)
+	}
+	return &Minter{cfg: cfg, svid: svids, now: time.Now}, nil
+}
+
+// Mint returns a signed transaction token and its claims.
+func (m *Minter) Mint(req Request) (string, *Claims, error) {
+	if req.Subject == "" || req.SubjectIssuer == "" {
+		return "", nil, errors.New("txn: a subject and its issuer are required")
+	}
+	svid, err := m.svid.GetX509SVID()
+	if err != nil {
+		return "", nil, fmt.Errorf("txn: no X.509-SVID to sign with: %w", err)
+	}
+	alg, err := algorithm(svid.PrivateKey)
+	if err != nil {
+		return "", nil, err
+	}
+	x5c := make([]string, len(svid.Certificates))
+	for i, c := range svid.Certificates {
+		x5c[i] = base64.StdEncoding.EncodeToString(c.Raw)
+	}
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: alg, Key: svid.PrivateKey},
+		(&jose.SignerOptions{}).WithType(Type).WithHeader(jose.HeaderKey("x5c"), x5c))
+	if err != nil {
+		return "", nil, fmt.Errorf("txn: %w", err)
+	}
+	now := m.now()
+	aud := m.cfg.Audience
+	if aud == "" {
+		aud = svid.ID.TrustDomain().IDString()
+	}
+	txnID := req.Txn
+	if txnID == "" {
+		txnID = randomID()
+	}
+	c := &Claims{
+		Issuer:    svid.ID.String(),
+		Subject:   req.Subject,
+		SubjectIs: req.SubjectIssuer,
+		Audience:  jwt.Audience{aud},
+		Actor:     Actor{Subject: svid.ID.String()},
+		Txn:       txnID,
+		Scope:     strings.Join(narrow(req.Scopes, m.cfg.Scopes), " "),
+		ID:        randomID(),
+		IssuedAt:  jwt.NewNumericDate(now),
+		Expiry:    jwt.NewNumericDate(now.Add(m.cfg.TTL)),
+	}
+	tok, err := jwt.Signed(signer).Claims(c).Serialize()
+	if err != nil {
+		return "", nil, fmt.Errorf("txn: %w", err)
+	}
+	return tok, c, nil
+}
+
+// narrow keeps the requested scopes the policy allows, in request order,
+// without duplicates.
+func narrow(requested, allowed []string) []string {
+	var out []string
+	for _, s := range requested {
+		if slices.Contains(allowed, s) && !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func algorithm(key crypto.Signer) (jose.SignatureAlgorithm, error) {
+	switch k := key.(type) {
+	case *ecdsa.PrivateKey:
+		switch k.Curve {
+		case elliptic.P256():
+			return jose.ES256, nil
+		case elliptic.P384():
+			return jose.ES384, nil
+		}
+	case *rsa.PrivateKey:
+		return jose.PS256, nil
+	}
+	return "", fmt.Errorf("txn: cannot sign with a %T SVID key", key)
+}
+
+func randomID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// Reason classifies a refused token. Its values are metric labels.
+type Reason string
+
+// Refusal reasons.
+const (
+	ReasonMalformed Reason = "txn_malformed"  // not a JWS of the right shape, or over MaxSize
+	ReasonHeader    Reason = "txn_bad_header" // wrong typ or alg, or a header that points elsewhere
+	ReasonChain     Reason = "txn_bad_chain"  // x5c does not verify against the trust bundle
+	ReasonMinter    Reason = "txn_not_minter" // the signer may not mint
+	ReasonSignature Reason = "txn_bad_signature"
+	ReasonClaims    Reason = "txn_bad_claims" // a required claim is missing or inconsistent
+	ReasonExpired   Reason = "txn_expired"    // expired, not yet valid, or too long-lived
+	ReasonAudience  Reason = "txn_wrong_audience"
+)
+
+// Error is a refusal with its reason.
+type Error struct {
+	Reason Reason
+	Err    error
+}
+
+func (e *Error) Error() string { return "txn: " + string(e.Reason) + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error { return e.Err }
+
+func refuse(r Reason, format string, args ...any) error {
+	return &Error{Reason: r, Err: fmt.Errorf(format, args...)}
+}
+
+// ReasonOf returns the reason of a refusal from Verify, or ReasonMalformed
+// for any other error.
+func ReasonOf(err error) Reason {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Reason
+	}
+	return ReasonMalformed
+}
+
+// Minters decides whether a workload may mint transaction tokens.
+type Minters func(spiffeid.ID) bool
+
+// VerifyConfig is a verifier's policy.
+type VerifyConfig struct {
+	// Minters says which workloads' tokens are accepted. Required: a
+	// verifier without it refuses every token.
+	Minters Minters
+	// Audience must be in the token's aud; default the trust domain of
+	// the verifying workload, passed to Verify.
+	Audience string
+	// Skew is the clock skew tolerated on iat and exp; default
+	// DefaultSkew.
+	Skew time.Duration
+}
+
+// Verifier verifies transaction tokens against the X.509 trust bundles.
+type Verifier struct {
+	cfg     VerifyConfig
+	bundles x509bundle.Source
+	now     func() time.Time
+}
+
+// NewVerifier returns a verifier that trusts the minters of cfg whose chains
+// verify against bundles.
+func NewVerifier(bundles x509bundle.Source, cfg VerifyConfig) *Verifier {
+	if cfg.Skew == 0 {
+		cfg.Skew = DefaultSkew
+	}
+	return &Verifier{cfg: cfg, bundles: bundles, now: time.Now}
+}
+
+// signatureAlgs are the algorithms an SVID key signs with.
+var signatureAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.PS256, jose.RS256}
+
+// header is the part of the JOSE header Verify reads itself.
+type header struct {
+	Typ string   `json:"typ"`
+	X5c []string `json:"x5c"`
+}
+
+// Verify checks token for a verifier in trust domain td and returns its
+// claims and the minting workload.
+func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiffeid.ID, error) {
+	var zero spiffeid.ID
+	if len(token) > MaxSize {
+		return nil, zero, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxSize)
+	}
+	tok, err := jwt.ParseSigned(token, signatureAlgs)
+	if err != nil {
+		return nil, zero, refuse(ReasonHeader, "unparsable, or algorithm not allowed")
+	}
+	h, err := parseHeader(token)
+	if err != nil {
+		return nil, zero, err
+	}
+	if h.Typ != Type {
+		return nil, zero, refuse(ReasonHeader, "typ is not %s", Type)
+	}
+	if len(h.X5c) == 0 || len(h.X5c) > 8 {
+		return nil, zero, refuse(ReasonHeader, "x5c must hold the signer's chain")
+	}
+	chain := make([]*x509.Certificate, len(h.X5c))
+	for i, s := range h.X5c {
+		der, err := base64.StdEncoding.DecodeString(s)
+		if err != nil {
+			return nil, zero, refuse(ReasonChain, "x5c[%d] is not base64", i)
+		}
+		if chain[i], err = x509.ParseCertificate(der); err != nil {
+			return nil, zero, refuse(ReasonChain, "x5c[%d] is not a certificate", i)
+		}
+	}
+	minter, _, err := x509svid.Verify(chain, v.bundles)
+	if err != nil {
+		return nil, zero, refuse(ReasonChain, "%v", err)
+	}
+	if v.cfg.Minters == nil || !v.cfg.Minters(minter) {
+		return nil, minter, refuse(ReasonMinter, "%s may not mint transaction tokens", minter)
+	}
+	var c Claims
+	if err := tok.Claims(chain[0].PublicKey, &c); err != nil {
+		return nil, minter, refuse(ReasonSignature, "signature does not verify with the x5c leaf")
+	}
+	switch {
+	case c.Issuer != minter.String():
+		return nil, minter, refuse(ReasonClaims, "iss is not the signer's SPIFFE ID")
+	case c.Subject == "" || c.SubjectIs == "" || c.Txn == "" || c.ID == "" || c.Actor.Subject == "":
+		return nil, minter, refuse(ReasonClaims, "sub, sub_iss, act.sub, txn and jti are required")
+	case c.IssuedAt == nil || c.Expiry == nil:
+		return nil, minter, refuse(ReasonClaims, "iat and exp are required")
+	}
+	if _, err := spiffeid.FromString(c.Actor.Subject); err != nil {
+		return nil, minter, refuse(ReasonClaims, "act.sub is not a SPIFFE ID")
+	}
+	now := v.now()
+	iat, exp := c.IssuedAt.Time(), c.Expiry.Time()
+	switch {
+	case !now.Before(exp.Add(v.cfg.Skew)):
+		return nil, minter, refuse(ReasonExpired, "expired")
+	case now.Add(v.cfg.Skew).Before(iat):
+		return nil, minter, refuse(ReasonExpired, "issued in the future")
+	case exp.Sub(iat) > MaxTTL || !iat.Before(exp):
+		return nil, minter, refuse(ReasonExpired, "lifetime outside (0, %v]", MaxTTL)
+	}
+	aud := v.cfg.Audience
+	if aud == "" {
+		aud = td.IDString()
+	}
+	if !c.Audience.Contains(aud) {
+		return nil, minter, refuse(ReasonAudience, "aud does not name %s", aud)
+	}
+	return &c, minter, nil
+}
+
+// parseHeader decodes the protected header and refuses the members that
+// would point the verifier at keys or locations outside the token's chain.
+func parseHeader(token string) (*header, error) {
+	encoded, _, _ := strings.Cut(token, ".")
+	raw, err := base64.RawURLEncoding.DecodeString(encoded)
+	if err != nil {
+		return nil, refuse(ReasonMalformed, "unparsable header")
+	}
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil {
+		return nil, refuse(ReasonMalformed, "unparsable header")
+	}
+	for _, k := range []string{"jku", "x5u", "jwk", "crit"} {
+		if _, ok := members[k]; ok {
+			return nil, refuse(ReasonHeader, "header %q is not allowed", k)
+		}
+	}
+	var h header
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, refuse(ReasonHeader, "unparsable typ or x5c")
+	}
+	return &h, nil
+}
