@@ -56,7 +56,8 @@ lint:
 ## Counts, not durations: with a -fuzztime duration, Go 1.26's fuzzing coordinator can report
 ## "context deadline exceeded" at the deadline without any failing input (golang/go#75804).
 FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
-	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./agent:FuzzValidateJWTSVID
+	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
+	./proxy/txn:FuzzVerify ./proxy/edge:FuzzValidate
 FUZZ_EXECS ?= 50000
 
 fuzz-short:

@@ -267,8 +267,24 @@ func TestHTTPTokenBoundToPeer(t *testing.T) {
 	if code != 401 || !strings.Contains(body, "bad_token") {
 		t.Fatalf("garbage token: %d %s", code, body)
 	}
+	// B3: a valid token of the peer next to the replayed one is not a
+	// choice: two Authorization values are refused, however ordered.
+	own, err := hp.issuer.mint(spiffeid.RequireFromPath(td, "/frontend"), "spiffe://example.org/backend")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pair := range [][2]string{{own, replayed}, {replayed, own}} {
+		code, body = rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer "+pair[0]+"\r\nAuthorization: Bearer "+pair[1]+"\r\nConnection: close\r\n\r\n")
+		if code != 401 || !strings.Contains(body, "bad_token") {
+			t.Fatalf("two Authorization headers: %d %s", code, body)
+		}
+	}
+	code, body = rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer "+own+", Bearer "+replayed+"\r\nConnection: close\r\n\r\n")
+	if code != 401 || !strings.Contains(body, "bad_token") {
+		t.Fatalf("comma-joined Authorization: %d %s", code, body)
+	}
 	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=token_peer_mismatch")
-	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=bad_token")
+	hp.in.waitMetric(t, 4, "credflow_refusals_total", "reason=bad_token")
 	if body := strings.ToLower(body); strings.Contains(body, strings.ToLower(replayed[:20])) {
 		t.Fatal("the refusal body echoes the token")
 	}

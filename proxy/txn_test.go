@@ -132,10 +132,12 @@ func TestEdgeExchange(t *testing.T) {
 	}
 	edgeOut, rogueOut, plainOut := outbound(edgeID, true), outbound(rogueID, true), outbound(edgeID, false)
 
-	get := func(addr string, headers map[string]string) (int, string) {
+	get := func(addr string, headers http.Header) (int, string) {
 		req, _ := http.NewRequestWithContext(context.Background(), "GET", "http://"+addr+"/orders", nil)
-		for k, v := range headers {
-			req.Header.Set(k, v)
+		for k, vs := range headers {
+			for _, v := range vs {
+				req.Header.Add(k, v)
+			}
 		}
 		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
@@ -148,7 +150,7 @@ func TestEdgeExchange(t *testing.T) {
 		n, _ := resp.Body.Read(buf)
 		return resp.StatusCode, b.String() + " " + string(buf[:n])
 	}
-	bearer := func(tok string) map[string]string { return map[string]string{"Authorization": "Bearer " + tok} }
+	bearer := func(tok string) http.Header { return http.Header{"Authorization": {"Bearer " + tok}} }
 	good := idp.token(t, "alice", "orders", time.Now().Add(5*time.Minute))
 
 	code, body := get(edgeOut, bearer(good))
@@ -157,10 +159,14 @@ func TestEdgeExchange(t *testing.T) {
 		t.Fatalf("exchanged request: %d %s", code, body)
 	}
 
+	minted, _, err := idp.exchanger(t, static{svid: ca.Issue(t, edgeID)}).Exchange(context.Background(), good)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name    string
 		addr    string
-		headers map[string]string
+		headers http.Header
 		code    int
 		reason  string
 	}{
@@ -170,7 +176,13 @@ func TestEdgeExchange(t *testing.T) {
 		{"forged external token", edgeOut, bearer(newTestIDP(t).token(t, "alice", "orders", time.Now().Add(time.Minute))), 401, "external_bad_signature"},
 		{"minted by a workload not allowed to mint", rogueOut, bearer(good), 401, "txn_not_minter"},
 		{"no transaction token", plainOut, nil, 401, "txn_missing"},
-		{"made-up transaction token", plainOut, map[string]string{txn.Header: good}, 401, "txn_bad_header"},
+		{"made-up transaction token", plainOut, http.Header{txn.Header: {good}}, 401, "txn_bad_header"},
+		// B3: a header a decision reads, sent twice or comma-joined, is
+		// refused rather than read for one of its values.
+		{"B3 two external tokens", edgeOut, http.Header{"Authorization": {"Bearer " + good, "Bearer " + good}}, 401, "external_malformed"},
+		{"B3 comma-joined external tokens", edgeOut, http.Header{"Authorization": {"Bearer " + good + ", Bearer " + good}}, 401, "external_malformed"},
+		{"B3 two transaction tokens", plainOut, http.Header{txn.Header: {minted, minted}}, 401, "txn_malformed"},
+		{"B3 comma-joined transaction tokens", plainOut, http.Header{txn.Header: {minted + ", " + minted}}, 401, "txn_bad_header"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -182,11 +194,7 @@ func TestEdgeExchange(t *testing.T) {
 	}
 	// The transaction token passes through a plain outbound listener
 	// unchanged: replaying the edge's token through it verifies.
-	minted, _, err := idp.exchanger(t, static{svid: ca.Issue(t, edgeID)}).Exchange(context.Background(), good)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if code, body := get(plainOut, map[string]string{txn.Header: minted}); code != 200 || !strings.Contains(body, "sub=alice") {
+	if code, body := get(plainOut, http.Header{txn.Header: {minted}}); code != 200 || !strings.Contains(body, "sub=alice") {
 		t.Fatalf("propagated transaction token: %d %s", code, body)
 	}
 	inR := &inbound{reg: inReg}

@@ -24,6 +24,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/exchange"
 )
 
@@ -92,7 +93,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	p, err := proxy.New(proxyConfig(cfg, src, log, proxy.NewMetrics(reg)))
+	pc := proxyConfig(cfg, src, log, proxy.NewMetrics(reg))
+	var exchanger *edge.Exchanger
+	if cfg.Edge != nil {
+		if exchanger, err = newExchanger(ctx, cfg.Edge, src, edge.NewMetrics(reg), log); err != nil {
+			return err
+		}
+		pc.Exchanger = exchanger
+	}
+	p, err := proxy.New(pc)
 	if err != nil {
 		return err
 	}
@@ -144,7 +153,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("token endpoint %s: %w", cfg.TokenEndpoint, err)
 		}
-		tokSrv := &http.Server{Handler: exchange.Handler(src), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
+		tokSrv := &http.Server{Handler: exchange.Handler(src, subjectExchanger(exchanger)), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
 		go tokSrv.Serve(tokLn)
 		defer tokSrv.Close()
 	}
@@ -177,6 +186,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return nil
 		}
 	}
+}
+
+// subjectExchanger is the token endpoint's exchanger: nil, not a nil
+// pointer, when no edge is configured.
+func subjectExchanger(x *edge.Exchanger) exchange.Exchanger {
+	if x == nil {
+		return nil
+	}
+	return x
 }
 
 func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *proxy.Metrics) proxy.Config {

@@ -10,6 +10,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +21,9 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/route"
+	"github.com/credflow/credflow/proxy/txn"
 )
 
 // MaxSize bounds the configuration file.
@@ -64,10 +67,36 @@ type Config struct {
 	// KeyExchange is the key-exchange policy (default hybrid-preferred).
 	KeyExchange pqc.Policy
 
+	// Edge, if set, configures the exchange of external tokens for
+	// transaction tokens (outbound listeners with exchange: true, and the
+	// token endpoint).
+	Edge *Edge
+
 	// QUIC limits; zero fields mean proxy's defaults.
 	QUICMaxStreams       int64
 	QUICHandshakeTimeout time.Duration
 	QUICIdleTimeout      time.Duration
+}
+
+// Edge is the validated edge-exchange configuration.
+type Edge struct {
+	Issuers []Issuer
+	// TxnTTL, TxnAudience and Scopes are the minting policy (txn.MintConfig).
+	TxnTTL       time.Duration
+	TxnAudience  string
+	Scopes       []string
+	KeepExternal bool
+}
+
+// Issuer is a trusted external token issuer.
+type Issuer struct {
+	Issuer     string
+	Audiences  []string
+	Algorithms []string
+	// Exactly one of JWKSFile and JWKSURL is set; JWKSCAFile, if set, holds
+	// the PEM roots for JWKSURL.
+	JWKSFile, JWKSURL, JWKSCAFile string
+	JWKSRefresh                   time.Duration
 }
 
 // Inbound is a validated inbound listener.
@@ -112,6 +141,23 @@ type file struct {
 		Groups       []string          `yaml:"groups"`
 		TrustDomains map[string]string `yaml:"trust_domains"`
 	} `yaml:"key_exchange"`
+	Edge *struct {
+		Issuers []struct {
+			Issuer      string   `yaml:"issuer"`
+			Audiences   []string `yaml:"audiences"`
+			Algorithms  []string `yaml:"algorithms"`
+			JWKSFile    string   `yaml:"jwks_file"`
+			JWKSURL     string   `yaml:"jwks_url"`
+			JWKSCAFile  string   `yaml:"jwks_ca_file"`
+			JWKSRefresh duration `yaml:"jwks_refresh"`
+		} `yaml:"issuers"`
+		TxnToken struct {
+			TTL      duration `yaml:"ttl"`
+			Audience string   `yaml:"audience"`
+			Scopes   []string `yaml:"scopes"`
+		} `yaml:"txn_token"`
+		KeepExternal bool `yaml:"keep_external"`
+	} `yaml:"edge"`
 	QUIC struct {
 		MaxStreams       int64    `yaml:"max_streams"`
 		HandshakeTimeout duration `yaml:"handshake_timeout"`
@@ -137,6 +183,10 @@ type file struct {
 			Header  string `yaml:"header"`
 			Pass    bool   `yaml:"pass"`
 		} `yaml:"jwt"`
+		TxnToken struct {
+			Require bool     `yaml:"require"`
+			Minters []string `yaml:"minters"`
+		} `yaml:"txn_token"`
 	} `yaml:"inbound"`
 	Outbound []struct {
 		Name      string   `yaml:"name"`
@@ -151,6 +201,7 @@ type file struct {
 		JWTAudience string `yaml:"jwt_audience"`
 		TokenHeader string `yaml:"token_header"`
 		Pool        int    `yaml:"pool"`
+		Exchange    bool   `yaml:"exchange"`
 	} `yaml:"outbound"`
 }
 
@@ -285,6 +336,15 @@ func Parse(data []byte) (*Config, error) {
 		c.KeyExchange.Overrides[td] = m
 	}
 
+	if f.Edge != nil {
+		c.Edge = parseEdge(f.Edge.Issuers, fail)
+		c.Edge.TxnTTL = f.Edge.TxnToken.TTL.or(txn.DefaultTTL)
+		if c.Edge.TxnTTL > txn.MaxTTL {
+			fail("edge.txn_token.ttl", "%v is over the %v limit", c.Edge.TxnTTL, txn.MaxTTL)
+		}
+		c.Edge.TxnAudience, c.Edge.Scopes, c.Edge.KeepExternal = f.Edge.TxnToken.Audience, f.Edge.TxnToken.Scopes, f.Edge.KeepExternal
+	}
+
 	names := map[string]string{}
 	ports := map[string]string{} // listen address -> field
 	if c.Admin != "" {
@@ -327,8 +387,8 @@ func Parse(data []byte) (*Config, error) {
 		ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC}
 		switch in.Protocol {
 		case "", "tcp":
-			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" {
-				fail(field+".protocol", "routes, jwt and app_protocol need protocol: http")
+			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 {
+				fail(field+".protocol", "routes, jwt, txn_token and app_protocol need protocol: http")
 			}
 		case "http":
 			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass}
@@ -369,6 +429,14 @@ func Parse(data []byte) (*Config, error) {
 				}
 				h.Routes.Rules = append(h.Routes.Rules, rule)
 			}
+			if len(in.TxnToken.Minters) > 0 {
+				if h.TxnMinters, err = policy(field+".txn_token.minters", in.TxnToken.Minters); err != nil {
+					errs = append(errs, err)
+				}
+			} else if in.TxnToken.Require {
+				fail(field+".txn_token.minters", "require: true needs the workloads allowed to mint")
+			}
+			h.RequireTxn = in.TxnToken.Require
 			if in.QUIC != "" {
 				fail(field+".quic_listen", "QUIC carries protocol tcp only")
 			}
@@ -407,8 +475,8 @@ func Parse(data []byte) (*Config, error) {
 		}
 		switch out.Protocol {
 		case "", "tcp":
-			if out.JWTAudience != "" || out.Pool != 0 || out.TokenHeader != "" {
-				fail(field+".protocol", "jwt_audience, token_header and pool need protocol: http")
+			if out.JWTAudience != "" || out.Pool != 0 || out.TokenHeader != "" || out.Exchange {
+				fail(field+".protocol", "jwt_audience, token_header, pool and exchange need protocol: http")
 			}
 		case "http":
 			if out.Pool < 0 {
@@ -417,7 +485,14 @@ func Parse(data []byte) (*Config, error) {
 			if o.QUICUpstream != "" {
 				fail(field+".transport", "QUIC carries protocol tcp only")
 			}
-			o.HTTP = &proxy.OutboundHTTP{JWTAudience: out.JWTAudience, TokenHeader: out.TokenHeader, Pool: out.Pool}
+			o.HTTP = &proxy.OutboundHTTP{JWTAudience: out.JWTAudience, TokenHeader: out.TokenHeader, Pool: out.Pool, Exchange: out.Exchange}
+			if out.Exchange {
+				if c.Edge == nil {
+					fail(field+".exchange", "needs an edge section with the external issuers")
+				} else {
+					o.HTTP.KeepExternal = c.Edge.KeepExternal
+				}
+			}
 		default:
 			fail(field+".protocol", "%q is not tcp or http", out.Protocol)
 		}
@@ -434,6 +509,52 @@ func Parse(data []byte) (*Config, error) {
 		return nil, fmt.Errorf("config: invalid:\n%w", errors.Join(errs...))
 	}
 	return c, nil
+}
+
+// parseEdge checks the external issuers.
+func parseEdge(issuers []struct {
+	Issuer      string   `yaml:"issuer"`
+	Audiences   []string `yaml:"audiences"`
+	Algorithms  []string `yaml:"algorithms"`
+	JWKSFile    string   `yaml:"jwks_file"`
+	JWKSURL     string   `yaml:"jwks_url"`
+	JWKSCAFile  string   `yaml:"jwks_ca_file"`
+	JWKSRefresh duration `yaml:"jwks_refresh"`
+}, fail func(field, format string, args ...any)) *Edge {
+	e := &Edge{}
+	if len(issuers) == 0 {
+		fail("edge.issuers", "at least one external issuer is required")
+	}
+	seen := map[string]bool{}
+	for i, is := range issuers {
+		field := fmt.Sprintf("edge.issuers[%d]", i)
+		switch {
+		case is.Issuer == "":
+			fail(field+".issuer", "required (the exact iss of its tokens)")
+		case seen[is.Issuer]:
+			fail(field+".issuer", "%q is configured twice", is.Issuer)
+		}
+		seen[is.Issuer] = true
+		if len(is.Audiences) == 0 || slices.Contains(is.Audiences, "") {
+			fail(field+".audiences", "at least one non-empty audience is required; the audience check is never skipped")
+		}
+		for j, a := range is.Algorithms {
+			if err := edge.CheckAlgorithm(a); err != nil {
+				fail(fmt.Sprintf("%s.algorithms[%d]", field, j), "%q is not an asymmetric JWS algorithm (RS*, PS*, ES*, EdDSA)", a)
+			}
+		}
+		switch {
+		case (is.JWKSFile == "") == (is.JWKSURL == ""):
+			fail(field, "exactly one of jwks_file and jwks_url is required")
+		case is.JWKSURL != "" && !strings.HasPrefix(is.JWKSURL, "https://"):
+			fail(field+".jwks_url", "%q is not an https:// URL", is.JWKSURL)
+		case is.JWKSCAFile != "" && is.JWKSURL == "":
+			fail(field+".jwks_ca_file", "only applies to jwks_url")
+		}
+		e.Issuers = append(e.Issuers, Issuer{Issuer: is.Issuer, Audiences: is.Audiences, Algorithms: is.Algorithms,
+			JWKSFile: is.JWKSFile, JWKSURL: is.JWKSURL, JWKSCAFile: is.JWKSCAFile, JWKSRefresh: is.JWKSRefresh.or(edge.DefaultRefresh)})
+	}
+	return e
 }
 
 func cmpOr(s, def string) string {

@@ -85,6 +85,77 @@ func TestParseErrors(t *testing.T) {
 	}
 }
 
+const edgeConfig = `
+edge:
+  issuers:
+    - issuer: https://idp.example
+      audiences: [orders]
+      algorithms: [RS256, ES256]
+      jwks_url: https://idp.example/jwks
+      jwks_refresh: 1m
+  txn_token: {ttl: 30s, scopes: [orders.read]}
+outbound:
+  - name: middle
+    listen: 127.0.0.1:15001
+    upstream: middle:15006
+    expect: [spiffe://example.org/middle]
+    protocol: http
+    exchange: true
+inbound:
+  - name: app
+    listen: :15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org]
+    protocol: http
+    routes: [{peers: [spiffe://example.org], paths: [/*]}]
+    txn_token: {require: true, minters: [spiffe://example.org/edge]}
+`
+
+func TestParseEdge(t *testing.T) {
+	c, err := config.Parse([]byte(edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Edge
+	if e == nil || len(e.Issuers) != 1 || e.Issuers[0].JWKSRefresh != time.Minute || e.TxnTTL != 30*time.Second || e.KeepExternal {
+		t.Fatalf("edge %+v", e)
+	}
+	if !c.Outbound[0].HTTP.Exchange {
+		t.Error("exchange not set on the outbound listener")
+	}
+	h := c.Inbound[0].HTTP
+	if !h.RequireTxn || !h.TxnMinters.Allows(spiffeid.RequireFromString("spiffe://example.org/edge")) ||
+		h.TxnMinters.Allows(spiffeid.RequireFromString("spiffe://example.org/middle")) {
+		t.Errorf("inbound txn policy: require %v, minters %v", h.RequireTxn, h.TxnMinters.Patterns())
+	}
+	bad := []struct{ name, from, to, want string }{
+		{"http JWKS URL", "https://idp.example/jwks", "http://idp.example/jwks", "edge.issuers[0].jwks_url"},
+		{"HMAC algorithm", "[RS256, ES256]", "[HS256]", "edge.issuers[0].algorithms[0]"},
+		{"no audience", "audiences: [orders]", "audiences: []", "edge.issuers[0].audiences"},
+		{"file and URL", "jwks_refresh: 1m", "jwks_file: /x", "exactly one of jwks_file and jwks_url"},
+		{"long-lived txn tokens", "ttl: 30s", "ttl: 1h", "edge.txn_token.ttl"},
+		{"require without minters", "minters: [spiffe://example.org/edge]", "minters: []", "inbound[0].txn_token.minters"},
+		{"bad minter", "minters: [spiffe://example.org/edge]", "minters: [edge]", "inbound[0].txn_token.minters[0]"},
+		{"exchange on tcp", "    protocol: http\n    exchange", "    exchange", "outbound[0].protocol"},
+	}
+	for _, tc := range bad {
+		t.Run(tc.name, func(t *testing.T) {
+			file := strings.Replace(edgeConfig, tc.from, tc.to, 1)
+			if file == edgeConfig {
+				t.Fatalf("%q not in the config", tc.from)
+			}
+			_, err := config.Parse([]byte(file))
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error %v, want one naming %q", err, tc.want)
+			}
+		})
+	}
+	_, rest, _ := strings.Cut(edgeConfig, "outbound:")
+	if _, err := config.Parse([]byte("outbound:" + rest)); err == nil || !strings.Contains(err.Error(), "outbound[0].exchange: needs an edge section") {
+		t.Errorf("exchange without an edge section: %v", err)
+	}
+}
+
 func FuzzParse(f *testing.F) {
 	f.Add([]byte(valid))
 	f.Add([]byte("inbound: [{name: a, listen: ':1', app: '127.0.0.1:2', allow: ['spiffe://a/*']}]\n"))

@@ -40,4 +40,5 @@ const (
 	Watch        = "watch"
 	Txn          = "txn"
 	TokenID      = "jti"
+	Issuer       = "issuer"
 )

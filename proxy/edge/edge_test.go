@@ -178,6 +178,8 @@ func TestValidate(t *testing.T) {
 		{"unknown issuer", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"iss": "https://evil.example"})), ReasonIssuer},
 		{"forged: another key, a known kid", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(nil)), ReasonSignature},
 		{"payload changed", parts[0] + "." + base64.RawURLEncoding.EncodeToString(changed) + "." + parts[2], ReasonSignature},
+		{"B14 expired and badly signed: the signature first", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()})), ReasonSignature},
+		{"B16 1 MB of dots", strings.Repeat(".", 1<<20), ReasonMalformed},
 		{"unknown kid", signJWT(t, jose.RS256, other, "rsa9", nil, claimSet(nil)), ReasonKey},
 		{"jku header", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jku": "https://evil.example/jwks"}, claimSet(nil)), ReasonHeader},
 		{"embedded jwk", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jwk": map[string]any{"kty": "oct"}}, claimSet(nil)), ReasonHeader},

@@ -11,25 +11,41 @@
 // A success is RFC 8693 §2.2.1 JSON (access_token, issued_token_type
 // urn:ietf:params:oauth:token-type:jwt, token_type N_A, expires_in); an
 // error is RFC 6749 §5.2 JSON (error, error_description). Requests from
-// anywhere but loopback are refused. Exchanging a subject_token is not
-// supported yet and is refused as invalid_request.
+// anywhere but loopback are refused.
+//
+// When the sidecar has an edge configuration, a subject_token (an external
+// JWT, subject_token_type urn:ietf:params:oauth:token-type:jwt or
+// access_token) is exchanged for a transaction token instead:
+//
+//	grant_type=urn:ietf:params:oauth:grant-type:token-exchange
+//	&subject_token=eyJ...&subject_token_type=urn:ietf:params:oauth:token-type:jwt
+//
+// returns issued_token_type urn:ietf:params:oauth:token-type:txn_token. An
+// invalid subject token is invalid_request, with the reason in
+// error_description (never the token).
 package exchange
 
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"mime"
 	"net"
 	"net/http"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/credflow/credflow/proxy/edge"
+	"github.com/credflow/credflow/proxy/txn"
 )
 
-// Grant and token types of RFC 8693.
+// Grant and token types of RFC 8693 and the Transaction Tokens draft.
 const (
-	GrantType = "urn:ietf:params:oauth:grant-type:token-exchange"
-	TokenType = "urn:ietf:params:oauth:token-type:jwt"
+	GrantType       = "urn:ietf:params:oauth:grant-type:token-exchange"
+	TokenType       = "urn:ietf:params:oauth:token-type:jwt"
+	AccessTokenType = "urn:ietf:params:oauth:token-type:access_token"
+	TxnTokenType    = "urn:ietf:params:oauth:token-type:txn_token"
 )
 
 // maxBody bounds a request body.
@@ -38,6 +54,12 @@ const maxBody = 16 << 10
 // Tokens mints JWT-SVIDs of this workload for an audience.
 type Tokens interface {
 	FetchJWTSVID(ctx context.Context, audience string) (*jwtsvid.SVID, error)
+}
+
+// Exchanger exchanges an external token for a transaction token
+// (edge.Exchanger does).
+type Exchanger interface {
+	Exchange(ctx context.Context, external string) (string, *txn.Claims, error)
 }
 
 // Response is a successful token response.
@@ -54,8 +76,9 @@ type Error struct {
 	Description string `json:"error_description,omitempty"`
 }
 
-// Handler serves the token endpoint at /token.
-func Handler(tokens Tokens) http.Handler {
+// Handler serves the token endpoint at /token: JWT-SVIDs from tokens, and,
+// if subjects is not nil, transaction tokens for subject tokens.
+func Handler(tokens Tokens, subjects Exchanger) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
@@ -85,11 +108,11 @@ func Handler(tokens Tokens) http.Handler {
 		case form.Get("grant_type") != GrantType:
 			writeJSON(w, http.StatusBadRequest, Error{"unsupported_grant_type", "only " + GrantType})
 			return
+		case form.Has("subject_token") || form.Has("actor_token"):
+			exchangeSubject(w, r, subjects)
+			return
 		case len(form["audience"]) != 1 || form.Get("audience") == "":
 			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "exactly one non-empty audience is required"})
-			return
-		case form.Has("subject_token") || form.Has("actor_token"):
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token exchange is not supported"})
 			return
 		case form.Has("requested_token_type") && form.Get("requested_token_type") != TokenType:
 			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "only " + TokenType + " can be issued"})
@@ -108,6 +131,44 @@ func Handler(tokens Tokens) http.Handler {
 		})
 	})
 	return mux
+}
+
+// exchangeSubject answers a request with a subject_token.
+func exchangeSubject(w http.ResponseWriter, r *http.Request, subjects Exchanger) {
+	form := r.PostForm
+	switch {
+	case subjects == nil:
+		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token exchange is not configured (no edge section)"})
+		return
+	case form.Has("actor_token"):
+		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "actor_token is not supported: the actor is this workload"})
+		return
+	case len(form["subject_token"]) != 1 || form.Get("subject_token") == "":
+		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "exactly one non-empty subject_token is required"})
+		return
+	case form.Get("subject_token_type") != TokenType && form.Get("subject_token_type") != AccessTokenType:
+		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token_type must be " + TokenType + " or " + AccessTokenType})
+		return
+	case form.Has("requested_token_type") && form.Get("requested_token_type") != TxnTokenType:
+		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "a subject_token is exchanged for " + TxnTokenType + " only"})
+		return
+	}
+	tok, c, err := subjects.Exchange(r.Context(), form.Get("subject_token"))
+	if err != nil {
+		var refusal *edge.Error
+		if errors.As(err, &refusal) {
+			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token refused: " + string(refusal.Reason)})
+			return
+		}
+		writeJSON(w, http.StatusServiceUnavailable, Error{"temporarily_unavailable", "no transaction token could be minted"})
+		return
+	}
+	writeJSON(w, http.StatusOK, Response{
+		AccessToken:     tok,
+		IssuedTokenType: TxnTokenType,
+		TokenType:       "N_A",
+		ExpiresIn:       int64(time.Until(c.Expiry.Time()).Seconds()),
+	})
 }
 
 func fromLoopback(r *http.Request) bool {

@@ -116,3 +116,40 @@ func escape(p string) string {
 	}
 	return b.String()
 }
+
+// FuzzAllows checks the rule matcher against its definition: an exact path
+// allows only itself, a prefix pattern "/p/*" only canonical paths under
+// "/p/", whatever spelling of the path the request used.
+func FuzzAllows(f *testing.F) {
+	for _, s := range [][2]string{{"/admin", "/admin"}, {"/api/*", "/api/x"}, {"/api/*", "/api"}, {"/api/*", "/apix"},
+		{"/api/*", "/api/../admin"}, {"/health", "/%68ealth"}, {"/a/*", "//a//b"}} {
+		f.Add(s[0], s[1])
+	}
+	peer := spiffeid.RequireFromString("spiffe://example.org/frontend")
+	anyone, err := authz.ParsePolicy([]string{"spiffe://example.org"})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, pattern, raw string) {
+		p, err := route.ParsePath(pattern)
+		if err != nil {
+			return
+		}
+		path, err := route.Normalize(raw)
+		if err != nil {
+			return
+		}
+		table := route.Table{Rules: []route.Rule{{Peers: anyone, Methods: []string{"GET"}, Paths: []route.Path{p}}}}
+		got := table.Allows(peer, "GET", path)
+		want := path == pattern
+		if prefix, ok := strings.CutSuffix(pattern, "*"); ok {
+			want = strings.HasPrefix(path, prefix)
+		}
+		if got != want {
+			t.Fatalf("pattern %q, request path %q (canonical %q): allowed %v, want %v", pattern, raw, path, got, want)
+		}
+		if table.Allows(peer, "POST", path) {
+			t.Fatalf("pattern %q allowed POST %q outside its methods", pattern, path)
+		}
+	})
+}
