@@ -92,6 +92,13 @@ type Config struct {
 	// hybrid-preferred everywhere.
 	KeyExchange pqc.Policy
 
+	// NoResumption turns TLS session resumption off between sidecars:
+	// every connection pays a full handshake (certificates sent and
+	// verified). By default outbound listeners keep a session cache and
+	// inbound ones issue tickets; a resumed session is still checked
+	// against the current policy and bundles.
+	NoResumption bool
+
 	// QUIC sets the limits of QUIC connections.
 	QUIC QUICLimits
 
@@ -224,6 +231,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
+		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
 		l.quicAddr = in.QUICListen
 		if in.HTTP != nil {
@@ -240,6 +248,9 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Client()
+		if cfg.NoResumption {
+			l.tls.ClientSessionCache = nil
+		}
 		td := upstreamTrustDomain(out.Expect)
 		l.tls.CurvePreferences = kex.ClientGroups(td)
 		l.kex = kex.ModeFor(td)

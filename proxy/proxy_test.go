@@ -369,3 +369,30 @@ func waitRegistry(t *testing.T, reg *prometheus.Registry, name, reason string) {
 	in := &inbound{reg: reg}
 	in.waitMetric(t, 1, name, "reason="+reason)
 }
+
+// TestNoResumption: by default a second outbound connection to the same
+// upstream resumes; with NoResumption every connection is a full handshake,
+// on both sides.
+func TestNoResumption(t *testing.T) {
+	ca := testca.New(t, td)
+	for _, off := range []bool{false, true} {
+		in := startInbound(t, ca, policy(t, "spiffe://example.org/frontend"), time.Second)
+		p, reg := startProxy(t, proxy.Config{
+			SVIDs:        static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
+			Bundles:      x509bundle.NewSet(ca.Bundle()),
+			Outbound:     []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: in.addr, Expect: policy(t, "spiffe://example.org/backend")}},
+			NoResumption: off,
+		})
+		for range 3 {
+			if got := exchange(t, p.Addr("up").String(), "x"); got != "x" {
+				t.Fatalf("echo %q", got)
+			}
+		}
+		out := &inbound{reg: reg}
+		out.waitMetric(t, 3, "credflow_tls_connections_total")
+		resumed := out.metric(t, "credflow_tls_connections_total", "resumed=true")
+		if off && resumed != 0 || !off && resumed != 2 {
+			t.Errorf("NoResumption=%v: %v of 3 connections resumed", off, resumed)
+		}
+	}
+}

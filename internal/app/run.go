@@ -207,6 +207,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		MaxConnections:     cfg.MaxConnections,
 		RevalidateInterval: cfg.Revalidate,
 		KeyExchange:        cfg.KeyExchange,
+		NoResumption:       cfg.NoResumption,
 		QUIC: proxy.QUICLimits{
 			MaxStreams:       cfg.QUICMaxStreams,
 			HandshakeTimeout: cfg.QUICHandshakeTimeout,

@@ -66,6 +66,8 @@ type Config struct {
 
 	// KeyExchange is the key-exchange policy (default hybrid-preferred).
 	KeyExchange pqc.Policy
+	// NoResumption is tls.session_resumption: false.
+	NoResumption bool
 
 	// Edge, if set, configures the exchange of external tokens for
 	// transaction tokens (outbound listeners with exchange: true, and the
@@ -136,6 +138,9 @@ type file struct {
 	Limits struct {
 		MaxConnections int `yaml:"max_connections"`
 	} `yaml:"limits"`
+	TLS struct {
+		SessionResumption *bool `yaml:"session_resumption"`
+	} `yaml:"tls"`
 	KeyExchange struct {
 		Mode         string            `yaml:"mode"`
 		Groups       []string          `yaml:"groups"`
@@ -280,6 +285,7 @@ func Parse(data []byte) (*Config, error) {
 		DrainTimeout:     f.Timeouts.Drain.or(DefaultDrainTimeout),
 		Revalidate:       f.Timeouts.Revalidate.or(DefaultRevalidate),
 		MaxConnections:   f.Limits.MaxConnections,
+		NoResumption:     f.TLS.SessionResumption != nil && !*f.TLS.SessionResumption,
 	}
 	switch {
 	case c.MaxConnections == 0:

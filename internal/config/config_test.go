@@ -169,3 +169,19 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+func TestParseSessionResumption(t *testing.T) {
+	for file, want := range map[string]bool{
+		valid: false,
+		valid + "tls: {session_resumption: true}\n":  false,
+		valid + "tls: {session_resumption: false}\n": true,
+	} {
+		c, err := config.Parse([]byte(file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.NoResumption != want {
+			t.Errorf("NoResumption = %v, want %v for\n%s", c.NoResumption, want, file)
+		}
+	}
+}
