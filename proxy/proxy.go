@@ -497,7 +497,7 @@ func (p *Proxy) accept(ctx context.Context, l *listener) {
 
 func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 	start := time.Now()
-	tc := tls.Server(raw, l.tls)
+	tc := tls.Server(relay.Batching(raw), l.tls)
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		tc.Close()
@@ -564,7 +564,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
-	tc := tls.Client(raw, l.tls)
+	tc := tls.Client(relay.Batching(raw), l.tls)
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		tc.Close()

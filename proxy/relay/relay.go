@@ -78,7 +78,7 @@ type Options struct {
 
 	// WriteTimeout bounds a single write, so that a peer that stops reading
 	// cannot pin a goroutine; Copy then reports ErrWriteTimeout. A single
-	// write is at most 32 KiB on the buffered path and at most 256 KiB on
+	// write is at most 64 KiB on the buffered path and at most 256 KiB on
 	// the kernel path. Zero means DefaultWriteTimeout (30s); negative
 	// disables the limit.
 	WriteTimeout time.Duration
@@ -128,6 +128,7 @@ func Copy(ctx context.Context, a, b net.Conn, opts Options) Result {
 	ab := &direction{s: s, idx: 0, src: 0, dst: 1, name: "a->b"}
 	ba := &direction{s: s, idx: 1, src: 1, dst: 0, name: "b->a"}
 	ab.run, ba.run = ab.copyBuffered, ba.copyBuffered
+	ab.batch, ba.batch = batchOf(b), batchOf(a)
 	s.spliced = useKernel(ab, ba)
 	if ctx.Err() != nil {
 		s.fail(contextError(ctx))
@@ -255,6 +256,22 @@ type direction struct {
 	src, dst int
 	name     string
 	run      func()
+	batch    *batchConn // under a TLS destination built on Batching
+}
+
+// write writes p to the destination, its TLS records in one system call
+// when the destination batches.
+func (d *direction) write(p []byte) (int, error) {
+	dst := d.s.conns[d.dst]
+	if d.batch == nil {
+		return dst.Write(p)
+	}
+	d.batch.start()
+	n, err := dst.Write(p)
+	if ferr := d.batch.flush(); err == nil {
+		err = ferr
+	}
+	return n, err
 }
 
 // writeDeadline arms the write timeout on the destination before a write and

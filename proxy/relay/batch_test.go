@@ -1,0 +1,75 @@
+package relay
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"io"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// countingConn counts the writes that reach the socket.
+type countingConn struct {
+	*net.TCPConn
+	writes atomic.Int64
+}
+
+func (c *countingConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.TCPConn.Write(p)
+}
+
+// TestBatching: with Batching under the TLS connection, the relay's writes
+// of up to 64 KiB leave as one write(2) each, not one per 16 KiB record, and
+// the bytes arrive intact.
+func TestBatching(t *testing.T) {
+	for _, batching := range []bool{false, true} {
+		f := newFixture(t, kindTCP)
+		serverTLS, clientTLS := tlsConfigs(t)
+		p := f.pair(t)
+		counted := &countingConn{TCPConn: p.a.(*net.TCPConn)}
+		var under net.Conn = counted
+		if batching {
+			under = Batching(counted)
+		}
+		ts, tc := tls.Server(under, serverTLS), tls.Client(p.client, clientTLS)
+		errc := make(chan error, 1)
+		go func() { errc <- ts.Handshake() }()
+		if err := tc.Handshake(); err != nil {
+			t.Fatal(err)
+		}
+		if err := <-errc; err != nil {
+			t.Fatal(err)
+		}
+		p.a, p.client = ts, tc
+		res := relay(context.Background(), p, Options{})
+		before := counted.writes.Load()
+
+		const size = 4 << 20
+		want := payload(size, 7)
+		go func() {
+			p.backend.Write(want)
+			p.backend.(*net.TCPConn).CloseWrite()
+		}()
+		tc.SetDeadline(time.Now().Add(30 * time.Second))
+		got, err := io.ReadAll(tc)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("batching=%v: %d of %d bytes, intact=%v, err=%v", batching, len(got), size, bytes.Equal(got, want), err)
+		}
+		writes := counted.writes.Load() - before
+		records := int64(size / (16 << 10))
+		switch {
+		case batching && writes > records/2:
+			t.Errorf("batching: %d writes for %d records", writes, records)
+		case !batching && writes < records:
+			t.Errorf("without batching: %d writes for %d records: the test would prove nothing", writes, records)
+		}
+		t.Logf("batching=%v: %d writes for %d MiB (%d records at least)", batching, writes, size>>20, records)
+		tc.Close()
+		p.closeAll()
+		wait(t, res, 10*time.Second)
+	}
+}
