@@ -13,8 +13,9 @@ APT_PACKAGES := gcc libc6-dev openssl curl iproute2 ca-certificates
 APT_COMMANDS := gcc openssl curl ip
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
+GHOSTUNNEL := $(BIN)/ghostunnel
 
-.PHONY: all build spire deps test lint fuzz-short bench-pq bench-quic demo clean
+.PHONY: all build spire ghostunnel deps bench-deps test lint fuzz-short bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -66,6 +67,29 @@ fuzz-short:
 		echo "fuzz $$pkg $$fn ($(FUZZ_EXECS) executions)"; \
 		$(GO) test -run='^$$' -fuzz="^$$fn$$" -fuzztime=$(FUZZ_EXECS)x $$pkg; \
 	done
+
+## ghostunnel: ghostunnel v1.8.4, the T4 benchmark peer, built from the module pinned in
+## bench/ghostunnel (its landlock dependency is not in the checksum database here). It needs cgo.
+ghostunnel: $(GHOSTUNNEL)
+
+$(GHOSTUNNEL): bench/ghostunnel/go.mod bench/ghostunnel/go.sum | deps
+	cd bench/ghostunnel && GONOSUMDB=github.com/landlock-lsm CGO_ENABLED=1 $(GO) build -trimpath -o ../../$(BIN)/ghostunnel \
+		github.com/ghostunnel/ghostunnel
+	@touch $(GHOSTUNNEL)
+
+## bench-deps: HAProxy (the T5 peer) from Debian, when missing.
+bench-deps: deps
+	@command -v haproxy >/dev/null 2>&1 || { echo "installing haproxy"; \
+		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy; }
+
+## bench: the mesh benchmark, full profile (T0-T5; bulk, RPC latency, ping-pong, handshakes,
+## connection scale, rotation; about 12 minutes here); writes bench/results/mesh.{md,jsonl} and the charts.
+bench: build ghostunnel bench-deps
+	$(GO) run ./cmd/credflow-bench -scenario mesh -profile full -out bench/results
+
+## bench-short: the same scenarios, short (about 2 minutes); prints the table, writes under bin/.
+bench-short: build ghostunnel bench-deps
+	$(GO) run ./cmd/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short
 
 ## bench-pq: handshake cost per key-exchange group, KEM primitives, token signatures;
 ## writes bench/results/{kex,kem,tokens}.{md,jsonl}.

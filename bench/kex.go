@@ -7,6 +7,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
 	"math/big"
@@ -229,6 +230,9 @@ func newCA(td spiffeid.TrustDomain) (*x509.Certificate, *ecdsa.PrivateKey, error
 	}
 	u, _ := url.Parse(td.IDString())
 	tmpl := &x509.Certificate{
+		// Named subjects, as SPIRE's are: OpenSSL (HAProxy) takes a leaf
+		// whose empty issuer equals its empty subject for self-signed.
+		Subject:      pkix.Name{Organization: []string{"CredentialFlow bench"}, CommonName: td.Name() + " CA"},
 		SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour),
 		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign, URIs: []*url.URL{u},
 	}
@@ -240,18 +244,21 @@ func newCA(td spiffeid.TrustDomain) (*x509.Certificate, *ecdsa.PrivateKey, error
 	return cert, key, err
 }
 
-// newSVID issues an ECDSA P-256 X.509-SVID, as SPIRE does by default.
-func newSVID(ca *x509.Certificate, caKey *ecdsa.PrivateKey, id spiffeid.ID) (*x509svid.SVID, error) {
+// newSVID issues an ECDSA P-256 X.509-SVID, as SPIRE does by default, with
+// the given DNS names too (as SPIRE's dns_names do).
+func newSVID(ca *x509.Certificate, caKey *ecdsa.PrivateKey, id spiffeid.ID, dnsNames ...string) (*x509svid.SVID, error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}
 	serial, _ := rand.Int(rand.Reader, big.NewInt(1<<62))
 	tmpl := &x509.Certificate{
+		Subject:      pkix.Name{Organization: []string{"CredentialFlow bench"}},
 		SerialNumber: serial, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage:    x509.KeyUsageDigitalSignature,
 		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		URIs:        []*url.URL{id.URL()},
+		DNSNames:    dnsNames,
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
@@ -16,12 +17,20 @@ import (
 // under -out as JSON lines (appended, one line per run) and a Markdown
 // table (replaced).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "relay" {
+		return relayMain(ctx, args[1:], stderr)
+	}
 	fs := flag.NewFlagSet("credflow-bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	scenario := fs.String("scenario", "pq", "scenarios to run, comma-separated: kex (handshake cost per key-exchange group), "+
 		"kem (KEM primitives, Go against circl), tokens (ES256 against ML-DSA-65 tokens), "+
-		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars); "+
+		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars, in process), "+
+		"mesh (T0-T5 as processes: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
 		"pq is the first four")
+	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
+	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")
+	ghostunnelBin := fs.String("ghostunnel", "bin/ghostunnel", "mesh: the ghostunnel binary (T4); empty skips T4")
+	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5); empty skips T5")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")
@@ -34,7 +43,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		names = []string{"kex", "kem", "tokens", "quic"}
 	}
 	for _, name := range names {
-		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" {
+		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" && name != "mesh" {
 			fmt.Fprintf(stderr, "credflow-bench: unknown scenario %q\n", name)
 			return 2
 		}
@@ -78,6 +87,40 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			rs, err = RunTransport(ctx, bulkBytes, *n, *repeats)
 			env.Finish()
 			results, table = rs, TransportTable(env, rs, bulkBytes, *n, *repeats)
+		case "mesh":
+			p, ok := Profiles[*profile]
+			if !ok {
+				fmt.Fprintf(stderr, "credflow-bench: unknown profile %q (full, short)\n", *profile)
+				return 2
+			}
+			var bins Binaries
+			if bins, err = findBinaries(*credflowBin, *ghostunnelBin, *haproxyBin); err != nil {
+				break
+			}
+			var dir string
+			if dir, err = os.MkdirTemp("", "credflow-bench-"); err != nil {
+				break
+			}
+			var run *MeshRun
+			run, err = RunMesh(ctx, p, dir, bins, stderr)
+			env.Finish()
+			if err != nil {
+				fmt.Fprintf(stderr, "credflow-bench: processes' logs and configuration kept in %s\n", dir)
+				break
+			}
+			os.RemoveAll(dir)
+			results, table = run, MeshTable(env, run)
+			if *out != "" {
+				var charts map[string][]byte
+				if charts, err = MeshCharts(run); err != nil {
+					break
+				}
+				for file, data := range charts {
+					if err = os.MkdirAll(*out, 0o755); err == nil {
+						err = os.WriteFile(filepath.Join(*out, file), data, 0o644)
+					}
+				}
+			}
 		case "quic":
 			var rs []QUICInitialResult
 			rs, err = RunQUICInitial(ctx)
@@ -106,6 +149,30 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	return 0
+}
+
+// findBinaries resolves the mesh's programs; the credflow binary is
+// required, a missing peer skips its topology.
+func findBinaries(credflow, ghostunnel, haproxy string) (Binaries, error) {
+	b := Binaries{Self: SelfBinary()}
+	var err error
+	if b.Credflow, err = exec.LookPath(credflow); err != nil {
+		return b, fmt.Errorf("the credflow binary (make build): %w", err)
+	}
+	if b.Credflow, err = filepath.Abs(b.Credflow); err != nil {
+		return b, err
+	}
+	if ghostunnel != "" {
+		if p, err := exec.LookPath(ghostunnel); err == nil {
+			b.Ghostunnel, _ = filepath.Abs(p)
+		}
+	}
+	if haproxy != "" {
+		if p, err := exec.LookPath(haproxy); err == nil {
+			b.HAProxy = p
+		}
+	}
+	return b, nil
 }
 
 func writeResults(dir, name string, env *Environment, results any, table string) error {

@@ -30,6 +30,8 @@ func TestBinaryLinksNoExperiments(t *testing.T) {
 			"github.com/credflow/credflow/internal/spiretest",
 			"github.com/credflow/credflow/internal/sidecartest",
 			"github.com/credflow/credflow/internal/demo",
+			"github.com/credflow/credflow/internal/wlapitest",
+			"gonum.org/v1/plot",
 		} {
 			if p == banned || strings.HasPrefix(p, banned+"/") {
 				t.Errorf("the credflow binary links %s", p)

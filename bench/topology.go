@@ -1,0 +1,289 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"time"
+)
+
+// Traffic kinds a topology may carry.
+const (
+	kindTCP   = "tcp"   // the server's byte protocols (bulk, echo, handshake, idle)
+	kindHTTP1 = "http1" // HTTP/1.1 requests
+	kindGRPC  = "grpc"  // gRPC over h2c
+)
+
+// topology is one way from the client to the server (BENCH.md's T0–T5).
+type topology struct {
+	name string
+	// entry is where the client connects, by traffic kind; a kind that is
+	// missing is not carried (T3h carries HTTP only).
+	entry map[string]string
+	// client and server are the processes on each side (a sidecar, a relay
+	// or a peer), measured separately; T0 has none, T1 one.
+	client, server *proc
+	// link is the address between the two sides (credflow pairs).
+	link string
+}
+
+func (t *topology) procs() []*proc {
+	var ps []*proc
+	for _, p := range []*proc{t.client, t.server} {
+		if p != nil {
+			ps = append(ps, p)
+		}
+	}
+	return ps
+}
+
+func allKinds(addr string) map[string]string {
+	return map[string]string{kindTCP: addr, kindHTTP1: addr, kindGRPC: addr}
+}
+
+// Topology names used in the report and the targets.
+const (
+	T0          = "T0 direct"
+	T1          = "T1 plain relay"
+	T2          = "T2 plain 2-hop"
+	T3X25519    = "T3 credflow X25519"
+	T3MLKEM     = "T3 credflow X25519MLKEM768"
+	T3P256MLKEM = "T3 credflow SecP256r1MLKEM768"
+	T3q         = "T3q credflow QUIC"
+	T3h         = "T3h credflow HTTP/2"
+	T3hGRPC     = "T3h credflow HTTP/2 (gRPC app)"
+	T4          = "T4 ghostunnel"
+	T5          = "T5 HAProxy"
+)
+
+// kexGroups are T3's key-exchange variants: the config each side gets.
+var kexGroups = []struct{ name, topology, config string }{
+	{"X25519", T3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
+	{"X25519MLKEM768", T3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
+	{"SecP256r1MLKEM768", T3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
+}
+
+// startRelay runs the harness's plain relay (io.Copy, which splices on
+// Linux) from a new port to target.
+func (r *rig) startRelay(name, target string) (*proc, string, error) {
+	addr, err := freeAddr()
+	if err != nil {
+		return nil, "", err
+	}
+	p, err := r.start(name, r.bins.Self, "relay", "-listen", addr, "-to", target)
+	if err != nil {
+		return nil, "", err
+	}
+	return p, addr, p.waitListening(addr, 10*time.Second)
+}
+
+// pairOpts shape a credflow pair: extra is added to both configurations.
+type pairOpts struct {
+	name         string
+	extra        string
+	quic         bool
+	http         bool // protocol http on both; appProtocol h2c for gRPC
+	h2c          bool
+	noResumption bool
+}
+
+func (r *rig) credflow(name, wl, config string) (*proc, error) {
+	admin, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("workload_api: %s\nadmin: %q\nlog: {level: warn}\nlimits: {max_connections: 100000}\n", wl, admin) + config
+	path := r.path(name + ".yaml")
+	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
+		return nil, err
+	}
+	p, err := r.start(name, r.bins.Credflow, "run", "-c", path)
+	if err != nil {
+		return nil, err
+	}
+	p.admin = admin
+	return p, p.waitReady(20 * time.Second)
+}
+
+// credflowPair runs an inbound sidecar in front of target and an outbound one
+// in front of it: a topology named name, carrying the given kinds.
+func (r *rig) credflowPair(name string, o pairOpts, target string, kinds ...string) (*topology, error) {
+	inAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	outAddr, err := freeAddr()
+	if err != nil {
+		return nil, err
+	}
+	extra := o.extra
+	if o.noResumption {
+		extra += "tls: {session_resumption: false}\n"
+	}
+	inCfg := fmt.Sprintf("inbound:\n  - name: app\n    listen: %q\n    app: %q\n    allow: [spiffe://bench.example/client]\n", inAddr, target)
+	outCfg := fmt.Sprintf("outbound:\n  - name: up\n    listen: %q\n    upstream: %q\n    expect: [spiffe://bench.example/server]\n", outAddr, inAddr)
+	if o.quic {
+		inCfg += fmt.Sprintf("    quic_listen: %q\n", inAddr)
+		outCfg += "    transport: quic\n"
+	}
+	if o.http {
+		inCfg += "    protocol: http\n    routes: [{peers: [spiffe://bench.example/client], paths: [/*]}]\n"
+		if o.h2c {
+			inCfg += "    app_protocol: h2c\n"
+		}
+		outCfg += "    protocol: http\n"
+	}
+	t := &topology{name: name, entry: map[string]string{}, link: inAddr}
+	for _, k := range kinds {
+		t.entry[k] = outAddr
+	}
+	if t.server, err = r.credflow(o.name+"-inbound", r.wlServer.Addr(), extra+inCfg); err != nil {
+		return nil, err
+	}
+	if t.client, err = r.credflow(o.name+"-outbound", r.wlClient.Addr(), extra+outCfg); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+// ghostunnelPair runs ghostunnel's client and server modes with the same
+// certificates, each checking the other's SPIFFE ID.
+func (r *rig) ghostunnelPair(target string) (client, server *proc, entry string, err error) {
+	srvAddr, err := freeAddr()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cliAddr, err := freeAddr()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	if server, err = r.start("ghostunnel-server", r.bins.Ghostunnel, "server", "--listen", srvAddr, "--target", target,
+		"--cert", r.path("server.crt"), "--key", r.path("server.key"), "--cacert", r.path("ca.pem"),
+		"--allow-uri", "spiffe://bench.example/client", "--quiet=conns"); err != nil {
+		return nil, nil, "", err
+	}
+	if err := server.waitListening(srvAddr, 10*time.Second); err != nil {
+		return nil, nil, "", err
+	}
+	if client, err = r.start("ghostunnel-client", r.bins.Ghostunnel, "client", "--listen", cliAddr, "--target", srvAddr,
+		"--cert", r.path("client.crt"), "--key", r.path("client.key"), "--cacert", r.path("ca.pem"),
+		"--verify-uri", "spiffe://bench.example/server", "--override-server-name", serverName, "--quiet=conns"); err != nil {
+		return nil, nil, "", err
+	}
+	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
+}
+
+// haproxyPair runs two HAProxy processes in TCP mode, TLS 1.3 with the same
+// certificates. HAProxy verifies the peer's chain against the CA but has no
+// SPIFFE ID check.
+func (r *rig) haproxyPair(target string) (client, server *proc, entry string, err error) {
+	srvAddr, err := freeAddr()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	cliAddr, err := freeAddr()
+	if err != nil {
+		return nil, nil, "", err
+	}
+	// maxconn: HAProxy reserves two descriptors per connection and
+	// refuses to start if the limit cannot hold them.
+	common := fmt.Sprintf("global\n  maxconn %d\n  log stderr local0 err\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
+		(r.fileLimit-200)/2)
+	srvCfg := common + fmt.Sprintf("frontend tls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n  default_backend app\n"+
+		"backend app\n  server app %s\n", srvAddr, r.path("server.pem"), r.path("ca.pem"), target)
+	cliCfg := common + fmt.Sprintf("frontend plain\n  bind %s\n  default_backend up\n"+
+		"backend up\n  server up %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n", cliAddr, srvAddr, r.path("client.pem"), r.path("ca.pem"))
+	for name, cfg := range map[string]string{"haproxy-server.cfg": srvCfg, "haproxy-client.cfg": cliCfg} {
+		if err := os.WriteFile(r.path(name), []byte(cfg), 0o644); err != nil {
+			return nil, nil, "", err
+		}
+	}
+	if server, err = r.start("haproxy-server", r.bins.HAProxy, "-db", "-f", r.path("haproxy-server.cfg")); err != nil {
+		return nil, nil, "", err
+	}
+	if err := server.waitListening(srvAddr, 10*time.Second); err != nil {
+		return nil, nil, "", err
+	}
+	if client, err = r.start("haproxy-client", r.bins.HAProxy, "-db", "-f", r.path("haproxy-client.cfg")); err != nil {
+		return nil, nil, "", err
+	}
+	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
+}
+
+// startTopologies starts every topology in front of the server at target.
+// Topologies whose peer binary is not given are skipped with a note.
+func (r *rig) startTopologies(target string, notef func(string, ...any)) ([]*topology, error) {
+	tops := []*topology{{name: T0, entry: allKinds(target)}}
+	relay, addr, err := r.startRelay("relay-1", target)
+	if err != nil {
+		return nil, err
+	}
+	tops = append(tops, &topology{name: T1, entry: allKinds(addr), client: relay})
+	second, addr2, err := r.startRelay("relay-2b", target)
+	if err != nil {
+		return nil, err
+	}
+	first, addr1, err := r.startRelay("relay-2a", addr2)
+	if err != nil {
+		return nil, err
+	}
+	tops = append(tops, &topology{name: T2, entry: allKinds(addr1), client: first, server: second})
+	pairs := []struct {
+		name  string
+		o     pairOpts
+		kinds []string
+	}{
+		{T3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
+		// T3h: the app protocol is per listener (HTTP/1.1 or h2c), so one
+		// pair each.
+		{T3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
+		{T3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+	}
+	for i := len(kexGroups) - 1; i >= 0; i-- {
+		g := kexGroups[i]
+		pairs = append([]struct {
+			name  string
+			o     pairOpts
+			kinds []string
+		}{{g.topology, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}}}, pairs...)
+	}
+	for _, pr := range pairs {
+		t, err := r.credflowPair(pr.name, pr.o, target, pr.kinds...)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, t)
+	}
+	if r.bins.Ghostunnel != "" {
+		c, s, entry, err := r.ghostunnelPair(target)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T4, entry: allKinds(entry), client: c, server: s})
+	} else {
+		notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
+	}
+	if r.bins.HAProxy != "" {
+		c, s, entry, err := r.haproxyPair(target)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T5, entry: allKinds(entry), client: c, server: s})
+	} else {
+		notef("T5 skipped: no haproxy binary (apt-get install haproxy)")
+	}
+	return tops, nil
+}
+
+// fullHandshakePairs starts T3 pairs with resumption off, one per group,
+// for the handshake scenario.
+func (r *rig) fullHandshakePairs(target string) ([]*topology, error) {
+	var tops []*topology
+	for _, g := range kexGroups {
+		t, err := r.credflowPair(g.topology, pairOpts{name: "t3full-" + g.name, extra: g.config, noResumption: true}, target, kindTCP)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, t)
+	}
+	return tops, nil
+}
