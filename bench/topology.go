@@ -227,25 +227,22 @@ func (r *rig) startTopologies(target string, notef func(string, ...any)) ([]*top
 		return nil, err
 	}
 	tops = append(tops, &topology{name: T2, entry: allKinds(addr1), client: first, server: second})
-	pairs := []struct {
+	type pair struct {
 		name  string
 		o     pairOpts
 		kinds []string
-	}{
-		{T3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
+	}
+	var pairs []pair
+	for _, g := range kexGroups {
+		pairs = append(pairs, pair{g.topology, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}})
+	}
+	pairs = append(pairs,
+		pair{T3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
 		// T3h: the app protocol is per listener (HTTP/1.1 or h2c), so one
 		// pair each.
-		{T3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
-		{T3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
-	}
-	for i := len(kexGroups) - 1; i >= 0; i-- {
-		g := kexGroups[i]
-		pairs = append([]struct {
-			name  string
-			o     pairOpts
-			kinds []string
-		}{{g.topology, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}}}, pairs...)
-	}
+		pair{T3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
+		pair{T3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+	)
 	for _, pr := range pairs {
 		t, err := r.credflowPair(pr.name, pr.o, target, pr.kinds...)
 		if err != nil {
