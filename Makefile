@@ -8,9 +8,10 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 
 # Debian packages the build and the tests use: gcc for SPIRE's cgo SQLite,
-# openssl and curl for interoperability tests, iproute2 for network tests.
-APT_PACKAGES := gcc libc6-dev openssl curl iproute2 ca-certificates
-APT_COMMANDS := gcc openssl curl ip
+# openssl and curl for interoperability tests, iproute2, iptables and tcpdump
+# for the network-namespace tests of transparent capture.
+APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump ca-certificates
+APT_COMMANDS := gcc openssl curl ip iptables tcpdump
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel

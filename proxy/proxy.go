@@ -77,6 +77,9 @@ type Outbound struct {
 	// HTTP, if set, makes the listener HTTP-aware (pooled HTTP/2 to the
 	// upstream, JWT-SVIDs attached).
 	HTTP *OutboundHTTP
+	// Capture, if set, makes the listener transparent: Upstream is ignored
+	// and each connection goes to its original destination.
+	Capture *Capture
 }
 
 // Config configures a Proxy. SVIDs and Bundles are required; every zero
@@ -178,6 +181,8 @@ type listener struct {
 
 	httpIn  *httpInbound
 	httpOut *httpOutbound
+
+	capture *Capture // outbound: transparent capture
 }
 
 // conn is an established, relayed connection.
@@ -186,8 +191,22 @@ type conn struct {
 	peer     spiffeid.ID
 	notAfter time.Time
 	close    func()
-	closedBy atomic.Value // string: why the sidecar closed it
+	closedBy atomic.Value  // string: why the sidecar closed it
+	expect   *authz.Policy // captured connections: the destination's policy
 }
+
+// allowed reports whether the connection's peer is still allowed: by its
+// destination's policy when captured, else by its listener's.
+func (c *conn) allowed() bool {
+	if c.expect != nil {
+		return c.expect.Allows(c.peer)
+	}
+	return c.l.allows(c.peer)
+}
+
+// expectKey carries a captured connection's policy from handleOutbound to
+// relay.
+type expectKey struct{}
 
 // New checks cfg and builds the TLS configurations. It does not listen.
 func New(cfg Config) (*Proxy, error) {
@@ -247,7 +266,17 @@ func New(cfg Config) (*Proxy, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Client()
+		authorize := l.allows
+		if out.Capture != nil {
+			// The identity expected depends on the destination: the
+			// handshake verifies the chain, handleOutbound the identity.
+			if out.QUICUpstream != "" || out.HTTP != nil {
+				return nil, fmt.Errorf("proxy: listener %q: capture carries plain TCP over TCP only", out.Name)
+			}
+			l.capture = out.Capture
+			authorize = func(spiffeid.ID) bool { return true }
+		}
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: authorize, VerifyConnection: p.checkKeyExchange}.Client()
 		if cfg.NoResumption {
 			l.tls.ClientSessionCache = nil
 		}
@@ -523,6 +552,26 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 
 func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	start := time.Now()
+	target := l.target
+	var expect *authz.Policy
+	if l.capture != nil {
+		dst, err := capturedTarget(app, l.ln.Addr())
+		if err != nil {
+			app.Close()
+			p.m.refused(l.dir, "no_original_destination", false)
+			p.access(l, start, spiffeid.ID{}, nil, "deny", "no_original_destination", relay.Result{}, "tcp")
+			return
+		}
+		self, err := p.cfg.SVIDs.GetX509SVID()
+		if err != nil {
+			app.Close()
+			p.m.refused(l.dir, "no_identity", true)
+			return
+		}
+		pol := l.capture.expectFor(dst, *l.policy.Load(), self.ID.TrustDomain())
+		target, expect = dst.String(), &pol
+		ctx = context.WithValue(ctx, expectKey{}, expect)
+	}
 	if l.quicPool != nil {
 		sc, pc, err := l.quicPool.open(ctx)
 		if err == nil {
@@ -556,7 +605,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		p.log.Debug("proxy: QUIC unavailable, using TCP", slog.String(logkey.Listener, l.name),
 			slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
 	}
-	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
+	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", target)
 	if err != nil {
 		app.Close()
 		p.m.refused(l.dir, "upstream_unavailable", true)
@@ -579,6 +628,13 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		return
 	}
 	peer, notAfter := peerOf(cs)
+	if expect != nil && !expect.Allows(peer) {
+		tc.Close()
+		app.Close()
+		p.m.refused(l.dir, string(mtls.ReasonUnauthorized), false)
+		p.access(l, start, peer, cs, "deny", string(mtls.ReasonUnauthorized), relay.Result{}, "tcp")
+		return
+	}
 	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
 	p.relay(ctx, l, start, peer, notAfter, cs, app, tc, "tcp")
 }
@@ -630,6 +686,7 @@ func isTimeout(err error) bool {
 func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID, notAfter time.Time,
 	cs *tls.ConnectionState, a, b net.Conn, transport string) {
 	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { a.Close(); b.Close() }}
+	c.expect, _ = ctx.Value(expectKey{}).(*authz.Policy)
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
 	p.groups[GroupName(cs.CurveID)]++
@@ -705,7 +762,7 @@ func (p *Proxy) revalidate(ctx context.Context) {
 			case !now.Before(c.notAfter):
 				c.closedBy.Store("peer_expired")
 				doomed = append(doomed, c)
-			case !c.l.allows(c.peer):
+			case !c.allowed():
 				c.closedBy.Store("policy_revoked")
 				doomed = append(doomed, c)
 			}

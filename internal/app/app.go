@@ -53,6 +53,12 @@ func commands() map[string]command {
 			usage:   "credflow check -c FILE",
 			run:     runCheck,
 		},
+		"init": {
+			summary: "install (or -remove) the iptables rules that send the pod's TCP through its sidecar",
+			usage: "credflow init -proxy-uid UID [-inbound-port 15006] [-outbound-port 15001] [-exclude-inbound-ports P,...] " +
+				"[-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-dry-run] [-remove]",
+			run: runInit,
+		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
 			usage:   "credflow register apply -f FILE [-dry-run] [-prune] [-server-socket PATH]",

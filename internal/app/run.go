@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -227,15 +228,15 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 	}
 	for _, out := range cfg.Outbound {
 		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP})
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
 	}
 	return pc
 }
 
 // reload applies the policies of a changed configuration file. An invalid
 // file is refused and the running configuration kept. Listener addresses,
-// timeouts and limits need a restart; a change to them is reported and not
-// applied.
+// capture destinations, timeouts and limits need a restart; a change to
+// them is reported and not applied.
 func reload(path string, cur *config.Config, p *proxy.Proxy, log *slog.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
@@ -267,6 +268,11 @@ func sameListeners(a, b *config.Config) bool {
 		}
 		for _, out := range c.Outbound {
 			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)
+			if out.Capture != nil {
+				for _, d := range out.Capture.Destinations {
+					k = append(k, fmt.Sprintf("dest|%s|%d|%s", d.Prefix, d.Port, strings.Join(d.Expect.Patterns(), ",")))
+				}
+			}
 		}
 		return k
 	}

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"slices"
 	"strconv"
@@ -117,6 +118,8 @@ type Outbound struct {
 	QUICUpstream, QUICTarget string
 	// HTTP is set for protocol: http.
 	HTTP *proxy.OutboundHTTP
+	// Capture is set for a transparent capture listener.
+	Capture *proxy.Capture
 }
 
 // file is the YAML shape.
@@ -207,6 +210,14 @@ type file struct {
 		TokenHeader string `yaml:"token_header"`
 		Pool        int    `yaml:"pool"`
 		Exchange    bool   `yaml:"exchange"`
+
+		Capture *struct {
+			Destinations []struct {
+				CIDR   string   `yaml:"cidr"`
+				Port   int      `yaml:"port"`
+				Expect []string `yaml:"expect"`
+			} `yaml:"destinations"`
+		} `yaml:"capture"`
 	} `yaml:"outbound"`
 }
 
@@ -455,14 +466,29 @@ func Parse(data []byte) (*Config, error) {
 	for i, out := range f.Outbound {
 		field := fmt.Sprintf("outbound[%d]", i)
 		claim(field, out.Name, out.Listen)
+		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream}
+		if out.Capture != nil {
+			o.Capture = parseCapture(field, out.Capture.Destinations, fail, &errs)
+			if out.Upstream != "" {
+				fail(field+".upstream", "a capture listener sends each connection to its original destination; remove upstream")
+			}
+			if out.Protocol != "" && out.Protocol != "tcp" || out.Transport != "" && out.Transport != "tcp" {
+				fail(field+".capture", "capture carries protocol tcp over transport tcp only")
+			}
+			if len(out.Expect) > 0 {
+				if o.Expect, err = policy(field+".expect", out.Expect); err != nil {
+					errs = append(errs, err)
+				}
+			}
+			c.Outbound = append(c.Outbound, o)
+			continue
+		}
 		if err := checkAddr(out.Upstream, false); err != nil {
 			fail(field+".upstream", "%v", err)
 		}
-		pol, err := policy(field+".expect", out.Expect)
-		if err != nil {
+		if o.Expect, err = policy(field+".expect", out.Expect); err != nil {
 			errs = append(errs, err)
 		}
-		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: pol}
 		switch out.Transport {
 		case "", "tcp":
 			if out.QUIC != "" || out.Target != "" {
@@ -561,6 +587,40 @@ func parseEdge(issuers []struct {
 			JWKSFile: is.JWKSFile, JWKSURL: is.JWKSURL, JWKSCAFile: is.JWKSCAFile, JWKSRefresh: is.JWKSRefresh.or(edge.DefaultRefresh)})
 	}
 	return e
+}
+
+// parseCapture checks a capture listener's destinations.
+func parseCapture(field string, dests []struct {
+	CIDR   string   `yaml:"cidr"`
+	Port   int      `yaml:"port"`
+	Expect []string `yaml:"expect"`
+}, fail func(field, format string, args ...any), errs *[]error) *proxy.Capture {
+	c := &proxy.Capture{}
+	for j, d := range dests {
+		df := fmt.Sprintf("%s.capture.destinations[%d]", field, j)
+		var dst proxy.Destination
+		if d.CIDR != "" {
+			p, err := netip.ParsePrefix(d.CIDR)
+			if err != nil {
+				fail(df+".cidr", "%q is not a CIDR such as 10.96.0.0/12", d.CIDR)
+			}
+			dst.Prefix = p.Masked()
+		}
+		if d.Port < 0 || d.Port > 65535 {
+			fail(df+".port", "%d is not a port", d.Port)
+		}
+		dst.Port = uint16(d.Port)
+		if d.CIDR == "" && d.Port == 0 {
+			fail(df, "a cidr, a port or both are required")
+		}
+		pol, err := policy(df+".expect", d.Expect)
+		if err != nil {
+			*errs = append(*errs, err)
+		}
+		dst.Expect = pol
+		c.Destinations = append(c.Destinations, dst)
+	}
+	return c
 }
 
 func cmpOr(s, def string) string {

@@ -1,0 +1,13 @@
+//go:build !linux
+
+package proxy
+
+import (
+	"net"
+	"net/netip"
+)
+
+// originalDst is Linux-only: transparent capture relies on netfilter.
+func originalDst(net.Conn) (netip.AddrPort, error) {
+	return netip.AddrPort{}, errNoOriginalDst
+}
