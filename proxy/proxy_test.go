@@ -396,3 +396,26 @@ func TestNoResumption(t *testing.T) {
 		}
 	}
 }
+
+// TestCaptureWithoutOriginalDestination: a connection made to a capture
+// listener directly (not redirected by the capture rules) has no original
+// destination and is refused, rather than relayed back to the listener.
+func TestCaptureWithoutOriginalDestination(t *testing.T) {
+	ca := testca.New(t, td)
+	p, reg := startProxy(t, proxy.Config{
+		SVIDs:    static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
+		Bundles:  x509bundle.NewSet(ca.Bundle()),
+		Outbound: []proxy.Outbound{{Name: "capture", Listen: "127.0.0.1:0", Capture: &proxy.Capture{}}},
+	})
+	c, err := net.Dial("tcp", p.Addr("capture").String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	c.Write([]byte("hello"))
+	if n, err := c.Read(make([]byte, 8)); err == nil {
+		t.Fatalf("read %d bytes from a capture listener dialled directly", n)
+	}
+	(&inbound{reg: reg}).waitMetric(t, 1, "credflow_refusals_total", "reason=no_original_destination")
+}
