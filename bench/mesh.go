@@ -69,6 +69,7 @@ type MeshResult struct {
 type MeshRun struct {
 	Profile    string       `json:"profile"`
 	BulkBytes  int64        `json:"bulk_bytes"`
+	Handshakes int          `json:"handshakes"`
 	Topologies []string     `json:"topologies"`
 	Group      string       `json:"group"`  // negotiated by T3's default pair
 	Cipher     string       `json:"cipher"` // idem
@@ -125,7 +126,7 @@ func cpuOf(t *topology) func() map[string]float64 {
 // repeat, with the processes' output and configuration in dir.
 func RunMesh(ctx context.Context, p Profile, dir string, bins Binaries, log io.Writer) (*MeshRun, error) {
 	start := time.Now()
-	run := &MeshRun{Profile: p.Name, BulkBytes: p.BulkBytes, FileLimit: raiseFileLimit(200000)}
+	run := &MeshRun{Profile: p.Name, BulkBytes: p.BulkBytes, Handshakes: p.Handshakes, FileLimit: raiseFileLimit(200000)}
 	r, err := newRig(ctx, dir, bins, run.FileLimit)
 	if err != nil {
 		return nil, err
@@ -252,9 +253,14 @@ func (m *mesh) handshakes() error {
 	for _, t := range m.full {
 		runs = append(runs, run{t, "full"})
 	}
+	const quicConns = `credflow_quic_connections_total{direction="outbound"}`
 	for rep := range m.p.Repeats {
 		for _, r := range runs {
 			cpu := cpuOf(r.t)
+			var quic0 float64
+			if r.t.name == T3q {
+				quic0, _ = r.t.client.metric(quicConns)
+			}
 			start := time.Now()
 			lat, err := newConnections(r.t.entry[kindTCP], m.p.Handshakes)
 			if err != nil {
@@ -263,6 +269,12 @@ func (m *mesh) handshakes() error {
 			wall := time.Since(start)
 			n := float64(m.p.Handshakes)
 			f := map[string]float64{"conns_per_s": n / wall.Seconds(), "p50_us": lat.pct(50), "p99_us": lat.pct(99)}
+			if r.t.name == T3q {
+				// QUIC handshakes the outbound sidecar made for these app
+				// connections: none while its connection to the peer lasts.
+				quic1, _ := r.t.client.metric(quicConns)
+				f["quic_handshakes"] = quic1 - quic0
+			}
 			for side, s := range cpu() {
 				f["cpu_us_per_conn."+side] = s / n * 1e6
 			}

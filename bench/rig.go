@@ -272,7 +272,9 @@ func (p *proc) rss() int64 {
 	return 0
 }
 
-// metric reads one unlabelled gauge from a credflow sidecar's /metrics.
+// metric reads one series from a credflow sidecar's /metrics: a name, with
+// its labels as Prometheus prints them when it has any
+// (`name{label="value"}`).
 func (p *proc) metric(name string) (float64, error) {
 	if p.admin == "" {
 		return 0, errors.New("bench: not a credflow sidecar")
