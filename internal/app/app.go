@@ -59,6 +59,16 @@ func commands() map[string]command {
 				"[-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-dry-run] [-remove]",
 			run: runInit,
 		},
+		"inject": {
+			summary: "serve the Kubernetes mutating admission webhook that injects the sidecar",
+			usage:   "credflow inject -image IMAGE [-listen :9443] [-cert FILE] [-key FILE] [-proxy-uid 1337] [-configmap NAME] [-socket-host-path DIR]",
+			run:     runInject,
+		},
+		"probe": {
+			summary: "exit 0 when the sidecar on this host is ready (for Kubernetes probes)",
+			usage:   "credflow probe [-admin 127.0.0.1:15000]",
+			run:     runProbe,
+		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
 			usage:   "credflow register apply -f FILE [-dry-run] [-prune] [-server-socket PATH]",

@@ -1,0 +1,172 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+)
+
+const plainPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"shop"},
+"spec":{"containers":[{"name":"web","image":"example/web:1","ports":[{"containerPort":8080}]}]}}`
+
+const busyPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"db","annotations":{"team":"data","credflow.io/config":"db-mesh"}},
+"spec":{"initContainers":[{"name":"migrate","image":"example/migrate:1"}],
+"containers":[{"name":"db","image":"example/db:1"}],
+"volumes":[{"name":"data","emptyDir":{}}]}}`
+
+var cfg = Config{Image: "registry.example/credflow:v1"}
+
+// injected applies Patch to a pod and returns the result as generic JSON.
+func injected(t *testing.T, podJSON string) map[string]any {
+	t.Helper()
+	ops, d, err := Patch(cfg, []byte(podJSON))
+	if err != nil || d != Injected {
+		t.Fatalf("Patch: %v, %v", d, err)
+	}
+	out, err := Apply([]byte(podJSON), ops)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var p map[string]any
+	if err := json.Unmarshal(out, &p); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func names(list any) []string {
+	var out []string
+	for _, c := range list.([]any) {
+		out = append(out, c.(map[string]any)["name"].(string))
+	}
+	return out
+}
+
+func TestPatch(t *testing.T) {
+	p := injected(t, plainPod)
+	spec := p["spec"].(map[string]any)
+	if got := strings.Join(names(spec["initContainers"]), ","); got != "credflow-init,credflow-sidecar" {
+		t.Fatalf("init containers %s", got)
+	}
+	side := spec["initContainers"].([]any)[1].(map[string]any)
+	if side["restartPolicy"] != "Always" || side["startupProbe"] == nil {
+		t.Errorf("the sidecar is not a native sidecar with a startup probe: %v", side)
+	}
+	sc := side["securityContext"].(map[string]any)
+	if sc["runAsNonRoot"] != true || sc["readOnlyRootFilesystem"] != true || sc["runAsUser"].(float64) != 1337 {
+		t.Errorf("sidecar security context %v", sc)
+	}
+	init := spec["initContainers"].([]any)[0].(map[string]any)
+	caps := init["securityContext"].(map[string]any)["capabilities"].(map[string]any)
+	if strings.Join(asStrings(caps["add"]), ",") != "NET_ADMIN,NET_RAW" || strings.Join(asStrings(caps["drop"]), ",") != "ALL" {
+		t.Errorf("capture init capabilities %v", caps)
+	}
+	if got := strings.Join(asStrings(init["args"]), " "); got != "init -proxy-uid 1337 -exclude-inbound-ports 15000" {
+		t.Errorf("capture init args %q", got)
+	}
+	if got := strings.Join(names(spec["volumes"]), ","); got != "credflow-workload-api,credflow-config" {
+		t.Errorf("volumes %s", got)
+	}
+	if p["metadata"].(map[string]any)["annotations"].(map[string]any)[AnnotationStatus] != "injected" {
+		t.Error("no status annotation")
+	}
+
+	// A pod with its own init containers, volumes and annotations: the
+	// sidecar goes first, the rest is kept.
+	b := injected(t, busyPod)
+	bspec := b["spec"].(map[string]any)
+	if got := strings.Join(names(bspec["initContainers"]), ","); got != "credflow-init,credflow-sidecar,migrate" {
+		t.Fatalf("init containers %s", got)
+	}
+	if got := strings.Join(names(bspec["volumes"]), ","); got != "data,credflow-workload-api,credflow-config" {
+		t.Errorf("volumes %s", got)
+	}
+	ann := b["metadata"].(map[string]any)["annotations"].(map[string]any)
+	if ann["team"] != "data" || ann[AnnotationStatus] != "injected" {
+		t.Errorf("annotations %v", ann)
+	}
+	for _, v := range bspec["volumes"].([]any) {
+		if m := v.(map[string]any); m["name"] == "credflow-config" && m["configMap"].(map[string]any)["name"] != "db-mesh" {
+			t.Errorf("the config annotation was not used: %v", m)
+		}
+	}
+}
+
+func TestPatchTwiceAndOptOut(t *testing.T) {
+	for _, pod := range []string{plainPod, busyPod} {
+		ops, _, _ := Patch(cfg, []byte(pod))
+		once, _ := Apply([]byte(pod), ops)
+		again, d, err := Patch(cfg, once)
+		if err != nil || d != AlreadyInjected || len(again) != 0 {
+			t.Errorf("re-injection: %d ops, %v, %v", len(again), d, err)
+		}
+	}
+	out := strings.Replace(plainPod, `"name":"web","namespace"`, `"name":"web","annotations":{"credflow.io/inject":"false"},"namespace"`, 1)
+	if ops, d, err := Patch(cfg, []byte(out)); err != nil || d != OptedOut || len(ops) != 0 {
+		t.Errorf("opted-out pod: %d ops, %v, %v", len(ops), d, err)
+	}
+	if _, _, err := Patch(Config{}, []byte(plainPod)); err == nil {
+		t.Error("a config without an image was accepted")
+	}
+}
+
+func asStrings(v any) []string {
+	var out []string
+	for _, s := range v.([]any) {
+		out = append(out, s.(string))
+	}
+	return out
+}
+
+func TestHandler(t *testing.T) {
+	h, err := Handler(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	post := func(body string) (int, map[string]any) {
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, httptest.NewRequest("POST", "/inject", strings.NewReader(body)))
+		var out map[string]any
+		json.Unmarshal(w.Body.Bytes(), &out)
+		return w.Code, out
+	}
+	reviewOf := func(kind, op, obj string) string {
+		return `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"` +
+			kind + `"},"namespace":"shop","operation":"` + op + `","object":` + obj + `}}`
+	}
+	code, out := post(reviewOf("Pod", "CREATE", plainPod))
+	resp := out["response"].(map[string]any)
+	if code != 200 || out["kind"] != "AdmissionReview" || resp["uid"] != "u-1" || resp["allowed"] != true || resp["patchType"] != "JSONPatch" {
+		t.Fatalf("%d %v", code, out)
+	}
+	var ops []Op
+	patch, _ := json.Marshal(resp["patch"]) // base64 in JSON
+	var b64 []byte
+	json.Unmarshal(patch, &b64)
+	if err := json.Unmarshal(b64, &ops); err != nil || len(ops) == 0 {
+		t.Fatalf("patch %s: %v", b64, err)
+	}
+	for _, tc := range []struct{ name, body string }{
+		{"a deployment", reviewOf("Deployment", "CREATE", `{}`)},
+		{"an update", reviewOf("Pod", "UPDATE", plainPod)},
+	} {
+		code, out := post(tc.body)
+		resp := out["response"].(map[string]any)
+		if code != 200 || resp["allowed"] != true || resp["patch"] != nil {
+			t.Errorf("%s: %d %v", tc.name, code, out)
+		}
+	}
+	// An unreadable pod is admitted unchanged, with a warning.
+	code, out = post(reviewOf("Pod", "CREATE", `"not a pod"`))
+	if resp := out["response"].(map[string]any); code != 200 || resp["allowed"] != true || resp["patch"] != nil || resp["warnings"] == nil {
+		t.Errorf("unreadable pod: %d %v", code, out)
+	}
+	for _, bad := range []string{"", "{}", `{"request":{}}`, string(bytes.Repeat([]byte("x"), maxReview+1))} {
+		if code, _ := post(bad); code != http.StatusBadRequest {
+			t.Errorf("%.20q: %d", bad, code)
+		}
+	}
+}
