@@ -46,6 +46,7 @@ deps:
 ## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
 test: deps spire lint
 	$(GO) test -race -count=1 -timeout 30m ./...
+	cd deploy/k8s && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
 
 ## lint: gofmt and go vet.
