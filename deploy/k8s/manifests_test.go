@@ -35,13 +35,13 @@ type clusterSPIFFEID struct {
 		Name string `json:"name"`
 	} `json:"metadata"`
 	Spec struct {
-		SPIFFEIDTemplate  string            `json:"spiffeIDTemplate"`
-		NamespaceSelector *labelSelector    `json:"namespaceSelector"`
-		PodSelector       *labelSelector    `json:"podSelector"`
-		X509SVIDTTL       string            `json:"x509SVIDTTL"`
-		JWTSVIDTTL        string            `json:"jwtSVIDTTL"`
-		DNSNameTemplates  []string          `json:"dnsNameTemplates"`
-		Hint              string            `json:"hint"`
+		SPIFFEIDTemplate  string         `json:"spiffeIDTemplate"`
+		NamespaceSelector *labelSelector `json:"namespaceSelector"`
+		PodSelector       *labelSelector `json:"podSelector"`
+		X509SVIDTTL       string         `json:"x509SVIDTTL"`
+		JWTSVIDTTL        string         `json:"jwtSVIDTTL"`
+		DNSNameTemplates  []string       `json:"dnsNameTemplates"`
+		Hint              string         `json:"hint"`
 	} `json:"spec"`
 }
 
