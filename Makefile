@@ -9,9 +9,10 @@ LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 
 # Debian packages the build and the tests use: gcc for SPIRE's cgo SQLite,
 # openssl and curl for interoperability tests, iproute2, iptables and tcpdump
-# for the network-namespace tests of transparent capture.
-APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump ca-certificates
-APT_COMMANDS := gcc openssl curl ip iptables tcpdump
+# for the network-namespace tests of transparent capture, PostgreSQL for the
+# SPIRE failover test (F15).
+APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql ca-certificates
+APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel

@@ -44,6 +44,12 @@ func startMesh(t *testing.T, x509TTL time.Duration) *mesh {
 // root, to run workloads as other uids.
 func startWorkloads(t *testing.T, x509TTL time.Duration, workloads map[int]string) (s *spiretest.SPIRE, credflowBin, agentBin string) {
 	t.Helper()
+	return startWorkloadsOn(t, spiretest.Options{}, x509TTL, workloads)
+}
+
+// startWorkloadsOn is startWorkloads with SPIRE started with opts.
+func startWorkloadsOn(t *testing.T, opts spiretest.Options, x509TTL time.Duration, workloads map[int]string) (s *spiretest.SPIRE, credflowBin, agentBin string) {
+	t.Helper()
 	if os.Getuid() != 0 {
 		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
 	}
@@ -51,7 +57,7 @@ func startWorkloads(t *testing.T, x509TTL time.Duration, workloads map[int]strin
 	if err != nil {
 		t.Fatal(err)
 	}
-	s = startSPIRE(t)
+	s = startSPIREWith(t, opts)
 	if credflowBin, err = s.InstallBinary(bin); err != nil {
 		t.Fatal(err)
 	}
@@ -71,7 +77,13 @@ func startWorkloads(t *testing.T, x509TTL time.Duration, workloads map[int]strin
 // to their outbound listener's configuration.
 func startMeshWith(t *testing.T, x509TTL time.Duration, useQUIC bool, extraOut string) *mesh {
 	t.Helper()
-	s, bin, _ := startWorkloads(t, x509TTL, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"})
+	return startMeshOn(t, spiretest.Options{}, x509TTL, useQUIC, extraOut)
+}
+
+// startMeshOn is startMeshWith with SPIRE started with opts.
+func startMeshOn(t *testing.T, opts spiretest.Options, x509TTL time.Duration, useQUIC bool, extraOut string) *mesh {
+	t.Helper()
+	s, bin, _ := startWorkloadsOn(t, opts, x509TTL, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"})
 	ctx := t.Context()
 	echo, err := sidecartest.Echo(ctx)
 	if err != nil {

@@ -22,9 +22,15 @@ import (
 
 func startSPIRE(t *testing.T) *spiretest.SPIRE {
 	t.Helper()
+	return startSPIREWith(t, spiretest.Options{})
+}
+
+func startSPIREWith(t *testing.T, opts spiretest.Options) *spiretest.SPIRE {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	s, err := spiretest.Start(ctx, spiretest.Options{Logf: t.Logf})
+	opts.Logf = t.Logf
+	s, err := spiretest.Start(ctx, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

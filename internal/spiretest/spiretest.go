@@ -12,6 +12,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -47,6 +48,14 @@ type Options struct {
 	BinDir string
 	// Logf, if set, receives progress lines (t.Logf in tests).
 	Logf func(format string, args ...any)
+	// Datastore is a PostgreSQL connection string for the servers'
+	// datastore; empty means SQLite in the server's data directory.
+	Datastore string
+	// SecondServer runs a second server on the same datastore (Datastore
+	// is then required), as SPIRE runs highly available. The agent reaches
+	// the servers through a front that connects each new connection to the
+	// first server that accepts it, as a Kubernetes Service would.
+	SecondServer bool
 }
 
 // SPIRE is a running SPIRE server and agent.
@@ -59,10 +68,14 @@ type SPIRE struct {
 	serverPort int
 	conn       *grpc.ClientConn
 
-	mu     sync.Mutex
-	server *exec.Cmd
-	agent  *exec.Cmd
-	token  string
+	mu      sync.Mutex
+	server  *exec.Cmd
+	server2 *exec.Cmd
+	agent   *exec.Cmd
+	token   string
+
+	server2Port int
+	front       net.Listener // SecondServer: the agent's way to the servers
 }
 
 // NodeID is the SPIFFE ID path of the agent's node alias; register
@@ -118,7 +131,10 @@ func Start(ctx context.Context, opts Options) (_ *SPIRE, err error) {
 	if err := os.Chmod(s.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("spiretest: %w", err)
 	}
-	for _, d := range []string{"server", "agent", "agent/public"} {
+	if opts.SecondServer && opts.Datastore == "" {
+		return nil, errors.New("spiretest: a second server needs a shared Datastore")
+	}
+	for _, d := range []string{"server", "server2", "agent", "agent/public"} {
 		if err := os.MkdirAll(filepath.Join(s.dir, d), 0o755); err != nil {
 			return nil, fmt.Errorf("spiretest: %w", err)
 		}
@@ -126,11 +142,27 @@ func Start(ctx context.Context, opts Options) (_ *SPIRE, err error) {
 	if s.serverPort, err = freePort(); err != nil {
 		return nil, err
 	}
-	if err := s.writeConfigs(); err != nil {
+	agentPort := s.serverPort
+	if opts.SecondServer {
+		if s.server2Port, err = freePort(); err != nil {
+			return nil, err
+		}
+		if s.front, err = net.Listen("tcp", "127.0.0.1:0"); err != nil {
+			return nil, fmt.Errorf("spiretest: %w", err)
+		}
+		go s.serveFront()
+		agentPort = s.front.Addr().(*net.TCPAddr).Port
+	}
+	if err := s.writeConfigs(agentPort); err != nil {
 		return nil, err
 	}
 	if err := s.StartServer(ctx); err != nil {
 		return nil, err
+	}
+	if opts.SecondServer {
+		if err := s.StartServer2(ctx); err != nil {
+			return nil, err
+		}
 	}
 	s.conn, err = grpc.NewClient("unix://"+s.ServerSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -207,8 +239,13 @@ func (s *SPIRE) AgentBin() string { return s.agentBin }
 // Conn is a gRPC connection to the server's admin API.
 func (s *SPIRE) Conn() *grpc.ClientConn { return s.conn }
 
-func (s *SPIRE) writeConfigs() error {
-	server := fmt.Sprintf(`server {
+// serverConf is the configuration of server dir ("server" or "server2").
+func (s *SPIRE) serverConf(dir string, port int) string {
+	datastore := fmt.Sprintf("database_type = \"sqlite3\"\n      connection_string = %q", filepath.Join(s.dir, dir, "data", "datastore.sqlite3"))
+	if s.opts.Datastore != "" {
+		datastore = fmt.Sprintf("database_type = \"postgres\"\n      connection_string = %q", s.opts.Datastore)
+	}
+	return fmt.Sprintf(`server {
   bind_address = "127.0.0.1"
   bind_port = "%d"
   socket_path = %q
@@ -223,8 +260,7 @@ func (s *SPIRE) writeConfigs() error {
 plugins {
   DataStore "sql" {
     plugin_data {
-      database_type = "sqlite3"
-      connection_string = %q
+      %s
     }
   }
   NodeAttestor "join_token" {
@@ -236,10 +272,12 @@ plugins {
     }
   }
 }
-`, s.serverPort, s.ServerSocket(), s.td.Name(), filepath.Join(s.dir, "server", "data"),
-		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL,
-		filepath.Join(s.dir, "server", "data", "datastore.sqlite3"),
-		filepath.Join(s.dir, "server", "data", "keys.json"))
+`, port, filepath.Join(s.dir, dir, "api.sock"), s.td.Name(), filepath.Join(s.dir, dir, "data"),
+		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL, datastore,
+		filepath.Join(s.dir, dir, "data", "keys.json"))
+}
+
+func (s *SPIRE) writeConfigs(agentPort int) error {
 	agent := fmt.Sprintf(`agent {
   data_dir = %q
   log_level = "INFO"
@@ -262,16 +300,23 @@ plugins {
     plugin_data {}
   }
 }
-`, filepath.Join(s.dir, "agent", "data"), s.serverPort, s.AgentSocket(), s.td.Name(),
+`, filepath.Join(s.dir, "agent", "data"), agentPort, s.AgentSocket(), s.td.Name(),
 		filepath.Join(s.dir, "agent", "data"))
-	if err := os.MkdirAll(filepath.Join(s.dir, "server", "data"), 0o700); err != nil {
-		return fmt.Errorf("spiretest: %w", err)
+	for _, d := range []string{"server", "server2"} {
+		if err := os.MkdirAll(filepath.Join(s.dir, d, "data"), 0o700); err != nil {
+			return fmt.Errorf("spiretest: %w", err)
+		}
 	}
 	if err := os.MkdirAll(filepath.Join(s.dir, "agent", "data"), 0o700); err != nil {
 		return fmt.Errorf("spiretest: %w", err)
 	}
-	if err := os.WriteFile(filepath.Join(s.dir, "server", "server.conf"), []byte(server), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(s.dir, "server", "server.conf"), []byte(s.serverConf("server", s.serverPort)), 0o600); err != nil {
 		return fmt.Errorf("spiretest: %w", err)
+	}
+	if s.opts.SecondServer {
+		if err := os.WriteFile(filepath.Join(s.dir, "server2", "server.conf"), []byte(s.serverConf("server2", s.server2Port)), 0o600); err != nil {
+			return fmt.Errorf("spiretest: %w", err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(s.dir, "agent", "agent.conf"), []byte(agent), 0o600); err != nil {
 		return fmt.Errorf("spiretest: %w", err)
@@ -292,6 +337,53 @@ func (s *SPIRE) StartServer(ctx context.Context) error {
 	}
 	s.server = cmd
 	return s.waitHealthy(ctx, cmd, "server", s.serverBin, "healthcheck", "-socketPath", s.ServerSocket())
+}
+
+// StartServer2 starts the second server (again) and waits until it is
+// healthy.
+func (s *SPIRE) StartServer2(ctx context.Context) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.opts.SecondServer || s.server2 != nil {
+		return errors.New("spiretest: no second server configured, or it is running")
+	}
+	cmd, err := s.spawn("server2", s.serverBin, "run", "-config", filepath.Join(s.dir, "server2", "server.conf"))
+	if err != nil {
+		return err
+	}
+	s.server2 = cmd
+	return s.waitHealthy(ctx, cmd, "server2", s.serverBin, "healthcheck", "-socketPath", filepath.Join(s.dir, "server2", "api.sock"))
+}
+
+// StopServer2 stops the second server (SIGTERM, then SIGKILL after 10s).
+func (s *SPIRE) StopServer2() error { return s.stop(&s.server2, syscall.SIGTERM) }
+
+// serveFront relays each connection from the agent to the first server
+// that accepts it, until the front is closed.
+func (s *SPIRE) serveFront() {
+	for {
+		c, err := s.front.Accept()
+		if err != nil {
+			return
+		}
+		go func() {
+			defer c.Close()
+			var up net.Conn
+			for _, port := range []int{s.serverPort, s.server2Port} {
+				if up, err = net.DialTimeout("tcp", fmt.Sprintf("127.0.0.1:%d", port), time.Second); err == nil {
+					break
+				}
+			}
+			if up == nil {
+				return
+			}
+			defer up.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(up, c); done <- struct{}{} }()
+			go func() { io.Copy(c, up); done <- struct{}{} }()
+			<-done // either side ending ends the pair
+		}()
+	}
 }
 
 // StartAgent starts the agent (again) and waits until it is healthy. The
@@ -350,6 +442,10 @@ func terminate(cmd *exec.Cmd, sig syscall.Signal) error {
 func (s *SPIRE) Close() {
 	_ = s.StopAgent()
 	_ = s.StopServer()
+	_ = s.StopServer2()
+	if s.front != nil {
+		_ = s.front.Close()
+	}
 	if s.conn != nil {
 		_ = s.conn.Close()
 	}
@@ -362,8 +458,11 @@ func (s *SPIRE) Close() {
 // for test failure messages.
 func (s *SPIRE) Logs(n int) string {
 	var b strings.Builder
-	for _, name := range []string{"server", "agent"} {
-		data, _ := os.ReadFile(filepath.Join(s.dir, name, name+".log"))
+	for _, name := range []string{"server", "server2", "agent"} {
+		data, err := os.ReadFile(filepath.Join(s.dir, name, name+".log"))
+		if err != nil {
+			continue
+		}
 		if len(data) > n {
 			data = data[len(data)-n:]
 		}
