@@ -232,6 +232,21 @@ func TestKustomizeBuilds(t *testing.T) {
 	if conf == nil || !strings.Contains(conf.Data["server.conf"], `database_type = "postgres"`) {
 		t.Error("the overlay's SPIRE server is not configured for PostgreSQL")
 	}
+	var webhooks []admissionregistrationv1.MutatingWebhook
+	for _, o := range base {
+		if w, ok := o.(*admissionregistrationv1.MutatingWebhookConfiguration); ok {
+			webhooks = append(webhooks, w.Webhooks...)
+		}
+	}
+	if len(webhooks) != 2 || webhooks[0].NamespaceSelector.MatchLabels["credflow.io/injection"] != "enabled" ||
+		webhooks[1].ObjectSelector.MatchLabels["credflow.io/inject"] != "true" {
+		t.Errorf("webhooks: want opt-in by namespace label and by pod label, got %+v", webhooks)
+	}
+	for _, w := range webhooks {
+		if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Ignore || w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone {
+			t.Errorf("webhook %s: failurePolicy %v, sideEffects %v", w.Name, w.FailurePolicy, w.SideEffects)
+		}
+	}
 	baseConf, _ := find(base, "ConfigMap", "spire-server").(*corev1.ConfigMap)
 	if baseConf == nil || !strings.Contains(baseConf.Data["server.conf"], `database_type = "sqlite3"`) {
 		t.Error("the base SPIRE server is not on SQLite")

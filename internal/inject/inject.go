@@ -5,8 +5,8 @@
 // the Workload API socket and the sidecar's configuration.
 //
 // Opting in is the MutatingWebhookConfiguration's business (a namespace
-// label, deploy/k8s); a pod opts out with the annotation
-// credflow.io/inject: "false". A pod that already has the sidecar is left
+// label, or a pod label credflow.io/inject: "true"; deploy/k8s); a pod
+// opts out with the annotation or the label credflow.io/inject: "false". A pod that already has the sidecar is left
 // as it is, so injecting twice changes nothing.
 //
 // The package works on the pod's JSON rather than on Kubernetes API types,
@@ -88,6 +88,7 @@ type pod struct {
 		Name         string            `json:"name"`
 		GenerateName string            `json:"generateName"`
 		Annotations  map[string]string `json:"annotations"`
+		Labels       map[string]string `json:"labels"`
 	} `json:"metadata"`
 	Spec struct {
 		InitContainers []struct {
@@ -128,7 +129,7 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	if err := json.Unmarshal(podJSON, &p); err != nil {
 		return nil, "", fmt.Errorf("inject: the object is not a pod: %w", err)
 	}
-	if strings.EqualFold(p.Metadata.Annotations[AnnotationInject], "false") {
+	if strings.EqualFold(p.Metadata.Annotations[AnnotationInject], "false") || strings.EqualFold(p.Metadata.Labels[AnnotationInject], "false") {
 		return nil, OptedOut, nil
 	}
 	for _, ic := range p.Spec.InitContainers {

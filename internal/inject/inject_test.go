@@ -108,6 +108,10 @@ func TestPatchTwiceAndOptOut(t *testing.T) {
 	if ops, d, err := Patch(cfg, []byte(out)); err != nil || d != OptedOut || len(ops) != 0 {
 		t.Errorf("opted-out pod: %d ops, %v, %v", len(ops), d, err)
 	}
+	byLabel := strings.Replace(plainPod, `"name":"web","namespace"`, `"name":"web","labels":{"credflow.io/inject":"false"},"namespace"`, 1)
+	if ops, d, err := Patch(cfg, []byte(byLabel)); err != nil || d != OptedOut || len(ops) != 0 {
+		t.Errorf("pod opted out by label: %d ops, %v, %v", len(ops), d, err)
+	}
 	if _, _, err := Patch(Config{}, []byte(plainPod)); err == nil {
 		t.Error("a config without an image was accepted")
 	}
