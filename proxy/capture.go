@@ -1,9 +1,13 @@
 package proxy
 
 import (
+	"context"
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
+	"sync"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -14,13 +18,28 @@ import (
 // redirected to it by the rules `credflow init` installs, and each
 // connection goes to its original destination (SO_ORIGINAL_DST) over mTLS.
 // The server identity expected there is the first Destination that
-// matches; when none does, the listener's Expect policy, and when that is
+// matches (by network, port and host name); when none does, the listener's Expect policy, and when that is
 // empty, any identity in this workload's own trust domain. That last
 // default is a trade-off: it proves the peer is a workload of the mesh, not
 // which one.
 type Capture struct {
 	Destinations []Destination
+	// Resolve looks up the addresses of a Destination's Host; default the
+	// system resolver.
+	Resolve func(ctx context.Context, host string) ([]netip.Addr, error)
+
+	mu    sync.Mutex
+	hosts map[string]resolved
 }
+
+// resolved is a host's addresses, looked up at a time.
+type resolved struct {
+	addrs []netip.Addr
+	at    time.Time
+}
+
+// HostTTL is how long a Destination's Host lookup is reused.
+const HostTTL = 30 * time.Second
 
 // Destination maps original destinations to the identities expected there.
 type Destination struct {
@@ -28,6 +47,10 @@ type Destination struct {
 	Prefix netip.Prefix
 	// Port matches the destination port; 0 matches any.
 	Port uint16
+	// Host, if set, matches the addresses the name resolves to (a
+	// Service's cluster IP, say), looked up at most every HostTTL. A
+	// lookup that fails matches nothing.
+	Host string
 	// Expect is the server identities accepted.
 	Expect authz.Policy
 }
@@ -38,9 +61,10 @@ type Destination struct {
 var errNoOriginalDst = errors.New("proxy: no original destination")
 
 // expectFor returns the policy for a captured connection to dst.
-func (c *Capture) expectFor(dst netip.AddrPort, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
+func (c *Capture) expectFor(ctx context.Context, dst netip.AddrPort, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
 	for _, d := range c.Destinations {
-		if (!d.Prefix.IsValid() || d.Prefix.Contains(dst.Addr())) && (d.Port == 0 || d.Port == dst.Port()) {
+		if (!d.Prefix.IsValid() || d.Prefix.Contains(dst.Addr())) && (d.Port == 0 || d.Port == dst.Port()) &&
+			(d.Host == "" || slices.Contains(c.lookup(ctx, d.Host), dst.Addr().Unmap())) {
 			return d.Expect
 		}
 	}
@@ -52,6 +76,38 @@ func (c *Capture) expectFor(dst netip.AddrPort, fallback authz.Policy, self spif
 		return authz.Policy{}
 	}
 	return p
+}
+
+// lookup returns host's addresses, from the cache while it is fresh.
+func (c *Capture) lookup(ctx context.Context, host string) []netip.Addr {
+	c.mu.Lock()
+	r, ok := c.hosts[host]
+	c.mu.Unlock()
+	if ok && time.Since(r.at) < HostTTL {
+		return r.addrs
+	}
+	resolve := c.Resolve
+	if resolve == nil {
+		resolve = func(ctx context.Context, host string) ([]netip.Addr, error) {
+			return net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		}
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	addrs, err := resolve(ctx, host)
+	if err != nil {
+		addrs = nil
+	}
+	for i, a := range addrs {
+		addrs[i] = a.Unmap()
+	}
+	c.mu.Lock()
+	if c.hosts == nil {
+		c.hosts = map[string]resolved{}
+	}
+	c.hosts[host] = resolved{addrs: addrs, at: time.Now()}
+	c.mu.Unlock()
+	return addrs
 }
 
 // capturedTarget returns the original destination of a redirected

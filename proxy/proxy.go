@@ -568,7 +568,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 			p.m.refused(l.dir, "no_identity", true)
 			return
 		}
-		pol := l.capture.expectFor(dst, *l.policy.Load(), self.ID.TrustDomain())
+		pol := l.capture.expectFor(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
 		target, expect = dst.String(), &pol
 		ctx = context.WithValue(ctx, expectKey{}, expect)
 	}

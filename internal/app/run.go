@@ -270,7 +270,7 @@ func sameListeners(a, b *config.Config) bool {
 			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)
 			if out.Capture != nil {
 				for _, d := range out.Capture.Destinations {
-					k = append(k, fmt.Sprintf("dest|%s|%d|%s", d.Prefix, d.Port, strings.Join(d.Expect.Patterns(), ",")))
+					k = append(k, fmt.Sprintf("dest|%s|%d|%s|%s", d.Prefix, d.Port, d.Host, strings.Join(d.Expect.Patterns(), ",")))
 				}
 			}
 		}

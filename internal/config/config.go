@@ -215,6 +215,7 @@ type file struct {
 			Destinations []struct {
 				CIDR   string   `yaml:"cidr"`
 				Port   int      `yaml:"port"`
+				Host   string   `yaml:"host"`
 				Expect []string `yaml:"expect"`
 			} `yaml:"destinations"`
 		} `yaml:"capture"`
@@ -593,6 +594,7 @@ func parseEdge(issuers []struct {
 func parseCapture(field string, dests []struct {
 	CIDR   string   `yaml:"cidr"`
 	Port   int      `yaml:"port"`
+	Host   string   `yaml:"host"`
 	Expect []string `yaml:"expect"`
 }, fail func(field, format string, args ...any), errs *[]error) *proxy.Capture {
 	c := &proxy.Capture{}
@@ -610,8 +612,14 @@ func parseCapture(field string, dests []struct {
 			fail(df+".port", "%d is not a port", d.Port)
 		}
 		dst.Port = uint16(d.Port)
-		if d.CIDR == "" && d.Port == 0 {
-			fail(df, "a cidr, a port or both are required")
+		if d.Host != "" {
+			if strings.ContainsAny(d.Host, " /:") || len(d.Host) > 253 {
+				fail(df+".host", "%q is not a host name", d.Host)
+			}
+			dst.Host = strings.TrimSuffix(d.Host, ".")
+		}
+		if d.CIDR == "" && d.Port == 0 && d.Host == "" {
+			fail(df, "a cidr, a port, a host or a combination is required")
 		}
 		pol, err := policy(df+".expect", d.Expect)
 		if err != nil {
