@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -311,5 +310,3 @@ func idleConnections(addr string, n, parallel int) (func(), error) {
 	}
 	return closeAll, nil
 }
-
-var errSkipped = errors.New("bench: not carried by this topology")
