@@ -157,7 +157,7 @@ func TestE2ETransparentCapture(t *testing.T) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	startSidecar := func(n netns, uid int, name, cfg string) {
+	startPodSidecar := func(n netns, uid int, name, cfg string) {
 		path := filepath.Join(dir, name+".yaml")
 		if err := os.WriteFile(path, []byte(fmt.Sprintf("workload_api: %s\nadmin: 127.0.0.1:15000\nlog: {level: debug}\n", s.AgentAddr())+cfg), 0o644); err != nil {
 			t.Fatal(err)
@@ -191,13 +191,13 @@ func TestE2ETransparentCapture(t *testing.T) {
 			time.Sleep(200 * time.Millisecond)
 		}
 	}
-	startSidecar(b, uidServerPod, "server-pod", `inbound:
+	startPodSidecar(b, uidServerPod, "server-pod", `inbound:
   - name: app
     listen: 0.0.0.0:15006
     app: 127.0.0.1:8080
     allow: [spiffe://example.org/client-pod]
 `)
-	startSidecar(a, uidClientPod, "client-pod", fmt.Sprintf(`outbound:
+	startPodSidecar(a, uidClientPod, "client-pod", fmt.Sprintf(`outbound:
   - name: capture
     listen: 127.0.0.1:15001
     capture:

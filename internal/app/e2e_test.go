@@ -72,6 +72,23 @@ func startWorkloadsOn(t *testing.T, opts spiretest.Options, x509TTL time.Duratio
 	return s, credflowBin, agentBin
 }
 
+// startSidecar starts a sidecar process as uid with cfg, stops it at the
+// end of the test, and shows its log if the test failed.
+func startSidecar(t *testing.T, s *spiretest.SPIRE, bin string, uid int, name, cfg string) *sidecartest.Sidecar {
+	t.Helper()
+	sc, err := sidecartest.Start(t.Context(), s, bin, uid, name, cfg, 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		sc.Stop(10 * time.Second)
+		if t.Failed() {
+			t.Logf("--- %s log ---\n%s", name, sc.Tail(6000))
+		}
+	})
+	return sc
+}
+
 // startMeshWith starts the mesh; with useQUIC the backend also listens for
 // QUIC and the frontend and intruder reach it over QUIC. extraOut is added
 // to their outbound listener's configuration.

@@ -145,19 +145,7 @@ func TestE2EEdgeExchange(t *testing.T) {
     txn_token: {require: true, minters: [spiffe://example.org/edge]}
 `, listen, app, peers)
 	}
-	start := func(uid int, name, cfg string) *sidecartest.Sidecar {
-		sc, err := sidecartest.Start(ctx, s, bin, uid, name, cfg, 60*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sc.Stop(10 * time.Second)
-			if t.Failed() {
-				t.Logf("--- %s log ---\n%s", name, sc.Tail(6000))
-			}
-		})
-		return sc
-	}
+	start := func(uid int, name, cfg string) *sidecartest.Sidecar { return startSidecar(t, s, bin, uid, name, cfg) }
 	backend := start(uidBackend, "backend", common+"inbound:\n"+httpIn(inBackend, backendApp, "spiffe://example.org/middle, spiffe://example.org/rogue"))
 	middle := start(uidMiddle, "middle", common+"inbound:\n"+httpIn(inMiddle, middleApp, "spiffe://example.org/edge")+
 		"outbound:\n"+httpOut("backend", middleOut, inBackend, "spiffe://example.org/backend", false))

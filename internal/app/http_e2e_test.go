@@ -11,7 +11,6 @@ import (
 	"os"
 	"strings"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -68,19 +67,7 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 	}
 	inGRPC, inHTTP, outGRPC, outHTTP, intruderHTTP, tokenEndpoint := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4], addrs[5]
 	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\nlog: {level: debug}\n", s.AgentAddr())
-	start := func(uid int, name, cfg string) *sidecartest.Sidecar {
-		sc, err := sidecartest.Start(ctx, s, bin, uid, name, cfg, 60*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sc.Stop(10 * time.Second)
-			if t.Failed() {
-				t.Logf("--- %s log ---\n%s", name, sc.Tail(6000))
-			}
-		})
-		return sc
-	}
+	start := func(uid int, name, cfg string) *sidecartest.Sidecar { return startSidecar(t, s, bin, uid, name, cfg) }
 	backend := start(uidBackend, "backend", common+fmt.Sprintf(`inbound:
   - name: grpc
     listen: %q
