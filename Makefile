@@ -4,6 +4,11 @@
 
 GO      ?= go
 BIN     := bin
+# The Go toolchain. The machine's Go 1.26.8 has known vulnerabilities in
+# crypto/tls, crypto/x509 and net/http (govulncheck: GO-2026-6607, -6809,
+# -6603...); go1.27.3 is the newer toolchain the module proxy serves here,
+# and the go command fetches it (76 MB, once per machine).
+export GOTOOLCHAIN := go1.27.3
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 
@@ -17,7 +22,7 @@ APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 
-.PHONY: all build spire ghostunnel deps bench-deps test lint fuzz-short bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build spire ghostunnel deps bench-deps test lint vulncheck fuzz-short bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -49,6 +54,15 @@ test: deps spire lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
+
+## vulncheck: govulncheck over both modules, against the Go vulnerability database built from
+## the golang.org/x/vulndb version pinned in tools/vulncheck (vuln.go.dev is not reachable here).
+vulncheck: | deps
+	cd tools/vulncheck && $(GO) build -o ../../$(BIN)/govulncheck golang.org/x/vuln/cmd/govulncheck && \
+		$(GO) build -o ../../$(BIN)/indexdb golang.org/x/vulndb/cmd/indexdb
+	rm -rf $(BIN)/vulndb && $(BIN)/indexdb -vulns "$$(cd tools/vulncheck && $(GO) list -m -f '{{.Dir}}' golang.org/x/vulndb)/data/osv" -out $(BIN)/vulndb
+	$(BIN)/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
+	cd deploy/k8s && ../../$(BIN)/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
 
 ## lint: gofmt and go vet.
 lint:
