@@ -222,7 +222,9 @@ func (p Policy) String() string {
 }
 
 // HybridAvailable checks that this process can negotiate a hybrid group:
-// the toolchain offers one and GODEBUG (tlsmlkem=0) has not disabled it.
+// the toolchain offers one and GODEBUG has not disabled it (Go 1.26's
+// tlsmlkem=0 removes hybrid groups even from explicit preferences; from Go
+// 1.27 it changes only the defaults, which the sidecar does not use).
 // It runs a TLS 1.3 handshake in memory restricted to hybrid groups.
 func HybridAvailable() error {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -252,7 +254,7 @@ func HybridAvailable() error {
 	}
 	serr := <-errc
 	if cerr != nil || serr != nil {
-		return fmt.Errorf("pqc: hybrid key exchange is unavailable (GODEBUG tlsmlkem=0?): %v", errors.Join(cerr, serr))
+		return fmt.Errorf("pqc: hybrid key exchange is unavailable (GODEBUG tlsmlkem=0 under Go 1.26?): %v", errors.Join(cerr, serr))
 	}
 	if g := cli.ConnectionState().CurveID; !IsHybrid(g) {
 		return fmt.Errorf("pqc: hybrid key exchange is unavailable: negotiated %s", g)

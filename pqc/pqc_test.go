@@ -1,10 +1,17 @@
 package pqc_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
+	"math/big"
+	"net"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -91,14 +98,53 @@ func TestParse(t *testing.T) {
 	}
 }
 
+// TestHybridAvailable: the start-up self-test agrees with a handshake
+// restricted to the hybrid groups, with GODEBUG as it is and with
+// tlsmlkem=0. Go 1.26 applies that setting to explicit preferences too, so
+// the self-test fails and hybrid-required refuses to start; from Go 1.27 it
+// changes only crypto/tls's defaults, which the sidecar never uses, so
+// hybrid stays available and the self-test must say so.
 func TestHybridAvailable(t *testing.T) {
 	if err := pqc.HybridAvailable(); err != nil {
 		t.Fatalf("this toolchain should offer hybrid groups: %v", err)
 	}
 	t.Setenv("GODEBUG", "tlsmlkem=0")
-	if err := pqc.HybridAvailable(); err == nil {
-		t.Fatal("HybridAvailable succeeded with GODEBUG=tlsmlkem=0")
+	err := pqc.HybridAvailable()
+	if negotiated := hybridHandshake(t); (err == nil) != negotiated {
+		t.Fatalf("with GODEBUG=tlsmlkem=0 the self-test says %v, but a hybrid-only handshake negotiated a hybrid group: %v", err, negotiated)
 	}
+}
+
+// hybridHandshake reports whether a TLS 1.3 handshake whose both sides
+// offer only the hybrid groups completes with one of them.
+func hybridHandshake(t *testing.T) bool {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	groups := []tls.CurveID{tls.X25519MLKEM768, tls.SecP256r1MLKEM768, tls.SecP384r1MLKEM1024}
+	c, s := net.Pipe()
+	defer c.Close()
+	defer s.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	srv := tls.Server(s, &tls.Config{MinVersion: tls.VersionTLS13, CurvePreferences: groups,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Handshake() }()
+	cli := tls.Client(c, &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, CurvePreferences: groups})
+	cerr := cli.Handshake()
+	if cerr != nil {
+		c.Close()
+	}
+	serr := <-errc
+	return cerr == nil && serr == nil && pqc.IsHybrid(cli.ConnectionState().CurveID)
 }
 
 func TestIsHybrid(t *testing.T) {
