@@ -208,7 +208,7 @@ func MeshTable(env *Environment, run *MeshRun) string {
 		{"CPU-s/GB harness", "cpu_s_per_gb.harness", "%.2f", false},
 	})
 	run.table(&b, "RPC latency, open loop", "rpc", "1 KB request and answer (HTTP/1.1), or a gRPC health check, at a fixed rate; "+
-		"latency from each request's scheduled time. Added latency is against T0 in this run.", []column{
+		"latency from the moment each request is issued. Latencies are absolute: T0's row, in the same run, is the baseline to subtract (the targets table does it for p99, per hop).", []column{
 		{"p50 µs", "p50_us", "%.0f", false},
 		{"p90 µs", "p90_us", "%.0f", false},
 		{"p99 µs", "p99_us", "%.0f", true},
