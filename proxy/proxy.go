@@ -122,7 +122,10 @@ type Config struct {
 	IdleTimeout time.Duration
 	// MaxConnections bounds the connections open at once, both directions
 	// together; further ones are closed at accept with the reason "limit".
-	// Default 10000.
+	// Default 10000, lowered to what the file-descriptor limit allows (two
+	// per connection, with a reserve of a sixteenth, at least 64), so that
+	// the admin endpoints keep answering. A connection that still finds no
+	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
 	// RevalidateInterval is how often established connections are checked
 	// against their peer certificate's expiry and the current policy.
@@ -153,6 +156,7 @@ type Proxy struct {
 
 	listeners []*listener
 	slots     chan struct{} // MaxConnections tokens
+	spare     *spareFD      // shed connections when out of descriptors
 	revalNow  chan struct{}
 
 	mu       sync.Mutex
@@ -222,9 +226,16 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
 	discard := slog.New(slog.DiscardHandler)
+	log := cmpOr(cfg.Logger, discard)
+	if budget := fdBudget(); budget > 0 && cfg.MaxConnections > budget {
+		log.Warn("proxy: max_connections lowered to what the file-descriptor limit allows",
+			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget))
+		cfg.MaxConnections = budget
+	}
 	p := &Proxy{
 		cfg:      cfg,
-		log:      cmpOr(cfg.Logger, discard),
+		log:      log,
+		spare:    newSpareFD(),
 		acc:      cmpOr(cfg.AccessLog, discard),
 		m:        cfg.Metrics,
 		slots:    make(chan struct{}, cfg.MaxConnections),
@@ -363,6 +374,7 @@ func (p *Proxy) Listen() (err error) {
 
 // closeListeners closes every bound listener, TCP and QUIC.
 func (p *Proxy) closeListeners() {
+	p.spare.close()
 	for _, l := range p.listeners {
 		if l.ln != nil {
 			l.ln.Close()
@@ -494,8 +506,16 @@ func (p *Proxy) accept(ctx context.Context, l *listener) {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
-			// Out of file descriptors and the like: back off briefly
-			// rather than spin.
+			// Out of file descriptors: close the waiting connection with
+			// the spare descriptor, so its client learns at once.
+			if isFDExhausted(err) && p.spare.shed(l.ln) {
+				p.m.refused(l.dir, "fd_limit", true)
+				p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "fd_limit", relay.Result{}, "tcp")
+				p.log.Warn("proxy: out of file descriptors; connection closed at accept", slog.String(logkey.Listener, l.name))
+				continue
+			}
+			// Anything else, or no spare: back off briefly rather than
+			// spin.
 			p.log.Warn("proxy: accept failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 			select {
 			case <-time.After(50 * time.Millisecond):

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -57,6 +58,12 @@ type Sidecar struct {
 // {{admin}}) and runs `bin run -c` as uid, then waits up to timeout for
 // /readyz. bin must be reachable by uid (spiretest's InstallBinary).
 func Start(ctx context.Context, s *spiretest.SPIRE, bin string, uid int, name, config string, timeout time.Duration) (*Sidecar, error) {
+	return StartWrapped(ctx, s, nil, bin, uid, name, config, timeout)
+}
+
+// StartWrapped is Start with the sidecar run under a wrapper command, for
+// example prlimit with its arguments and "--".
+func StartWrapped(ctx context.Context, s *spiretest.SPIRE, wrapper []string, bin string, uid int, name, config string, timeout time.Duration) (*Sidecar, error) {
 	admin, err := FreeAddr()
 	if err != nil {
 		return nil, err
@@ -76,7 +83,8 @@ func Start(ctx context.Context, s *spiretest.SPIRE, bin string, uid int, name, c
 		return nil, fmt.Errorf("sidecartest: %w", err)
 	}
 	defer logf.Close()
-	cmd := s.Command(context.WithoutCancel(ctx), uid, bin, "run", "-c", cfgPath)
+	argv := append(slices.Clone(wrapper), bin, "run", "-c", cfgPath)
+	cmd := s.Command(context.WithoutCancel(ctx), uid, argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("sidecartest: starting sidecar %s: %w", name, err)
