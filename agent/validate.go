@@ -24,7 +24,9 @@ var ErrNoAudience = errors.New("agent: JWT-SVID audience missing or empty")
 
 // ValidateJWTSVID parses token, verifies its signature against the JWT
 // bundle of the trust domain named by its subject, and checks its expiry and
-// that its aud claim contains audience.
+// that its aud claim contains audience. Times are checked with a minute of
+// leeway for clock skew; beyond it the error wraps jwt.ErrExpired,
+// jwt.ErrNotValidYet or jwt.ErrIssuedInTheFuture.
 //
 // Unlike jwtsvid.ParseAndValidate, which skips the audience check when given
 // no audience, an empty expected audience is an error here, and so is a
@@ -41,6 +43,12 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	}
 	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
 	if err != nil {
+		// The time checks run after the signature's, with go-jose's
+		// minute of leeway. go-spiffe turns jwt.ErrExpired into text;
+		// turn it back so callers can name the reason.
+		if strings.HasSuffix(err.Error(), "token has expired") {
+			err = jwt.ErrExpired
+		}
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 	}
 	// ParseAndValidate accepted the audience; check it is really there,

@@ -8,11 +8,13 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -135,4 +137,29 @@ func FuzzValidateJWTSVID(f *testing.F) {
 			t.Fatalf("a fuzzed token validated against an empty bundle: %+v", svid)
 		}
 	})
+}
+
+// TestValidateJWTSVIDClockSkew covers F11 for JWT-SVIDs: a token minted by
+// a clock 30 s ahead or behind validates; beyond the minute of leeway the
+// error names the time check that failed.
+func TestValidateJWTSVIDClockSkew(t *testing.T) {
+	ks := newKeyset(t)
+	kid := map[jose.HeaderKey]any{"kid": "k1"}
+	at := func(skew time.Duration) string { // minted by a clock off by skew, 60 s TTL
+		return sign(t, jose.ES256, ks.key, kid, claims(func(c map[string]any) {
+			minted := time.Now().Add(skew)
+			c["iat"], c["nbf"], c["exp"] = minted.Unix(), minted.Unix(), minted.Add(time.Minute).Unix()
+		}))
+	}
+	for _, skew := range []time.Duration{30 * time.Second, -30 * time.Second} {
+		if _, err := agent.ValidateJWTSVID(at(skew), ks.bundles, aud); err != nil {
+			t.Errorf("minted %v off: %v", skew, err)
+		}
+	}
+	if _, err := agent.ValidateJWTSVID(at(3*time.Minute), ks.bundles, aud); !errors.Is(err, jwt.ErrNotValidYet) && !errors.Is(err, jwt.ErrIssuedInTheFuture) {
+		t.Errorf("minted 3m ahead: %v, want not valid yet", err)
+	}
+	if _, err := agent.ValidateJWTSVID(at(-3*time.Minute), ks.bundles, aud); !errors.Is(err, jwt.ErrExpired) {
+		t.Errorf("minted 3m behind: %v, want expired", err)
+	}
 }

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
@@ -268,7 +269,12 @@ func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) strin
 		return "no_identity"
 	}
 	svid, err := p.cfg.ValidateJWT(tok, self.ID.String())
-	if err != nil {
+	switch {
+	case errors.Is(err, jwt.ErrExpired):
+		return "token_expired"
+	case errors.Is(err, jwt.ErrNotValidYet) || errors.Is(err, jwt.ErrIssuedInTheFuture):
+		return "token_not_yet_valid"
+	case err != nil:
 		return "bad_token"
 	}
 	if svid.ID != peer {

@@ -26,6 +26,7 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
+	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/route"
@@ -49,11 +50,16 @@ func newJWTIssuer(t *testing.T) *jwtIssuer {
 }
 
 func (j *jwtIssuer) mint(sub spiffeid.ID, aud string) (string, error) {
+	return j.mintAt(sub, aud, 0)
+}
+
+// mintAt mints a token as a clock off by skew would.
+func (j *jwtIssuer) mintAt(sub spiffeid.ID, aud string, skew time.Duration) (string, error) {
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: j.key}, (&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", "k1"))
 	if err != nil {
 		return "", err
 	}
-	now := time.Now()
+	now := time.Now().Add(skew)
 	return jwt.Signed(signer).Claims(jwt.Claims{Subject: sub.String(), Audience: jwt.Audience{aud},
 		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(time.Minute))}).Serialize()
 }
@@ -73,7 +79,7 @@ func (s source) FetchJWTSVID(_ context.Context, aud string) (*jwtsvid.SVID, erro
 }
 
 func (j *jwtIssuer) validate(tok, aud string) (*jwtsvid.SVID, error) {
-	return jwtsvid.ParseAndValidate(tok, j.bundles, []string{aud})
+	return agent.ValidateJWTSVID(tok, j.bundles, aud)
 }
 
 type httpPair struct {
@@ -288,6 +294,35 @@ func TestHTTPTokenBoundToPeer(t *testing.T) {
 	if body := strings.ToLower(body); strings.Contains(body, strings.ToLower(replayed[:20])) {
 		t.Fatal("the refusal body echoes the token")
 	}
+}
+
+// TestHTTPTokenClockSkew covers F11 at the HTTP inbound: tokens minted by
+// a clock 30 s off pass; 3 minutes off they are refused with a reason that
+// names the time check.
+func TestHTTPTokenClockSkew(t *testing.T) {
+	hp := startHTTPPair(t, echoApp)
+	front := spiffeid.RequireFromPath(td, "/frontend")
+	for _, c := range []struct {
+		skew   time.Duration
+		code   int
+		reason string
+	}{
+		{30 * time.Second, 200, ""},
+		{-30 * time.Second, 200, ""},
+		{3 * time.Minute, 401, "token_not_yet_valid"},
+		{-3 * time.Minute, 401, "token_expired"},
+	} {
+		tok, err := hp.issuer.mintAt(front, "spiffe://example.org/backend", c.skew)
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, body := rawRequest(t, hp.outAddr, "GET /api/x HTTP/1.1\r\nHost: b\r\nAuthorization: Bearer "+tok+"\r\nConnection: close\r\n\r\n")
+		if code != c.code || !strings.Contains(body, c.reason) {
+			t.Errorf("minted %v off: %d %s, want %d %s", c.skew, code, body, c.code, c.reason)
+		}
+	}
+	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=token_expired")
+	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=token_not_yet_valid")
 }
 
 // TestHTTPPooling: N sequential requests cost at most the pool size in

@@ -150,6 +150,11 @@ func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage, cache *veri
 	return nil
 }
 
+// ClockSkew is how far in the future a peer's certificates may start: a
+// peer whose clock runs ahead by up to this much is accepted. Expiry is
+// not stretched: a certificate is refused from its NotAfter on.
+const ClockSkew = 30 * time.Second
+
 // Verify checks that chain is a valid X.509-SVID for the extended key usage
 // eku at time now, chained to the bundle of the trust domain its ID names,
 // and returns the ID. Failures are *Refusal.
@@ -169,7 +174,7 @@ func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKe
 		return id, &Refusal{Reason: ReasonInvalidSVID, Peer: id, Err: errors.New("leaf may sign certificates or CRLs")}
 	case !hasEKU(leaf, eku):
 		return id, &Refusal{Reason: ReasonBadEKU, Peer: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
-	case now.Before(leaf.NotBefore):
+	case now.Add(ClockSkew).Before(leaf.NotBefore):
 		return id, &Refusal{Reason: ReasonNotYetValid, Peer: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
 	case !now.Before(leaf.NotAfter):
 		return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
@@ -186,19 +191,44 @@ func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKe
 	for _, c := range chain[1:] {
 		inter.AddCert(c)
 	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
+	// A chain issued by a clock up to ClockSkew ahead is verified at its
+	// latest NotBefore; every certificate must still be unexpired now.
+	at := now
+	for _, c := range chain {
+		if c.NotBefore.After(at) && !c.NotBefore.After(now.Add(ClockSkew)) {
+			at = c.NotBefore
+		}
+	}
+	chains, err := leaf.Verify(x509.VerifyOptions{
 		Roots:         roots,
 		Intermediates: inter,
 		KeyUsages:     []x509.ExtKeyUsage{eku},
-		CurrentTime:   now,
-	}); err != nil {
+		CurrentTime:   at,
+	})
+	if err != nil {
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
+			if at.Before(inv.Cert.NotBefore) {
+				return id, &Refusal{Reason: ReasonNotYetValid, Peer: id, Err: err}
+			}
 			return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: err}
 		}
 		return id, &Refusal{Reason: ReasonUntrusted, Peer: id, Err: err}
 	}
-	return id, nil
+	var expired *x509.Certificate
+	for _, ch := range chains {
+		expired = nil
+		for _, c := range ch {
+			if !now.Before(c.NotAfter) {
+				expired = c
+				break
+			}
+		}
+		if expired == nil {
+			return id, nil
+		}
+	}
+	return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: fmt.Errorf("%s expired at %s", expired.Subject, expired.NotAfter.UTC().Format(time.RFC3339))}
 }
 
 // idFromLeaf returns the SPIFFE ID of a leaf that carries exactly one URI

@@ -95,3 +95,39 @@ func TestVerifyCacheFollowsBundleAndExpiry(t *testing.T) {
 		t.Fatalf("after expiry: %v, want %s", err, mtls.ReasonExpired)
 	}
 }
+
+// TestClockSkew covers F11 for X.509-SVIDs: a peer whose clock runs up to
+// ClockSkew ahead (its certificates start in our future) is accepted;
+// further ahead it is refused as not_yet_valid, and an expired certificate
+// as expired, with no leeway.
+func TestClockSkew(t *testing.T) {
+	ca := testca.New(t, td)
+	cfg := mtls.Config{
+		SVIDs:     static{ca.Issue(t, spiffeid.RequireFromPath(td, "/server"))},
+		Bundles:   x509bundle.NewSet(ca.Bundle()),
+		Authorize: func(spiffeid.ID) bool { return true },
+	}.Server()
+	client := spiffeid.RequireFromPath(td, "/client")
+	now := time.Now()
+	for _, c := range []struct {
+		name     string
+		from, to time.Duration // the leaf's validity, from now
+		intermed bool
+		want     mtls.Reason
+	}{
+		{"issued 25s ahead", 25 * time.Second, time.Hour, false, ""},
+		{"issued 25s ahead, by an intermediate", 25 * time.Second, time.Hour, true, ""},
+		{"issued 30s behind", -30 * time.Second, time.Hour, false, ""},
+		{"issued 2m ahead", 2 * time.Minute, time.Hour, false, mtls.ReasonNotYetValid},
+		{"expired 5s ago", -time.Hour, -5 * time.Second, false, mtls.ReasonExpired},
+	} {
+		opts := []testca.Option{testca.WithValidity(now.Add(c.from), now.Add(c.to))}
+		if c.intermed {
+			opts = append(opts, testca.WithIntermediate())
+		}
+		err := handshake(t, cfg, ca.Issue(t, client, opts...))
+		if got := mtls.ReasonOf(err); got != c.want || (c.want == "") != (err == nil) {
+			t.Errorf("%s: %v (reason %q), want %q", c.name, err, got, c.want)
+		}
+	}
+}
