@@ -22,7 +22,7 @@ APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 
-.PHONY: all build spire ghostunnel deps bench-deps test lint vulncheck fuzz-short bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build spire ghostunnel deps bench-deps test lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -54,6 +54,17 @@ test: deps spire lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
+
+## soak: the long forms of the reliability cases (docs/RELIABILITY.md): the storms at full size
+## (CREDFLOW_SOAK=1), then the L7 soak for SOAK_DURATION on real SPIRE, whose figures go to
+## docs/soak/soak.{md,jsonl}. make test runs the same tests in their short forms.
+SOAK_DURATION ?= 30m
+soak: deps spire
+	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '$(SOAK_PROXY_TESTS)' ./proxy/
+	CREDFLOW_SOAK_DURATION=$(SOAK_DURATION) CREDFLOW_SOAK_OUT=$(CURDIR)/docs/soak \
+		$(GO) test -count=1 -timeout 90m -run '^TestE2ESoak$$' -v ./internal/app/
+
+SOAK_PROXY_TESTS := ^TestHandshakeStorm$$
 
 ## vulncheck: govulncheck over both modules, against the Go vulnerability database built from
 ## the golang.org/x/vulndb version pinned in tools/vulncheck (vuln.go.dev is not reachable here).
