@@ -247,6 +247,11 @@ func TestE2ETransparentCapture(t *testing.T) {
 	if !strings.Contains(metrics, `credflow_refusals_total{direction="inbound",reason="handshake_failed"}`) {
 		t.Errorf("the plain-TCP bypass was not refused by the server sidecar:\n%s", grepLines(metrics, "credflow_refusals_total"))
 	}
+	// B19: the admin port answers inside its pod only; from the other pod
+	// the same port on the pod's IP is closed.
+	if out, err := a.get(ctx, "http://"+serverIP+":15000/metrics"); err == nil {
+		t.Errorf("the server pod's admin port answered from another pod: %.80q", out)
+	}
 
 	payloads := tcpPayloads(t, pcap)
 	var all []byte
