@@ -23,6 +23,7 @@ const refreshInterval = time.Second
 type jwtCache struct {
 	mu       sync.Mutex
 	max      int
+	recheck  time.Duration
 	entries  map[string]*list.Element // of *jwtEntry
 	lru      *list.List               // front: most recently used
 	inflight map[string]*jwtFetch
@@ -32,7 +33,8 @@ type jwtEntry struct {
 	audience  string
 	svid      *jwtsvid.SVID
 	refreshAt time.Time
-	used      bool // requested since it was fetched
+	recheckAt time.Time // when to ask the Workload API again, if used
+	used      bool      // requested since it was fetched
 }
 
 // jwtFetch is one Workload API fetch that every caller asking for the same
@@ -43,8 +45,9 @@ type jwtFetch struct {
 	err  error
 }
 
-func (c *jwtCache) init(max int) {
+func (c *jwtCache) init(max int, recheck time.Duration) {
 	c.max = max
+	c.recheck = recheck
 	c.entries = make(map[string]*list.Element)
 	c.lru = list.New()
 	c.inflight = make(map[string]*jwtFetch)
@@ -70,10 +73,12 @@ func usable(svid *jwtsvid.SVID, now time.Time, floor time.Duration) bool {
 
 // FetchJWTSVID returns a JWT-SVID of this workload for audience. Tokens are
 // cached per audience until half their lifetime has passed and refreshed in
-// the background while they are being used; concurrent requests for one
-// audience share one fetch. The token returned always has more than
-// Config.JWTMinRemaining of its lifetime left: if the Workload API cannot
-// be reached, a cached token is returned only while that holds.
+// the background while they are being used; meanwhile a token in use is
+// fetched again every Config.JWTRecheck, so that one the agent replaced
+// early is picked up. Concurrent requests for one audience share one fetch.
+// The token returned always has more than Config.JWTMinRemaining of its
+// lifetime left: if the Workload API cannot be reached, a cached token is
+// returned only while that holds.
 func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (*jwtsvid.SVID, error) {
 	if audience == "" {
 		return nil, errors.New("agent: JWT-SVID audience is empty")
@@ -133,6 +138,9 @@ func (s *Source) startFetchLocked(audience string) *jwtFetch {
 		delete(c.inflight, audience)
 		if f.err == nil {
 			c.storeLocked(audience, f.svid, time.Now())
+		} else if el, ok := c.entries[audience]; ok {
+			// Recheck again one interval later, not on every tick.
+			el.Value.(*jwtEntry).recheckAt = time.Now().Add(c.recheck)
 		}
 		c.mu.Unlock()
 		close(f.done)
@@ -167,7 +175,7 @@ func (s *Source) fetchJWTSVID(audience string) (*jwtsvid.SVID, error) {
 // storeLocked caches svid for audience, evicting the least recently used
 // audience beyond the cache size. c.mu must be held.
 func (c *jwtCache) storeLocked(audience string, svid *jwtsvid.SVID, now time.Time) {
-	e := &jwtEntry{audience: audience, svid: svid, refreshAt: refreshPoint(svid, now)}
+	e := &jwtEntry{audience: audience, svid: svid, refreshAt: refreshPoint(svid, now), recheckAt: now.Add(c.recheck)}
 	if el, ok := c.entries[audience]; ok {
 		el.Value = e
 		c.lru.MoveToFront(el)
@@ -181,9 +189,9 @@ func (c *jwtCache) storeLocked(audience string, svid *jwtsvid.SVID, now time.Tim
 	}
 }
 
-// refreshJWTSVIDs replaces cached JWT-SVIDs past their refresh point: those
-// requested since they were fetched are fetched again; the others are left
-// alone and dropped once under the lifetime floor.
+// refreshJWTSVIDs replaces cached JWT-SVIDs past their refresh or recheck
+// point: those requested since they were fetched are fetched again; the
+// others are left alone and dropped once under the lifetime floor.
 func (s *Source) refreshJWTSVIDs(ctx context.Context) {
 	t := time.NewTicker(refreshInterval)
 	defer t.Stop()
@@ -203,7 +211,7 @@ func (s *Source) refreshDue(now time.Time) {
 	defer c.mu.Unlock()
 	for aud, el := range c.entries {
 		e := el.Value.(*jwtEntry)
-		if now.Before(e.refreshAt) {
+		if now.Before(e.refreshAt) && now.Before(e.recheckAt) {
 			continue
 		}
 		if !e.used {

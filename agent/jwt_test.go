@@ -219,3 +219,58 @@ func TestNotReadyErrorIs(t *testing.T) {
 		t.Fatal("NotReadyError does not match ErrNotReady")
 	}
 }
+
+// TestJWTRecheck: a cached token in use is fetched again every JWTRecheck,
+// long before its refresh point, and a replacement the Workload API hands
+// out is returned from then on; a token not in use is not fetched again;
+// while the Workload API fails, the cached token is still served and the
+// recheck is retried once per interval, not on every tick.
+func TestJWTRecheck(t *testing.T) {
+	const recheck = 2 * time.Second
+	f, src := startFake(t, time.Minute, agent.Config{JWTRecheck: recheck})
+	ctx := t.Context()
+	first, err := src.FetchJWTSVID(ctx, "used")
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if _, err := src.FetchJWTSVID(ctx, "idle"); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		got, err := src.FetchJWTSVID(ctx, "used")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.Marshal() != first.Marshal() {
+			break
+		}
+		if time.Since(start) > 2*recheck+time.Second {
+			t.Fatalf("the same token %s after the first fetch, with a recheck every %s", time.Since(start), recheck)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if elapsed := time.Since(start); elapsed < recheck {
+		t.Fatalf("a new token after %s, before the recheck interval", elapsed)
+	}
+	if n := f.count("idle"); n != 1 {
+		t.Fatalf("an unused token was fetched %d times, want 1", n)
+	}
+
+	f.failed.Store(true)
+	before := f.count("used")
+	cached, err := src.FetchJWTSVID(ctx, "used")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for end := time.Now().Add(2*recheck + recheck/2); time.Now().Before(end); {
+		got, err := src.FetchJWTSVID(ctx, "used")
+		if err != nil || got.Marshal() != cached.Marshal() {
+			t.Fatalf("with the Workload API failing: %v, same token %v", err, err == nil && got.Marshal() == cached.Marshal())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if n := f.count("used") - before; n < 1 || n > 3 {
+		t.Fatalf("%d fetches in %s of failures with a %s recheck, want 1 to 3", n, 2*recheck+recheck/2, recheck)
+	}
+}

@@ -27,6 +27,7 @@ const (
 	DefaultJWTCacheSize    = 256
 	DefaultJWTMinRemaining = 5 * time.Second
 	DefaultFetchTimeout    = 10 * time.Second
+	DefaultJWTRecheck      = 10 * time.Second
 )
 
 // Config configures a Source. Only Addr is required; every other zero value
@@ -66,6 +67,14 @@ type Config struct {
 	// FetchTimeout bounds one JWT-SVID fetch from the Workload API.
 	// Default DefaultFetchTimeout (10s).
 	FetchTimeout time.Duration
+
+	// JWTRecheck is how often a cached JWT-SVID in use is fetched again
+	// in the background before its refresh point, so that a token the
+	// agent replaced early (SPIRE does when its signing key is tainted)
+	// is picked up within this interval, not at half the token's
+	// lifetime. The agent answers from its own cache otherwise.
+	// Default DefaultJWTRecheck (10s).
+	JWTRecheck time.Duration
 }
 
 func (c Config) withDefaults() Config {
@@ -87,6 +96,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.FetchTimeout <= 0 {
 		c.FetchTimeout = DefaultFetchTimeout
+	}
+	if c.JWTRecheck <= 0 {
+		c.JWTRecheck = DefaultJWTRecheck
 	}
 	return c
 }
@@ -158,7 +170,7 @@ func New(cfg Config) (*Source, error) {
 		changed: make(chan struct{}),
 	}
 	s.life, s.stop = context.WithCancel(context.Background())
-	s.jwtCache.init(cfg.JWTCacheSize)
+	s.jwtCache.init(cfg.JWTCacheSize, cfg.JWTRecheck)
 	return s, nil
 }
 

@@ -98,7 +98,7 @@ type Config struct {
 func (c Config) Server() *tls.Config {
 	certs := &certCache{src: c.SVIDs}
 	verified := newVerifyCache()
-	return &tls.Config{
+	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		// Request rather than require a certificate, so that a client
 		// without one reaches VerifyConnection and is refused there with
@@ -111,12 +111,15 @@ func (c Config) Server() *tls.Config {
 			return c.verify(cs, x509.ExtKeyUsageClientAuth, verified)
 		},
 	}
+	c.epoch().serverTickets(conf)
+	return conf
 }
 
 // Client returns a TLS 1.3 client configuration that presents the SVID and
 // requires a server SVID with the serverAuth usage. It keeps a small
 // session cache, so reconnections to a peer resume; resumption re-runs
-// VerifyConnection.
+// VerifyConnection. Sessions are not resumed across a change of the SVID
+// or of a bundle (see epoch).
 func (c Config) Client() *tls.Config {
 	certs := &certCache{src: c.SVIDs}
 	verified := newVerifyCache()
@@ -132,7 +135,7 @@ func (c Config) Client() *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return c.verify(cs, x509.ExtKeyUsageServerAuth, verified)
 		},
-		ClientSessionCache: tls.NewLRUClientSessionCache(64),
+		ClientSessionCache: c.epoch().clientCache(tls.NewLRUClientSessionCache(64)),
 	}
 }
 
