@@ -110,6 +110,7 @@ func (c Config) Server() *tls.Config {
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			return c.verify(cs, x509.ExtKeyUsageClientAuth, verified)
 		},
+		Time: resumeClock,
 	}
 	c.epoch().serverTickets(conf)
 	return conf
@@ -136,8 +137,22 @@ func (c Config) Client() *tls.Config {
 			return c.verify(cs, x509.ExtKeyUsageServerAuth, verified)
 		},
 		ClientSessionCache: c.epoch().clientCache(tls.NewLRUClientSessionCache(64)),
+		Time:               resumeClock,
 	}
 }
+
+// ResumeMargin is how long before its peer certificate expires a TLS
+// session stops being resumed. A resumed session carries the peer
+// certificate of its first handshake; resumed at the last moment, it
+// would expire during the handshake and VerifyConnection would refuse it,
+// where a full handshake would have brought the peer's current one.
+const ResumeMargin = 5 * time.Second
+
+// resumeClock is the configurations' clock: ResumeMargin ahead. With the
+// peer verified in VerifyConnection (on time.Now), crypto/tls uses this
+// clock only to age session tickets, consistently, and to refuse to resume
+// a session whose peer certificate has expired by it.
+func resumeClock() time.Time { return time.Now().Add(ResumeMargin) }
 
 func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage, cache *verifyCache) error {
 	id, err := cache.verify(cs.PeerCertificates, c.Bundles, eku, time.Now())

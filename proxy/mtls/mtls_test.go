@@ -131,3 +131,62 @@ func TestClockSkew(t *testing.T) {
 		}
 	}
 }
+
+// TestNoResumptionNearExpiry: a session whose peer certificate expires
+// within ResumeMargin is not resumed; the next connection makes a full
+// handshake, which brings the peer's current certificate.
+func TestNoResumptionNearExpiry(t *testing.T) {
+	ca := testca.New(t, td)
+	now := time.Now()
+	for _, c := range []struct {
+		left   time.Duration // the server certificate's time left
+		resume bool
+	}{
+		{time.Hour, true},
+		{mtls.ResumeMargin / 2, false},
+	} {
+		server := mtls.Config{
+			SVIDs:     static{ca.Issue(t, spiffeid.RequireFromPath(td, "/server"), testca.WithValidity(now.Add(-time.Minute), now.Add(c.left)))},
+			Bundles:   x509bundle.NewSet(ca.Bundle()),
+			Authorize: func(spiffeid.ID) bool { return true },
+		}.Server()
+		client := mtls.Config{
+			SVIDs:     static{ca.Issue(t, spiffeid.RequireFromPath(td, "/client"))},
+			Bundles:   x509bundle.NewSet(ca.Bundle()),
+			Authorize: func(spiffeid.ID) bool { return true },
+		}.Client()
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					tc := tls.Server(c, server)
+					if tc.Handshake() == nil {
+						tc.Write([]byte{1}) // the ticket goes out with it
+					}
+				}()
+			}
+		}()
+		var resumed []bool
+		for range 2 {
+			tc, err := tls.Dial("tcp", ln.Addr().String(), client)
+			if err != nil {
+				t.Fatalf("%v left: %v", c.left, err)
+			}
+			tc.Read(make([]byte, 1)) // takes in the session ticket
+			resumed = append(resumed, tc.ConnectionState().DidResume)
+			tc.Close()
+		}
+		ln.Close()
+		if resumed[0] || resumed[1] != c.resume {
+			t.Errorf("server certificate with %v left: resumed %v, want second resumed = %v", c.left, resumed, c.resume)
+		}
+	}
+}
