@@ -23,8 +23,9 @@ import (
 	"github.com/credflow/credflow/internal/spiretest"
 )
 
-// uidProbe runs a second workload with the frontend's SPIFFE ID and a
-// long-lived SVID, fetched before a rotation and presented after it.
+// uidProbe runs a probe workload: a client of an inbound listener whose
+// long-lived SVID is fetched before a rotation and presented after it.
+// Each test registers it with the SPIFFE ID it needs.
 const uidProbe = 1004
 
 // TestE2EAuthorityX509Rotation is F5: with traffic flowing through two
@@ -54,14 +55,7 @@ func TestE2EAuthorityX509Rotation(t *testing.T) {
 		t.Fatalf("the probe SVID before the rotation: %v", err)
 	}
 
-	loop := startFixedRate(t, 50*time.Millisecond, func(i int) error {
-		msg := []byte(fmt.Sprintf("request %d", i))
-		got, err := roundTrip(m.frontAddr, msg)
-		if err == nil && !bytes.Equal(got, msg) {
-			err = fmt.Errorf("%d bytes echoed for %d sent", len(got), len(msg))
-		}
-		return err
-	})
+	loop := startFixedRate(t, 50*time.Millisecond, echoRequests(m.frontAddr))
 	sidecars := []*sidecartest.Sidecar{m.frontend, m.backend}
 	rot0 := sidecarCounters(t, sidecars, "credflow_svid_rotations_total")
 
@@ -90,9 +84,7 @@ func TestE2EAuthorityX509Rotation(t *testing.T) {
 			sc  *sidecartest.Sidecar
 			uid int
 		}{{m.frontend, uidFrontend}, {m.backend, uidBackend}} {
-			fctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			svid, err := s.FetchX509SVID(fctx, w.uid)
-			cancel()
+			svid, err := fetchX509Within(ctx, s, w.uid, 10*time.Second)
 			if err != nil {
 				return false, err.Error()
 			}
@@ -414,6 +406,19 @@ func (l *fixedRate) stop() (ok, failed int64) {
 	return l.ok.Load(), l.failed.Load()
 }
 
+// echoRequests is a fixedRate sender: request i sends "request i" through
+// the outbound listener addr to the echo app and expects it back.
+func echoRequests(addr string) func(i int) error {
+	return func(i int) error {
+		msg := []byte(fmt.Sprintf("request %d", i))
+		got, err := roundTrip(addr, msg)
+		if err == nil && !bytes.Equal(got, msg) {
+			err = fmt.Errorf("%d bytes echoed for %d sent", len(got), len(msg))
+		}
+		return err
+	}
+}
+
 // waitMore waits until n more requests have succeeded.
 func (l *fixedRate) waitMore(t *testing.T, n int64, timeout time.Duration) {
 	t.Helper()
@@ -423,7 +428,7 @@ func (l *fixedRate) waitMore(t *testing.T, n int64, timeout time.Duration) {
 	})
 }
 
-// waitUntil polls cond every 250ms until it holds, failing the test with
+// pollFor polls cond every 250ms until it holds, failing the test with
 // cond's last explanation after timeout.
 func pollFor(t *testing.T, timeout time.Duration, what string, cond func() (bool, string)) {
 	t.Helper()
@@ -440,21 +445,27 @@ func pollFor(t *testing.T, timeout time.Duration, what string, cond func() (bool
 	}
 }
 
-// counters reads a counter from each sidecar.
+// sidecarCounter reads a counter from a sidecar.
+func sidecarCounter(t *testing.T, sc *sidecartest.Sidecar, name string, labels ...string) float64 {
+	t.Helper()
+	v, err := sc.Metric(t.Context(), name, labels...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// sidecarCounters reads a counter from each sidecar.
 func sidecarCounters(t *testing.T, scs []*sidecartest.Sidecar, name string, labels ...string) []float64 {
 	t.Helper()
 	out := make([]float64, len(scs))
 	for i, sc := range scs {
-		v, err := sc.Metric(t.Context(), name, labels...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out[i] = v
+		out[i] = sidecarCounter(t, sc, name, labels...)
 	}
 	return out
 }
 
-// waitCounters waits until every sidecar's counter has moved past base.
+// waitSidecarCounters waits until every sidecar's counter has moved past base.
 func waitSidecarCounters(t *testing.T, scs []*sidecartest.Sidecar, base []float64, timeout time.Duration, name string, labels ...string) {
 	t.Helper()
 	pollFor(t, timeout, name+" moved in every sidecar", func() (bool, string) {
@@ -468,19 +479,26 @@ func waitSidecarCounters(t *testing.T, scs []*sidecartest.Sidecar, base []float6
 	})
 }
 
-// fetchX509 fetches uid's X.509-SVID from the Workload API.
+// fetchX509As fetches uid's X.509-SVID from the Workload API, waiting up
+// to 30 s for the agent to serve one.
 func fetchX509As(t *testing.T, s *spiretest.SPIRE, uid int) *x509svid.SVID {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	svid, err := s.FetchX509SVID(ctx, uid)
+	svid, err := fetchX509Within(t.Context(), s, uid, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return svid
 }
 
-// identitySerial is the serial of the SVID a sidecar holds, from its
+// fetchX509Within fetches uid's X.509-SVID from the Workload API, waiting
+// at most timeout for the agent to serve one.
+func fetchX509Within(ctx context.Context, s *spiretest.SPIRE, uid int, timeout time.Duration) (*x509svid.SVID, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	return s.FetchX509SVID(ctx, uid)
+}
+
+// heldSerial is the serial of the SVID a sidecar holds, from its
 // /debug/identity page.
 func heldSerial(t *testing.T, sc *sidecartest.Sidecar) string {
 	t.Helper()

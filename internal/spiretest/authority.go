@@ -68,7 +68,7 @@ func (s *SPIRE) Authorities(ctx context.Context, kind AuthorityKind) (Authoritie
 		resp, err = s.localAuthority().GetX509AuthorityState(ctx, &localauthorityv1.GetX509AuthorityStateRequest{})
 	}
 	if err != nil {
-		return Authorities{}, fmt.Errorf("spiretest: %s authority state: %w", kind, err)
+		return Authorities{}, fmt.Errorf("spiretest: %s authority state in %s: %w", kind, s.td, err)
 	}
 	return Authorities{
 		Active:   resp.GetActive().GetAuthorityId(),
@@ -96,10 +96,10 @@ func (s *SPIRE) PrepareAuthority(ctx context.Context, kind AuthorityKind) (strin
 		}
 	}
 	if err != nil {
-		return "", fmt.Errorf("spiretest: preparing a %s authority: %w", kind, err)
+		return "", fmt.Errorf("spiretest: preparing a %s authority in %s: %w", kind, s.td, err)
 	}
 	if st.GetAuthorityId() == "" {
-		return "", fmt.Errorf("spiretest: preparing a %s authority: no authority ID returned", kind)
+		return "", fmt.Errorf("spiretest: preparing a %s authority in %s: no authority ID returned", kind, s.td)
 	}
 	return st.GetAuthorityId(), nil
 }
@@ -114,7 +114,7 @@ func (s *SPIRE) ActivateAuthority(ctx context.Context, kind AuthorityKind, id st
 		_, err = s.localAuthority().ActivateX509Authority(ctx, &localauthorityv1.ActivateX509AuthorityRequest{AuthorityId: id})
 	}
 	if err != nil {
-		return fmt.Errorf("spiretest: activating %s authority %s: %w", kind, id, err)
+		return fmt.Errorf("spiretest: activating %s authority %s in %s: %w", kind, id, s.td, err)
 	}
 	return nil
 }
@@ -129,7 +129,7 @@ func (s *SPIRE) TaintAuthority(ctx context.Context, kind AuthorityKind, id strin
 		_, err = s.localAuthority().TaintX509Authority(ctx, &localauthorityv1.TaintX509AuthorityRequest{AuthorityId: id})
 	}
 	if err != nil {
-		return fmt.Errorf("spiretest: tainting %s authority %s: %w", kind, id, err)
+		return fmt.Errorf("spiretest: tainting %s authority %s in %s: %w", kind, id, s.td, err)
 	}
 	return nil
 }
@@ -144,7 +144,7 @@ func (s *SPIRE) RevokeAuthority(ctx context.Context, kind AuthorityKind, id stri
 		_, err = s.localAuthority().RevokeX509Authority(ctx, &localauthorityv1.RevokeX509AuthorityRequest{AuthorityId: id})
 	}
 	if err != nil {
-		return fmt.Errorf("spiretest: revoking %s authority %s: %w", kind, id, err)
+		return fmt.Errorf("spiretest: revoking %s authority %s in %s: %w", kind, id, s.td, err)
 	}
 	return nil
 }
@@ -165,28 +165,42 @@ func (s *SPIRE) ServerSVIDAuthority(ctx context.Context) (string, error) {
 	return AuthorityID(certs[0]), nil
 }
 
-// AgentSVIDAuthority returns the ID of the authority that signed the
-// agent's own SVID, as the agent last stored it in its data directory.
-func (s *SPIRE) AgentSVIDAuthority() (string, error) {
+// AgentSVID returns the agent's own X.509-SVID chain, leaf first, as the
+// agent last stored it in its data directory.
+func (s *SPIRE) AgentSVID() ([]*x509.Certificate, error) {
 	b, err := os.ReadFile(filepath.Join(s.dir, "agent", "data", "agent-data.json"))
 	if err != nil {
-		return "", fmt.Errorf("spiretest: reading the agent's SVID: %w", err)
+		return nil, fmt.Errorf("spiretest: reading the agent's SVID: %w", err)
 	}
 	var data struct {
 		SVID [][]byte `json:"svid"`
 	}
 	if err := json.Unmarshal(b, &data); err != nil || len(data.SVID) == 0 {
-		return "", fmt.Errorf("spiretest: no SVID in the agent's data (%v)", err)
+		return nil, fmt.Errorf("spiretest: no SVID in the agent's data (%v)", err)
 	}
-	blk, _ := pem.Decode(data.SVID[0])
-	if blk == nil {
-		return "", errors.New("spiretest: the agent's stored SVID is not PEM")
+	chain := make([]*x509.Certificate, 0, len(data.SVID))
+	for _, p := range data.SVID {
+		blk, _ := pem.Decode(p)
+		if blk == nil {
+			return nil, errors.New("spiretest: the agent's stored SVID is not PEM")
+		}
+		cert, err := x509.ParseCertificate(blk.Bytes)
+		if err != nil {
+			return nil, fmt.Errorf("spiretest: the agent's stored SVID: %w", err)
+		}
+		chain = append(chain, cert)
 	}
-	cert, err := x509.ParseCertificate(blk.Bytes)
+	return chain, nil
+}
+
+// AgentSVIDAuthority returns the ID of the authority that signed the
+// agent's own SVID, as the agent last stored it in its data directory.
+func (s *SPIRE) AgentSVIDAuthority() (string, error) {
+	chain, err := s.AgentSVID()
 	if err != nil {
-		return "", fmt.Errorf("spiretest: the agent's stored SVID: %w", err)
+		return "", err
 	}
-	return AuthorityID(cert), nil
+	return AuthorityID(chain[0]), nil
 }
 
 // FetchX509SVID fetches, with its key, the X.509-SVID that the Workload

@@ -56,6 +56,10 @@ type Options struct {
 	// the servers through a front that connects each new connection to the
 	// first server that accepts it, as a Kubernetes Service would.
 	SecondServer bool
+	// Federation, if set, gives the server a bundle endpoint and
+	// federation relationships (see StartFederated). Not with
+	// SecondServer, whose server would bind the same endpoint port.
+	Federation *Federation
 }
 
 // SPIRE is a running SPIRE server and agent.
@@ -256,7 +260,7 @@ func (s *SPIRE) serverConf(dir string, port int) string {
   ca_ttl = %q
   default_x509_svid_ttl = %q
   default_jwt_svid_ttl = %q
-}
+%s}
 plugins {
   DataStore "sql" {
     plugin_data {
@@ -273,7 +277,7 @@ plugins {
   }
 }
 `, port, filepath.Join(s.dir, dir, "api.sock"), s.td.Name(), filepath.Join(s.dir, dir, "data"),
-		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL, datastore,
+		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL, s.federationConf(), datastore,
 		filepath.Join(s.dir, dir, "data", "keys.json"))
 }
 
