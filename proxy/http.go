@@ -8,9 +8,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -21,6 +23,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/edge"
+	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/proxy/txn"
 )
@@ -61,6 +64,12 @@ type InboundHTTP struct {
 	TxnMinters authz.Policy
 	// RequireTxn refuses requests that carry no transaction token.
 	RequireTxn bool
+	// ResponseHeaderTimeout bounds the wait for the app's response headers
+	// once a request is sent to it; past it the request is answered 504
+	// with the reason "app_timeout". Zero, the default, waits as long as
+	// the peer does (its cancellation reaches the app), since long polls
+	// and gRPC streams may hold their headers back.
+	ResponseHeaderTimeout time.Duration
 }
 
 // OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
@@ -75,7 +84,8 @@ type OutboundHTTP struct {
 	// own Authorization; default X-Credflow-Jwt-Svid.
 	TokenHeader string
 	// Pool is the number of HTTP/2 connections kept to the upstream;
-	// default 2.
+	// default 2. A request waits at most DialTimeout+HandshakeTimeout for
+	// one of them, then is answered 502 upstream_unavailable.
 	Pool int
 	// Exchange makes this listener the edge of the mesh: the app's
 	// "Authorization: Bearer" token is validated as an external token and
@@ -151,17 +161,46 @@ type httpInbound struct {
 	proxy *httputil.ReverseProxy
 
 	mu   sync.Mutex
-	open map[net.Conn]chan struct{} // closed when the server closes the conn
+	open map[net.Conn]*httpConn
 }
+
+// A client connection of an HTTP listener (inbound or outbound) on which
+// at least prematureResetMin forwarded requests, and more than half of
+// all it forwarded, were cancelled by the client within
+// prematureResetWindow of their arrival and before a response, is closed
+// with the reason "rapid_reset": HTTP/2 rapid reset (CVE-2023-44487) makes
+// the app or the upstream do work the client never waits for. net/http
+// already caps each connection's concurrent streams and handlers.
+const (
+	prematureResetMin    = 100
+	prematureResetWindow = time.Second
+)
+
+// httpConn is a client connection of a listener's HTTP server: an mTLS
+// connection of an inbound listener, or an app connection of an outbound
+// one.
+type httpConn struct {
+	c         *conn         // inbound: the tracked connection
+	nc        net.Conn      // outbound: the app's connection
+	closed    chan struct{} // inbound: closed when the server is done with it
+	served    atomic.Bool   // a request has reached the handler
+	forwarded atomic.Int64  // requests forwarded
+	premature atomic.Int64  // of those, cancelled early by the client
+	reset     atomic.Bool   // closed for rapid reset
+}
+
+// httpConnKey is the context key of a request's *httpConn.
+type httpConnKey struct{}
 
 func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "Authorization"
 	}
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
-		MaxIdleConnsPerHost: 64,
-		IdleConnTimeout:     90 * time.Second,
+		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		MaxIdleConnsPerHost:   64,
+		IdleConnTimeout:       90 * time.Second,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
 	}
 	if cfg.AppH2C {
 		tr.Protocols = new(http.Protocols)
@@ -178,7 +217,20 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		},
 		Transport:     tr,
 		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				// The peer went away (stream reset, connection closed):
+				// nobody to answer, and not the app's doing.
+				p.m.refused(l.dir, "client_canceled", true)
+				return
+			}
+			var oe *net.OpError
+			if isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
+				p.m.refused(l.dir, "app_timeout", true)
+				deny(w, r, http.StatusGatewayTimeout, 4, "app_timeout")
+				return
+			}
 			p.m.refused(l.dir, "app_unavailable", true)
 			deny(w, r, http.StatusBadGateway, 14, "app_unavailable")
 		},
@@ -190,14 +242,23 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnState:         h.connState,
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return context.WithValue(ctx, httpConnKey{}, h.open[c])
+		},
 	}
-	h.open = make(map[net.Conn]chan struct{})
+	h.open = make(map[net.Conn]*httpConn)
 	return h
 }
 
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
+	if hc != nil {
+		hc.served.Store(true)
+	}
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
 	if err != nil {
 		deny(w, r, http.StatusForbidden, 7, "invalid_svid")
@@ -241,7 +302,35 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	r.Header.Set(PeerHeader, peer.String())
 	r.URL.Path, r.URL.RawPath = path, ""
 	p.httpAccess(l, start, peer, r, "allow", "", 0)
-	h.proxy.ServeHTTP(w, r)
+	p.forward(l, hc, h.proxy, w, r, start)
+}
+
+// forward serves r with rp and counts it towards its connection's
+// rapid-reset limit if the client cancels it early.
+func (p *Proxy) forward(l *listener, hc *httpConn, rp http.Handler, w http.ResponseWriter, r *http.Request, start time.Time) {
+	if hc == nil {
+		rp.ServeHTTP(w, r)
+		return
+	}
+	hc.forwarded.Add(1)
+	rp.ServeHTTP(w, r) // a response cut off mid-body panics out of here
+	if r.Context().Err() == nil || time.Since(start) >= prematureResetWindow {
+		return
+	}
+	n := hc.premature.Add(1)
+	if n < prematureResetMin || 2*n <= hc.forwarded.Load() || !hc.reset.CompareAndSwap(false, true) {
+		return
+	}
+	p.m.closedBySidecar(l.dir, "rapid_reset")
+	attrs := []any{slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, "rapid_reset")}
+	if hc.c == nil {
+		p.log.Info("proxy: closing app connection", attrs...)
+		hc.nc.Close()
+		return
+	}
+	hc.c.closedBy.Store("rapid_reset")
+	p.log.Info("proxy: closing connection", append(attrs, slog.String(logkey.PeerID, hc.c.peer.String()))...)
+	hc.c.close()
 }
 
 // checkJWT validates the request's JWT-SVID: audience this workload,
@@ -339,7 +428,7 @@ func deny(w http.ResponseWriter, r *http.Request, status, grpcCode int, reason s
 type httpOutbound struct {
 	cfg      OutboundHTTP
 	srv      *http.Server
-	tr       *http.Transport
+	pool     *upstreamPool
 	audience string
 }
 
@@ -356,33 +445,30 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	}
 	tlsConf := l.tls.Clone()
 	tlsConf.NextProtos = []string{"h2"}
-	h.tr = &http.Transport{
-		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
-			if err != nil {
-				p.m.refused(l.dir, "upstream_unavailable", true)
-				return nil, err
-			}
-			tc := tls.Client(raw, tlsConf)
-			if _, err := p.handshake(ctx, l, tc); err != nil {
-				raw.Close()
-				p.refuse(l, time.Now(), err, "peer_refused", "tcp")
-				return nil, err
-			}
-			return tc, nil
-		},
-		ForceAttemptHTTP2: true,
-		MaxConnsPerHost:   cfg.Pool,
-		IdleConnTimeout:   p.cfg.IdleTimeout,
-	}
+	h.pool = newUpstreamPool(func(g *poolGen) *http.Transport {
+		return &http.Transport{
+			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+				return p.dialUpstream(ctx, l, tlsConf, g)
+			},
+			ForceAttemptHTTP2: true,
+			MaxConnsPerHost:   cfg.Pool,
+			IdleConnTimeout:   p.cfg.IdleTimeout,
+		}
+	})
 	rp := &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     h.tr,
+		Transport:     connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 		FlushInterval: -1,
+		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			if r.Context().Err() != nil {
+				p.m.refused(l.dir, "client_canceled", true) // the app went away
+				return
+			}
+			p.m.refused(l.dir, "upstream_unavailable", true)
 			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 			deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
 		},
@@ -392,6 +478,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	protocols.SetUnencryptedHTTP2(true)
 	h.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			start := time.Now()
 			if h.cfg.Exchange {
 				if reason := p.exchange(r, h); reason != "" {
 					p.m.refused(l.dir, reason, false)
@@ -404,15 +491,49 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
 				return
 			}
-			rp.ServeHTTP(w, r)
+			hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
+			p.forward(l, hc, rp, w, r, start)
 		}),
 		Protocols:         protocols,
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
+			return context.WithValue(ctx, httpConnKey{}, &httpConn{nc: c})
+		},
 	}
 	return h
+}
+
+// errNoUpstreamConn fails a request that got no upstream connection in
+// time.
+var errNoUpstreamConn = errors.New("proxy: no upstream connection in time")
+
+// connectBound fails a request that has not got a connection from rt
+// within limit: while the upstream is down or stuck, requests queued for
+// the pool would otherwise wait a dial and handshake timeout each for
+// every request ahead of them.
+type connectBound struct {
+	rt    http.RoundTripper
+	limit time.Duration
+}
+
+func (b connectBound) RoundTrip(r *http.Request) (*http.Response, error) {
+	// The context ends with the request's (its server ends it when the
+	// handler returns), so the response body is read under it.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	timer := time.AfterFunc(b.limit, func() { cancel(errNoUpstreamConn) })
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { timer.Stop() }})
+	resp, err := b.rt.RoundTrip(r.WithContext(ctx))
+	if err != nil {
+		timer.Stop()
+		if cause := context.Cause(ctx); errors.Is(cause, errNoUpstreamConn) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+		cancel(nil)
+	}
+	return resp, err
 }
 
 // exchange replaces the app's external bearer token with a transaction
@@ -497,6 +618,11 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 // serveHTTPConn hands an authorized mTLS connection to the listener's HTTP
 // server and tracks it until the server closes it, so that revalidation
 // can close it and its slot is held while it is open.
+//
+// The connection must bring a complete first request within the header
+// timeout (HandshakeTimeout) or it is closed with the reason
+// "header_timeout": net/http bounds HTTP/1 request headers itself, but not
+// an HTTP/2 connection that never completes a header block.
 func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState, peer spiffeid.ID, notAfter time.Time) {
 	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { tc.Close() }}
 	p.mu.Lock()
@@ -505,24 +631,36 @@ func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState
 	p.mu.Unlock()
 	p.m.started(l.dir)
 	p.m.established(l.dir, cs)
-	closed := make(chan struct{})
-	l.httpIn.track(tc, closed)
+	hc := &httpConn{c: c, closed: make(chan struct{})}
+	l.httpIn.track(tc, hc)
+	start := time.Now()
+	timer := time.AfterFunc(p.cfg.HandshakeTimeout, func() {
+		if !hc.served.Load() {
+			tc.Close()
+		}
+	})
 	if !l.httpIn.ln.give(tc) {
 		tc.Close()
-		close(closed)
+		close(hc.closed)
 	}
-	<-closed // the slot is held until the HTTP server closes the connection
+	<-hc.closed // the slot is held until the HTTP server closes the connection
+	timer.Stop()
+	if !hc.served.Load() && time.Since(start) >= p.cfg.HandshakeTimeout {
+		// Closed by the timer, or by net/http's own header timeout.
+		p.m.refused(l.dir, "header_timeout", false)
+		p.access(l, start, peer, cs, "deny", "header_timeout", relay.Result{}, "http")
+	}
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()
 	p.m.finished(l.dir, 0, 0)
 }
 
-// track arranges for closed to be closed when the server is done with c.
-func (h *httpInbound) track(c net.Conn, closed chan struct{}) {
+// track arranges for hc.closed to be closed when the server is done with c.
+func (h *httpInbound) track(c net.Conn, hc *httpConn) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.open[c] = closed
+	h.open[c] = hc
 }
 
 func (h *httpInbound) connState(c net.Conn, s http.ConnState) {
@@ -530,10 +668,10 @@ func (h *httpInbound) connState(c net.Conn, s http.ConnState) {
 		return
 	}
 	h.mu.Lock()
-	ch, ok := h.open[c]
+	hc, ok := h.open[c]
 	delete(h.open, c)
 	h.mu.Unlock()
 	if ok {
-		close(ch)
+		close(hc.closed)
 	}
 }

@@ -21,7 +21,8 @@ import (
 //	                                                      established mTLS connections by key-exchange group and TLS version
 //	credflow_bytes_total{direction,flow}                  bytes relayed, flow = from_app or to_app
 //	credflow_active_connections{direction}                connections being relayed now
-//	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired, policy_revoked
+//	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired,
+//	                                                      policy_revoked, rapid_reset (HTTP: too many requests cancelled early)
 //	credflow_classical_connections_total{direction,trust_domain}
 //	                                                      connections that negotiated a classical group under
 //	                                                      hybrid-preferred, by peer trust domain (first 32, then "other")
@@ -85,7 +86,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"direction"}),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_connections_closed_total",
-			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked).",
+			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked, rapid_reset).",
 		}, []string{"direction", "reason"}),
 		classical: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_classical_connections_total",

@@ -391,7 +391,7 @@ func (p *Proxy) closeListeners() {
 		}
 		if l.httpOut != nil {
 			l.httpOut.srv.Close()
-			l.httpOut.tr.CloseIdleConnections()
+			l.httpOut.pool.closeIdle()
 		}
 	}
 }
@@ -788,6 +788,11 @@ func (p *Proxy) revalidate(ctx context.Context) {
 			}
 		}
 		p.mu.Unlock()
+		for _, l := range p.listeners {
+			if l.httpOut != nil {
+				l.httpOut.pool.sweep()
+			}
+		}
 		for _, c := range doomed {
 			reason, _ := c.closedBy.Load().(string)
 			p.m.closedBySidecar(c.l.dir, reason)

@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -67,7 +68,17 @@ func TestMetricSeriesBounded(t *testing.T) {
 	get("/outside/first", "")
 	get("/api/first", mint(0))
 	otherPeer(0)
+	// The peer's connection ends after echoOnce returns, and its end adds
+	// series: wait until the counts hold still.
 	inBase, outBase := seriesCount(t, hp.in.reg), seriesCount(t, hp.out.reg)
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		in, out := seriesCount(t, hp.in.reg), seriesCount(t, hp.out.reg)
+		if in == inBase && out == outBase {
+			break
+		}
+		inBase, outBase = in, out
+	}
 
 	for i := range 8000 * scale {
 		if code := get(fmt.Sprintf("/outside/%d/x%d", i, i*7), ""); code != 403 {

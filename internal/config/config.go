@@ -178,9 +178,10 @@ type file struct {
 		Allow  []string `yaml:"allow"`
 		QUIC   string   `yaml:"quic_listen"`
 
-		Protocol    string `yaml:"protocol"`
-		AppProtocol string `yaml:"app_protocol"`
-		Routes      []struct {
+		Protocol           string   `yaml:"protocol"`
+		AppProtocol        string   `yaml:"app_protocol"`
+		AppResponseTimeout duration `yaml:"app_response_timeout"`
+		Routes             []struct {
 			Peers   []string `yaml:"peers"`
 			Methods []string `yaml:"methods"`
 			Paths   []string `yaml:"paths"`
@@ -405,11 +406,12 @@ func Parse(data []byte) (*Config, error) {
 		ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC}
 		switch in.Protocol {
 		case "", "tcp":
-			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 {
-				fail(field+".protocol", "routes, jwt, txn_token and app_protocol need protocol: http")
+			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 || in.AppResponseTimeout.set {
+				fail(field+".protocol", "routes, jwt, txn_token, app_protocol and app_response_timeout need protocol: http")
 			}
 		case "http":
-			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass}
+			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass,
+				ResponseHeaderTimeout: in.AppResponseTimeout.or(0)}
 			h.Routes.CaseInsensitive = in.CaseInsensitivePaths
 			switch in.AppProtocol {
 			case "", "http1":
