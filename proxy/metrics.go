@@ -31,6 +31,8 @@ import (
 //	credflow_quic_fallbacks_total{reason}                 outbound app connections sent over TCP instead: timeout,
 //	                                                      handshake_failed, recently_failed, stream_limit
 //	credflow_quic_handshake_duration_seconds{direction}   outbound QUIC handshake time (histogram)
+//	credflow_quic_retries_total                           inbound QUIC connection attempts answered with a Retry
+//	                                                      (past quic.handshake_rate per second)
 //	credflow_jwt_tokens_total{op}                         tokens in HTTP mode: JWT-SVIDs attached (outbound) and
 //	                                                      validated (inbound); transaction tokens minted (edge
 //	                                                      outbound) and txn_verified (inbound)
@@ -47,6 +49,7 @@ type Metrics struct {
 	quicConns     *prometheus.CounterVec
 	quicStreams   *prometheus.CounterVec
 	quicFallbacks *prometheus.CounterVec
+	quicRetries   prometheus.Counter
 	quicHandshake *prometheus.HistogramVec
 	tokens        *prometheus.CounterVec
 
@@ -104,6 +107,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_quic_fallbacks_total",
 			Help: "Outbound app connections sent over TCP because QUIC was unavailable, by reason (timeout, handshake_failed, recently_failed, stream_limit).",
 		}, []string{"reason"}),
+		quicRetries: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "credflow_quic_retries_total",
+			Help: "Inbound QUIC connection attempts answered with a Retry (source-address validation), past quic.handshake_rate new connections per second.",
+		}),
 		quicHandshake: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "credflow_quic_handshake_duration_seconds",
 			Help:    "Duration of outbound QUIC handshakes, successful or not.",
@@ -116,7 +123,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
 	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
-		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicHandshake, m.tokens)
+		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens)
 	return m
 }
 
@@ -188,6 +195,12 @@ func (m *Metrics) quicConn(dir direction) {
 func (m *Metrics) quicStream(dir direction) {
 	if m != nil {
 		m.quicStreams.WithLabelValues(string(dir)).Inc()
+	}
+}
+
+func (m *Metrics) quicRetry() {
+	if m != nil {
+		m.quicRetries.Inc()
 	}
 }
 

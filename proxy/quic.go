@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -56,6 +57,7 @@ const (
 	DefaultQUICIdleTimeout      = 60 * time.Second
 	DefaultQUICStreamWindow     = 1 << 20 // initial; grows to 8x
 	DefaultQUICConnWindow       = 4 << 20 // initial; grows to 8x
+	DefaultQUICHandshakeRate    = 100
 )
 
 // QUICLimits are the deliberate limits of QUIC connections. Zero fields
@@ -70,6 +72,13 @@ type QUICLimits struct {
 	// IdleTimeout closes a QUIC connection with no traffic. Default 60s
 	// (keep-alives are sent at a third of it while streams are open).
 	IdleTimeout time.Duration
+	// HandshakeRate is how many new QUIC connections per second an
+	// inbound listener takes without validating the client's address;
+	// past it each attempt is first answered with a Retry, which holds no
+	// state on the server, so a flood of Initial packets (spoofed or not)
+	// cannot make it keep thousands of half-open handshakes. Default 100
+	// (a sidecar holds one QUIC connection per peer sidecar).
+	HandshakeRate float64
 	// StreamWindow and ConnWindow are the initial flow-control windows;
 	// each may grow to eight times its initial size. Defaults 1 MiB and
 	// 4 MiB.
@@ -148,7 +157,14 @@ func (p *Proxy) listenQUIC(l *listener) error {
 	if err != nil {
 		return fmt.Errorf("proxy: listener %q QUIC: %w", l.name, err)
 	}
-	tr := &quic.Transport{Conn: udp}
+	gate := newRateGate(cmp.Or(p.cfg.QUIC.HandshakeRate, DefaultQUICHandshakeRate))
+	tr := &quic.Transport{Conn: udp, VerifySourceAddress: func(net.Addr) bool {
+		if gate.allow(time.Now()) {
+			return false
+		}
+		p.m.quicRetry()
+		return true
+	}}
 	tlsConf := l.tls.Clone()
 	tlsConf.NextProtos = []string{ALPN}
 	// quic-go completes handshakes itself: record refusals here.
@@ -457,4 +473,30 @@ func (q *quicPool) close() {
 	}
 	q.mu.Unlock()
 	q.tr.Close()
+}
+
+// rateGate is a token bucket of rate tokens per second, holding at most
+// one second's worth.
+type rateGate struct {
+	mu     sync.Mutex
+	rate   float64
+	tokens float64
+	last   time.Time
+}
+
+func newRateGate(rate float64) *rateGate {
+	return &rateGate{rate: rate, tokens: rate, last: time.Now()}
+}
+
+// allow takes a token if there is one.
+func (g *rateGate) allow(now time.Time) bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.tokens = min(g.rate, g.tokens+now.Sub(g.last).Seconds()*g.rate)
+	g.last = now
+	if g.tokens < 1 {
+		return false
+	}
+	g.tokens--
+	return true
 }

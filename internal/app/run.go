@@ -213,6 +213,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 			MaxStreams:       cfg.QUICMaxStreams,
 			HandshakeTimeout: cfg.QUICHandshakeTimeout,
 			IdleTimeout:      cfg.QUICIdleTimeout,
+			HandshakeRate:    cfg.QUICHandshakeRate,
 		},
 		Logger:    log,
 		AccessLog: log,

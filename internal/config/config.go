@@ -79,6 +79,7 @@ type Config struct {
 	QUICMaxStreams       int64
 	QUICHandshakeTimeout time.Duration
 	QUICIdleTimeout      time.Duration
+	QUICHandshakeRate    float64
 }
 
 // Edge is the validated edge-exchange configuration.
@@ -170,6 +171,7 @@ type file struct {
 		MaxStreams       int64    `yaml:"max_streams"`
 		HandshakeTimeout duration `yaml:"handshake_timeout"`
 		IdleTimeout      duration `yaml:"idle_timeout"`
+		HandshakeRate    float64  `yaml:"handshake_rate"`
 	} `yaml:"quic"`
 	Inbound []struct {
 		Name   string   `yaml:"name"`
@@ -534,6 +536,9 @@ func Parse(data []byte) (*Config, error) {
 		c.Outbound = append(c.Outbound, o)
 	}
 	c.QUICMaxStreams, c.QUICHandshakeTimeout, c.QUICIdleTimeout = f.QUIC.MaxStreams, f.QUIC.HandshakeTimeout.or(0), f.QUIC.IdleTimeout.or(0)
+	if c.QUICHandshakeRate = f.QUIC.HandshakeRate; c.QUICHandshakeRate < 0 {
+		fail("quic.handshake_rate", "must be positive")
+	}
 	if c.QUICMaxStreams < 0 {
 		fail("quic.max_streams", "must be positive")
 	}
