@@ -34,7 +34,7 @@ type soakSample struct {
 
 // soakFigures are read from each sidecar's /metrics; "series" counts its
 // metric series.
-var soakFigures = []string{"go_goroutines", "process_open_fds", "process_resident_memory_bytes", "series"}
+var soakFigures = []string{"go_goroutines", "process_open_fds", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes", "series"}
 
 // TestE2ESoak is L7: real SPIRE with 20 s X.509-SVIDs and 1 min JWT-SVIDs;
 // steady TCP and HTTP (JWT-SVID) traffic through a frontend and a backend
@@ -180,7 +180,7 @@ func TestE2ESoak(t *testing.T) {
 				var v float64
 				fmt.Sscan(f[len(f)-1], &v)
 				switch name = strings.Fields(name)[0]; name {
-				case "go_goroutines", "process_open_fds", "process_resident_memory_bytes":
+				case "go_goroutines", "process_open_fds", "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes":
 					sm.Figures[sc.Name+"/"+name] = v
 				case "credflow_svid_rotations_total":
 					sm.Rotations += v
@@ -221,30 +221,32 @@ func TestE2ESoak(t *testing.T) {
 	}
 }
 
-// soakVerdict compares the first and last thirds of the run after the
-// warm-up for one figure of one sidecar.
+// soakVerdict judges one figure of one sidecar over the run after the
+// warm-up: the means of its first and last thirds, and its trend (the
+// least-squares slope times the length of that part of the run).
 type soakVerdict struct {
 	Sidecar, Figure string
-	First, Last     float64 // mean of the first and last thirds
-	Max             float64 // over the whole run after the warm-up
-	Allowed         float64 // the most Last may exceed First by
+	First, Last     float64 // means of the first and last thirds
+	Max             float64 // over the run after the warm-up
+	Trend           float64 // fitted growth from the warm-up to the end
+	Allowed         float64 // the most Last may exceed First by, and Trend may reach
 	Flat            bool
 }
 
 func (v soakVerdict) String() string {
 	unit, div := "", 1.0
-	if v.Figure == "process_resident_memory_bytes" {
+	if strings.HasSuffix(v.Figure, "_bytes") {
 		unit, div = " MiB", 1<<20
 	}
-	return fmt.Sprintf("%s %s: first third %.1f%s, last third %.1f%s (max %.1f%s, allowed +%.1f%s)",
-		v.Sidecar, v.Figure, v.First/div, unit, v.Last/div, unit, v.Max/div, unit, v.Allowed/div, unit)
+	return fmt.Sprintf("%s %s: first third %.1f%s, last third %.1f%s, max %.1f%s, trend %+.1f%s (allowed +%.1f%s)",
+		v.Sidecar, v.Figure, v.First/div, unit, v.Last/div, unit, v.Max/div, unit, v.Trend/div, unit, v.Allowed/div, unit)
 }
 
 // soakVerdicts judges flatness. The allowances cover what is in flight at
 // the moment of a sample (a request holds a few goroutines and
 // descriptors) and the Go heap's breathing, not a trend: a leak of one
-// goroutine or descriptor per request, or per rotation, exceeds them
-// within minutes.
+// goroutine or descriptor per request or per rotation exceeds them within
+// minutes, and so does memory growing by a tenth over the run.
 func soakVerdicts(samples []soakSample, warmup float64, sidecars []*sidecartest.Sidecar) []soakVerdict {
 	var steady []soakSample
 	for _, s := range samples {
@@ -260,25 +262,40 @@ func soakVerdicts(samples []soakSample, warmup float64, sidecars []*sidecartest.
 		}
 		return sum / float64(len(ss))
 	}
+	// trend fits y = a + b·t over the steady samples and returns b times
+	// their time span.
+	trend := func(key string) float64 {
+		n := float64(len(steady))
+		var st, sy, stt, sty float64
+		for _, s := range steady {
+			y := s.Figures[key]
+			st, sy, stt, sty = st+s.At, sy+y, stt+s.At*s.At, sty+s.At*y
+		}
+		den := n*stt - st*st
+		if n < 2 || den == 0 {
+			return 0
+		}
+		return (n*sty - st*sy) / den * (steady[len(steady)-1].At - steady[0].At)
+	}
 	var out []soakVerdict
 	for _, sc := range sidecars {
 		for _, fig := range soakFigures {
 			key := sc.Name + "/" + fig
-			v := soakVerdict{Sidecar: sc.Name, Figure: fig, First: mean(steady[:third], key), Last: mean(steady[len(steady)-third:], key)}
+			v := soakVerdict{Sidecar: sc.Name, Figure: fig, First: mean(steady[:third], key), Last: mean(steady[len(steady)-third:], key), Trend: trend(key)}
 			for _, s := range steady {
 				v.Max = max(v.Max, s.Figures[key])
 			}
 			switch fig {
 			case "go_goroutines":
-				v.Allowed = 0.1*v.First + 10
+				v.Allowed = 0.1*v.First + 5
 			case "process_open_fds":
-				v.Allowed = 8
-			case "process_resident_memory_bytes":
-				v.Allowed = 0.15*v.First + 4<<20
+				v.Allowed = 4
+			case "process_resident_memory_bytes", "go_memstats_heap_inuse_bytes":
+				v.Allowed = 0.1*v.First + 1<<20
 			case "series":
 				v.Allowed = 0
 			}
-			v.Flat = v.Last <= v.First+v.Allowed
+			v.Flat = v.Last <= v.First+v.Allowed && v.Trend <= v.Allowed
 			out = append(out, v)
 		}
 	}
@@ -309,26 +326,26 @@ func writeSoak(dir string, env *bench.Environment, duration time.Duration, sampl
 		"connections and 20 HTTP requests/s with JWT-SVIDs, frontend → backend; a worker sidecar started,\n"+
 		"used (20 requests) and stopped every few minutes.\n\n")
 	fmt.Fprintf(&md, "- Requests: %d, failed: **%d**\n- Worker restarts: %d\n- SVID rotations (both sidecars): %.0f\n\n", last.OK, last.Failed, last.Churns, last.Rotations)
-	md.WriteString("| sidecar | figure | first third | last third | max | allowed growth | flat |\n|---|---|---:|---:|---:|---:|---|\n")
+	md.WriteString("| sidecar | figure | first third | last third | max | trend over the run | allowed growth | flat |\n|---|---|---:|---:|---:|---:|---:|---|\n")
 	for _, v := range verdicts {
 		f := func(x float64) string {
-			if v.Figure == "process_resident_memory_bytes" {
+			if strings.HasSuffix(v.Figure, "_bytes") {
 				return fmt.Sprintf("%.1f MiB", x/(1<<20))
 			}
 			return fmt.Sprintf("%.1f", x)
 		}
-		fmt.Fprintf(&md, "| %s | %s | %s | %s | %s | +%s | %v |\n", v.Sidecar, v.Figure, f(v.First), f(v.Last), f(v.Max), f(v.Allowed), v.Flat)
+		fmt.Fprintf(&md, "| %s | %s | %s | %s | %s | %s | +%s | %v |\n", v.Sidecar, v.Figure, f(v.First), f(v.Last), f(v.Max), f(v.Trend), f(v.Allowed), v.Flat)
 	}
 	md.WriteString("\nSamples (every row is one reading of both sidecars):\n\n| s | requests | failed | rotations |")
 	for _, sc := range []string{"backend", "frontend"} {
-		fmt.Fprintf(&md, " %s goroutines | %s fds | %s RSS MiB | %s series |", sc, sc, sc, sc)
+		fmt.Fprintf(&md, " %s goroutines | %s fds | %s RSS MiB | %s heap MiB | %s series |", sc, sc, sc, sc, sc)
 	}
-	md.WriteString("\n|" + strings.Repeat("---:|", 12) + "\n")
+	md.WriteString("\n|" + strings.Repeat("---:|", 14) + "\n")
 	for _, s := range samples {
 		fmt.Fprintf(&md, "| %.0f | %d | %d | %.0f |", s.At, s.OK, s.Failed, s.Rotations)
 		for _, sc := range []string{"backend", "frontend"} {
-			fmt.Fprintf(&md, " %.0f | %.0f | %.1f | %.0f |", s.Figures[sc+"/go_goroutines"], s.Figures[sc+"/process_open_fds"],
-				s.Figures[sc+"/process_resident_memory_bytes"]/(1<<20), s.Figures[sc+"/series"])
+			fmt.Fprintf(&md, " %.0f | %.0f | %.1f | %.1f | %.0f |", s.Figures[sc+"/go_goroutines"], s.Figures[sc+"/process_open_fds"],
+				s.Figures[sc+"/process_resident_memory_bytes"]/(1<<20), s.Figures[sc+"/go_memstats_heap_inuse_bytes"]/(1<<20), s.Figures[sc+"/series"])
 		}
 		md.WriteString("\n")
 	}

@@ -338,8 +338,12 @@ type verified struct {
 }
 
 // maxVerified bounds the cache; when full it is emptied, which costs one
-// verification per peer afterwards.
-const maxVerified = 4096
+// verification per peer afterwards. From sweepVerified entries on, expired
+// ones are dropped at each insertion.
+const (
+	maxVerified   = 4096
+	sweepVerified = 64
+)
 
 func newVerifyCache() *verifyCache {
 	return &verifyCache{m: make(map[[sha256.Size]byte]verified)}
@@ -383,10 +387,27 @@ func (vc *verifyCache) verify(chain []*x509.Certificate, bundles x509bundle.Sour
 		}
 	}
 	vc.mu.Lock()
+	if len(vc.m) >= sweepVerified {
+		// Each entry holds the bundle it was verified against; drop
+		// those whose chain has expired, so that the cache holds about
+		// as many entries as there are peer certificates in use.
+		for k, e := range vc.m {
+			if !now.Before(e.notAfter) {
+				delete(vc.m, k)
+			}
+		}
+	}
 	if len(vc.m) >= maxVerified {
 		clear(vc.m)
 	}
 	vc.m[key] = v
 	vc.mu.Unlock()
 	return id, nil
+}
+
+// len returns the number of verified chains remembered.
+func (vc *verifyCache) len() int {
+	vc.mu.Lock()
+	defer vc.mu.Unlock()
+	return len(vc.m)
 }
