@@ -86,7 +86,8 @@ lint:
 ## "context deadline exceeded" at the deadline without any failing input (golang/go#75804).
 FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
-	./proxy/txn:FuzzVerify ./proxy/edge:FuzzValidate
+	./proxy/txn:FuzzVerify ./proxy/edge:FuzzValidate ./proxy:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
+	./internal/inject:FuzzPatch
 FUZZ_EXECS ?= 50000
 
 fuzz-short:

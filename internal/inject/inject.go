@@ -125,9 +125,9 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	var p pod
-	if err := json.Unmarshal(podJSON, &p); err != nil {
-		return nil, "", fmt.Errorf("inject: the object is not a pod: %w", err)
+	p, noMetadata, err := parsePod(podJSON)
+	if err != nil {
+		return nil, "", err
 	}
 	if strings.EqualFold(p.Metadata.Annotations[AnnotationInject], "false") || strings.EqualFold(p.Metadata.Labels[AnnotationInject], "false") {
 		return nil, OptedOut, nil
@@ -166,12 +166,63 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 			ops = append(ops, Op{"add", "/spec/volumes/-", v})
 		}
 	}
-	if p.Metadata.Annotations == nil {
-		ops = append(ops, Op{"add", "/metadata/annotations", map[string]string{AnnotationStatus: string(Injected)}})
-	} else {
+	status := map[string]string{AnnotationStatus: string(Injected)}
+	switch {
+	case noMetadata:
+		ops = append(ops, Op{"add", "/metadata", map[string]any{"annotations": status}})
+	case p.Metadata.Annotations == nil:
+		ops = append(ops, Op{"add", "/metadata/annotations", status})
+	default:
 		ops = append(ops, Op{"add", "/metadata/annotations/" + escape(AnnotationStatus), string(Injected)})
 	}
 	return ops, Injected, nil
+}
+
+// parsePod reads the parts of a pod the injector uses, by their exact
+// names: encoding/json matches struct fields case-insensitively, while the
+// API server and the JSON Patch paths go by exact names. It reports whether
+// the pod has no metadata object at all.
+func parsePod(podJSON []byte) (p pod, noMetadata bool, err error) {
+	notPod := func(err error) (pod, bool, error) {
+		return pod{}, false, fmt.Errorf("inject: the object is not a pod: %w", err)
+	}
+	var top, meta, spec map[string]json.RawMessage
+	if err := json.Unmarshal(podJSON, &top); err != nil {
+		return notPod(err)
+	}
+	if err := json.Unmarshal(orNull(top["metadata"]), &meta); err != nil {
+		return notPod(err)
+	}
+	if err := json.Unmarshal(orNull(top["spec"]), &spec); err != nil {
+		return notPod(err)
+	}
+	for _, f := range []struct {
+		raw json.RawMessage
+		v   any
+	}{
+		{meta["name"], &p.Metadata.Name},
+		{meta["generateName"], &p.Metadata.GenerateName},
+		{meta["annotations"], &p.Metadata.Annotations},
+		{meta["labels"], &p.Metadata.Labels},
+		{spec["initContainers"], &p.Spec.InitContainers},
+		{spec["containers"], &p.Spec.Containers},
+		{spec["volumes"], &p.Spec.Volumes},
+	} {
+		if err := json.Unmarshal(orNull(f.raw), f.v); err != nil {
+			return notPod(err)
+		}
+	}
+	if len(p.Spec.Containers) == 0 {
+		return notPod(errors.New("spec.containers is empty"))
+	}
+	return p, meta == nil, nil
+}
+
+func orNull(raw json.RawMessage) json.RawMessage {
+	if len(raw) == 0 {
+		return json.RawMessage("null")
+	}
+	return raw
 }
 
 // escape is RFC 6901 escaping of a JSON Pointer token.

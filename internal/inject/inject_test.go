@@ -174,3 +174,30 @@ func TestHandler(t *testing.T) {
 		}
 	}
 }
+
+// FuzzPatch: whatever the API server sends as a pod, Patch never panics;
+// a patch it makes applies to that pod, and patching the result again is
+// a no-op.
+func FuzzPatch(f *testing.F) {
+	f.Add([]byte(plainPod))
+	f.Add([]byte(busyPod))
+	f.Add([]byte(`{"spec":{"containers":null,"initContainers":[{}]}}`))
+	f.Add([]byte(`{"spec":{"containers":[{"name":"a"}]}}`)) // no metadata: found by this target
+	f.Add([]byte(`{"metadata":null,"spec":{"containers":[{"name":"a"}],"volumes":null}}`))
+	f.Add([]byte(`{"metadata":{"annotations":{"credflow.io/inject":"false"}},"spec":{}}`))
+	f.Add([]byte(`{"spec":{"volumes":[{"name":"credflow-socket"}],"containers":[{"name":"x"}]}}`))
+	f.Fuzz(func(t *testing.T, pod []byte) {
+		ops, d, err := Patch(cfg, pod)
+		if err != nil || d != Injected {
+			return
+		}
+		out, err := Apply(pod, ops)
+		if err != nil {
+			t.Fatalf("the patch for an accepted pod does not apply: %v", err)
+		}
+		again, d, err := Patch(cfg, out)
+		if err != nil || d != AlreadyInjected || len(again) != 0 {
+			t.Fatalf("patching the injected pod again: %d ops, %v, %v", len(again), d, err)
+		}
+	})
+}

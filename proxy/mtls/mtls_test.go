@@ -2,6 +2,7 @@ package mtls_test
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"sync/atomic"
 	"testing"
@@ -189,4 +190,28 @@ func TestNoResumptionNearExpiry(t *testing.T) {
 			t.Errorf("server certificate with %v left: resumed %v, want second resumed = %v", c.left, resumed, c.resume)
 		}
 	}
+}
+
+// FuzzVerify: a peer's certificate, as bytes on the wire. Whatever
+// crypto/x509 parses, Verify never panics and never accepts it: nothing
+// the fuzzer makes is signed by the bundle's root.
+func FuzzVerify(f *testing.F) {
+	ca := testca.New(f, td)
+	bundles := x509bundle.NewSet(ca.Bundle())
+	for _, svid := range []*x509svid.SVID{
+		testca.New(f, td).Issue(f, spiffeid.RequireFromPath(td, "/client")),
+		testca.New(f, td).Issue(f, spiffeid.RequireFromPath(td, "/client"), testca.WithURIs("spiffe://example.org/a", "spiffe://example.org/b")),
+		testca.New(f, td).Issue(f, spiffeid.RequireFromPath(td, "/client"), testca.WithURIs("spiffe://example.org/a\x00b")),
+	} {
+		f.Add(svid.Certificates[0].Raw)
+	}
+	f.Fuzz(func(t *testing.T, der []byte) {
+		cert, err := x509.ParseCertificate(der)
+		if err != nil {
+			return
+		}
+		if id, err := mtls.Verify([]*x509.Certificate{cert}, bundles, x509.ExtKeyUsageClientAuth, time.Now()); err == nil {
+			t.Fatalf("a fuzzed certificate verified as %s", id)
+		}
+	})
 }
