@@ -327,3 +327,38 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+// FuzzJWKS: an issuer's key set as read from its file or URL. Loading
+// never panics; a set that does not parse is refused; from one that does,
+// a key is found only for a kid and algorithm it holds.
+func FuzzJWKS(f *testing.F) {
+	f.Add([]byte(`{"keys":[]}`), "k1", "ES256")
+	f.Add([]byte(`{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","x":"AA","y":"AA"}]}`), "k1", "ES256")
+	f.Add([]byte(`{"keys":[{"kty":"oct","kid":"k1","k":"c2VjcmV0"}]}`), "k1", "HS256")
+	f.Add([]byte(`{"keys":[{"kty":"RSA","kid":"","n":"AQAB","e":"AQAB"}]}`), "", "RS256")
+	f.Add([]byte(`not json`), "k1", "ES256")
+	dir := f.TempDir()
+	f.Fuzz(func(t *testing.T, data []byte, kid, alg string) {
+		path := filepath.Join(dir, "jwks.json")
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		ks, err := NewKeySet(KeySetConfig{File: path})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ks.Load(context.Background()) != nil {
+			return
+		}
+		k, err := ks.Key(context.Background(), kid, alg)
+		if err != nil || k == nil {
+			return
+		}
+		if kid != "" && k.KeyID != kid {
+			t.Fatalf("asked for kid %q, got %q", kid, k.KeyID)
+		}
+		if _, ok := k.Key.([]byte); ok {
+			t.Fatalf("a symmetric key was handed out for %s", alg)
+		}
+	})
+}
