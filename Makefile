@@ -64,7 +64,7 @@ soak: deps spire
 	CREDFLOW_SOAK_DURATION=$(SOAK_DURATION) CREDFLOW_SOAK_OUT=$(CURDIR)/docs/soak \
 		$(GO) test -count=1 -timeout 90m -run '^TestE2ESoak$$' -v ./internal/app/
 
-SOAK_PROXY_TESTS := ^TestHandshakeStorm$$
+SOAK_PROXY_TESTS := ^(TestHandshakeStorm|TestAbuse.*|TestQUICAbuse|TestMetricSeriesBounded)$$
 
 ## vulncheck: govulncheck over both modules, against the Go vulnerability database built from
 ## the golang.org/x/vulndb version pinned in tools/vulncheck (vuln.go.dev is not reachable here).

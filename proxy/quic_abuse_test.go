@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"fmt"
 	"net"
-	"os"
 	"runtime"
 	"runtime/debug"
 	"strconv"
@@ -45,7 +44,7 @@ func settleGoroutines(limit int) int {
 // CREDFLOW_SOAK=1 multiplies the flood by ten.
 func TestQUICAbuse(t *testing.T) {
 	scale := 1
-	if os.Getenv("CREDFLOW_SOAK") == "1" {
+	if longForm() {
 		scale = 10
 	}
 	ca := testca.New(t, td)

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"testing"
 	"time"
 
@@ -32,7 +31,7 @@ func seriesCount(t *testing.T, reg *prometheus.Registry) int {
 // been seen once. CREDFLOW_SOAK=1 multiplies the counts by ten.
 func TestMetricSeriesBounded(t *testing.T) {
 	scale := 1
-	if os.Getenv("CREDFLOW_SOAK") == "1" {
+	if longForm() {
 		scale = 10
 	}
 	hp := startHTTPPair(t, echoApp)

@@ -2,7 +2,6 @@ package proxy_test
 
 import (
 	"crypto/tls"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,7 +22,7 @@ import (
 // sends 4000 per policy instead of 200.
 func TestHandshakeStorm(t *testing.T) {
 	n := 200
-	if os.Getenv("CREDFLOW_SOAK") == "1" {
+	if longForm() {
 		n = 4000
 	}
 	offers := []struct {
