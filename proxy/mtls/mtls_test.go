@@ -3,7 +3,11 @@ package mtls_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io/fs"
 	"net"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -214,4 +218,31 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("a fuzzed certificate verified as %s", id)
 		}
 	})
+}
+
+// TestNoExtKeyUsageAny is B7's rule on the code itself: no product source
+// verifies with x509.ExtKeyUsageAny, which accepts any key usage.
+func TestNoExtKeyUsageAny(t *testing.T) {
+	root := filepath.Join("..", "..")
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		switch {
+		case err != nil:
+			return err
+		case d.IsDir() && (d.Name() == "bin" || d.Name() == "testdata" || strings.HasPrefix(d.Name(), ".")) && path != root:
+			return filepath.SkipDir
+		case d.IsDir() || !strings.HasSuffix(path, ".go") || strings.HasSuffix(path, "_test.go"):
+			return nil
+		}
+		src, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		if strings.Contains(string(src), "ExtKeyUsage"+"Any") {
+			t.Errorf("%s uses x509.ExtKeyUsageAny", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
 }
