@@ -61,6 +61,7 @@ test: deps spire lint
 SOAK_DURATION ?= 30m
 soak: deps spire
 	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '$(SOAK_PROXY_TESTS)' ./proxy/
+	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '^TestE2EAgentOutage$$' ./internal/app/
 	CREDFLOW_SOAK_DURATION=$(SOAK_DURATION) CREDFLOW_SOAK_OUT=$(CURDIR)/docs/soak \
 		$(GO) test -count=1 -timeout 90m -run '^TestE2ESoak$$' -v ./internal/app/
 
