@@ -3,6 +3,7 @@ package mtls_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -160,28 +161,10 @@ func TestNoResumptionNearExpiry(t *testing.T) {
 			Bundles:   x509bundle.NewSet(ca.Bundle()),
 			Authorize: func(spiffeid.ID) bool { return true },
 		}.Client()
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			for {
-				c, err := ln.Accept()
-				if err != nil {
-					return
-				}
-				go func() {
-					defer c.Close()
-					tc := tls.Server(c, server)
-					if tc.Handshake() == nil {
-						tc.Write([]byte{1}) // the ticket goes out with it
-					}
-				}()
-			}
-		}()
+		addr := ticketServer(t, server)
 		var resumed []bool
 		for range 2 {
-			tc, err := tls.Dial("tcp", ln.Addr().String(), client)
+			tc, err := tls.Dial("tcp", addr, client)
 			if err != nil {
 				t.Fatalf("%v left: %v", c.left, err)
 			}
@@ -189,7 +172,6 @@ func TestNoResumptionNearExpiry(t *testing.T) {
 			resumed = append(resumed, tc.ConnectionState().DidResume)
 			tc.Close()
 		}
-		ln.Close()
 		if resumed[0] || resumed[1] != c.resume {
 			t.Errorf("server certificate with %v left: resumed %v, want second resumed = %v", c.left, resumed, c.resume)
 		}
@@ -245,4 +227,34 @@ func TestNoExtKeyUsageAny(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// ticketServer serves TLS with conf on loopback until the test ends: each
+// connection that completes its handshake gets one byte (a client reading
+// it takes in its session ticket too), and is read until the client
+// closes.
+func ticketServer(t *testing.T, conf *tls.Config) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				tc := tls.Server(c, conf)
+				if tc.Handshake() == nil {
+					tc.Write([]byte{1})
+					io.Copy(io.Discard, tc)
+				}
+			}()
+		}
+	}()
+	return ln.Addr().String()
 }

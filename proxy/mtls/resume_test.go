@@ -3,7 +3,6 @@ package mtls_test
 import (
 	"crypto/tls"
 	"io"
-	"net"
 	"sync"
 	"testing"
 
@@ -70,30 +69,10 @@ func TestResumptionAcrossAuthorityRotation(t *testing.T) {
 	serverConf := mtls.Config{SVIDs: server, Bundles: server, Authorize: allowAll}.Server()
 	clientConf := mtls.Config{SVIDs: client, Bundles: client, Authorize: allowAll}.Client()
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				tc := tls.Server(c, serverConf)
-				if tc.Handshake() == nil {
-					tc.Write([]byte("x")) // the client reads its session ticket with it
-					io.Copy(io.Discard, tc)
-				}
-			}()
-		}
-	}()
+	addr := ticketServer(t, serverConf)
 	connect := func(step string) (resumed bool) {
 		t.Helper()
-		c, err := tls.Dial("tcp", ln.Addr().String(), clientConf)
+		c, err := tls.Dial("tcp", addr, clientConf)
 		if err != nil {
 			t.Fatalf("%s: %v", step, err)
 		}
