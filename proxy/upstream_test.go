@@ -39,6 +39,16 @@ func silentServer(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return serveEach(t, ln, func(c net.Conn) {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		io.Copy(io.Discard, c)
+	})
+}
+
+// serveEach runs handle on each connection ln accepts until the test ends,
+// and waits for the handlers then.
+func serveEach(t *testing.T, ln net.Listener, handle func(net.Conn)) string {
 	var wg sync.WaitGroup
 	t.Cleanup(func() { ln.Close(); wg.Wait() })
 	wg.Go(func() {
@@ -47,11 +57,7 @@ func silentServer(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			wg.Go(func() {
-				defer c.Close()
-				c.SetReadDeadline(time.Now().Add(30 * time.Second))
-				io.Copy(io.Discard, c)
-			})
+			wg.Go(func() { handle(c) })
 		}
 	})
 	return ln.Addr().String()
@@ -100,24 +106,13 @@ func resettingUpstream(t *testing.T, ca *testca.CA) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() { ln.Close(); wg.Wait() })
-	wg.Go(func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			wg.Go(func() {
-				c.SetDeadline(time.Now().Add(10 * time.Second))
-				c.Read(make([]byte, 64))
-				io.WriteString(c, "partial")
-				c.(*tls.Conn).NetConn().(*net.TCPConn).SetLinger(0)
-				c.(*tls.Conn).NetConn().Close() // RST
-			})
-		}
+	return serveEach(t, ln, func(c net.Conn) {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 64))
+		io.WriteString(c, "partial")
+		c.(*tls.Conn).NetConn().(*net.TCPConn).SetLinger(0)
+		c.(*tls.Conn).NetConn().Close() // RST
 	})
-	return ln.Addr().String()
 }
 
 // h2Upstream is an HTTP/2 mTLS server with the backend's identity.
