@@ -50,14 +50,9 @@ func startWorkloads(t *testing.T, x509TTL time.Duration, workloads map[int]strin
 // startWorkloadsOn is startWorkloads with SPIRE started with opts.
 func startWorkloadsOn(t *testing.T, opts spiretest.Options, x509TTL time.Duration, workloads map[int]string) (s *spiretest.SPIRE, credflowBin, agentBin string) {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
-	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := sidecarBinary(t)
 	s = startSPIREWith(t, opts)
+	var err error
 	if credflowBin, err = s.InstallBinary(bin); err != nil {
 		t.Fatal(err)
 	}
@@ -70,6 +65,21 @@ func startWorkloadsOn(t *testing.T, opts spiretest.Options, x509TTL time.Duratio
 		}
 	}
 	return s, credflowBin, agentBin
+}
+
+// sidecarBinary builds the credflow binary once per test run; the
+// end-to-end tests that use it run workloads as distinct uids, which
+// needs root.
+func sidecarBinary(t *testing.T) string {
+	t.Helper()
+	if os.Getuid() != 0 {
+		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
+	}
+	bin, err := buildOnce()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bin
 }
 
 // startSidecar starts a sidecar process as uid with cfg, stops it at the

@@ -51,13 +51,7 @@ type fedConfig struct {
 
 func startFedMesh(t *testing.T, cfg fedConfig) *fedMesh {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
-	}
-	bin, err := buildOnce()
-	if err != nil {
-		t.Fatal(err)
-	}
+	bin := sidecarBinary(t)
 	cfg.a.TrustDomain, cfg.b.TrustDomain = fedTDA, fedTDB
 	cfg.a.Logf, cfg.b.Logf = t.Logf, t.Logf
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
