@@ -20,7 +20,9 @@ func TestE2EAgentOutage(t *testing.T) {
 	if os.Getenv("CREDFLOW_SOAK") == "1" {
 		outage = 3 * time.Minute
 	}
-	m := startMeshOn(t, spiretest.Options{}, 5*time.Minute, false, "")
+	// The agent's own SVID must outlive the outage too: with join-token
+	// attestation, an agent whose SVID expired cannot attest again.
+	m := startMeshOn(t, spiretest.Options{CATTL: time.Hour, X509SVIDTTL: 10 * time.Minute}, 5*time.Minute, false, "")
 	ctx := t.Context()
 	loop := startFixedRate(t, 50*time.Millisecond, echoRequests(m.frontAddr))
 	loop.waitMore(t, 20, 10*time.Second)
