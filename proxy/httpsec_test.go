@@ -424,14 +424,10 @@ func TestHTTPUpgradeNeedsRoute(t *testing.T) {
 	}
 }
 
-// TestHTTPUpgradeTunnelTracked is S15-3: an allowed tunnel stays a tracked
-// connection: it holds its max_connections slot, revalidation closes it
-// when its peer is revoked, and Drain waits for it.
-func TestHTTPUpgradeTunnelTracked(t *testing.T) {
-	app := &upgradeApp{}
-	r := startSecRig(t, app, proxy.InboundHTTP{}, proxy.Config{MaxConnections: 1, HandshakeTimeout: 5 * time.Second})
-
-	// The slot: while the tunnel is open, no other connection gets in.
+// TestHTTPUpgradeHoldsSlot is S15-3: an open tunnel holds its
+// max_connections slot until it ends.
+func TestHTTPUpgradeHoldsSlot(t *testing.T) {
+	r := startSecRig(t, &upgradeApp{}, proxy.InboundHTTP{}, proxy.Config{MaxConnections: 1})
 	tunnel, br := r.openTunnel(t)
 	cfg := r.client.Clone()
 	cfg.NextProtos = []string{"http/1.1"}
@@ -441,33 +437,58 @@ func TestHTTPUpgradeTunnelTracked(t *testing.T) {
 	}
 	r.m.waitMetric(t, 1, "credflow_refusals_total", "reason=limit")
 	echoLine(t, tunnel, br, "still open")
+	tunnel.Close()
+	c, br := r.dialWhenFree(t) // the slot comes back once the tunnel ends
+	r.upgrade(t, c, br)
+}
 
-	// Revocation closes the tunnel (SetPolicy revalidates at once; poll
-	// with a generous deadline).
+// TestHTTPUpgradeRevalidated is S15-3: revalidation closes a tunnel whose
+// peer the policy no longer allows, or whose certificate has expired.
+func TestHTTPUpgradeRevalidated(t *testing.T) {
+	r := startSecRig(t, &upgradeApp{}, proxy.InboundHTTP{}, proxy.Config{RevalidateInterval: 200 * time.Millisecond})
+	closed := func(c *tls.Conn, br *bufio.Reader, what string) {
+		t.Helper()
+		c.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, err := br.ReadString('\n'); err == nil || isTimeout(err) {
+			t.Errorf("the tunnel of %s: read %v, want it closed", what, err)
+		}
+	}
+
+	tunnel, br := r.openTunnel(t)
 	if err := r.p.SetPolicy("app", policy(t, "spiffe://example.org/other")); err != nil {
 		t.Fatal(err)
 	}
-	tunnel.SetReadDeadline(time.Now().Add(15 * time.Second))
-	if _, err := br.ReadString('\n'); err == nil || isTimeout(err) {
-		t.Fatalf("the tunnel of a revoked peer: read %v, want it closed", err)
-	}
-	r.m.waitMetric(t, 1, "credflow_connections_closed_total", "reason=policy_revoked")
-
-	// The slot is free again once the tunnel has ended; Drain waits for
-	// an open tunnel, which keeps working meanwhile, and returns once it
-	// ends.
+	closed(tunnel, br, "a revoked peer")
 	if err := r.p.SetPolicy("app", policy(t, "spiffe://example.org/frontend")); err != nil {
 		t.Fatal(err)
 	}
-	tunnel2, br := r.dialWhenFree(t)
-	r.upgrade(t, tunnel2, br)
+
+	// A certificate that expires a few seconds from now.
+	now := time.Now()
+	short := clientConfig(r.ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"), testca.WithValidity(now.Add(-time.Minute), now.Add(5*time.Second))))
+	short.NextProtos = []string{"http/1.1"}
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", r.addr, short)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	closed(c, r.upgrade(t, c, bufio.NewReader(c)), "an expired peer")
+	r.m.waitMetric(t, 1, "credflow_connections_closed_total", "reason=policy_revoked")
+	r.m.waitMetric(t, 1, "credflow_connections_closed_total", "reason=peer_expired")
+}
+
+// TestHTTPUpgradeDrain is S15-3: Drain waits for an open tunnel, which
+// keeps working meanwhile, and returns once it has ended.
+func TestHTTPUpgradeDrain(t *testing.T) {
+	r := startSecRig(t, &upgradeApp{}, proxy.InboundHTTP{}, proxy.Config{})
+	tunnel, br := r.openTunnel(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	if err := r.p.Drain(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Drain with a tunnel open: %v, want it to wait until its deadline", err)
 	}
-	echoLine(t, tunnel2, br, "draining")
-	tunnel2.Close()
+	echoLine(t, tunnel, br, "draining")
+	tunnel.Close()
 	ctx, cancel = context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	if err := r.p.Drain(ctx); err != nil {
