@@ -451,6 +451,9 @@ func Parse(data []byte) (*Config, error) {
 					}
 					rule.Paths = append(rule.Paths, pth)
 				}
+				if len(r.Upgrade) > 0 && h.AppH2C {
+					fail(rf+".upgrade", "needs app_protocol http1: an HTTP/2 connection to the app cannot switch protocols")
+				}
 				for k, up := range r.Upgrade {
 					if err := checkUpgrade(up); err != nil {
 						fail(fmt.Sprintf("%s.upgrade[%d]", rf, k), "%v", err)

@@ -252,6 +252,10 @@ func TestParseRouteUpgrade(t *testing.T) {
 			t.Errorf("upgrade: %s: %v, %+v", bad, err, c)
 		}
 	}
+	if _, err := config.Parse([]byte(strings.Replace(file("[websocket]"), "protocol: http\n", "protocol: http\n    app_protocol: h2c\n", 1))); err == nil ||
+		!strings.Contains(err.Error(), "inbound[0].routes[0].upgrade: needs app_protocol http1") {
+		t.Errorf("upgrade towards an h2c app: %v", err)
+	}
 	tcp := "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org]\n"
 	if _, err := config.Parse([]byte(tcp + "    routes: [{peers: [spiffe://example.org], paths: [/*], upgrade: [websocket]}]\n")); err == nil {
 		t.Error("routes on a TCP listener parsed")
