@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
+	"net/textproto"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,8 +52,9 @@ type InboundHTTP struct {
 	// TokenHeader is the header the JWT-SVID comes in; default
 	// Authorization ("Bearer <token>").
 	TokenHeader string
-	// PassJWT forwards the validated token to the app; by default it is
-	// stripped.
+	// PassJWT forwards the token header to the app (validated, when
+	// RequireJWT); by default it is stripped, required or not: the
+	// caller's JWT-SVID is a bearer credential for this workload.
 	PassJWT bool
 	// AppH2C speaks HTTP/2 without TLS to the app (gRPC servers); default
 	// HTTP/1.1.
@@ -187,10 +190,19 @@ type httpConn struct {
 	forwarded atomic.Int64  // requests forwarded
 	premature atomic.Int64  // of those, cancelled early by the client
 	reset     atomic.Bool   // closed for rapid reset
+	hijacked  atomic.Bool   // inbound: taken over by an upgrade tunnel
 }
 
 // httpConnKey is the context key of a request's *httpConn.
 type httpConnKey struct{}
+
+// peerKey is the context key of an authorized request's peer ID, which
+// the reverse proxy's Rewrite sets as PeerHeader.
+type peerKey struct{}
+
+// errUnaskedUpgrade fails a 101 response to a request that asked for no
+// protocol switch: relaying it would open a tunnel no route allowed.
+var errUnaskedUpgrade = errors.New("proxy: the app switched protocols unasked")
 
 func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	if cfg.TokenHeader == "" {
@@ -214,6 +226,18 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
 			pr.Out.Host = pr.In.Host
+			// Set here, after ReverseProxy has removed the headers the
+			// Connection header names, so that nothing removes it.
+			pr.Out.Header.Del(PeerHeader)
+			if peer, ok := pr.In.Context().Value(peerKey{}).(spiffeid.ID); ok {
+				pr.Out.Header.Set(PeerHeader, peer.String())
+			}
+		},
+		ModifyResponse: func(res *http.Response) error {
+			if res.StatusCode == http.StatusSwitchingProtocols && len(res.Request.Header.Values("Upgrade")) == 0 {
+				return errUnaskedUpgrade
+			}
+			return nil
 		},
 		Transport:     tr,
 		FlushInterval: -1,
@@ -223,6 +247,11 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 				// The peer went away (stream reset, connection closed):
 				// nobody to answer, and not the app's doing.
 				p.m.refused(l.dir, "client_canceled", true)
+				return
+			}
+			if errors.Is(err, errUnaskedUpgrade) {
+				p.m.refused(l.dir, "app_bad_upgrade", true)
+				deny(w, r, http.StatusBadGateway, 14, "app_bad_upgrade")
 				return
 			}
 			var oe *net.OpError
@@ -258,6 +287,13 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
 	if hc != nil {
 		hc.served.Store(true)
+		defer func() {
+			if hc.hijacked.Load() {
+				// The upgrade tunnel ended: the connection's slot and
+				// tracking end with it (see connState).
+				close(hc.closed)
+			}
+		}()
 	}
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
 	if err != nil {
@@ -273,6 +309,10 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		refuse(http.StatusBadRequest, 3, "host_mismatch")
 		return
 	}
+	if h.connectionNamesManaged(r.Header) {
+		refuse(http.StatusBadRequest, 3, "bad_connection_header")
+		return
+	}
 	path, err := route.Normalize(r.URL.EscapedPath())
 	if err != nil {
 		refuse(http.StatusBadRequest, 3, "bad_path")
@@ -282,14 +322,19 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		refuse(http.StatusForbidden, 7, "route_denied")
 		return
 	}
+	if up, ok := upgradeOf(r.Header); ok && (up == "" || !h.cfg.Routes.AllowsUpgrade(peer, r.Method, path, up)) {
+		refuse(http.StatusForbidden, 7, "upgrade_denied")
+		return
+	}
+	h.stripLookalikes(r.Header)
 	if h.cfg.RequireJWT {
 		if reason := p.checkJWT(h.cfg.TokenHeader, r, peer); reason != "" {
 			refuse(http.StatusUnauthorized, 16, reason)
 			return
 		}
-		if !h.cfg.PassJWT {
-			r.Header.Del(h.cfg.TokenHeader)
-		}
+	}
+	if !h.cfg.PassJWT {
+		r.Header.Del(h.cfg.TokenHeader)
 	}
 	if h.txn == nil {
 		r.Header.Del(txn.Header)
@@ -298,11 +343,88 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		return
 	}
 	r.Header.Del(xfcc)
-	r.Header.Del(PeerHeader)
-	r.Header.Set(PeerHeader, peer.String())
+	r.Header.Del(PeerHeader) // set by Rewrite
+	// The path forwarded is the canonical one that was authorized; with
+	// RawPath empty it goes out escaped one way only (url.URL's), which
+	// the app decodes back to exactly that path.
 	r.URL.Path, r.URL.RawPath = path, ""
+	r = r.WithContext(context.WithValue(r.Context(), peerKey{}, peer))
 	p.httpAccess(l, start, peer, r, "allow", "", 0)
 	p.forward(l, hc, h.proxy, w, r, start)
+}
+
+// foldHeader folds a header name as CGI, WSGI, Rack and PHP do when they
+// turn it into HTTP_<NAME>: without case, "_" read as "-". Names that fold
+// alike are one header to such an app, though two to net/http.
+func foldHeader(name string) string {
+	return strings.ReplaceAll(strings.ToLower(name), "_", "-")
+}
+
+// managedHeader reports whether the folded name is one the listener sets,
+// verifies or strips: the X-Credflow- namespace (the peer header, the
+// token header outbound sidecars use), Authorization, Txn-Token,
+// X-Forwarded-Client-Cert and the configured token header.
+func (h *httpInbound) managedHeader(folded string) bool {
+	switch folded {
+	case "authorization", "txn-token", "x-forwarded-client-cert", foldHeader(h.cfg.TokenHeader):
+		return true
+	}
+	return strings.HasPrefix(folded, "x-credflow-")
+}
+
+// connectionNamesManaged reports whether a Connection header names a
+// managed header. Such a request is refused rather than cleaned: the
+// headers Connection names are removed on the way to the app, so it asks
+// the sidecar to drop a header it verified (a token) or to forward
+// unverified what it would have stripped; no client has a reason to.
+func (h *httpInbound) connectionNamesManaged(hdr http.Header) bool {
+	for _, v := range hdr["Connection"] {
+		for name := range strings.SplitSeq(v, ",") {
+			if h.managedHeader(foldHeader(textproto.TrimString(name))) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// stripLookalikes deletes the headers that fold to a managed name but are
+// not the one spelling the listener verifies, and every other header of
+// the X-Credflow- namespace: an app behind CGI, WSGI, Rack or PHP reads
+// X_Credflow_Peer_Id or Txn_Token as the managed header. They are stripped
+// rather than refused, as a spoofed X-Credflow-Peer-Id is replaced, and as
+// proxies that drop underscored names do (nginx): nothing of them reaches
+// the app, and clients that send stray headers keep working.
+// Authorization, Txn-Token and the token header, spelled as net/http
+// spells them, are verified or stripped by the caller.
+func (h *httpInbound) stripLookalikes(hdr http.Header) {
+	keep := func(name string) bool {
+		return name == "Authorization" || name == txn.Header || name == http.CanonicalHeaderKey(h.cfg.TokenHeader)
+	}
+	for name := range hdr {
+		if h.managedHeader(foldHeader(name)) && !keep(name) {
+			delete(hdr, name)
+		}
+	}
+}
+
+// upgradeOf returns the protocol a request asks to switch to (Upgrade, or
+// an HTTP/2 extended CONNECT's :protocol) and whether it asks for any. A
+// list of protocols, or several headers, gives "": the app would choose,
+// so it is refused like a protocol no route allows. h2c is never allowed:
+// the HTTP/2 connection it opens to the app would carry requests that no
+// route has seen.
+func upgradeOf(hdr http.Header) (string, bool) {
+	vals := slices.Concat(hdr.Values("Upgrade"), hdr.Values(":protocol"))
+	if len(vals) == 0 {
+		return "", false
+	}
+	up := textproto.TrimString(vals[0])
+	name, _, _ := strings.Cut(up, "/")
+	if len(vals) > 1 || strings.Contains(up, ",") || strings.EqualFold(textproto.TrimString(name), "h2c") {
+		return "", true
+	}
+	return up, true
 }
 
 // forward serves r with rp and counts it towards its connection's
@@ -671,7 +793,15 @@ func (h *httpInbound) connState(c net.Conn, s http.ConnState) {
 	hc, ok := h.open[c]
 	delete(h.open, c)
 	h.mu.Unlock()
-	if ok {
+	switch {
+	case !ok:
+	case s == http.StateHijacked:
+		// An upgrade tunnel: ReverseProxy relays it inside the handler,
+		// which closes hc.closed when the tunnel ends. Until then the
+		// connection stays tracked: it holds its slot, revalidation
+		// closes it, Drain waits for it.
+		hc.hijacked.Store(true)
+	default:
 		close(hc.closed)
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
 	"gopkg.in/yaml.v3"
 
 	"github.com/credflow/credflow/pqc"
@@ -187,6 +188,7 @@ type file struct {
 			Peers   []string `yaml:"peers"`
 			Methods []string `yaml:"methods"`
 			Paths   []string `yaml:"paths"`
+			Upgrade []string `yaml:"upgrade"`
 		} `yaml:"routes"`
 		CaseInsensitivePaths bool `yaml:"case_insensitive_paths"`
 		JWT                  struct {
@@ -449,6 +451,15 @@ func Parse(data []byte) (*Config, error) {
 					}
 					rule.Paths = append(rule.Paths, pth)
 				}
+				if len(r.Upgrade) > 0 && h.AppH2C {
+					fail(rf+".upgrade", "needs app_protocol http1: an HTTP/2 connection to the app cannot switch protocols")
+				}
+				for k, up := range r.Upgrade {
+					if err := checkUpgrade(up); err != nil {
+						fail(fmt.Sprintf("%s.upgrade[%d]", rf, k), "%v", err)
+					}
+					rule.Upgrade = append(rule.Upgrade, up)
+				}
 				h.Routes.Rules = append(h.Routes.Rules, rule)
 			}
 			if len(in.TxnToken.Minters) > 0 {
@@ -660,6 +671,21 @@ func policy(field string, patterns []string) (authz.Policy, error) {
 		return authz.Policy{}, errors.Join(errs...)
 	}
 	return authz.ParsePolicy(patterns)
+}
+
+// checkUpgrade checks a protocol a route lets requests switch to: one
+// protocol token as an Upgrade header carries it ("websocket", or a
+// name/version pair), and never h2c, whose HTTP/2 connection to the app
+// would carry requests no route has seen.
+func checkUpgrade(up string) error {
+	name, version, versioned := strings.Cut(up, "/")
+	if !httpguts.ValidHeaderFieldName(name) || versioned && !httpguts.ValidHeaderFieldName(version) {
+		return fmt.Errorf("%q is not a protocol such as websocket", up)
+	}
+	if strings.EqualFold(name, "h2c") {
+		return errors.New("h2c is never forwarded: its HTTP/2 connection to the app would carry requests no route has seen")
+	}
+	return nil
 }
 
 // checkAddr checks a host:port address with a numeric port; with loopback

@@ -228,3 +228,36 @@ outbound:
 		})
 	}
 }
+
+// TestParseRouteUpgrade: a route lists the protocols its requests may
+// switch to; h2c and anything that is not a single protocol token are
+// refused at load with the field named.
+func TestParseRouteUpgrade(t *testing.T) {
+	file := func(upgrade string) string {
+		return "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org]\n" +
+			"    protocol: http\n    routes:\n      - peers: [spiffe://example.org/frontend]\n        methods: [GET]\n        paths: [/ws/*]\n" +
+			"        upgrade: " + upgrade + "\n      - peers: [spiffe://example.org/frontend]\n        paths: [/api/*]\n"
+	}
+	c, err := config.Parse([]byte(file("[websocket]")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	front := spiffeid.RequireFromString("spiffe://example.org/frontend")
+	routes := c.Inbound[0].HTTP.Routes
+	if !routes.AllowsUpgrade(front, "GET", "/ws/chat", "websocket") || routes.AllowsUpgrade(front, "GET", "/api/x", "websocket") {
+		t.Errorf("upgrade rules: %+v", routes.Rules)
+	}
+	for _, bad := range []string{"[h2c]", "[H2C]", "[websocket, h2c]", "['']", "['web socket']", "['websocket,foo']"} {
+		if c, err := config.Parse([]byte(file(bad))); err == nil || !strings.Contains(err.Error(), "inbound[0].routes[0].upgrade") {
+			t.Errorf("upgrade: %s: %v, %+v", bad, err, c)
+		}
+	}
+	if _, err := config.Parse([]byte(strings.Replace(file("[websocket]"), "protocol: http\n", "protocol: http\n    app_protocol: h2c\n", 1))); err == nil ||
+		!strings.Contains(err.Error(), "inbound[0].routes[0].upgrade: needs app_protocol http1") {
+		t.Errorf("upgrade towards an h2c app: %v", err)
+	}
+	tcp := "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org]\n"
+	if _, err := config.Parse([]byte(tcp + "    routes: [{peers: [spiffe://example.org], paths: [/*], upgrade: [websocket]}]\n")); err == nil {
+		t.Error("routes on a TCP listener parsed")
+	}
+}

@@ -3,10 +3,11 @@
 // for matching and forwarded to the app, so no spelling of a path reaches
 // the app past a rule that denies its canonical form.
 //
-// Normalize decodes percent-escapes of unreserved characters, collapses
-// "//", resolves "." and "..", and refuses what has no single meaning:
-// encoded "/" or "\", a raw "\", ";" path parameters, NUL and control
-// characters, and ".." above the root.
+// Normalize decodes percent-escapes, collapses "//", resolves "." and
+// "..", and refuses what has no single meaning: encoded "/" or "\", a raw
+// "\", ";" path parameters (raw or encoded), NUL and control characters,
+// bytes that are not UTF-8, characters that Unicode compatibility folding
+// turns into a separator, a dot, ";" or "%", and ".." above the root.
 package route
 
 import (
@@ -15,8 +16,10 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/text/unicode/norm"
 
 	"github.com/credflow/credflow/proxy/authz"
 )
@@ -40,8 +43,8 @@ func Normalize(escaped string) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: %v", ErrBadPath, err)
 	}
-	if strings.ContainsFunc(decoded, func(r rune) bool { return r < 0x20 || r == 0x7f }) {
-		return "", fmt.Errorf("%w: control character", ErrBadPath)
+	if err := checkDecoded(decoded); err != nil {
+		return "", err
 	}
 	var segs []string
 	for seg := range strings.SplitSeq(decoded, "/") {
@@ -63,12 +66,43 @@ func Normalize(escaped string) (string, error) {
 	return out, nil
 }
 
+// checkDecoded refuses what decoding revealed that the app could read
+// otherwise than the sidecar: the path forwarded is the decoded one, so an
+// encoded ";" would arrive as a path parameter (Tomcat, Jetty and Spring
+// serve /api/..;/admin as /admin); bytes that are not UTF-8, overlong
+// forms such as %c0%af among them, are read by lenient decoders as "/" or
+// "."; and characters whose compatibility form (NFKC, which some
+// frameworks apply to paths) holds "/", "\", ".", ";" or "%", such as the
+// full-width solidus U+FF0F, would become another path after routing.
+func checkDecoded(decoded string) error {
+	if strings.ContainsAny(decoded, ";\\") {
+		return fmt.Errorf("%w: %q holds an encoded ';' or '\\'", ErrBadPath, decoded)
+	}
+	if !utf8.ValidString(decoded) {
+		return fmt.Errorf("%w: not UTF-8", ErrBadPath)
+	}
+	for _, r := range decoded {
+		switch {
+		case r < 0x20 || r == 0x7f:
+			return fmt.Errorf("%w: control character", ErrBadPath)
+		case r >= utf8.RuneSelf && strings.ContainsAny(norm.NFKC.String(string(r)), "/\\.;%"):
+			return fmt.Errorf("%w: %U folds to a path delimiter", ErrBadPath, r)
+		}
+	}
+	return nil
+}
+
 // Rule allows the peers it names to use its methods on its paths. Empty
 // Methods means any method; Paths must not be empty.
 type Rule struct {
 	Peers   authz.Policy
 	Methods []string // upper-case
 	Paths   []Path
+	// Upgrade lists the protocols ("websocket") a request this rule
+	// allows may switch to with an Upgrade header, compared without
+	// regard to case. Empty, the default, allows no switch: the tunnel
+	// that follows carries bytes the sidecar does not parse.
+	Upgrade []string
 }
 
 // Path matches a canonical path: exactly ("/health") or as a prefix at a
@@ -118,18 +152,25 @@ type Table struct {
 // Allows reports whether a request from peer with method on the canonical
 // path is allowed.
 func (t Table) Allows(peer spiffeid.ID, method, path string) bool {
-	for _, r := range t.Rules {
-		if !r.Peers.Allows(peer) {
-			continue
-		}
-		if len(r.Methods) > 0 && !slices.Contains(r.Methods, method) {
-			continue
-		}
-		for _, p := range r.Paths {
-			if p.match(path, t.CaseInsensitive) {
-				return true
-			}
-		}
+	return slices.ContainsFunc(t.Rules, func(r Rule) bool { return t.allows(r, peer, method, path) })
+}
+
+// AllowsUpgrade reports whether a request from peer with method on the
+// canonical path may switch to protocol: some rule allows the request and
+// lists the protocol in its Upgrade.
+func (t Table) AllowsUpgrade(peer spiffeid.ID, method, path, protocol string) bool {
+	return slices.ContainsFunc(t.Rules, func(r Rule) bool {
+		return t.allows(r, peer, method, path) &&
+			slices.ContainsFunc(r.Upgrade, func(p string) bool { return strings.EqualFold(p, protocol) })
+	})
+}
+
+func (t Table) allows(r Rule, peer spiffeid.ID, method, path string) bool {
+	if !r.Peers.Allows(peer) {
+		return false
 	}
-	return false
+	if len(r.Methods) > 0 && !slices.Contains(r.Methods, method) {
+		return false
+	}
+	return slices.ContainsFunc(r.Paths, func(p Path) bool { return p.match(path, t.CaseInsensitive) })
 }

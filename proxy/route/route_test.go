@@ -4,6 +4,7 @@ import (
 	"errors"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -100,6 +101,11 @@ func FuzzNormalize(f *testing.F) {
 		if strings.Contains(out, "//") || strings.Contains(out, "/./") || strings.Contains(out, "/../") {
 			t.Fatalf("Normalize(%q) = %q is not canonical", in, out)
 		}
+		// Nothing an app could read as a path parameter, a separator or
+		// another path once decoded or folded.
+		if !utf8.ValidString(out) || strings.ContainsAny(out, ";\\\x00") || strings.ContainsAny(out, "\uff0f\uff0e\uff3c\uff1b") {
+			t.Fatalf("Normalize(%q) = %q holds what an app may re-interpret", in, out)
+		}
 	})
 }
 
@@ -152,4 +158,68 @@ func FuzzAllows(f *testing.F) {
 			t.Fatalf("pattern %q allowed POST %q outside its methods", pattern, path)
 		}
 	})
+}
+
+// TestNormalizeAfterDecoding: what decoding reveals is judged like what
+// came raw. An encoded ';' would reach the app as a path parameter
+// (Tomcat, Jetty and Spring serve /api/..;/admin as /admin); bytes that
+// are not UTF-8 (overlong forms such as %c0%af among them) and characters
+// that Unicode compatibility folding turns into '/', '\', '.', ';' or '%'
+// (full-width solidus and full stop) would mean one path to the sidecar
+// and another to an app that folds or decodes leniently.
+func TestNormalizeAfterDecoding(t *testing.T) {
+	for _, bad := range []string{
+		"/api/..%3B/admin", "/api/..%3b/admin", "/a%3Bjsessionid=1",
+		"/a%ff", "/%c0%af", "/%C0%AE%C0%AE/admin", "/a%e2%82", "/a\xffb",
+		"/api/%ef%bc%8f..%ef%bc%8fadmin", "/api/%ef%bc%8e%ef%bc%8e/admin", "/a%ef%bc%bcb", "/a%ef%bc%9bb", "/a%ef%bc%85",
+		"/a%e2%80%a5", // TWO DOT LEADER folds to ".."
+	} {
+		if got, err := route.Normalize(bad); !errors.Is(err, route.ErrBadPath) {
+			t.Errorf("Normalize(%q) = %q, %v; want ErrBadPath", bad, got, err)
+		}
+	}
+	for in, want := range map[string]string{
+		"/caf%C3%A9":          "/café",
+		"/%E2%82%AC":          "/€",
+		"/%E6%97%A5%E6%9C%AC": "/日本",
+		"/api/%25":            "/api/%",
+		"/api/a%3Fb":          "/api/a?b",
+	} {
+		if got, err := route.Normalize(in); err != nil || got != want {
+			t.Errorf("Normalize(%q) = %q, %v; want %q", in, got, err, want)
+		}
+	}
+}
+
+// TestAllowsUpgrade: a protocol switch is allowed only by a rule that
+// allows the request and names the protocol.
+func TestAllowsUpgrade(t *testing.T) {
+	peers, _ := authz.ParsePolicy([]string{"spiffe://td/frontend"})
+	ws, _ := route.ParsePath("/ws/*")
+	api, _ := route.ParsePath("/api/*")
+	table := route.Table{Rules: []route.Rule{
+		{Peers: peers, Paths: []route.Path{api}},
+		{Peers: peers, Methods: []string{"GET"}, Paths: []route.Path{ws}, Upgrade: []string{"websocket"}},
+	}}
+	peer := spiffeid.RequireFromString("spiffe://td/frontend")
+	for _, c := range []struct {
+		peer             spiffeid.ID
+		method, path, up string
+		want             bool
+	}{
+		{peer, "GET", "/ws/chat", "websocket", true},
+		{peer, "GET", "/ws/chat", "WebSocket", true},
+		{peer, "GET", "/ws/chat", "h2c", false},
+		{peer, "GET", "/ws/chat", "websocket2", false},
+		{peer, "POST", "/ws/chat", "websocket", false},
+		{peer, "GET", "/api/x", "websocket", false},
+		{spiffeid.RequireFromString("spiffe://td/other"), "GET", "/ws/chat", "websocket", false},
+	} {
+		if got := table.AllowsUpgrade(c.peer, c.method, c.path, c.up); got != c.want {
+			t.Errorf("AllowsUpgrade(%s, %s %s, %q) = %v, want %v", c.peer, c.method, c.path, c.up, got, c.want)
+		}
+	}
+	if !table.Allows(peer, "GET", "/ws/chat") {
+		t.Error("the upgrade rule does not allow a plain request")
+	}
 }
