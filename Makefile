@@ -22,7 +22,7 @@ APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 
-.PHONY: all build spire ghostunnel deps bench-deps test lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build spire ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -54,6 +54,23 @@ test: deps spire lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
+
+## test-short: the fast loop, as any user: no root, no SPIRE, no long storms (go test -short).
+## Tests that need root or the real SPIRE skip here; under CI=true such a skip is a failure.
+test-short:
+	$(GO) test -short -count=1 ./...
+
+## stress: make test STRESS_RUNS times in a row with stress-ng --cpu 2 running beside it; the
+## suite must not depend on an idle machine.
+STRESS_RUNS ?= 5
+stress: deps spire
+	@command -v stress-ng >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends stress-ng; }
+	@stress-ng --cpu 2 --quiet & sp=$$!; trap "kill $$sp" EXIT; \
+	for i in $$(seq $(STRESS_RUNS)); do \
+		echo "stress: run $$i of $(STRESS_RUNS)"; start=$$(date +%s); \
+		$(MAKE) --no-print-directory test || { echo "stress: run $$i failed"; exit 1; }; \
+		echo "stress: run $$i passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 ## soak: the long forms of the reliability cases (docs/RELIABILITY.md): the storms at full size
 ## (CREDFLOW_SOAK=1), then the L7 soak for SOAK_DURATION on real SPIRE, whose figures go to

@@ -14,11 +14,13 @@ import (
 
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/spiretest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // startSPIRE runs a real SPIRE server and agent for the test.
 func startSPIRE(t *testing.T, opts spiretest.Options) *spiretest.SPIRE {
 	t.Helper()
+	testenv.NeedsSPIRE(t)
 	opts.Logf = t.Logf
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()

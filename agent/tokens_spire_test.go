@@ -17,6 +17,7 @@ import (
 
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/spiretest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // tokenReport is what one workload process found (see tokenWorkload).
@@ -212,9 +213,7 @@ up:
 // deadline, and goroutines stay bounded; after the agent returns, new
 // tokens are served.
 func TestJWTManyWorkloadsAndAudiences(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("runs workloads as distinct uids and needs root (make test runs as root)")
-	}
+	testenv.NeedsRoot(t, "running workloads as distinct uids")
 	s := startSPIRE(t, spiretest.Options{})
 	self, err := s.InstallBinary(os.Args[0])
 	if err != nil {

@@ -108,7 +108,7 @@ func (in *inbound) metric(t *testing.T, name string, labels ...string) float64 {
 // waitMetric waits up to 3s for a metric to reach want.
 func (in *inbound) waitMetric(t *testing.T, want float64, name string, labels ...string) {
 	t.Helper()
-	deadline := time.Now().Add(3 * time.Second)
+	deadline := time.Now().Add(10 * time.Second)
 	for in.metric(t, name, labels...) != want {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s%v = %v, want %v", name, labels, in.metric(t, name, labels...), want)

@@ -184,16 +184,16 @@ func TestQUICFallback(t *testing.T) {
 	if got := roundTrip(t, qp.outAddr, []byte("hello")); string(got) != "hello" {
 		t.Fatalf("fallback: %q", got)
 	}
-	if d := time.Since(start); d > 3*time.Second {
-		t.Fatalf("fallback took %s with a 1s timeout", d)
-	}
+	t.Logf("fallback after %s with a 1s QUIC handshake timeout", time.Since(start))
 	qp.out.waitMetric(t, 1, "credflow_quic_fallbacks_total", "reason=timeout")
-	// The next connection does not wait for QUIC again.
-	start = time.Now()
-	if got := roundTrip(t, qp.outAddr, []byte("again")); string(got) != "again" || time.Since(start) > 500*time.Millisecond {
-		t.Fatalf("second connection: %q after %s", got, time.Since(start))
+	// The next connection does not wait for QUIC again: it falls back at
+	// once, counted as such, and the timeout count stays at one. (Counts,
+	// not durations: a wall-clock bound would measure the scheduler.)
+	if got := roundTrip(t, qp.outAddr, []byte("again")); string(got) != "again" {
+		t.Fatalf("second connection: %q", got)
 	}
 	qp.out.waitMetric(t, 1, "credflow_quic_fallbacks_total", "reason=recently_failed")
+	qp.out.waitMetric(t, 1, "credflow_quic_fallbacks_total", "reason=timeout")
 }
 
 // TestQUICStreamLimit is L6's stream limit: past the peer's limit, new app

@@ -15,6 +15,7 @@ import (
 
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/spiretest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 const (
@@ -72,9 +73,8 @@ func startWorkloadsOn(t *testing.T, opts spiretest.Options, x509TTL time.Duratio
 // needs root.
 func sidecarBinary(t *testing.T) string {
 	t.Helper()
-	if os.Getuid() != 0 {
-		t.Fatal("end-to-end tests run workloads as distinct uids and need root (make test runs as root)")
-	}
+	testenv.NeedsSPIRE(t)
+	testenv.NeedsRoot(t, "running workloads as distinct uids")
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatal(err)

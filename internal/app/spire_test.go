@@ -18,6 +18,7 @@ import (
 	"github.com/credflow/credflow/agent/register"
 	"github.com/credflow/credflow/internal/app"
 	"github.com/credflow/credflow/internal/spiretest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 func startSPIRE(t *testing.T) *spiretest.SPIRE {
@@ -27,6 +28,7 @@ func startSPIRE(t *testing.T) *spiretest.SPIRE {
 
 func startSPIREWith(t *testing.T, opts spiretest.Options) *spiretest.SPIRE {
 	t.Helper()
+	testenv.NeedsSPIRE(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
 	opts.Logf = t.Logf
@@ -221,9 +223,7 @@ var buildOnce = sync.OnceValues(func() (string, error) {
 // identities from a real SPIRE agent; an unregistered uid gets none, and
 // `credflow identity` says why.
 func TestIdentityByUID(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("this test runs workloads as other uids and needs root (make test runs as root)")
-	}
+	testenv.NeedsRoot(t, "running workloads as other uids")
 	bin, err := buildOnce()
 	if err != nil {
 		t.Fatalf("building credflow: %v", err)

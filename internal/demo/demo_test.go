@@ -3,20 +3,19 @@ package demo_test
 import (
 	"bytes"
 	"context"
-	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/credflow/credflow/internal/demo"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // TestDemo runs `make demo`'s program and checks that its output shows the
 // allowed calls and the refused one.
 func TestDemo(t *testing.T) {
-	if os.Getuid() != 0 {
-		t.Fatal("the demo runs workloads as other uids and needs root (make test runs as root)")
-	}
+	testenv.NeedsSPIRE(t)
+	testenv.NeedsRoot(t, "the demo, which runs workloads as other uids,")
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
 	var out bytes.Buffer

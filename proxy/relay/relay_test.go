@@ -149,8 +149,11 @@ func TestIdleTimeout(t *testing.T) {
 			if !errors.Is(r.Err, ErrIdle) {
 				t.Errorf("Result.Err = %v, want ErrIdle", r.Err)
 			}
-			if took < idle || took > idle*5/4+500*time.Millisecond {
-				t.Errorf("closed after %v, want within [%v, %v+slack]", took, idle, idle*5/4)
+			// Not before the idle timeout; the wait above bounds it from
+			// above (without the idle timer the relay would never end). An
+			// upper bound tighter than that would measure the scheduler.
+			if took < idle {
+				t.Errorf("closed after %v, before the idle timeout %v", took, idle)
 			}
 			assertClosed(t, p)
 		})
@@ -214,12 +217,10 @@ func TestContextCancel(t *testing.T) {
 			time.Sleep(50 * time.Millisecond) // both directions blocked in reads
 			start := time.Now()
 			cancel(cause)
-			r := wait(t, res, 2*time.Second)
-			took := time.Since(start)
-			t.Logf("Copy returned %v after cancel", took)
-			if took > 500*time.Millisecond {
-				t.Errorf("Copy returned %v after cancel, want promptly", took)
-			}
+			// Both reads are blocked with no deadline: only the
+			// cancellation can end them, so returning at all is the proof.
+			r := wait(t, res, 10*time.Second)
+			t.Logf("Copy returned %v after cancel", time.Since(start))
 			if !errors.Is(r.Err, context.Canceled) || !errors.Is(r.Err, cause) {
 				t.Errorf("Result.Err = %v, want context.Canceled with its cause", r.Err)
 			}
@@ -318,13 +319,13 @@ func TestErrorClosesOther(t *testing.T) {
 				start := time.Now()
 				raw.Close() // RST
 
-				other.SetReadDeadline(time.Now().Add(2 * time.Second))
+				// The relay has no idle timeout here: EOF before the read
+				// deadline comes only from the reset being propagated.
+				other.SetReadDeadline(time.Now().Add(10 * time.Second))
 				if _, err := other.Read(make([]byte, 1)); !isEOF(err) {
 					t.Errorf("other side read: %v, want EOF", err)
 				}
-				if took := time.Since(start); took > time.Second {
-					t.Errorf("other side closed %v after the reset", took)
-				}
+				t.Logf("other side closed %v after the reset", time.Since(start))
 				r := wait(t, res, 2*time.Second)
 				t.Logf("Result.Err: %v", r.Err)
 				if !errors.Is(r.Err, syscall.ECONNRESET) {
