@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/credflow/credflow/internal/peercred"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // dialEnv makes the test binary a client: "tcp ADDR" or "unix PATH". It
@@ -144,9 +145,7 @@ func TestOfOtherConn(t *testing.T) {
 // binary every uid can run, for clients run as another user.
 func shared(t *testing.T) (dir, bin string) {
 	t.Helper()
-	if os.Geteuid() != 0 {
-		t.Fatal("this test runs a client as another uid and needs root (make test runs as root)")
-	}
+	testenv.NeedsRoot(t, "running a client as another uid")
 	dir, err := os.MkdirTemp("", "peercred-")
 	if err != nil {
 		t.Fatal(err)
