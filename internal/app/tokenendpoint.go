@@ -46,7 +46,11 @@ func startTokenEndpoint(te *config.TokenEndpoint, c exchange.Config, log *slog.L
 	t.srv = &http.Server{Handler: t.ep, ConnContext: t.ep.ConnContext,
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}
 	go t.srv.Serve(ln)
-	log.Info("credflow: token endpoint listening", slog.String(logkey.Listener, te.Network+":"+ln.Addr().String()))
+	addr := te.Address // the socket path: the listener names the path it was made at
+	if te.Network == "tcp" {
+		addr = ln.Addr().String()
+	}
+	log.Info("credflow: token endpoint listening", slog.String(logkey.Listener, te.Network+":"+addr))
 	warnOpenTokenEndpoint(te, log)
 	return t, nil
 }

@@ -95,7 +95,9 @@ func TestE2ETokenEndpointCallers(t *testing.T) {
 	check := func(name string, r curlResult, wantStatus int, wantReason string) {
 		t.Helper()
 		if r.exit != 0 || r.status != wantStatus || r.reason != wantReason {
-			t.Fatalf("%s: curl exit %d, %d %q %v, want %d %q\n%s", name, r.exit, r.status, r.reason, r.body, wantStatus, wantReason, r.raw)
+			head, _, _ := strings.Cut(r.raw, "\r\n\r\n") // not the body: no token in the test output
+			t.Fatalf("%s: curl exit %d, %d %q (error %v, token issued: %v), want %d %q\n%s",
+				name, r.exit, r.status, r.reason, r.body["error"], r.body["access_token"] != nil, wantStatus, wantReason, head)
 		}
 		tok, _ := r.body["access_token"].(string)
 		if wantStatus != 200 {
@@ -149,7 +151,7 @@ func TestE2ETokenEndpointCallers(t *testing.T) {
 	// never a token.
 	lines := tcpSidecar.LogLines(`"msg":"token"`)
 	want := []string{`"uid":1001,"audience":"` + backend + `","token_type"`, `"uid":1003,"audience":"` + backend + `","reason":"caller_not_allowed"`,
-		`"uid":1001,"audience":"spiffe://example.org/intruder","reason":"audience_not_allowed"`, `"uid":1001,"reason":"bad_host"`,
+		`"uid":1001,"audience":"spiffe://example.org/intruder","reason":"audience_not_allowed"`, `"uid":1001,"audience":"` + backend + `","reason":"bad_host"`,
 		`"uid":0,"audience":"` + backend + `","reason":"caller_not_allowed"`}
 	if len(lines) != len(want) {
 		t.Fatalf("TCP sidecar token log lines:\n%s\nwant %d", strings.Join(lines, "\n"), len(want))
@@ -185,7 +187,7 @@ func TestE2ETokenEndpointCallers(t *testing.T) {
 	}
 	r := curlAs(t, ctx, s.Dir(), uidIntruder, uidIntruder, ok, tcpURL)
 	if r.status != 200 || claimsOf(fmt.Sprint(r.body["access_token"]))["sub"] != "spiffe://example.org/frontend" {
-		t.Fatalf("uid 1003 after it was added to the callers: %d %v", r.status, r.body)
+		t.Fatalf("uid 1003 after it was added to the callers: %d %q", r.status, r.reason)
 	}
 	issued = append(issued, fmt.Sprint(r.body["access_token"]))
 	if len(issued) != 3 {

@@ -251,6 +251,24 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	q.cred = &cl.cred
+	// The form is read first, for the log line of any refusal, but the
+	// caller and the Host are checked before what it says.
+	formOK, formErr := r.Method == http.MethodPost, "use POST"
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); formOK && (err != nil || mt != "application/x-www-form-urlencoded") {
+		formOK, formErr = false, "the body must be application/x-www-form-urlencoded"
+	}
+	if formOK {
+		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
+		if err := r.ParseForm(); err != nil {
+			formOK, formErr = false, "the form does not parse"
+		}
+	}
+	form := r.PostForm
+	if aud := strings.Join(form["audience"], " "); len(aud) > maxLoggedAudience {
+		q.audience = aud[:maxLoggedAudience] + "..."
+	} else {
+		q.audience = aud
+	}
 	pol := e.policy.Load()
 	if !pol.callers.Allows(cl.cred) {
 		q.refuse(http.StatusForbidden, "access_denied", ReasonCallerNotAllowed, fmt.Sprintf("caller %v is not one of token_endpoint.callers", cl.cred))
@@ -260,25 +278,14 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 		q.refuse(http.StatusBadRequest, "invalid_request", ReasonBadHost, "the Host header must be localhost, 127.0.0.1 or [::1], with or without a port")
 		return
 	}
-	if r.Method != http.MethodPost {
-		w.Header().Set("Allow", http.MethodPost)
-		q.refuse(http.StatusMethodNotAllowed, "invalid_request", ReasonInvalidRequest, "use POST")
+	if !formOK {
+		status := http.StatusBadRequest
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			status = http.StatusMethodNotAllowed
+		}
+		q.refuse(status, "invalid_request", ReasonInvalidRequest, formErr)
 		return
-	}
-	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "the body must be application/x-www-form-urlencoded")
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, maxBody)
-	if err := r.ParseForm(); err != nil {
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "the form does not parse")
-		return
-	}
-	form := r.PostForm
-	if aud := strings.Join(form["audience"], " "); len(aud) > maxLoggedAudience {
-		q.audience = aud[:maxLoggedAudience] + "..."
-	} else {
-		q.audience = aud
 	}
 	switch {
 	case len(form["grant_type"]) != 1:

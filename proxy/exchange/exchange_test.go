@@ -257,8 +257,8 @@ func TestCallers(t *testing.T) {
 				t.Fatalf("%d %v %v, want 403 access_denied %s", code, out, h, tt.reason)
 			}
 			lines := e.log.lines(t)
-			if len(lines) != 1 || lines[0]["uid"] != float64(self) || lines[0]["audience"] != nil && lines[0]["audience"] != audB {
-				t.Fatalf("log: %v, want one line naming uid %d", lines, self)
+			if len(lines) != 1 || lines[0]["uid"] != float64(self) || lines[0]["audience"] != audB {
+				t.Fatalf("log: %v, want one line naming uid %d and the audience", lines, self)
 			}
 			if tt.sock != "" && (lines[0]["gid"] != float64(selfGID) || lines[0]["pid"] != float64(os.Getpid())) {
 				t.Fatalf("log: %v, want the gid and pid of a unix-socket caller", lines)
