@@ -15,7 +15,8 @@ import (
 //	                                                      an allowed outbound connection is counted when
 //	                                                      it ends (TLS 1.3 servers refuse after the
 //	                                                      client's handshake completes)
-//	credflow_refusals_total{direction,reason}             refused or failed connections by reason
+//	credflow_refusals_total{direction,reason}             refused or failed connections by reason; direction
+//	                                                      token_endpoint: refused token endpoint requests
 //	credflow_handshake_duration_seconds{direction}        mTLS handshake time (histogram)
 //	credflow_tls_connections_total{direction,group,version,resumed}
 //	                                                      established mTLS connections by key-exchange group and TLS version
@@ -137,6 +138,16 @@ func (m *Metrics) refused(dir direction, reason string, isError bool) {
 	}
 	m.conns.WithLabelValues(string(dir), result).Inc()
 	m.refusals.WithLabelValues(string(dir), reason).Inc()
+}
+
+// TokenEndpointRefused counts a request the token endpoint refused, in
+// credflow_refusals_total{direction="token_endpoint"}. reason is one of the
+// endpoint's fixed reasons.
+func (m *Metrics) TokenEndpointRefused(reason string) {
+	if m == nil {
+		return
+	}
+	m.refusals.WithLabelValues("token_endpoint", reason).Inc()
 }
 
 func (m *Metrics) handshakeDone(dir direction, seconds float64) {

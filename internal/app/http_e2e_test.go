@@ -94,7 +94,7 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 	outbound := func(name, listen, upstream string) string {
 		return fmt.Sprintf("  - name: %s\n    listen: %q\n    upstream: %q\n    protocol: http\n    expect: [spiffe://example.org/backend]\n", name, listen, upstream)
 	}
-	frontend := start(uidFrontend, "frontend", common+fmt.Sprintf("token_endpoint: %q\n", tokenEndpoint)+"outbound:\n"+outbound("grpc", outGRPC, inGRPC)+outbound("web", outHTTP, inHTTP))
+	frontend := start(uidFrontend, "frontend", common+fmt.Sprintf("token_endpoint: {listen: %q, audiences: [spiffe://example.org/backend]}\n", tokenEndpoint)+"outbound:\n"+outbound("grpc", outGRPC, inGRPC)+outbound("web", outHTTP, inHTTP))
 	intruder := start(uidIntruder, "intruder", common+"outbound:\n"+outbound("web", intruderHTTP, inHTTP))
 
 	// gRPC: unary and server-streaming allowed, another method refused.

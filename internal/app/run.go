@@ -94,7 +94,8 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	pc := proxyConfig(cfg, src, log, proxy.NewMetrics(reg))
+	pm := proxy.NewMetrics(reg)
+	pc := proxyConfig(cfg, src, log, pm)
 	var exchanger *edge.Exchanger
 	if cfg.Edge != nil {
 		if exchanger, err = newExchanger(ctx, cfg.Edge, src, edge.NewMetrics(reg), log); err != nil {
@@ -149,14 +150,13 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	go adminSrv.Serve(adminLn)
 	defer adminSrv.Close()
-	if cfg.TokenEndpoint != "" {
-		tokLn, err := net.Listen("tcp", cfg.TokenEndpoint)
-		if err != nil {
-			return fmt.Errorf("token endpoint %s: %w", cfg.TokenEndpoint, err)
+	var tok *tokenEndpoint
+	if cfg.TokenEndpoint != nil {
+		if tok, err = startTokenEndpoint(cfg.TokenEndpoint, exchange.Config{Tokens: src, Subjects: subjectExchanger(exchanger),
+			Refused: pm.TokenEndpointRefused}, log); err != nil {
+			return err
 		}
-		tokSrv := &http.Server{Handler: exchange.Handler(src, subjectExchanger(exchanger)), ReadHeaderTimeout: 5 * time.Second, IdleTimeout: time.Minute}
-		go tokSrv.Serve(tokLn)
-		defer tokSrv.Close()
+		defer tok.close()
 	}
 
 	log.Info("credflow: running", slog.String(logkey.Config, path), slog.String(logkey.Admin, adminLn.Addr().String()),
@@ -169,7 +169,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				reload(path, cfg, p, log)
+				reload(path, cfg, p, tok, log)
 				continue
 			}
 			log.Info("credflow: draining", slog.String(logkey.Signal, sig.String()), slog.Duration(logkey.Timeout, cfg.DrainTimeout))
@@ -234,11 +234,13 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 	return pc
 }
 
-// reload applies the policies of a changed configuration file. An invalid
-// file is refused and the running configuration kept. Listener addresses,
-// capture destinations, timeouts and limits need a restart; a change to
-// them is reported and not applied.
-func reload(path string, cur *config.Config, p *proxy.Proxy, log *slog.Logger) {
+// reload applies the policies of a changed configuration file: the
+// listeners' SPIFFE ID policies and the token endpoint's callers and
+// audiences. An invalid file is refused and the running configuration kept.
+// Listener addresses (the token endpoint's included), capture destinations,
+// timeouts and limits need a restart; a change to them is reported and not
+// applied.
+func reload(path string, cur *config.Config, p *proxy.Proxy, tok *tokenEndpoint, log *slog.Logger) {
 	next, err := config.Load(path)
 	if err != nil {
 		log.Error("credflow: reload refused, keeping the running configuration", slog.String(logkey.Error, err.Error()))
@@ -258,6 +260,9 @@ func reload(path string, cur *config.Config, p *proxy.Proxy, log *slog.Logger) {
 			log.Error("credflow: reload", slog.String(logkey.Error, err.Error()))
 		}
 	}
+	if tok != nil {
+		tok.setPolicy(next.TokenEndpoint, log)
+	}
 	log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path))
 }
 
@@ -266,6 +271,9 @@ func sameListeners(a, b *config.Config) bool {
 		var k []string
 		for _, in := range c.Inbound {
 			k = append(k, "in|"+in.Name+"|"+in.Listen+"|"+in.App+"|"+in.QUICListen)
+		}
+		if te := c.TokenEndpoint; te != nil {
+			k = append(k, fmt.Sprintf("token|%s|%s|%d", te.Network, te.Address, te.SocketGroup))
 		}
 		for _, out := range c.Outbound {
 			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)

@@ -20,10 +20,12 @@ import (
 	"golang.org/x/net/http/httpguts"
 	"gopkg.in/yaml.v3"
 
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/edge"
+	"github.com/credflow/credflow/proxy/exchange"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/proxy/txn"
 )
@@ -50,9 +52,8 @@ type Config struct {
 	// $SPIFFE_ENDPOINT_SOCKET, read by the process wiring.
 	WorkloadAPI string
 	Admin       string
-	// TokenEndpoint, if set, is the loopback address of the RFC 8693 token
-	// endpoint.
-	TokenEndpoint string
+	// TokenEndpoint, if set, configures the RFC 8693 token endpoint.
+	TokenEndpoint *TokenEndpoint
 	LogLevel      string
 	LogFormat     string
 
@@ -81,6 +82,22 @@ type Config struct {
 	QUICHandshakeTimeout time.Duration
 	QUICIdleTimeout      time.Duration
 	QUICHandshakeRate    float64
+}
+
+// TokenEndpoint is the validated token_endpoint section.
+type TokenEndpoint struct {
+	// Network is "tcp", with Address a loopback host:port, or "unix", with
+	// Address the absolute path of the socket.
+	Network, Address string
+	// SocketGroup, for a unix socket, is the group that may connect too
+	// (mode 0660); -1 is none (mode 0600: the sidecar's uid and root).
+	SocketGroup int
+	// Callers are the local users that may get tokens; empty is every
+	// local process.
+	Callers peercred.Callers
+	// Audiences are the audiences JWT-SVIDs are issued for;
+	// exchange.AnyAudience is every one, empty none.
+	Audiences []string
 }
 
 // Edge is the validated edge-exchange configuration.
@@ -126,9 +143,9 @@ type Outbound struct {
 
 // file is the YAML shape.
 type file struct {
-	WorkloadAPI   string `yaml:"workload_api"`
-	Admin         string `yaml:"admin"`
-	TokenEndpoint string `yaml:"token_endpoint"`
+	WorkloadAPI   string        `yaml:"workload_api"`
+	Admin         string        `yaml:"admin"`
+	TokenEndpoint tokenEndpoint `yaml:"token_endpoint"`
 	Log           struct {
 		Level  string `yaml:"level"`
 		Format string `yaml:"format"`
@@ -227,6 +244,107 @@ type file struct {
 	} `yaml:"outbound"`
 }
 
+// tokenEndpoint is token_endpoint in YAML: an address, or a mapping.
+type tokenEndpoint struct {
+	Listen      string `yaml:"listen"`
+	SocketGroup *int64 `yaml:"socket_group"`
+	Callers     struct {
+		UIDs []int64 `yaml:"uids"`
+		GIDs []int64 `yaml:"gids"`
+	} `yaml:"callers"`
+	Audiences []string `yaml:"audiences"`
+	set       bool
+}
+
+// UnmarshalYAML takes "token_endpoint: ADDR" as {listen: ADDR}. Unknown
+// fields of the mapping are errors, as everywhere in the file (the
+// decoder's KnownFields does not reach into custom unmarshalers).
+func (t *tokenEndpoint) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		t.set = n.Value != ""
+		return n.Decode(&t.Listen)
+	}
+	t.set = true
+	if err := knownKeys(n, "token_endpoint", "listen", "socket_group", "callers", "audiences"); err != nil {
+		return err
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == "callers" {
+			if err := knownKeys(n.Content[i+1], "token_endpoint.callers", "uids", "gids"); err != nil {
+				return err
+			}
+		}
+	}
+	type plain tokenEndpoint
+	return n.Decode((*plain)(t))
+}
+
+// knownKeys refuses a key of the mapping n that is not one of keys.
+func knownKeys(n *yaml.Node, field string, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // the decoder reports the wrong kind
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: field %s not found in %s (known: %s)", k.Line, k.Value, field, strings.Join(keys, ", "))
+		}
+	}
+	return nil
+}
+
+// parseTokenEndpoint checks the token_endpoint section.
+func parseTokenEndpoint(t *tokenEndpoint, admin string, edge bool, fail func(field, format string, args ...any)) *TokenEndpoint {
+	te := &TokenEndpoint{SocketGroup: -1, Audiences: t.Audiences}
+	if path, ok := strings.CutPrefix(t.Listen, "unix://"); ok {
+		te.Network, te.Address = "unix", path
+		switch {
+		case !strings.HasPrefix(path, "/"):
+			fail("token_endpoint.listen", "%q: the socket path must be absolute (unix:///run/credflow/token.sock)", t.Listen)
+		case len(path) > 107:
+			fail("token_endpoint.listen", "%q: a unix socket path is at most 107 bytes", t.Listen)
+		}
+	} else {
+		te.Network, te.Address = "tcp", t.Listen
+		if err := checkAddr(t.Listen, true); err != nil {
+			fail("token_endpoint.listen", "%v (or unix:///path/to.sock)", err)
+		} else if clash(t.Listen, admin) {
+			fail("token_endpoint.listen", "%s clashes with admin (%s)", t.Listen, admin)
+		}
+	}
+	id := func(field string, v int64) uint32 {
+		if v < 0 || v >= int64(peercred.NoID) {
+			fail(field, "%d is not a uid or gid", v)
+		}
+		return uint32(v)
+	}
+	if t.SocketGroup != nil {
+		if te.Network != "unix" {
+			fail("token_endpoint.socket_group", "only applies to a unix:// listen address")
+		}
+		te.SocketGroup = int(id("token_endpoint.socket_group", *t.SocketGroup))
+	}
+	for i, u := range t.Callers.UIDs {
+		te.Callers.UIDs = append(te.Callers.UIDs, id(fmt.Sprintf("token_endpoint.callers.uids[%d]", i), u))
+	}
+	for i, g := range t.Callers.GIDs {
+		te.Callers.GIDs = append(te.Callers.GIDs, id(fmt.Sprintf("token_endpoint.callers.gids[%d]", i), g))
+	}
+	if len(te.Callers.GIDs) > 0 && te.Network != "unix" {
+		fail("token_endpoint.callers.gids", "a TCP caller has no group the kernel can name; use uids, or a unix:// listen address")
+	}
+	for i, a := range t.Audiences {
+		if a == "" {
+			fail(fmt.Sprintf("token_endpoint.audiences[%d]", i), "empty")
+		}
+	}
+	if len(t.Audiences) == 0 && !edge {
+		fail("token_endpoint.audiences", "required: the audiences this workload's JWT-SVIDs may be issued for "+
+			"(token_endpoint: {listen: %s, audiences: [spiffe://example.org/backend]}; %q allows every audience)",
+			cmpOr(t.Listen, "127.0.0.1:15080"), exchange.AnyAudience)
+	}
+	return te
+}
+
 // duration is a time.Duration written as "10s" in YAML.
 type duration struct {
 	d   time.Duration
@@ -323,12 +441,8 @@ func Parse(data []byte) (*Config, error) {
 	if err := checkAddr(c.Admin, true); err != nil {
 		fail("admin", "%v", err)
 	}
-	if c.TokenEndpoint = f.TokenEndpoint; c.TokenEndpoint != "" {
-		if err := checkAddr(c.TokenEndpoint, true); err != nil {
-			fail("token_endpoint", "%v", err)
-		} else if clash(c.TokenEndpoint, c.Admin) {
-			fail("token_endpoint", "%s clashes with admin (%s)", c.TokenEndpoint, c.Admin)
-		}
+	if f.TokenEndpoint.set {
+		c.TokenEndpoint = parseTokenEndpoint(&f.TokenEndpoint, c.Admin, f.Edge != nil, fail)
 	}
 	if c.KeyExchange.Mode, err = pqc.ParseMode(f.KeyExchange.Mode); err != nil {
 		fail("key_exchange.mode", "%v", err)
@@ -372,6 +486,9 @@ func Parse(data []byte) (*Config, error) {
 	ports := map[string]string{} // listen address -> field
 	if c.Admin != "" {
 		ports[c.Admin] = "admin"
+	}
+	if te := c.TokenEndpoint; te != nil && te.Network == "tcp" {
+		ports[te.Address] = "token_endpoint"
 	}
 	claim := func(field, name, listen string) {
 		if name == "" {

@@ -61,7 +61,7 @@ func TestParseErrors(t *testing.T) {
 		{"app not on loopback", "inbound:\n  - name: app\n    listen: :1\n    app: 10.0.0.1:2\n    allow: [spiffe://a]\n", "inbound[0].app"},
 		{"admin not on loopback", in("admin: 0.0.0.0:15000\n"), "admin:"},
 		{"admin on a pod IP", in("admin: 10.1.2.3:15000\n"), "admin:"},
-		{"token endpoint not on loopback", in("token_endpoint: 0.0.0.0:15080\n"), "token_endpoint:"},
+		{"token endpoint not on loopback", in("token_endpoint: 0.0.0.0:15080\n"), "token_endpoint.listen:"},
 		{"app_response_timeout on a TCP listener", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://a]\n    app_response_timeout: 5s\n", "need protocol: http"},
 		{"port clash", in("outbound:\n  - name: b\n    listen: 127.0.0.1:15006\n    upstream: x:1\n    expect: [spiffe://a]\n"), "outbound[0].listen: 127.0.0.1:15006 clashes with inbound[0].listen"},
 		{"clash with a wildcard host", in("outbound:\n  - name: b\n    listen: 0.0.0.0:15006\n    upstream: x:1\n    expect: [spiffe://a]\n"), "clashes"},

@@ -41,4 +41,8 @@ const (
 	Txn          = "txn"
 	TokenID      = "jti"
 	Issuer       = "issuer"
+	UID          = "uid"
+	GID          = "gid"
+	PID          = "pid"
+	TokenType    = "token_type"
 )

@@ -10,8 +10,24 @@
 //
 // A success is RFC 8693 §2.2.1 JSON (access_token, issued_token_type
 // urn:ietf:params:oauth:token-type:jwt, token_type N_A, expires_in); an
-// error is RFC 6749 §5.2 JSON (error, error_description). Requests from
-// anywhere but loopback are refused.
+// error is RFC 6749 §5.2 JSON (error, error_description), with the stable
+// refusal reason in the X-Credflow-Reason header.
+//
+// A JWT-SVID lets its holder act as this workload towards its audience, so
+// the endpoint only serves the callers and audiences it is configured for:
+//
+//   - the caller is who the kernel says connected (ConnContext: the uid of
+//     a loopback TCP client socket, or SO_PEERCRED on a unix socket), never
+//     something the request claims; a caller outside Config.Callers is
+//     refused (caller_not_allowed), and one the kernel cannot name
+//     (caller_unknown);
+//   - the Host header must name loopback (bad_host), so a web page that
+//     rebinds its DNS name to 127.0.0.1 cannot read a token;
+//   - the audience must be one of Config.Audiences (audience_not_allowed,
+//     error invalid_target of RFC 8693 §2.2.2).
+//
+// Each request is logged once with the caller's uid, gid and pid, the
+// audience, the decision and the reason; never a token.
 //
 // When the sidecar has an edge configuration, a subject_token (an external
 // JWT, subject_token_type urn:ietf:params:oauth:token-type:jwt or
@@ -29,13 +45,20 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log/slog"
 	"mime"
 	"net"
 	"net/http"
+	"slices"
+	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
+	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/txn"
 )
@@ -62,6 +85,24 @@ type Exchanger interface {
 	Exchange(ctx context.Context, external string) (string, *txn.Claims, error)
 }
 
+// AnyAudience in Config.Audiences allows every audience.
+const AnyAudience = "*"
+
+// Refusal reasons, in the X-Credflow-Reason header and the log. A refused
+// subject token has the edge package's reason (external_expired, ...).
+const (
+	ReasonCallerUnknown      = "caller_unknown"       // the kernel could not say who connected
+	ReasonCallerNotAllowed   = "caller_not_allowed"   // the caller's uid/gid is not in Config.Callers
+	ReasonBadHost            = "bad_host"             // the Host header does not name loopback
+	ReasonAudienceNotAllowed = "audience_not_allowed" // the audience is not in Config.Audiences
+	ReasonInvalidRequest     = "invalid_request"      // a malformed request
+	ReasonUnsupportedGrant   = "unsupported_grant_type"
+	ReasonNoToken            = "no_token" // the Workload API or the minter did not give a token
+)
+
+// maxLoggedAudience bounds the audience written to the log.
+const maxLoggedAudience = 256
+
 // Response is a successful token response.
 type Response struct {
 	AccessToken     string `json:"access_token"`
@@ -76,94 +117,242 @@ type Error struct {
 	Description string `json:"error_description,omitempty"`
 }
 
-// Handler serves the token endpoint at /token: JWT-SVIDs from tokens, and,
-// if subjects is not nil, transaction tokens for subject tokens.
-func Handler(tokens Tokens, subjects Exchanger) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/token", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Cache-Control", "no-store")
-		if !fromLoopback(r) {
-			writeJSON(w, http.StatusForbidden, Error{"access_denied", "the token endpoint serves loopback only"})
-			return
+// Config configures the token endpoint.
+type Config struct {
+	// Tokens mints this workload's JWT-SVIDs. Required.
+	Tokens Tokens
+	// Subjects, if not nil, exchanges subject tokens for transaction
+	// tokens; nil refuses subject_token requests.
+	Subjects Exchanger
+	// Audiences are the audiences a JWT-SVID is issued for, compared
+	// exactly; AnyAudience allows every one. Empty: no JWT-SVID is issued.
+	Audiences []string
+	// Callers are the local users that may call. The zero value allows
+	// every local process.
+	Callers peercred.Callers
+	// Log gets one line per request; nil discards them.
+	Log *slog.Logger
+	// Refused, if not nil, is called with the reason of each refusal
+	// (credflow_refusals_total).
+	Refused func(reason string)
+}
+
+// Endpoint is the token endpoint, an http.Handler for /token. Serve it with
+// ConnContext as the http.Server's ConnContext: a request on a connection
+// that did not pass through it is refused (caller_unknown).
+type Endpoint struct {
+	tokens   Tokens
+	subjects Exchanger
+	log      *slog.Logger
+	refused  func(string)
+	policy   atomic.Pointer[policy]
+	mux      *http.ServeMux
+}
+
+type policy struct {
+	callers   peercred.Callers
+	audiences []string
+}
+
+// New returns the endpoint for c.
+func New(c Config) *Endpoint {
+	e := &Endpoint{tokens: c.Tokens, subjects: c.Subjects, log: c.Log, refused: c.Refused, mux: http.NewServeMux()}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	e.SetPolicy(c.Callers, c.Audiences)
+	e.mux.HandleFunc("/token", e.serveToken)
+	return e
+}
+
+// SetPolicy replaces the allowed callers and audiences (a configuration
+// reload); requests already past the checks are not affected.
+func (e *Endpoint) SetPolicy(callers peercred.Callers, audiences []string) {
+	e.policy.Store(&policy{callers: callers, audiences: slices.Clone(audiences)})
+}
+
+type callerKey struct{}
+
+type caller struct {
+	cred peercred.Cred
+	err  error
+}
+
+// ConnContext returns ctx carrying the credentials of the process at the
+// other end of c, as the kernel reports them (peercred.Of). A TCP peer
+// that is not on loopback has none.
+func (e *Endpoint) ConnContext(ctx context.Context, c net.Conn) context.Context {
+	var cl caller
+	if a, ok := c.RemoteAddr().(*net.TCPAddr); ok && !a.IP.IsLoopback() {
+		cl.err = fmt.Errorf("exchange: %v is not a loopback address", a)
+	} else {
+		cl.cred, cl.err = peercred.Of(c)
+	}
+	return context.WithValue(ctx, callerKey{}, cl)
+}
+
+// ServeHTTP serves /token.
+func (e *Endpoint) ServeHTTP(w http.ResponseWriter, r *http.Request) { e.mux.ServeHTTP(w, r) }
+
+// request is one request being answered, for its log line.
+type request struct {
+	e        *Endpoint
+	w        http.ResponseWriter
+	cred     *peercred.Cred
+	audience string
+}
+
+// refuse answers with an RFC 6749 error, the reason in X-Credflow-Reason,
+// and logs and counts the refusal.
+func (q *request) refuse(status int, code, reason, desc string) {
+	q.w.Header().Set("X-Credflow-Reason", reason)
+	writeJSON(q.w, status, Error{code, desc})
+	if q.e.refused != nil {
+		q.e.refused(reason)
+	}
+	q.logLine("refused", reason, "")
+}
+
+// issue answers with a token and logs the issuance (not the token).
+func (q *request) issue(resp Response) {
+	writeJSON(q.w, http.StatusOK, resp)
+	q.logLine("issued", "", resp.IssuedTokenType)
+}
+
+func (q *request) logLine(decision, reason, tokenType string) {
+	attrs := []slog.Attr{slog.String(logkey.Listener, "token_endpoint"), slog.String(logkey.Decision, decision)}
+	if q.cred != nil {
+		attrs = append(attrs, slog.Uint64(logkey.UID, uint64(q.cred.UID)))
+		if q.cred.GID != peercred.NoID {
+			attrs = append(attrs, slog.Uint64(logkey.GID, uint64(q.cred.GID)))
 		}
-		if r.Method != http.MethodPost {
-			w.Header().Set("Allow", http.MethodPost)
-			writeJSON(w, http.StatusMethodNotAllowed, Error{"invalid_request", "use POST"})
-			return
+		if q.cred.PID != 0 {
+			attrs = append(attrs, slog.Int64(logkey.PID, int64(q.cred.PID)))
 		}
-		if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "the body must be application/x-www-form-urlencoded"})
-			return
-		}
+	}
+	if q.audience != "" {
+		attrs = append(attrs, slog.String(logkey.Audience, q.audience))
+	}
+	if reason != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	}
+	if tokenType != "" {
+		attrs = append(attrs, slog.String(logkey.TokenType, tokenType))
+	}
+	q.e.log.LogAttrs(context.Background(), slog.LevelInfo, "token", attrs...)
+}
+
+func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	q := &request{e: e, w: w}
+	cl, ok := r.Context().Value(callerKey{}).(caller)
+	if !ok || cl.err != nil {
+		q.refuse(http.StatusForbidden, "access_denied", ReasonCallerUnknown, "the token endpoint serves local processes whose user the kernel can name")
+		return
+	}
+	q.cred = &cl.cred
+	// The form is read first, for the log line of any refusal, but the
+	// caller and the Host are checked before what it says.
+	formOK, formErr := r.Method == http.MethodPost, "use POST"
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); formOK && (err != nil || mt != "application/x-www-form-urlencoded") {
+		formOK, formErr = false, "the body must be application/x-www-form-urlencoded"
+	}
+	if formOK {
 		r.Body = http.MaxBytesReader(w, r.Body, maxBody)
 		if err := r.ParseForm(); err != nil {
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "the form does not parse"})
-			return
+			formOK, formErr = false, "the form does not parse"
 		}
-		form := r.PostForm
-		switch {
-		case len(form["grant_type"]) != 1:
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "exactly one grant_type is required"})
-			return
-		case form.Get("grant_type") != GrantType:
-			writeJSON(w, http.StatusBadRequest, Error{"unsupported_grant_type", "only " + GrantType})
-			return
-		case form.Has("subject_token") || form.Has("actor_token"):
-			exchangeSubject(w, r, subjects)
-			return
-		case len(form["audience"]) != 1 || form.Get("audience") == "":
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "exactly one non-empty audience is required"})
-			return
-		case form.Has("requested_token_type") && form.Get("requested_token_type") != TokenType:
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "only " + TokenType + " can be issued"})
-			return
+	}
+	form := r.PostForm
+	if aud := strings.Join(form["audience"], " "); len(aud) > maxLoggedAudience {
+		q.audience = aud[:maxLoggedAudience] + "..."
+	} else {
+		q.audience = aud
+	}
+	pol := e.policy.Load()
+	if !pol.callers.Allows(cl.cred) {
+		q.refuse(http.StatusForbidden, "access_denied", ReasonCallerNotAllowed, fmt.Sprintf("caller %v is not one of token_endpoint.callers", cl.cred))
+		return
+	}
+	if !LoopbackHost(r.Host) {
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonBadHost, "the Host header must be localhost, 127.0.0.1 or [::1], with or without a port")
+		return
+	}
+	if !formOK {
+		status := http.StatusBadRequest
+		if r.Method != http.MethodPost {
+			w.Header().Set("Allow", http.MethodPost)
+			status = http.StatusMethodNotAllowed
 		}
-		svid, err := tokens.FetchJWTSVID(r.Context(), form.Get("audience"))
-		if err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, Error{"temporarily_unavailable", "no JWT-SVID from the Workload API"})
-			return
-		}
-		writeJSON(w, http.StatusOK, Response{
-			AccessToken:     svid.Marshal(),
-			IssuedTokenType: TokenType,
-			TokenType:       "N_A",
-			ExpiresIn:       int64(time.Until(svid.Expiry).Seconds()),
-		})
+		q.refuse(status, "invalid_request", ReasonInvalidRequest, formErr)
+		return
+	}
+	switch {
+	case len(form["grant_type"]) != 1:
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one grant_type is required")
+		return
+	case form.Get("grant_type") != GrantType:
+		q.refuse(http.StatusBadRequest, "unsupported_grant_type", ReasonUnsupportedGrant, "only "+GrantType)
+		return
+	case form.Has("subject_token") || form.Has("actor_token"):
+		e.exchangeSubject(q, r)
+		return
+	case len(form["audience"]) != 1 || form.Get("audience") == "":
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one non-empty audience is required")
+		return
+	case form.Has("requested_token_type") && form.Get("requested_token_type") != TokenType:
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "only "+TokenType+" can be issued")
+		return
+	}
+	aud := form.Get("audience")
+	if !slices.Contains(pol.audiences, aud) && !slices.Contains(pol.audiences, AnyAudience) {
+		q.refuse(http.StatusBadRequest, "invalid_target", ReasonAudienceNotAllowed, "the audience is not one of token_endpoint.audiences")
+		return
+	}
+	svid, err := e.tokens.FetchJWTSVID(r.Context(), aud)
+	if err != nil {
+		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", ReasonNoToken, "no JWT-SVID from the Workload API")
+		return
+	}
+	q.issue(Response{
+		AccessToken:     svid.Marshal(),
+		IssuedTokenType: TokenType,
+		TokenType:       "N_A",
+		ExpiresIn:       int64(time.Until(svid.Expiry).Seconds()),
 	})
-	return mux
 }
 
 // exchangeSubject answers a request with a subject_token.
-func exchangeSubject(w http.ResponseWriter, r *http.Request, subjects Exchanger) {
+func (e *Endpoint) exchangeSubject(q *request, r *http.Request) {
 	form := r.PostForm
 	switch {
-	case subjects == nil:
-		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token exchange is not configured (no edge section)"})
+	case e.subjects == nil:
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "subject_token exchange is not configured (no edge section)")
 		return
 	case form.Has("actor_token"):
-		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "actor_token is not supported: the actor is this workload"})
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "actor_token is not supported: the actor is this workload")
 		return
 	case len(form["subject_token"]) != 1 || form.Get("subject_token") == "":
-		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "exactly one non-empty subject_token is required"})
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one non-empty subject_token is required")
 		return
 	case form.Get("subject_token_type") != TokenType && form.Get("subject_token_type") != AccessTokenType:
-		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token_type must be " + TokenType + " or " + AccessTokenType})
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "subject_token_type must be "+TokenType+" or "+AccessTokenType)
 		return
 	case form.Has("requested_token_type") && form.Get("requested_token_type") != TxnTokenType:
-		writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "a subject_token is exchanged for " + TxnTokenType + " only"})
+		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "a subject_token is exchanged for "+TxnTokenType+" only")
 		return
 	}
-	tok, c, err := subjects.Exchange(r.Context(), form.Get("subject_token"))
+	tok, c, err := e.subjects.Exchange(r.Context(), form.Get("subject_token"))
 	if err != nil {
 		var refusal *edge.Error
 		if errors.As(err, &refusal) {
-			writeJSON(w, http.StatusBadRequest, Error{"invalid_request", "subject_token refused: " + string(refusal.Reason)})
+			q.refuse(http.StatusBadRequest, "invalid_request", string(refusal.Reason), "subject_token refused: "+string(refusal.Reason))
 			return
 		}
-		writeJSON(w, http.StatusServiceUnavailable, Error{"temporarily_unavailable", "no transaction token could be minted"})
+		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", ReasonNoToken, "no transaction token could be minted")
 		return
 	}
-	writeJSON(w, http.StatusOK, Response{
+	q.issue(Response{
 		AccessToken:     tok,
 		IssuedTokenType: TxnTokenType,
 		TokenType:       "N_A",
@@ -171,10 +360,46 @@ func exchangeSubject(w http.ResponseWriter, r *http.Request, subjects Exchanger)
 	})
 }
 
-func fromLoopback(r *http.Request) bool {
-	host, _, err := net.SplitHostPort(r.RemoteAddr)
-	ip := net.ParseIP(host)
-	return err == nil && ip != nil && ip.IsLoopback()
+// LoopbackHost reports whether host, a Host header, names loopback:
+// localhost, an address of 127.0.0.0/8 or ::1, with or without a port.
+// Names that only resolve to loopback (a rebound DNS name) do not count.
+func LoopbackHost(host string) bool {
+	h := host
+	if strings.HasPrefix(h, "[") {
+		// [::1] or [::1]:port; a bracketed host must be IPv6.
+		end := strings.IndexByte(h, ']')
+		if end < 0 || (end+1 < len(h) && !validPort(h[end+1:])) {
+			return false
+		}
+		ip := net.ParseIP(h[1:end])
+		return ip != nil && ip.To4() == nil && ip.IsLoopback()
+	}
+	if i := strings.LastIndexByte(h, ':'); i >= 0 {
+		if !validPort(h[i:]) {
+			return false
+		}
+		h = h[:i]
+	}
+	if strings.EqualFold(h, "localhost") || strings.EqualFold(h, "localhost.") {
+		return true
+	}
+	ip := net.ParseIP(h)
+	return ip != nil && ip.To4() != nil && ip.IsLoopback() && !strings.Contains(h, ":")
+}
+
+// validPort reports whether s is ":" and a decimal port.
+func validPort(s string) bool {
+	if len(s) < 2 || len(s) > 6 || s[0] != ':' {
+		return false
+	}
+	n := 0
+	for _, c := range s[1:] {
+		if c < '0' || c > '9' {
+			return false
+		}
+		n = n*10 + int(c-'0')
+	}
+	return n <= 65535
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {
