@@ -1,8 +1,6 @@
 package agent
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,6 +10,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/credflow/credflow/internal/joseheader"
 )
 
 // MaxJWTSize bounds the tokens ValidateJWTSVID parses; larger ones are
@@ -38,7 +38,10 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	if len(token) > MaxJWTSize {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %d bytes, over the %d limit", len(token), MaxJWTSize)
 	}
-	if err := checkHeader(token); err != nil {
+	// The one header check of every token (internal/joseheader): the
+	// JWT-SVID algorithms only, no key or key location in the token
+	// (jwk, jku, x5u, x5c), no crit, no member named twice in any case.
+	if _, err := joseheader.Parse(token, svidHeader); err != nil {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 	}
 	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
@@ -59,33 +62,12 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	return svid, nil
 }
 
-// checkHeader refuses JOSE headers a JWT-SVID never carries: keys or key
-// locations in the token itself (jwk, jku, x5u, x5c). Nothing in a token is
-// ever fetched; a token that asks for it is refused outright. It also
-// refuses algorithms outside the JWT-SVID list ("none", HMAC, ...).
-func checkHeader(token string) error {
-	if _, err := jwt.ParseSigned(token, allowedAlgs); err != nil {
-		return errors.New("unparsable, or algorithm not allowed")
-	}
-	encoded, _, _ := strings.Cut(token, ".")
-	raw, err := base64.RawURLEncoding.DecodeString(encoded)
-	if err != nil {
-		return errors.New("unparsable header")
-	}
-	var header map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &header); err != nil {
-		return errors.New("unparsable header")
-	}
-	for _, k := range []string{"jku", "x5u", "x5c", "jwk"} {
-		if _, ok := header[k]; ok {
-			return fmt.Errorf("header %q is not allowed", k)
-		}
-	}
-	return nil
-}
-
 // allowedAlgs are the JWT-SVID signature algorithms (the JWT-SVID
 // specification's list; never "none" or HMAC).
 var allowedAlgs = []jose.SignatureAlgorithm{
 	jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512, jose.PS256, jose.PS384, jose.PS512,
 }
+
+// svidHeader is what a JWT-SVID header may carry. go-spiffe checks typ
+// (absent, JWT or JOSE) and parses with the same algorithm list.
+var svidHeader = joseheader.Policy{Algorithms: allowedAlgs, MaxSize: MaxJWTSize}

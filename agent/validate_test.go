@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/internal/jwstest"
 )
 
 const aud = "spiffe://example.org/backend"
@@ -161,5 +162,35 @@ func TestValidateJWTSVIDClockSkew(t *testing.T) {
 	}
 	if _, err := agent.ValidateJWTSVID(at(-3*time.Minute), ks.bundles, aud); !errors.Is(err, jwt.ErrExpired) {
 		t.Errorf("minted 3m behind: %v, want expired", err)
+	}
+}
+
+// TestValidateJWTSVIDHeaderMembers: a JOSE header with a member named twice,
+// even in another case ({"alg":"ES256","Alg":"RS256"}), or a case variant of
+// a member that must not be there, is refused, so that no reader of the
+// header can see another algorithm, key or type than the one verified.
+func TestValidateJWTSVIDHeaderMembers(t *testing.T) {
+	ks := newKeyset(t)
+	payload, _ := json.Marshal(claims(nil))
+	if _, err := agent.ValidateJWTSVID(jwstest.Sign(t, "ES256", ks.key, `{"alg":"ES256","kid":"k1"}`, string(payload)), ks.bundles, aud); err != nil {
+		t.Fatalf("the plain header: %v", err)
+	}
+	for _, hdr := range []string{
+		`{"alg":"ES256","kid":"k1","Alg":"RS256"}`,
+		`{"Alg":"RS256","alg":"ES256","kid":"k1"}`,
+		`{"alg":"ES256","kid":"k1","aLg":"none"}`,
+		`{"alg":"ES256","kid":"k1","KID":"k2"}`,
+		`{"alg":"ES256","kid":"k1","typ":"JWT","Typ":"txntoken+jwt"}`,
+		`{"alg":"ES256","kid":"k1","JKU":"https://evil.example/jwks"}`,
+		`{"alg":"ES256","kid":"k1","X5u":"https://evil.example/cert"}`,
+		`{"alg":"ES256","kid":"k1","crit":["exp"],"exp":1}`,
+		`{"alg":"ES256","kid":"k1"}{}`,
+	} {
+		t.Run(hdr, func(t *testing.T) {
+			tok := jwstest.Sign(t, "ES256", ks.key, hdr, string(payload))
+			if svid, err := agent.ValidateJWTSVID(tok, ks.bundles, aud); err == nil {
+				t.Fatalf("accepted, for %s", svid.ID)
+			}
+		})
 	}
 }

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/credflow/credflow/internal/jwstest"
 )
 
 const issuer = "https://idp.example"
@@ -361,4 +363,42 @@ func FuzzJWKS(f *testing.F) {
 			t.Fatalf("a symmetric key was handed out for %s", alg)
 		}
 	})
+}
+
+// TestValidateHeaderMembers: the issuer's algorithm list cannot be
+// sidestepped by naming a header member twice in different cases
+// ({"alg":"PS256","Alg":"RS256"}: one reader sees PS256, another RS256), and
+// case variants of the members that are refused are refused too.
+func TestValidateHeaderMembers(t *testing.T) {
+	p := newIDP(t)
+	v := newFileValidator(t, p, "RS256")
+	key := p.key("rsa1").(*rsa.PrivateKey)
+	payload, _ := json.Marshal(claimSet(nil))
+	ctx := context.Background()
+	if _, err := v.Validate(ctx, jwstest.Sign(t, "RS256", key, `{"alg":"RS256","kid":"rsa1","typ":"JWT"}`, string(payload))); err != nil {
+		t.Fatalf("the plain header: %v", err)
+	}
+	cases := []struct {
+		alg, header string
+		want        Reason
+	}{
+		{"PS256", `{"alg":"PS256","kid":"rsa1","typ":"JWT","Alg":"RS256"}`, ReasonHeader},
+		{"PS256", `{"Alg":"RS256","alg":"PS256","kid":"rsa1"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","KID":"ec1"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","JKU":"https://evil.example/jwks"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","Jwk":{"kty":"RSA"}}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","typ":"JWT","tYp":"at+jwt"}`, ReasonHeader},
+		{"PS256", `{"alg":"PS256","kid":"rsa1"}`, ReasonAlg},
+	}
+	for _, tc := range cases {
+		t.Run(tc.header, func(t *testing.T) {
+			_, err := v.Validate(ctx, jwstest.Sign(t, tc.alg, key, tc.header, string(payload)))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := ReasonOf(err); got != tc.want {
+				t.Fatalf("reason %s (%v), want %s", got, err, tc.want)
+			}
+		})
+	}
 }

@@ -38,7 +38,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,6 +49,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/internal/joseheader"
 )
 
 // Header is the HTTP header a transaction token travels in.
@@ -287,11 +288,11 @@ func NewVerifier(bundles x509bundle.Source, cfg VerifyConfig) *Verifier {
 // signatureAlgs are the algorithms an SVID key signs with.
 var signatureAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.PS256, jose.RS256}
 
-// header is the part of the JOSE header Verify reads itself.
-type header struct {
-	Typ string   `json:"typ"`
-	X5c []string `json:"x5c"`
-}
+// txnHeader is what a transaction token's header must and may carry: the
+// SVID algorithms, typ txntoken+jwt and the signer's chain in x5c; never a
+// key or a place to fetch one (jku, x5u, jwk), crit, or a member named
+// twice in any case.
+var txnHeader = joseheader.Policy{Algorithms: signatureAlgs, Type: Type, X5C: true, MaxSize: MaxSize}
 
 // Verify checks token for a verifier in trust domain td and returns its
 // claims and the minting workload.
@@ -300,22 +301,19 @@ func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiff
 	if len(token) > MaxSize {
 		return nil, zero, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxSize)
 	}
+	h, err := joseheader.Parse(token, txnHeader)
+	if err != nil {
+		return nil, zero, refuse(ReasonHeader, "%w", err)
+	}
 	tok, err := jwt.ParseSigned(token, signatureAlgs)
 	if err != nil {
 		return nil, zero, refuse(ReasonHeader, "unparsable, or algorithm not allowed")
 	}
-	h, err := parseHeader(token)
-	if err != nil {
-		return nil, zero, err
-	}
-	if h.Typ != Type {
-		return nil, zero, refuse(ReasonHeader, "typ is not %s", Type)
-	}
-	if len(h.X5c) == 0 || len(h.X5c) > 8 {
+	if len(h.X5C) == 0 || len(h.X5C) > 8 {
 		return nil, zero, refuse(ReasonHeader, "x5c must hold the signer's chain")
 	}
-	chain := make([]*x509.Certificate, len(h.X5c))
-	for i, s := range h.X5c {
+	chain := make([]*x509.Certificate, len(h.X5C))
+	for i, s := range h.X5C {
 		der, err := base64.StdEncoding.DecodeString(s)
 		if err != nil {
 			return nil, zero, refuse(ReasonChain, "x5c[%d] is not base64", i)
@@ -364,28 +362,4 @@ func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiff
 		return nil, minter, refuse(ReasonAudience, "aud does not name %s", aud)
 	}
 	return &c, minter, nil
-}
-
-// parseHeader decodes the protected header and refuses the members that
-// would point the verifier at keys or locations outside the token's chain.
-func parseHeader(token string) (*header, error) {
-	encoded, _, _ := strings.Cut(token, ".")
-	raw, err := base64.RawURLEncoding.DecodeString(encoded)
-	if err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	for _, k := range []string{"jku", "x5u", "jwk", "crit"} {
-		if _, ok := members[k]; ok {
-			return nil, refuse(ReasonHeader, "header %q is not allowed", k)
-		}
-	}
-	var h header
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return nil, refuse(ReasonHeader, "unparsable typ or x5c")
-	}
-	return &h, nil
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/credflow/credflow/internal/jwstest"
 	"github.com/credflow/credflow/internal/testca"
 )
 
@@ -245,4 +246,42 @@ func FuzzVerify(f *testing.F) {
 			t.Fatalf("accepted changed claims %+v from %q", c, s)
 		}
 	})
+}
+
+// TestVerifyHeaderMembers: a member named twice, in any case, is refused,
+// so no reader of the header sees another algorithm or type than the one
+// checked ({"typ":"JWT","Typ":"txntoken+jwt"} is not a transaction token).
+func TestVerifyHeaderMembers(t *testing.T) {
+	f := newFixture(t)
+	svid := f.ca.Issue(t, edgeID)
+	x5c, _ := json.Marshal([]string{base64.StdEncoding.EncodeToString(svid.Certificates[0].Raw)})
+	now := time.Now()
+	payload, _ := json.Marshal(map[string]any{
+		"iss": edgeID.String(), "sub": "alice", "sub_iss": "https://idp.example", "aud": td.IDString(),
+		"act": map[string]any{"sub": edgeID.String()}, "txn": "t1", "jti": "j1",
+		"iat": now.Unix(), "exp": now.Add(time.Minute).Unix(),
+	})
+	sign := func(hdr string) string {
+		return jwstest.Sign(t, "ES256", svid.PrivateKey, strings.ReplaceAll(hdr, "X5C", string(x5c)), string(payload))
+	}
+	if _, _, err := f.verifier.Verify(sign(`{"alg":"ES256","typ":"txntoken+jwt","x5c":X5C}`), td); err != nil {
+		t.Fatalf("the plain header: %v", err)
+	}
+	for _, hdr := range []string{
+		`{"alg":"ES256","typ":"txntoken+jwt","x5c":X5C,"Alg":"RS256"}`,
+		`{"alg":"ES256","typ":"JWT","x5c":X5C,"Typ":"txntoken+jwt"}`,
+		`{"alg":"ES256","Typ":"JWT","typ":"txntoken+jwt","x5c":X5C}`,
+		`{"alg":"ES256","typ":"txntoken+jwt","x5c":X5C,"X5c":["AAAA"]}`,
+		`{"alg":"ES256","typ":"txntoken+jwt","x5c":X5C,"JKU":"https://evil.example/jwks"}`,
+	} {
+		t.Run(hdr, func(t *testing.T) {
+			_, _, err := f.verifier.Verify(sign(hdr), td)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := ReasonOf(err); got != ReasonHeader {
+				t.Fatalf("reason %s (%v), want %s", got, err, ReasonHeader)
+			}
+		})
+	}
 }
