@@ -4,11 +4,13 @@
 //
 // Each trusted issuer is configured with its audiences, the signature
 // algorithms it may use, and its keys: a JWKS read from a file or fetched
-// from an HTTPS URL. Keys are cached; a token signed with a key ID the cache
-// does not know triggers a refresh, at most once per refresh interval, so a
-// stream of tokens with made-up key IDs cannot turn the sidecar into a load
-// generator against the identity provider. Nothing named in a token (jku,
-// x5u, jwk) is ever fetched or used.
+// from an HTTPS URL. Keys are cached and read again on the issuer's refresh
+// interval (sooner if the JWKS response's cache headers say so), so a key
+// the issuer removes stops being trusted. A token signed with a key ID the
+// cache does not know triggers a read too, at most once per MinRefresh, so
+// a stream of tokens with made-up key IDs cannot turn the sidecar into a
+// load generator against the identity provider. Nothing named in a token
+// (jku, x5u, jwk) is ever fetched or used.
 package edge
 
 import (

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,6 +18,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
@@ -401,4 +404,218 @@ func TestValidateHeaderMembers(t *testing.T) {
 			}
 		})
 	}
+}
+
+func (p *idp) remove(kid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.keys, kid)
+}
+
+// TestKeySetRemovedKeyRefused: a key the provider removes from its JWKS is
+// refused once the set is read again on its refresh interval, without
+// waiting for a token with an unknown key ID or a restart.
+func TestKeySetRemovedKeyRefused(t *testing.T) {
+	p := newIDP(t)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(p.jwks()) }))
+	defer srv.Close()
+	ks, err := NewKeySet(KeySetConfig{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig, Refresh: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	old := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))
+	if _, err := v.Validate(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	p.add("rsa2", rsaKey(t))
+	p.remove("rsa1")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := v.Validate(ctx, old)
+		if ReasonOf(err) == ReasonKey {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the removed key: %v, want %s", err, ReasonKey)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a key removed from the JWKS is still trusted after many refresh intervals")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := v.Validate(ctx, signJWT(t, jose.RS256, p.key("rsa2"), "rsa2", nil, claimSet(nil))); err != nil {
+		t.Fatalf("the new key: %v", err)
+	}
+}
+
+// TestKeySetFetchDoesNotBlock: while the JWKS is being fetched, tokens
+// signed with a key already held validate without waiting for the fetch,
+// and tokens naming unknown keys share that one fetch.
+func TestKeySetFetchDoesNotBlock(t *testing.T) {
+	p := newIDP(t)
+	var (
+		hits    atomic.Int32
+		block   atomic.Bool
+		started = make(chan struct{}, 1)
+		release = make(chan struct{})
+	)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if block.Load() {
+			started <- struct{}{}
+			<-release
+		}
+		w.Write(p.jwks())
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	var refreshes atomic.Int32
+	ks, err := NewKeySet(KeySetConfig{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
+		Refresh: time.Hour, OnRefresh: func(error) { refreshes.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := ks.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Past the refresh interval: the set is due to be read again.
+	later := time.Now().Add(2 * time.Hour)
+	ks.now = func() time.Time { return later }
+	refreshes.Store(0)
+	block.Store(true)
+
+	unknown := signJWT(t, jose.RS256, rsaKey(t), "rsa9", nil, claimSet(nil))
+	const n = 8
+	unknownDone := make(chan error, n)
+	for range n {
+		go func() { _, err := v.Validate(ctx, unknown); unknownDone <- err }()
+	}
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no JWKS fetch for a token with an unknown key ID")
+	}
+	known := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))
+	knownDone := make(chan error, 1)
+	go func() { _, err := v.Validate(ctx, known); knownDone <- err }()
+	select {
+	case err := <-knownDone:
+		if err != nil {
+			t.Fatalf("a known key during the fetch: %v", err)
+		}
+		if refreshes.Load() != 0 {
+			t.Fatal("the token with a known key waited for the JWKS fetch to end")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a token with a known key is still waiting on the JWKS fetch")
+	}
+	close(release)
+	for range n {
+		if err := <-unknownDone; ReasonOf(err) != ReasonKey {
+			t.Fatalf("unknown key: %v, want %s", err, ReasonKey)
+		}
+	}
+	if got := hits.Load(); got != 2 {
+		t.Fatalf("%d fetches, want 2 (the load, then one for all %d tokens with an unknown key)", got, n)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestKeySetCacheHeaders: a JWKS URL is read again on its refresh interval,
+// sooner when its Cache-Control max-age or Expires says so, but never more
+// often than MinRefresh; a failed read is retried after MinRefresh and keeps
+// the keys. The clock is synctest's, the JWKS server an in-memory transport.
+func TestKeySetCacheHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newIDP(t)
+		var (
+			mu    sync.Mutex
+			hdr   http.Header
+			fail  bool
+			reads int
+		)
+		serve := func(h http.Header, f bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			hdr, fail = h, f
+		}
+		ks, err := NewKeySet(KeySetConfig{URL: "https://idp.example/jwks", Refresh: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			reads++
+			if fail {
+				return &http.Response{StatusCode: http.StatusServiceUnavailable, Body: http.NoBody, Request: r}, nil
+			}
+			return &http.Response{StatusCode: http.StatusOK, Header: hdr.Clone(), Body: io.NopCloser(bytes.NewReader(p.jwks())), Request: r}, nil
+		})
+		ctx := context.Background()
+		// use validates with a held key and returns the reads so far.
+		use := func(after time.Duration) int {
+			t.Helper()
+			time.Sleep(after)
+			if _, err := ks.Key(ctx, "rsa1", "RS256"); err != nil {
+				t.Fatalf("the held key: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return reads
+		}
+		cc := func(v ...string) func() http.Header {
+			return func() http.Header { return http.Header{"Cache-Control": v} }
+		}
+		steps := []struct {
+			name   string
+			header func() http.Header
+			fail   bool
+			before time.Duration // used this long after the read: no new read
+			after  time.Duration // and this much later: read again
+		}{
+			{"no cache headers: the interval", func() http.Header { return nil }, false, time.Hour - time.Second, 2 * time.Second},
+			{"max-age shorter than the interval", cc("public, max-age=120"), false, 119 * time.Second, 2 * time.Second},
+			{"max-age minus Age", func() http.Header { return http.Header{"Cache-Control": {"max-age=120"}, "Age": {"60"}} }, false, 59 * time.Second, 2 * time.Second},
+			{"max-age under the floor", cc("max-age=1"), false, MinRefresh - time.Second, 2 * time.Second},
+			{"no-cache: the floor", cc("no-cache"), false, MinRefresh - time.Second, 2 * time.Second},
+			{"max-age over the interval", cc("max-age=86400"), false, time.Hour - time.Second, 2 * time.Second},
+			{"Expires", func() http.Header {
+				return http.Header{"Expires": {time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)}}
+			}, false, 89 * time.Second, 2 * time.Second},
+			{"a failed read keeps the keys and is retried after the floor", func() http.Header { return nil }, true, MinRefresh - time.Second, 2 * time.Second},
+		}
+		for _, st := range steps {
+			serve(st.header(), st.fail)
+			if err := ks.Load(ctx); (err != nil) != st.fail {
+				t.Fatalf("%s: Load: %v", st.name, err)
+			}
+			n := use(0)
+			if got := use(st.before); got != n {
+				t.Fatalf("%s: read again after %v", st.name, st.before)
+			}
+			if got := use(st.after); got != n+1 {
+				t.Fatalf("%s: not read again %v later (%d reads, want %d)", st.name, st.before+st.after, got, n+1)
+			}
+		}
+	})
 }
