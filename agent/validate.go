@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
@@ -22,16 +23,32 @@ const MaxJWTSize = 16 << 10
 // empty, or the token names no non-empty audience.
 var ErrNoAudience = errors.New("agent: JWT-SVID audience missing or empty")
 
-// ValidateJWTSVID parses token, verifies its signature against the JWT
-// bundle of the trust domain named by its subject, and checks its expiry and
-// that its aud claim contains audience. Times are checked with a minute of
-// leeway for clock skew; beyond it the error wraps jwt.ErrExpired,
-// jwt.ErrNotValidYet or jwt.ErrIssuedInTheFuture.
+// ValidateJWTSVID validates token for audience against bundles with the
+// default leeway: JWTValidator{Bundles: bundles}.Validate(token, audience).
+func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*jwtsvid.SVID, error) {
+	return JWTValidator{Bundles: bundles}.Validate(token, audience)
+}
+
+// JWTValidator validates JWT-SVIDs. Its zero Leeway is the default.
+type JWTValidator struct {
+	// Bundles holds the JWT bundles, by trust domain.
+	Bundles jwtbundle.Source
+	// Leeway is the clock skew tolerated on exp, nbf and iat; default,
+	// and at most, jwt.DefaultLeeway (a minute): go-spiffe checks the
+	// times with that minute before this validator checks them with its
+	// own.
+	Leeway time.Duration
+}
+
+// Validate parses token, verifies its signature against the JWT bundle of
+// the trust domain named by its subject, and checks its times and that its
+// aud claim contains audience. Beyond the leeway, the error wraps
+// jwt.ErrExpired, jwt.ErrNotValidYet or jwt.ErrIssuedInTheFuture.
 //
 // Unlike jwtsvid.ParseAndValidate, which skips the audience check when given
 // no audience, an empty expected audience is an error here, and so is a
 // token whose aud claim is missing or holds only empty strings.
-func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*jwtsvid.SVID, error) {
+func (v JWTValidator) Validate(token, audience string) (*jwtsvid.SVID, error) {
 	if audience == "" {
 		return nil, ErrNoAudience
 	}
@@ -44,7 +61,7 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	if _, err := joseheader.Parse(token, svidHeader); err != nil {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 	}
-	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
+	svid, err := jwtsvid.ParseAndValidate(token, v.Bundles, []string{audience})
 	if err != nil {
 		// The time checks run after the signature's, with go-jose's
 		// minute of leeway. go-spiffe turns jwt.ErrExpired into text;
@@ -59,7 +76,26 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	if !slices.Contains(svid.Audience, audience) {
 		return nil, ErrNoAudience
 	}
+	if v.Leeway > 0 && v.Leeway < jwt.DefaultLeeway {
+		if err := checkTimes(svid.Claims, v.Leeway, time.Now()); err != nil {
+			return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
+		}
+	}
 	return svid, nil
+}
+
+// checkTimes checks the exp, nbf and iat of verified claims with leeway.
+func checkTimes(claims map[string]any, leeway time.Duration, now time.Time) error {
+	date := func(name string) *jwt.NumericDate {
+		f, ok := claims[name].(float64)
+		if !ok {
+			return nil
+		}
+		d := jwt.NumericDate(int64(f))
+		return &d
+	}
+	c := jwt.Claims{Expiry: date("exp"), NotBefore: date("nbf"), IssuedAt: date("iat")}
+	return c.ValidateWithLeeway(jwt.Expected{Time: now}, leeway)
 }
 
 // allowedAlgs are the JWT-SVID signature algorithms (the JWT-SVID

@@ -194,3 +194,36 @@ func TestValidateJWTSVIDHeaderMembers(t *testing.T) {
 		})
 	}
 }
+
+// TestJWTValidatorLeeway: the clock skew tolerated on exp, nbf and iat is a
+// setting; the default is go-jose's minute, and it cannot be raised past it.
+func TestJWTValidatorLeeway(t *testing.T) {
+	ks := newKeyset(t)
+	kid := map[jose.HeaderKey]any{"kid": "k1"}
+	at := func(skew time.Duration) string { // minted by a clock off by skew, 60 s TTL
+		return sign(t, jose.ES256, ks.key, kid, claims(func(c map[string]any) {
+			minted := time.Now().Add(skew)
+			c["iat"], c["nbf"], c["exp"] = minted.Unix(), minted.Unix(), minted.Add(time.Minute).Unix()
+		}))
+	}
+	expired20s, early20s := at(-80*time.Second), at(20*time.Second)
+	for _, tok := range []string{expired20s, early20s} {
+		if _, err := (agent.JWTValidator{Bundles: ks.bundles}).Validate(tok, aud); err != nil {
+			t.Errorf("default leeway, 20 s off: %v", err)
+		}
+	}
+	strict := agent.JWTValidator{Bundles: ks.bundles, Leeway: 10 * time.Second}
+	if _, err := strict.Validate(expired20s, aud); !errors.Is(err, jwt.ErrExpired) {
+		t.Errorf("10 s leeway, expired 20 s ago: %v, want expired", err)
+	}
+	if _, err := strict.Validate(early20s, aud); !errors.Is(err, jwt.ErrNotValidYet) && !errors.Is(err, jwt.ErrIssuedInTheFuture) {
+		t.Errorf("10 s leeway, minted 20 s ahead: %v, want not valid yet", err)
+	}
+	if _, err := strict.Validate(at(-65*time.Second), aud); err != nil {
+		t.Errorf("10 s leeway, expired 5 s ago: %v", err)
+	}
+	lax := agent.JWTValidator{Bundles: ks.bundles, Leeway: time.Hour}
+	if _, err := lax.Validate(at(-3*time.Minute), aud); !errors.Is(err, jwt.ErrExpired) {
+		t.Errorf("a leeway of an hour, expired 2 minutes ago: %v, want expired (at most a minute)", err)
+	}
+}

@@ -64,6 +64,9 @@ type InboundHTTP struct {
 	TxnMinters authz.Policy
 	// RequireTxn refuses requests that carry no transaction token.
 	RequireTxn bool
+	// TxnLeeway is the clock skew tolerated on a transaction token's iat
+	// and exp; default jwt.DefaultLeeway (txn.VerifyConfig.Leeway).
+	TxnLeeway time.Duration
 	// ResponseHeaderTimeout bounds the wait for the app's response headers
 	// once a request is sent to it; past it the request is answered 504
 	// with the reason "app_timeout". Zero, the default, waits as long as
@@ -208,7 +211,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h := &httpInbound{cfg: cfg}
 	if len(cfg.TxnMinters.Patterns()) > 0 {
-		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
+		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway})
 	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {

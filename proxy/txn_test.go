@@ -69,7 +69,7 @@ func (p *testIDP) exchanger(t *testing.T, svids static) *edge.Exchanger {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := edge.NewValidator([]edge.Issuer{{Issuer: idpIssuer, Audiences: []string{"orders"}, Algorithms: []string{"ES256"}, Keys: ks}})
+	v, err := edge.NewValidator([]edge.Issuer{{Issuer: idpIssuer, Audiences: []string{"orders"}, Algorithms: []string{"ES256"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -48,7 +48,7 @@ func newExchanger(ctx context.Context, c *config.Edge, svids x509svid.Source, m 
 		}
 		issuers = append(issuers, edge.Issuer{Issuer: is.Issuer, Audiences: is.Audiences, Algorithms: is.Algorithms, Keys: ks})
 	}
-	v, err := edge.NewValidator(issuers)
+	v, err := edge.NewValidator(issuers, c.Leeway)
 	if err != nil {
 		return nil, err
 	}

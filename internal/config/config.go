@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"gopkg.in/yaml.v3"
 
@@ -41,6 +42,10 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultRevalidate       = 5 * time.Second
 	DefaultMaxConnections   = 10000
+	// MaxJWTLeeway bounds jwt.leeway (whose default is jwt.DefaultLeeway,
+	// the same minute): go-spiffe checks JWT-SVID times with that minute,
+	// and a larger tolerance would only lengthen the life of every token.
+	MaxJWTLeeway = time.Minute
 )
 
 // Config is a validated configuration.
@@ -74,6 +79,11 @@ type Config struct {
 	// transaction tokens (outbound listeners with exchange: true, and the
 	// token endpoint).
 	Edge *Edge
+	// JWTLeeway is jwt.leeway: the clock skew tolerated on the exp, nbf
+	// and iat of every token validated (JWT-SVIDs, external tokens,
+	// transaction tokens). Edge.Leeway and each inbound listener's
+	// TxnLeeway carry it too.
+	JWTLeeway time.Duration
 
 	// QUIC limits; zero fields mean proxy's defaults.
 	QUICMaxStreams       int64
@@ -85,6 +95,8 @@ type Config struct {
 // Edge is the validated edge-exchange configuration.
 type Edge struct {
 	Issuers []Issuer
+	// Leeway is jwt.leeway, for the external tokens.
+	Leeway time.Duration
 	// TxnTTL, TxnAudience and Scopes are the minting policy (txn.MintConfig).
 	TxnTTL       time.Duration
 	TxnAudience  string
@@ -145,6 +157,9 @@ type file struct {
 	TLS struct {
 		SessionResumption *bool `yaml:"session_resumption"`
 	} `yaml:"tls"`
+	JWT struct {
+		Leeway duration `yaml:"leeway"`
+	} `yaml:"jwt"`
 	KeyExchange struct {
 		Mode         string            `yaml:"mode"`
 		Groups       []string          `yaml:"groups"`
@@ -357,8 +372,12 @@ func Parse(data []byte) (*Config, error) {
 		c.KeyExchange.Overrides[td] = m
 	}
 
+	if c.JWTLeeway = f.JWT.Leeway.or(jwt.DefaultLeeway); c.JWTLeeway > MaxJWTLeeway {
+		fail("jwt.leeway", "%v is over the %v limit", c.JWTLeeway, MaxJWTLeeway)
+	}
 	if f.Edge != nil {
 		c.Edge = parseEdge(f.Edge.Issuers, fail)
+		c.Edge.Leeway = c.JWTLeeway
 		c.Edge.TxnTTL = f.Edge.TxnToken.TTL.or(txn.DefaultTTL)
 		if c.Edge.TxnTTL > txn.MaxTTL {
 			fail("edge.txn_token.ttl", "%v is over the %v limit", c.Edge.TxnTTL, txn.MaxTTL)
@@ -413,7 +432,7 @@ func Parse(data []byte) (*Config, error) {
 			}
 		case "http":
 			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass,
-				ResponseHeaderTimeout: in.AppResponseTimeout.or(0)}
+				ResponseHeaderTimeout: in.AppResponseTimeout.or(0), TxnLeeway: c.JWTLeeway}
 			h.Routes.CaseInsensitive = in.CaseInsensitivePaths
 			switch in.AppProtocol {
 			case "", "http1":

@@ -132,6 +132,7 @@ func TestParseEdge(t *testing.T) {
 		t.Errorf("inbound txn policy: require %v, minters %v", h.RequireTxn, h.TxnMinters.Patterns())
 	}
 	bad := []struct{ name, from, to, want string }{
+		{"leeway over a minute", "edge:\n", "jwt: {leeway: 2m}\nedge:\n", "jwt.leeway"},
 		{"http JWKS URL", "https://idp.example/jwks", "http://idp.example/jwks", "edge.issuers[0].jwks_url"},
 		{"HMAC algorithm", "[RS256, ES256]", "[HS256]", "edge.issuers[0].algorithms[0]"},
 		{"no audience", "audiences: [orders]", "audiences: []", "edge.issuers[0].audiences"},
@@ -226,5 +227,25 @@ outbound:
 				t.Fatalf("error %v, want one naming %q", err, bad.want)
 			}
 		})
+	}
+}
+
+// TestParseJWTLeeway: jwt.leeway, the clock skew tolerated on every token
+// (JWT-SVIDs, external tokens, transaction tokens), defaults to a minute
+// and reaches each validator's settings.
+func TestParseJWTLeeway(t *testing.T) {
+	c, err := config.Parse([]byte(edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTLeeway != time.Minute || c.Edge.Leeway != time.Minute || c.Inbound[0].HTTP.TxnLeeway != time.Minute {
+		t.Errorf("default leeway: jwt %v, edge %v, txn %v; want 1m", c.JWTLeeway, c.Edge.Leeway, c.Inbound[0].HTTP.TxnLeeway)
+	}
+	c, err = config.Parse([]byte("jwt: {leeway: 15s}\n" + edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTLeeway != 15*time.Second || c.Edge.Leeway != 15*time.Second || c.Inbound[0].HTTP.TxnLeeway != 15*time.Second {
+		t.Errorf("leeway 15s: jwt %v, edge %v, txn %v", c.JWTLeeway, c.Edge.Leeway, c.Inbound[0].HTTP.TxnLeeway)
 	}
 }

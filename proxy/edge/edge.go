@@ -31,9 +31,6 @@ import (
 // MaxTokenSize bounds the external tokens Validate parses.
 const MaxTokenSize = 16 << 10
 
-// DefaultSkew is the clock skew tolerated on exp, nbf and iat.
-const DefaultSkew = 30 * time.Second
-
 // Issuer is a trusted external issuer.
 type Issuer struct {
 	// Issuer is the exact iss value of its tokens.
@@ -99,7 +96,7 @@ type Subject struct {
 type Validator struct {
 	issuers map[string]*trusted
 	algs    []jose.SignatureAlgorithm // every algorithm an issuer may use
-	skew    time.Duration
+	leeway  time.Duration
 	now     func() time.Time
 }
 
@@ -130,9 +127,13 @@ func CheckAlgorithm(name string) error {
 }
 
 // NewValidator returns a validator for issuers, which must have distinct
-// Issuer values, audiences and keys.
-func NewValidator(issuers []Issuer) (*Validator, error) {
-	v := &Validator{issuers: map[string]*trusted{}, algs: asymmetric, skew: DefaultSkew, now: time.Now}
+// Issuer values, audiences and keys. leeway is the clock skew tolerated on
+// exp, nbf and iat; zero means jwt.DefaultLeeway (a minute).
+func NewValidator(issuers []Issuer, leeway time.Duration) (*Validator, error) {
+	if leeway <= 0 {
+		leeway = jwt.DefaultLeeway
+	}
+	v := &Validator{issuers: map[string]*trusted{}, algs: asymmetric, leeway: leeway, now: time.Now}
 	for i := range issuers {
 		is := issuers[i]
 		switch {
@@ -224,7 +225,7 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error
 	case c.Issuer != is.name:
 		return nil, refuse(ReasonClaims, "iss changed between reads")
 	}
-	if err := c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: is.name, Time: now}, v.skew); err != nil {
+	if err := c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: is.name, Time: now}, v.leeway); err != nil {
 		return nil, refuse(ReasonExpired, "%v", err)
 	}
 	if !slices.ContainsFunc(is.audiences, c.Audience.Contains) {

@@ -133,7 +133,7 @@ func newFileValidator(t *testing.T, p *idp, algs ...string) *Validator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Algorithms: algs, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Algorithms: algs, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +219,7 @@ func TestKeySetURLRefresh(t *testing.T) {
 	}
 	clock := time.Now()
 	ks.now = func() time.Time { return clock }
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +274,7 @@ func TestKeySetConfig(t *testing.T) {
 		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks, Algorithms: []string{"HS256"}}},
 		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks}, {Issuer: issuer, Audiences: []string{"a"}, Keys: ks}},
 	} {
-		if _, err := NewValidator(issuers); err == nil {
+		if _, err := NewValidator(issuers, 0); err == nil {
 			t.Errorf("%+v accepted", issuers)
 		}
 	}
@@ -313,7 +313,7 @@ func FuzzValidate(f *testing.F) {
 	path := filepath.Join(dir, "jwks.json")
 	os.WriteFile(path, p.jwks(), 0o600)
 	ks, _ := NewKeySet(KeySetConfig{File: path})
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks, Algorithms: []string{"ES256"}}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks, Algorithms: []string{"ES256"}}}, 0)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -423,7 +423,7 @@ func TestKeySetRemovedKeyRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -486,7 +486,7 @@ func TestKeySetFetchDoesNotBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -618,4 +618,35 @@ func TestKeySetCacheHeaders(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestValidateLeeway: the clock skew tolerated on exp, nbf and iat is a
+// setting, by default go-jose's minute.
+func TestValidateLeeway(t *testing.T) {
+	p := newIDP(t)
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(path, p.jwks(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ks, _ := NewKeySet(KeySetConfig{File: path})
+	issuers := []Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}
+	lenient, err := NewValidator(issuers, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := NewValidator(issuers, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	expired := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-45 * time.Second).Unix()}))
+	early := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"nbf": time.Now().Add(45 * time.Second).Unix()}))
+	for _, tok := range []string{expired, early} {
+		if _, err := lenient.Validate(ctx, tok); err != nil {
+			t.Errorf("default leeway, 45 s off: %v", err)
+		}
+		if _, err := strict.Validate(ctx, tok); ReasonOf(err) != ReasonExpired {
+			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, ReasonExpired)
+		}
+	}
 }

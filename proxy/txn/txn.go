@@ -67,8 +67,6 @@ const (
 	MaxTTL = 10 * time.Minute
 	// MaxSize bounds the tokens a Verifier parses.
 	MaxSize = 16 << 10
-	// DefaultSkew is the clock skew a Verifier tolerates by default.
-	DefaultSkew = 30 * time.Second
 )
 
 // Claims are the claims of a transaction token.
@@ -264,9 +262,9 @@ type VerifyConfig struct {
 	// Audience must be in the token's aud; default the trust domain of
 	// the verifying workload, passed to Verify.
 	Audience string
-	// Skew is the clock skew tolerated on iat and exp; default
-	// DefaultSkew.
-	Skew time.Duration
+	// Leeway is the clock skew tolerated on iat and exp; default
+	// jwt.DefaultLeeway (a minute).
+	Leeway time.Duration
 }
 
 // Verifier verifies transaction tokens against the X.509 trust bundles.
@@ -279,8 +277,8 @@ type Verifier struct {
 // NewVerifier returns a verifier that trusts the minters of cfg whose chains
 // verify against bundles.
 func NewVerifier(bundles x509bundle.Source, cfg VerifyConfig) *Verifier {
-	if cfg.Skew == 0 {
-		cfg.Skew = DefaultSkew
+	if cfg.Leeway <= 0 {
+		cfg.Leeway = jwt.DefaultLeeway
 	}
 	return &Verifier{cfg: cfg, bundles: bundles, now: time.Now}
 }
@@ -347,9 +345,9 @@ func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiff
 	now := v.now()
 	iat, exp := c.IssuedAt.Time(), c.Expiry.Time()
 	switch {
-	case !now.Before(exp.Add(v.cfg.Skew)):
+	case !now.Before(exp.Add(v.cfg.Leeway)):
 		return nil, minter, refuse(ReasonExpired, "expired")
-	case now.Add(v.cfg.Skew).Before(iat):
+	case now.Add(v.cfg.Leeway).Before(iat):
 		return nil, minter, refuse(ReasonExpired, "issued in the future")
 	case exp.Sub(iat) > MaxTTL || !iat.Before(exp):
 		return nil, minter, refuse(ReasonExpired, "lifetime outside (0, %v]", MaxTTL)

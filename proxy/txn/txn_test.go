@@ -285,3 +285,22 @@ func TestVerifyHeaderMembers(t *testing.T) {
 		})
 	}
 }
+
+// TestVerifyLeeway: the clock skew tolerated on iat and exp is a setting,
+// by default go-jose's minute.
+func TestVerifyLeeway(t *testing.T) {
+	f := newFixture(t)
+	svid := f.ca.Issue(t, edgeID)
+	now := time.Now()
+	expired := resign(t, svid, nil, map[string]any{"iat": now.Add(-105 * time.Second).Unix(), "exp": now.Add(-45 * time.Second).Unix()})
+	early := resign(t, svid, nil, map[string]any{"iat": now.Add(45 * time.Second).Unix(), "exp": now.Add(105 * time.Second).Unix()})
+	strict := NewVerifier(f.bundles, VerifyConfig{Minters: onlyEdge, Leeway: 10 * time.Second})
+	for _, tok := range []string{expired, early} {
+		if _, _, err := f.verifier.Verify(tok, td); err != nil {
+			t.Errorf("default leeway, 45 s off: %v", err)
+		}
+		if _, _, err := strict.Verify(tok, td); ReasonOf(err) != ReasonExpired {
+			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, ReasonExpired)
+		}
+	}
+}
