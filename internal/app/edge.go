@@ -52,7 +52,7 @@ func newExchanger(ctx context.Context, c *config.Edge, svids x509svid.Source, m 
 	if err != nil {
 		return nil, err
 	}
-	mint, err := txn.NewMinter(svids, txn.MintConfig{TTL: c.TxnTTL, Audience: c.TxnAudience, Scopes: c.Scopes})
+	mint, err := txn.NewMinter(svids, txn.MintConfig{TTL: c.TxnTTL, Audiences: c.TxnAudiences, Scopes: c.Scopes})
 	if err != nil {
 		return nil, err
 	}

@@ -97,9 +97,11 @@ type Edge struct {
 	Issuers []Issuer
 	// Leeway is jwt.leeway, for the external tokens.
 	Leeway time.Duration
-	// TxnTTL, TxnAudience and Scopes are the minting policy (txn.MintConfig).
+	// TxnTTL, TxnAudiences and Scopes are the minting policy
+	// (txn.MintConfig); TxnAudiences is empty for the default, this trust
+	// domain.
 	TxnTTL       time.Duration
-	TxnAudience  string
+	TxnAudiences []string
 	Scopes       []string
 	KeepExternal bool
 }
@@ -176,9 +178,9 @@ type file struct {
 			JWKSRefresh duration `yaml:"jwks_refresh"`
 		} `yaml:"issuers"`
 		TxnToken struct {
-			TTL      duration `yaml:"ttl"`
-			Audience string   `yaml:"audience"`
-			Scopes   []string `yaml:"scopes"`
+			TTL      duration   `yaml:"ttl"`
+			Audience stringList `yaml:"audience"`
+			Scopes   []string   `yaml:"scopes"`
 		} `yaml:"txn_token"`
 		KeepExternal bool `yaml:"keep_external"`
 	} `yaml:"edge"`
@@ -210,8 +212,9 @@ type file struct {
 			Pass    bool   `yaml:"pass"`
 		} `yaml:"jwt"`
 		TxnToken struct {
-			Require bool     `yaml:"require"`
-			Minters []string `yaml:"minters"`
+			Require   bool     `yaml:"require"`
+			Minters   []string `yaml:"minters"`
+			SingleUse bool     `yaml:"single_use"`
 		} `yaml:"txn_token"`
 	} `yaml:"inbound"`
 	Outbound []struct {
@@ -255,6 +258,23 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 		return fmt.Errorf("line %d: %q must be positive", n.Line, n.Value)
 	}
 	d.d, d.set = v, true
+	return nil
+}
+
+// stringList is a list of strings written as a YAML sequence or, for one
+// value, a scalar.
+type stringList []string
+
+func (l *stringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*l = stringList{n.Value}
+		return nil
+	}
+	var v []string
+	if err := n.Decode(&v); err != nil {
+		return fmt.Errorf("line %d: want a string or a list of strings", n.Line)
+	}
+	*l = v
 	return nil
 }
 
@@ -382,7 +402,13 @@ func Parse(data []byte) (*Config, error) {
 		if c.Edge.TxnTTL > txn.MaxTTL {
 			fail("edge.txn_token.ttl", "%v is over the %v limit", c.Edge.TxnTTL, txn.MaxTTL)
 		}
-		c.Edge.TxnAudience, c.Edge.Scopes, c.Edge.KeepExternal = f.Edge.TxnToken.Audience, f.Edge.TxnToken.Scopes, f.Edge.KeepExternal
+		if aud := f.Edge.TxnToken.Audience; aud != nil {
+			if err := txn.CheckAudiences(aud); err != nil {
+				fail("edge.txn_token.audience", "%v", err)
+			}
+			c.Edge.TxnAudiences = aud
+		}
+		c.Edge.Scopes, c.Edge.KeepExternal = f.Edge.TxnToken.Scopes, f.Edge.KeepExternal
 	}
 
 	names := map[string]string{}
@@ -427,7 +453,8 @@ func Parse(data []byte) (*Config, error) {
 		ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC}
 		switch in.Protocol {
 		case "", "tcp":
-			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 || in.AppResponseTimeout.set {
+			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 ||
+				in.TxnToken.SingleUse || in.AppResponseTimeout.set {
 				fail(field+".protocol", "routes, jwt, txn_token, app_protocol and app_response_timeout need protocol: http")
 			}
 		case "http":
@@ -476,8 +503,10 @@ func Parse(data []byte) (*Config, error) {
 				}
 			} else if in.TxnToken.Require {
 				fail(field+".txn_token.minters", "require: true needs the workloads allowed to mint")
+			} else if in.TxnToken.SingleUse {
+				fail(field+".txn_token.minters", "single_use: true needs the workloads allowed to mint")
 			}
-			h.RequireTxn = in.TxnToken.Require
+			h.RequireTxn, h.TxnSingleUse = in.TxnToken.Require, in.TxnToken.SingleUse
 			if in.QUIC != "" {
 				fail(field+".quic_listen", "QUIC carries protocol tcp only")
 			}
