@@ -127,27 +127,29 @@ func (ks *KeySet) Key(ctx context.Context, kid, alg string) (*jose.JSONWebKey, e
 	ks.mu.Unlock()
 
 	k := find(keys, kid, alg)
+	var err error
 	switch {
 	case due && !reading:
 		// This validation reads the set; a failed read keeps the keys.
-		ks.refresh(ctx)
+		err = ks.refresh(ctx)
 	case k != nil:
 		return k, nil
 	case reading:
 		// An unknown key: wait for the read in flight.
-		ks.refresh(ctx)
+		err = ks.refresh(ctx)
 	case recent:
 		return nil, errors.New("no such key, and the key set was read recently")
 	default:
-		if err := ks.refresh(ctx); err != nil {
-			return nil, err
-		}
+		err = ks.refresh(ctx)
 	}
 	ks.mu.Lock()
 	keys = ks.keys
 	ks.mu.Unlock()
 	if k := find(keys, kid, alg); k != nil {
 		return k, nil
+	}
+	if err != nil {
+		return nil, err
 	}
 	return nil, errors.New("no such key after a refresh")
 }
