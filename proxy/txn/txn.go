@@ -422,10 +422,11 @@ func (v *Verifier) Verify(token string, self spiffeid.ID) (*Claims, spiffeid.ID,
 		return nil, minter, refuse(ReasonAudience, "aud names neither %s nor its trust domain", self)
 	}
 	if v.seen != nil {
-		switch v.seen.add(c.Issuer, c.ID, exp.Add(v.cfg.Leeway), now) {
-		case errReplayed:
+		err := v.seen.add(c.Issuer, c.ID, exp.Add(v.cfg.Leeway), now)
+		switch {
+		case errors.Is(err, errReplayed):
 			return nil, minter, refuse(ReasonReplayed, "jti %s was accepted before", c.ID)
-		case errFull:
+		case errors.Is(err, errFull):
 			return nil, minter, refuse(ReasonReplayFull, "%d unexpired tokens recorded", v.cfg.ReplayCacheSize)
 		}
 	}
