@@ -1,17 +1,18 @@
 package agent
 
 import (
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+
+	"github.com/credflow/credflow/internal/joseheader"
 )
 
 // MaxJWTSize bounds the tokens ValidateJWTSVID parses; larger ones are
@@ -22,26 +23,45 @@ const MaxJWTSize = 16 << 10
 // empty, or the token names no non-empty audience.
 var ErrNoAudience = errors.New("agent: JWT-SVID audience missing or empty")
 
-// ValidateJWTSVID parses token, verifies its signature against the JWT
-// bundle of the trust domain named by its subject, and checks its expiry and
-// that its aud claim contains audience. Times are checked with a minute of
-// leeway for clock skew; beyond it the error wraps jwt.ErrExpired,
-// jwt.ErrNotValidYet or jwt.ErrIssuedInTheFuture.
+// ValidateJWTSVID validates token for audience against bundles with the
+// default leeway: JWTValidator{Bundles: bundles}.Validate(token, audience).
+func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*jwtsvid.SVID, error) {
+	return JWTValidator{Bundles: bundles}.Validate(token, audience)
+}
+
+// JWTValidator validates JWT-SVIDs. Its zero Leeway is the default.
+type JWTValidator struct {
+	// Bundles holds the JWT bundles, by trust domain.
+	Bundles jwtbundle.Source
+	// Leeway is the clock skew tolerated on exp, nbf and iat; default,
+	// and at most, jwt.DefaultLeeway (a minute): go-spiffe checks the
+	// times with that minute before this validator checks them with its
+	// own.
+	Leeway time.Duration
+}
+
+// Validate parses token, verifies its signature against the JWT bundle of
+// the trust domain named by its subject, and checks its times and that its
+// aud claim contains audience. Beyond the leeway, the error wraps
+// jwt.ErrExpired, jwt.ErrNotValidYet or jwt.ErrIssuedInTheFuture.
 //
 // Unlike jwtsvid.ParseAndValidate, which skips the audience check when given
 // no audience, an empty expected audience is an error here, and so is a
 // token whose aud claim is missing or holds only empty strings.
-func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*jwtsvid.SVID, error) {
+func (v JWTValidator) Validate(token, audience string) (*jwtsvid.SVID, error) {
 	if audience == "" {
 		return nil, ErrNoAudience
 	}
 	if len(token) > MaxJWTSize {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %d bytes, over the %d limit", len(token), MaxJWTSize)
 	}
-	if err := checkHeader(token); err != nil {
+	// The one header check of every token (internal/joseheader): the
+	// JWT-SVID algorithms only, no key or key location in the token
+	// (jwk, jku, x5u, x5c), no crit, no member named twice in any case.
+	if _, err := joseheader.Parse(token, svidHeader); err != nil {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 	}
-	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
+	svid, err := jwtsvid.ParseAndValidate(token, v.Bundles, []string{audience})
 	if err != nil {
 		// The time checks run after the signature's, with go-jose's
 		// minute of leeway. go-spiffe turns jwt.ErrExpired into text;
@@ -56,32 +76,26 @@ func ValidateJWTSVID(token string, bundles jwtbundle.Source, audience string) (*
 	if !slices.Contains(svid.Audience, audience) {
 		return nil, ErrNoAudience
 	}
+	if v.Leeway > 0 && v.Leeway < jwt.DefaultLeeway {
+		if err := checkTimes(svid.Claims, v.Leeway, time.Now()); err != nil {
+			return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
+		}
+	}
 	return svid, nil
 }
 
-// checkHeader refuses JOSE headers a JWT-SVID never carries: keys or key
-// locations in the token itself (jwk, jku, x5u, x5c). Nothing in a token is
-// ever fetched; a token that asks for it is refused outright. It also
-// refuses algorithms outside the JWT-SVID list ("none", HMAC, ...).
-func checkHeader(token string) error {
-	if _, err := jwt.ParseSigned(token, allowedAlgs); err != nil {
-		return errors.New("unparsable, or algorithm not allowed")
-	}
-	encoded, _, _ := strings.Cut(token, ".")
-	raw, err := base64.RawURLEncoding.DecodeString(encoded)
-	if err != nil {
-		return errors.New("unparsable header")
-	}
-	var header map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &header); err != nil {
-		return errors.New("unparsable header")
-	}
-	for _, k := range []string{"jku", "x5u", "x5c", "jwk"} {
-		if _, ok := header[k]; ok {
-			return fmt.Errorf("header %q is not allowed", k)
+// checkTimes checks the exp, nbf and iat of verified claims with leeway.
+func checkTimes(claims map[string]any, leeway time.Duration, now time.Time) error {
+	date := func(name string) *jwt.NumericDate {
+		f, ok := claims[name].(float64)
+		if !ok {
+			return nil
 		}
+		d := jwt.NumericDate(int64(f))
+		return &d
 	}
-	return nil
+	c := jwt.Claims{Expiry: date("exp"), NotBefore: date("nbf"), IssuedAt: date("iat")}
+	return c.ValidateWithLeeway(jwt.Expected{Time: now}, leeway)
 }
 
 // allowedAlgs are the JWT-SVID signature algorithms (the JWT-SVID
@@ -89,3 +103,7 @@ func checkHeader(token string) error {
 var allowedAlgs = []jose.SignatureAlgorithm{
 	jose.RS256, jose.RS384, jose.RS512, jose.ES256, jose.ES384, jose.ES512, jose.PS256, jose.PS384, jose.PS512,
 }
+
+// svidHeader is what a JWT-SVID header may carry. go-spiffe checks typ
+// (absent, JWT or JOSE) and parses with the same algorithm list.
+var svidHeader = joseheader.Policy{Algorithms: allowedAlgs, MaxSize: MaxJWTSize}

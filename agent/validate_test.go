@@ -19,6 +19,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/internal/jwstest"
 )
 
 const aud = "spiffe://example.org/backend"
@@ -161,5 +162,68 @@ func TestValidateJWTSVIDClockSkew(t *testing.T) {
 	}
 	if _, err := agent.ValidateJWTSVID(at(-3*time.Minute), ks.bundles, aud); !errors.Is(err, jwt.ErrExpired) {
 		t.Errorf("minted 3m behind: %v, want expired", err)
+	}
+}
+
+// TestValidateJWTSVIDHeaderMembers: a JOSE header with a member named twice,
+// even in another case ({"alg":"ES256","Alg":"RS256"}), or a case variant of
+// a member that must not be there, is refused, so that no reader of the
+// header can see another algorithm, key or type than the one verified.
+func TestValidateJWTSVIDHeaderMembers(t *testing.T) {
+	ks := newKeyset(t)
+	payload, _ := json.Marshal(claims(nil))
+	if _, err := agent.ValidateJWTSVID(jwstest.Sign(t, "ES256", ks.key, `{"alg":"ES256","kid":"k1"}`, string(payload)), ks.bundles, aud); err != nil {
+		t.Fatalf("the plain header: %v", err)
+	}
+	for _, hdr := range []string{
+		`{"alg":"ES256","kid":"k1","Alg":"RS256"}`,
+		`{"Alg":"RS256","alg":"ES256","kid":"k1"}`,
+		`{"alg":"ES256","kid":"k1","aLg":"none"}`,
+		`{"alg":"ES256","kid":"k1","KID":"k2"}`,
+		`{"alg":"ES256","kid":"k1","typ":"JWT","Typ":"txntoken+jwt"}`,
+		`{"alg":"ES256","kid":"k1","JKU":"https://evil.example/jwks"}`,
+		`{"alg":"ES256","kid":"k1","X5u":"https://evil.example/cert"}`,
+		`{"alg":"ES256","kid":"k1","crit":["exp"],"exp":1}`,
+		`{"alg":"ES256","kid":"k1"}{}`,
+	} {
+		t.Run(hdr, func(t *testing.T) {
+			tok := jwstest.Sign(t, "ES256", ks.key, hdr, string(payload))
+			if svid, err := agent.ValidateJWTSVID(tok, ks.bundles, aud); err == nil {
+				t.Fatalf("accepted, for %s", svid.ID)
+			}
+		})
+	}
+}
+
+// TestJWTValidatorLeeway: the clock skew tolerated on exp, nbf and iat is a
+// setting; the default is go-jose's minute, and it cannot be raised past it.
+func TestJWTValidatorLeeway(t *testing.T) {
+	ks := newKeyset(t)
+	kid := map[jose.HeaderKey]any{"kid": "k1"}
+	at := func(skew time.Duration) string { // minted by a clock off by skew, 60 s TTL
+		return sign(t, jose.ES256, ks.key, kid, claims(func(c map[string]any) {
+			minted := time.Now().Add(skew)
+			c["iat"], c["nbf"], c["exp"] = minted.Unix(), minted.Unix(), minted.Add(time.Minute).Unix()
+		}))
+	}
+	expired20s, early20s := at(-80*time.Second), at(20*time.Second)
+	for _, tok := range []string{expired20s, early20s} {
+		if _, err := (agent.JWTValidator{Bundles: ks.bundles}).Validate(tok, aud); err != nil {
+			t.Errorf("default leeway, 20 s off: %v", err)
+		}
+	}
+	strict := agent.JWTValidator{Bundles: ks.bundles, Leeway: 10 * time.Second}
+	if _, err := strict.Validate(expired20s, aud); !errors.Is(err, jwt.ErrExpired) {
+		t.Errorf("10 s leeway, expired 20 s ago: %v, want expired", err)
+	}
+	if _, err := strict.Validate(early20s, aud); !errors.Is(err, jwt.ErrNotValidYet) && !errors.Is(err, jwt.ErrIssuedInTheFuture) {
+		t.Errorf("10 s leeway, minted 20 s ahead: %v, want not valid yet", err)
+	}
+	if _, err := strict.Validate(at(-65*time.Second), aud); err != nil {
+		t.Errorf("10 s leeway, expired 5 s ago: %v", err)
+	}
+	lax := agent.JWTValidator{Bundles: ks.bundles, Leeway: time.Hour}
+	if _, err := lax.Validate(at(-3*time.Minute), aud); !errors.Is(err, jwt.ErrExpired) {
+		t.Errorf("a leeway of an hour, expired 2 minutes ago: %v, want expired (at most a minute)", err)
 	}
 }

@@ -61,12 +61,19 @@ type InboundHTTP struct {
 	AppH2C bool
 	// TxnMinters, when it allows anyone, turns on transaction tokens: a
 	// Txn-Token header must verify against the X.509 bundles, be minted by
-	// a workload TxnMinters allows, and name this trust domain in its
-	// audience, or the request is refused. Without it, a Txn-Token header
-	// is stripped: the app never sees one its sidecar has not verified.
+	// a workload TxnMinters allows, and name this workload or its trust
+	// domain in its audience, or the request is refused. Without it, a
+	// Txn-Token header is stripped: the app never sees one its sidecar has
+	// not verified.
 	TxnMinters authz.Policy
 	// RequireTxn refuses requests that carry no transaction token.
 	RequireTxn bool
+	// TxnLeeway is the clock skew tolerated on a transaction token's iat
+	// and exp; default jwt.DefaultLeeway (txn.VerifyConfig.Leeway).
+	TxnLeeway time.Duration
+	// TxnSingleUse accepts each transaction token once
+	// (txn.VerifyConfig.SingleUse).
+	TxnSingleUse bool
 	// ResponseHeaderTimeout bounds the wait for the app's response headers
 	// once a request is sent to it; past it the request is answered 504
 	// with the reason "app_timeout". Zero, the default, waits as long as
@@ -220,7 +227,8 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h := &httpInbound{cfg: cfg}
 	if len(cfg.TxnMinters.Patterns()) > 0 {
-		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
+		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway,
+			SingleUse: cfg.TxnSingleUse})
 	}
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -511,7 +519,7 @@ func (p *Proxy) checkTxn(h *httpInbound, r *http.Request) string {
 	if err != nil {
 		return "no_identity"
 	}
-	if _, _, err := h.txn.Verify(vals[0], self.ID.TrustDomain()); err != nil {
+	if _, _, err := h.txn.Verify(vals[0], self.ID); err != nil {
 		return string(txn.ReasonOf(err))
 	}
 	p.m.token("txn_verified")

@@ -69,7 +69,7 @@ func (p *testIDP) exchanger(t *testing.T, svids static) *edge.Exchanger {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := edge.NewValidator([]edge.Issuer{{Issuer: idpIssuer, Audiences: []string{"orders"}, Algorithms: []string{"ES256"}, Keys: ks}})
+	v, err := edge.NewValidator([]edge.Issuer{{Issuer: idpIssuer, Audiences: []string{"orders"}, Algorithms: []string{"ES256"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -97,7 +97,7 @@ func TestEdgeExchange(t *testing.T) {
 	}
 	verifier := txn.NewVerifier(bundles, txn.VerifyConfig{Minters: func(id spiffeid.ID) bool { return id == edgeID }})
 	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		c, minter, err := verifier.Verify(r.Header.Get(txn.Header), td)
+		c, minter, err := verifier.Verify(r.Header.Get(txn.Header), spiffeid.RequireFromPath(td, "/backend"))
 		if err != nil {
 			fmt.Fprintf(w, "txn=invalid auth=%q", r.Header.Get("Authorization"))
 			return
@@ -200,5 +200,80 @@ func TestEdgeExchange(t *testing.T) {
 	inR := &inbound{reg: inReg}
 	if n := inR.metric(t, "credflow_jwt_tokens_total", "op=txn_verified"); n != 2 {
 		t.Errorf("txn_verified = %v, want 2", n)
+	}
+}
+
+// TestTxnNextHopAndSingleUse: an inbound listener accepts a transaction
+// token whose audience names its workload or its trust domain, not one
+// minted for another workload; with txn_token.single_use it accepts each
+// token once.
+func TestTxnNextHopAndSingleUse(t *testing.T) {
+	ca := testca.New(t, td)
+	bundles := x509bundle.NewSet(ca.Bundle())
+	edgeID, backendID := spiffeid.RequireFromPath(td, "/edge"), spiffeid.RequireFromPath(td, "/backend")
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") })}
+	go app.Serve(appLn)
+	t.Cleanup(func() { app.Close() })
+	all, _ := route.ParsePath("/*")
+	in, _ := startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, backendID)},
+		Bundles: bundles,
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"),
+			HTTP: &proxy.InboundHTTP{
+				Routes:       route.Table{Rules: []route.Rule{{Peers: policy(t, "spiffe://example.org"), Paths: []route.Path{all}}}},
+				TxnMinters:   policy(t, edgeID.String()),
+				RequireTxn:   true,
+				TxnSingleUse: true,
+			}}},
+	})
+	edgeSVIDs := static{svid: ca.Issue(t, edgeID)}
+	out, _ := startProxy(t, proxy.Config{
+		SVIDs:   edgeSVIDs,
+		Bundles: bundles,
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: in.Addr("app").String(),
+			Expect: policy(t, backendID.String()), HTTP: &proxy.OutboundHTTP{}}},
+		Tokens: source{j: newJWTIssuer(t), id: edgeID},
+	})
+	mint := func(aud ...string) string {
+		m, err := txn.NewMinter(edgeSVIDs, txn.MintConfig{Audiences: aud})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tok, _, err := m.Mint(txn.Request{Subject: "alice", SubjectIssuer: idpIssuer})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	get := func(tok string) (int, string) {
+		req, _ := http.NewRequestWithContext(context.Background(), "GET", "http://"+out.Addr("up").String()+"/orders", nil)
+		req.Header.Set(txn.Header, tok)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("X-Credflow-Reason")
+	}
+	forBackend, forTD := mint(backendID.String()), mint()
+	for _, tc := range []struct {
+		name   string
+		token  string
+		code   int
+		reason string
+	}{
+		{"minted for this workload", forBackend, 200, ""},
+		{"minted for this workload, again", forBackend, 401, "txn_replayed"},
+		{"minted for another workload", mint("spiffe://example.org/payments"), 401, "txn_wrong_audience"},
+		{"minted for the trust domain", forTD, 200, ""},
+		{"minted for the trust domain, again", forTD, 401, "txn_replayed"},
+	} {
+		if code, reason := get(tc.token); code != tc.code || reason != tc.reason {
+			t.Errorf("%s: %d %q, want %d %q", tc.name, code, reason, tc.code, tc.reason)
+		}
 	}
 }

@@ -48,11 +48,11 @@ func newExchanger(ctx context.Context, c *config.Edge, svids x509svid.Source, m 
 		}
 		issuers = append(issuers, edge.Issuer{Issuer: is.Issuer, Audiences: is.Audiences, Algorithms: is.Algorithms, Keys: ks})
 	}
-	v, err := edge.NewValidator(issuers)
+	v, err := edge.NewValidator(issuers, c.Leeway)
 	if err != nil {
 		return nil, err
 	}
-	mint, err := txn.NewMinter(svids, txn.MintConfig{TTL: c.TxnTTL, Audience: c.TxnAudience, Scopes: c.Scopes})
+	mint, err := txn.NewMinter(svids, txn.MintConfig{TTL: c.TxnTTL, Audiences: c.TxnAudiences, Scopes: c.Scopes})
 	if err != nil {
 		return nil, err
 	}

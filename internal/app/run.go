@@ -220,7 +220,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		Metrics:   m,
 		Tokens:    src,
 		ValidateJWT: func(token, audience string) (*jwtsvid.SVID, error) {
-			return agent.ValidateJWTSVID(token, src, audience)
+			return agent.JWTValidator{Bundles: src, Leeway: cfg.JWTLeeway}.Validate(token, audience)
 		},
 	}
 	for _, in := range cfg.Inbound {

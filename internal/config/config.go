@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"golang.org/x/net/http/httpguts"
 	"gopkg.in/yaml.v3"
@@ -44,6 +45,10 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultRevalidate       = 5 * time.Second
 	DefaultMaxConnections   = 10000
+	// MaxJWTLeeway bounds jwt.leeway (whose default is jwt.DefaultLeeway,
+	// the same minute): go-spiffe checks JWT-SVID times with that minute,
+	// and a larger tolerance would only lengthen the life of every token.
+	MaxJWTLeeway = time.Minute
 )
 
 // Config is a validated configuration.
@@ -76,6 +81,11 @@ type Config struct {
 	// transaction tokens (outbound listeners with exchange: true, and the
 	// token endpoint).
 	Edge *Edge
+	// JWTLeeway is jwt.leeway: the clock skew tolerated on the exp, nbf
+	// and iat of every token validated (JWT-SVIDs, external tokens,
+	// transaction tokens). Edge.Leeway and each inbound listener's
+	// TxnLeeway carry it too.
+	JWTLeeway time.Duration
 
 	// QUIC limits; zero fields mean proxy's defaults.
 	QUICMaxStreams       int64
@@ -103,9 +113,13 @@ type TokenEndpoint struct {
 // Edge is the validated edge-exchange configuration.
 type Edge struct {
 	Issuers []Issuer
-	// TxnTTL, TxnAudience and Scopes are the minting policy (txn.MintConfig).
+	// Leeway is jwt.leeway, for the external tokens.
+	Leeway time.Duration
+	// TxnTTL, TxnAudiences and Scopes are the minting policy
+	// (txn.MintConfig); TxnAudiences is empty for the default, this trust
+	// domain.
 	TxnTTL       time.Duration
-	TxnAudience  string
+	TxnAudiences []string
 	Scopes       []string
 	KeepExternal bool
 }
@@ -163,6 +177,9 @@ type file struct {
 	TLS struct {
 		SessionResumption *bool `yaml:"session_resumption"`
 	} `yaml:"tls"`
+	JWT struct {
+		Leeway duration `yaml:"leeway"`
+	} `yaml:"jwt"`
 	KeyExchange struct {
 		Mode         string            `yaml:"mode"`
 		Groups       []string          `yaml:"groups"`
@@ -179,9 +196,9 @@ type file struct {
 			JWKSRefresh duration `yaml:"jwks_refresh"`
 		} `yaml:"issuers"`
 		TxnToken struct {
-			TTL      duration `yaml:"ttl"`
-			Audience string   `yaml:"audience"`
-			Scopes   []string `yaml:"scopes"`
+			TTL      duration   `yaml:"ttl"`
+			Audience stringList `yaml:"audience"`
+			Scopes   []string   `yaml:"scopes"`
 		} `yaml:"txn_token"`
 		KeepExternal bool `yaml:"keep_external"`
 	} `yaml:"edge"`
@@ -214,8 +231,9 @@ type file struct {
 			Pass    bool   `yaml:"pass"`
 		} `yaml:"jwt"`
 		TxnToken struct {
-			Require bool     `yaml:"require"`
-			Minters []string `yaml:"minters"`
+			Require   bool     `yaml:"require"`
+			Minters   []string `yaml:"minters"`
+			SingleUse bool     `yaml:"single_use"`
 		} `yaml:"txn_token"`
 	} `yaml:"inbound"`
 	Outbound []struct {
@@ -363,6 +381,23 @@ func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
+// stringList is a list of strings written as a YAML sequence or, for one
+// value, a scalar.
+type stringList []string
+
+func (l *stringList) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode {
+		*l = stringList{n.Value}
+		return nil
+	}
+	var v []string
+	if err := n.Decode(&v); err != nil {
+		return fmt.Errorf("line %d: want a string or a list of strings", n.Line)
+	}
+	*l = v
+	return nil
+}
+
 func (d duration) or(def time.Duration) time.Duration {
 	if d.set {
 		return d.d
@@ -473,13 +508,23 @@ func Parse(data []byte) (*Config, error) {
 		c.KeyExchange.Overrides[td] = m
 	}
 
+	if c.JWTLeeway = f.JWT.Leeway.or(jwt.DefaultLeeway); c.JWTLeeway > MaxJWTLeeway {
+		fail("jwt.leeway", "%v is over the %v limit", c.JWTLeeway, MaxJWTLeeway)
+	}
 	if f.Edge != nil {
 		c.Edge = parseEdge(f.Edge.Issuers, fail)
+		c.Edge.Leeway = c.JWTLeeway
 		c.Edge.TxnTTL = f.Edge.TxnToken.TTL.or(txn.DefaultTTL)
 		if c.Edge.TxnTTL > txn.MaxTTL {
 			fail("edge.txn_token.ttl", "%v is over the %v limit", c.Edge.TxnTTL, txn.MaxTTL)
 		}
-		c.Edge.TxnAudience, c.Edge.Scopes, c.Edge.KeepExternal = f.Edge.TxnToken.Audience, f.Edge.TxnToken.Scopes, f.Edge.KeepExternal
+		if aud := f.Edge.TxnToken.Audience; aud != nil {
+			if err := txn.CheckAudiences(aud); err != nil {
+				fail("edge.txn_token.audience", "%v", err)
+			}
+			c.Edge.TxnAudiences = aud
+		}
+		c.Edge.Scopes, c.Edge.KeepExternal = f.Edge.TxnToken.Scopes, f.Edge.KeepExternal
 	}
 
 	names := map[string]string{}
@@ -527,12 +572,13 @@ func Parse(data []byte) (*Config, error) {
 		ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: pol, QUICListen: in.QUIC}
 		switch in.Protocol {
 		case "", "tcp":
-			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 || in.AppResponseTimeout.set {
+			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 ||
+				in.TxnToken.SingleUse || in.AppResponseTimeout.set {
 				fail(field+".protocol", "routes, jwt, txn_token, app_protocol and app_response_timeout need protocol: http")
 			}
 		case "http":
 			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass,
-				ResponseHeaderTimeout: in.AppResponseTimeout.or(0)}
+				ResponseHeaderTimeout: in.AppResponseTimeout.or(0), TxnLeeway: c.JWTLeeway}
 			h.Routes.CaseInsensitive = in.CaseInsensitivePaths
 			switch in.AppProtocol {
 			case "", "http1":
@@ -585,8 +631,10 @@ func Parse(data []byte) (*Config, error) {
 				}
 			} else if in.TxnToken.Require {
 				fail(field+".txn_token.minters", "require: true needs the workloads allowed to mint")
+			} else if in.TxnToken.SingleUse {
+				fail(field+".txn_token.minters", "single_use: true needs the workloads allowed to mint")
 			}
-			h.RequireTxn = in.TxnToken.Require
+			h.RequireTxn, h.TxnSingleUse = in.TxnToken.Require, in.TxnToken.SingleUse
 			if in.QUIC != "" {
 				fail(field+".quic_listen", "QUIC carries protocol tcp only")
 			}

@@ -132,11 +132,17 @@ func TestParseEdge(t *testing.T) {
 		t.Errorf("inbound txn policy: require %v, minters %v", h.RequireTxn, h.TxnMinters.Patterns())
 	}
 	bad := []struct{ name, from, to, want string }{
+		{"leeway over a minute", "edge:\n", "jwt: {leeway: 2m}\nedge:\n", "jwt.leeway"},
 		{"http JWKS URL", "https://idp.example/jwks", "http://idp.example/jwks", "edge.issuers[0].jwks_url"},
 		{"HMAC algorithm", "[RS256, ES256]", "[HS256]", "edge.issuers[0].algorithms[0]"},
 		{"no audience", "audiences: [orders]", "audiences: []", "edge.issuers[0].audiences"},
 		{"file and URL", "jwks_refresh: 1m", "jwks_file: /x", "exactly one of jwks_file and jwks_url"},
 		{"long-lived txn tokens", "ttl: 30s", "ttl: 1h", "edge.txn_token.ttl"},
+		{"txn tokens over five minutes", "ttl: 30s", "ttl: 6m", "edge.txn_token.ttl"},
+		{"txn audience not a SPIFFE ID", "ttl: 30s,", "ttl: 30s, audience: orders-api,", "edge.txn_token.audience"},
+		{"txn audience: a workload and its trust domain", "ttl: 30s,", "ttl: 30s, audience: [spiffe://example.org, spiffe://example.org/orders],", "edge.txn_token.audience"},
+		{"txn audience not a list of strings", "ttl: 30s,", "ttl: 30s, audience: {a: b},", "want a string or a list of strings"},
+		{"single_use without minters", "txn_token: {require: true, minters: [spiffe://example.org/edge]}", "txn_token: {single_use: true}", "inbound[0].txn_token.minters"},
 		{"require without minters", "minters: [spiffe://example.org/edge]", "minters: []", "inbound[0].txn_token.minters"},
 		{"bad minter", "minters: [spiffe://example.org/edge]", "minters: [edge]", "inbound[0].txn_token.minters[0]"},
 		{"exchange on tcp", "    protocol: http\n    exchange", "    exchange", "outbound[0].protocol"},
@@ -259,5 +265,58 @@ func TestParseRouteUpgrade(t *testing.T) {
 	tcp := "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org]\n"
 	if _, err := config.Parse([]byte(tcp + "    routes: [{peers: [spiffe://example.org], paths: [/*], upgrade: [websocket]}]\n")); err == nil {
 		t.Error("routes on a TCP listener parsed")
+	}
+}
+
+// TestParseJWTLeeway: jwt.leeway, the clock skew tolerated on every token
+// (JWT-SVIDs, external tokens, transaction tokens), defaults to a minute
+// and reaches each validator's settings.
+func TestParseJWTLeeway(t *testing.T) {
+	c, err := config.Parse([]byte(edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTLeeway != time.Minute || c.Edge.Leeway != time.Minute || c.Inbound[0].HTTP.TxnLeeway != time.Minute {
+		t.Errorf("default leeway: jwt %v, edge %v, txn %v; want 1m", c.JWTLeeway, c.Edge.Leeway, c.Inbound[0].HTTP.TxnLeeway)
+	}
+	c, err = config.Parse([]byte("jwt: {leeway: 15s}\n" + edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.JWTLeeway != 15*time.Second || c.Edge.Leeway != 15*time.Second || c.Inbound[0].HTTP.TxnLeeway != 15*time.Second {
+		t.Errorf("leeway 15s: jwt %v, edge %v, txn %v", c.JWTLeeway, c.Edge.Leeway, c.Inbound[0].HTTP.TxnLeeway)
+	}
+}
+
+// TestParseTxnAudienceAndSingleUse: edge.txn_token.audience is one SPIFFE ID
+// or a list (the next hops); txn_token.single_use reaches the listener.
+func TestParseTxnAudienceAndSingleUse(t *testing.T) {
+	c, err := config.Parse([]byte(edgeConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Edge.TxnAudiences != nil || c.Inbound[0].HTTP.TxnSingleUse {
+		t.Errorf("defaults: audiences %q (want none: the trust domain), single use %v", c.Edge.TxnAudiences, c.Inbound[0].HTTP.TxnSingleUse)
+	}
+	for _, tc := range []struct {
+		yaml string
+		want []string
+	}{
+		{"audience: spiffe://example.org/orders", []string{"spiffe://example.org/orders"}},
+		{"audience: [spiffe://example.org/orders, spiffe://example.org/payments]", []string{"spiffe://example.org/orders", "spiffe://example.org/payments"}},
+		{"audience: spiffe://example.org", []string{"spiffe://example.org"}},
+	} {
+		file := strings.Replace(edgeConfig, "ttl: 30s,", "ttl: 30s, "+tc.yaml+",", 1)
+		file = strings.Replace(file, "txn_token: {require: true,", "txn_token: {single_use: true, require: true,", 1)
+		c, err := config.Parse([]byte(file))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.yaml, err)
+		}
+		if strings.Join(c.Edge.TxnAudiences, " ") != strings.Join(tc.want, " ") {
+			t.Errorf("%s: audiences %q", tc.yaml, c.Edge.TxnAudiences)
+		}
+		if !c.Inbound[0].HTTP.TxnSingleUse {
+			t.Errorf("single_use: true not set on the listener")
+		}
 	}
 }

@@ -4,17 +4,17 @@
 //
 // Each trusted issuer is configured with its audiences, the signature
 // algorithms it may use, and its keys: a JWKS read from a file or fetched
-// from an HTTPS URL. Keys are cached; a token signed with a key ID the cache
-// does not know triggers a refresh, at most once per refresh interval, so a
-// stream of tokens with made-up key IDs cannot turn the sidecar into a load
-// generator against the identity provider. Nothing named in a token (jku,
-// x5u, jwk) is ever fetched or used.
+// from an HTTPS URL. Keys are cached and read again on the issuer's refresh
+// interval (sooner if the JWKS response's cache headers say so), so a key
+// the issuer removes stops being trusted. A token signed with a key ID the
+// cache does not know triggers a read too, at most once per MinRefresh, so
+// a stream of tokens with made-up key IDs cannot turn the sidecar into a
+// load generator against the identity provider. Nothing named in a token
+// (jku, x5u, jwk) is ever fetched or used.
 package edge
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -24,14 +24,12 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/credflow/credflow/internal/joseheader"
 	"github.com/credflow/credflow/proxy/txn"
 )
 
 // MaxTokenSize bounds the external tokens Validate parses.
 const MaxTokenSize = 16 << 10
-
-// DefaultSkew is the clock skew tolerated on exp, nbf and iat.
-const DefaultSkew = 30 * time.Second
 
 // Issuer is a trusted external issuer.
 type Issuer struct {
@@ -96,32 +94,46 @@ type Subject struct {
 
 // Validator validates external tokens against a set of issuers.
 type Validator struct {
-	issuers map[string]*Issuer
-	skew    time.Duration
+	issuers map[string]*trusted
+	algs    []jose.SignatureAlgorithm // every algorithm an issuer may use
+	leeway  time.Duration
 	now     func() time.Time
 }
 
-// hmac and none are never accepted, whatever the configuration says.
-var allowed = map[string]jose.SignatureAlgorithm{
-	"RS256": jose.RS256, "RS384": jose.RS384, "RS512": jose.RS512,
-	"PS256": jose.PS256, "PS384": jose.PS384, "PS512": jose.PS512,
-	"ES256": jose.ES256, "ES384": jose.ES384, "ES512": jose.ES512,
-	"EdDSA": jose.EdDSA,
+// trusted is a configured Issuer, its algorithms as go-jose names them.
+type trusted struct {
+	name      string
+	audiences []string
+	algs      []jose.SignatureAlgorithm
+	keys      *KeySet
+}
+
+// asymmetric are the algorithms an issuer may be configured with: HMAC
+// and none are never accepted, whatever the configuration says.
+var asymmetric = []jose.SignatureAlgorithm{
+	jose.RS256, jose.RS384, jose.RS512,
+	jose.PS256, jose.PS384, jose.PS512,
+	jose.ES256, jose.ES384, jose.ES512,
+	jose.EdDSA,
 }
 
 // CheckAlgorithm reports whether name is an algorithm an issuer may be
 // configured with.
 func CheckAlgorithm(name string) error {
-	if _, ok := allowed[name]; !ok {
+	if !slices.Contains(asymmetric, jose.SignatureAlgorithm(name)) {
 		return fmt.Errorf("edge: %q is not an asymmetric JWS algorithm (RS*, PS*, ES*, EdDSA)", name)
 	}
 	return nil
 }
 
 // NewValidator returns a validator for issuers, which must have distinct
-// Issuer values, audiences and keys.
-func NewValidator(issuers []Issuer) (*Validator, error) {
-	v := &Validator{issuers: map[string]*Issuer{}, skew: DefaultSkew, now: time.Now}
+// Issuer values, audiences and keys. leeway is the clock skew tolerated on
+// exp, nbf and iat; zero means jwt.DefaultLeeway (a minute).
+func NewValidator(issuers []Issuer, leeway time.Duration) (*Validator, error) {
+	if leeway <= 0 {
+		leeway = jwt.DefaultLeeway
+	}
+	v := &Validator{issuers: map[string]*trusted{}, algs: asymmetric, leeway: leeway, now: time.Now}
 	for i := range issuers {
 		is := issuers[i]
 		switch {
@@ -137,12 +149,14 @@ func NewValidator(issuers []Issuer) (*Validator, error) {
 		if len(is.Algorithms) == 0 {
 			is.Algorithms = []string{"RS256", "ES256"}
 		}
+		in := &trusted{name: is.Issuer, audiences: is.Audiences, keys: is.Keys}
 		for _, a := range is.Algorithms {
 			if err := CheckAlgorithm(a); err != nil {
 				return nil, err
 			}
+			in.algs = append(in.algs, jose.SignatureAlgorithm(a))
 		}
-		v.issuers[is.Issuer] = &is
+		v.issuers[is.Issuer] = in
 	}
 	return v, nil
 }
@@ -163,35 +177,38 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error
 	if len(token) > MaxTokenSize {
 		return nil, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxTokenSize)
 	}
-	hdr, err := parseHeader(token)
+	// The header is checked before anything reads it, first against every
+	// algorithm an issuer may be configured with (so none and HMAC are
+	// refused before the claims are even decoded).
+	hdr, err := checkHeader(token, v.algs)
 	if err != nil {
 		return nil, err
 	}
-	algs := make([]jose.SignatureAlgorithm, 0, len(allowed))
-	for _, a := range allowed {
-		algs = append(algs, a)
-	}
-	tok, err := jwt.ParseSigned(token, algs)
+	peekTok, err := jwt.ParseSigned(token, v.algs)
 	if err != nil {
-		if _, ok := allowed[hdr.Alg]; !ok {
-			return nil, refuse(ReasonAlg, "algorithm %q is never accepted", hdr.Alg)
-		}
 		return nil, refuse(ReasonMalformed, "not a compact JWS")
 	}
-	// The issuer picks the keys, so read it before verifying; nothing is
-	// trusted until the signature verifies with that issuer's key.
+	// The issuer picks the keys and the algorithms, so read it before
+	// verifying; nothing is trusted until the signature verifies with that
+	// issuer's key.
 	var peek claims
-	if err := tok.UnsafeClaimsWithoutVerification(&peek); err != nil {
+	if err := peekTok.UnsafeClaimsWithoutVerification(&peek); err != nil {
 		return nil, refuse(ReasonClaims, "claims do not parse")
 	}
 	is := v.issuers[peek.Issuer]
 	if is == nil {
 		return nil, refuse(ReasonIssuer, "issuer is not trusted")
 	}
-	if !slices.Contains(is.Algorithms, hdr.Alg) {
-		return nil, refuse(ReasonAlg, "issuer %s does not sign with %s", is.Issuer, hdr.Alg)
+	// From here on, only the issuer's own algorithms: the header, and the
+	// parse whose signature is verified.
+	if !slices.Contains(is.algs, hdr.Alg) {
+		return nil, refuse(ReasonAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
 	}
-	key, err := is.Keys.Key(ctx, hdr.Kid, hdr.Alg)
+	tok, err := jwt.ParseSigned(token, is.algs)
+	if err != nil {
+		return nil, refuse(ReasonAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
+	}
+	key, err := is.keys.Key(ctx, hdr.Kid, string(hdr.Alg))
 	if err != nil {
 		return nil, refuse(ReasonKey, "%v", err)
 	}
@@ -205,14 +222,14 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error
 		return nil, refuse(ReasonClaims, "exp is required")
 	case c.Subject == "":
 		return nil, refuse(ReasonClaims, "sub is required")
-	case c.Issuer != is.Issuer:
+	case c.Issuer != is.name:
 		return nil, refuse(ReasonClaims, "iss changed between reads")
 	}
-	if err := c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: is.Issuer, Time: now}, v.skew); err != nil {
+	if err := c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: is.name, Time: now}, v.leeway); err != nil {
 		return nil, refuse(ReasonExpired, "%v", err)
 	}
-	if !slices.ContainsFunc(is.Audiences, c.Audience.Contains) {
-		return nil, refuse(ReasonAudience, "aud names none of the audiences configured for %s", is.Issuer)
+	if !slices.ContainsFunc(is.audiences, c.Audience.Contains) {
+		return nil, refuse(ReasonAudience, "aud names none of the audiences configured for %s", is.name)
 	}
 	scopes := c.Scp
 	if c.Scope != "" {
@@ -221,36 +238,20 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error
 	return &Subject{Subject: c.Subject, Issuer: c.Issuer, Scopes: scopes, Expiry: c.Expiry.Time()}, nil
 }
 
-type header struct {
-	Alg string `json:"alg"`
-	Kid string `json:"kid"`
-}
-
-// parseHeader reads alg and kid, and refuses headers that name keys or
-// places to fetch them, or critical extensions.
-func parseHeader(token string) (*header, error) {
-	encoded, _, ok := strings.Cut(token, ".")
-	if !ok {
-		return nil, refuse(ReasonMalformed, "not a compact JWS")
+// checkHeader checks the protected header (internal/joseheader) against
+// algs and classifies a refusal.
+func checkHeader(token string, algs []jose.SignatureAlgorithm) (*joseheader.Header, error) {
+	hdr, err := joseheader.Parse(token, joseheader.Policy{Algorithms: algs, MaxSize: MaxTokenSize})
+	switch {
+	case err == nil:
+		return hdr, nil
+	case errors.Is(err, joseheader.ErrAlgorithm):
+		return nil, refuse(ReasonAlg, "%w", err)
+	case errors.Is(err, joseheader.ErrMember), errors.Is(err, joseheader.ErrType):
+		return nil, refuse(ReasonHeader, "%w", err)
+	default:
+		return nil, refuse(ReasonMalformed, "%w", err)
 	}
-	raw, err := base64.RawURLEncoding.DecodeString(encoded)
-	if err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	for _, k := range []string{"jku", "x5u", "jwk", "x5c", "crit"} {
-		if _, ok := members[k]; ok {
-			return nil, refuse(ReasonHeader, "header %q is not accepted", k)
-		}
-	}
-	var h header
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable alg or kid")
-	}
-	return &h, nil
 }
 
 // Exchanger validates an external token and mints a transaction token for

@@ -1,6 +1,7 @@
 package edge
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -8,6 +9,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"encoding/json"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -16,9 +18,12 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/go-jose/go-jose/v4"
+
+	"github.com/credflow/credflow/internal/jwstest"
 )
 
 const issuer = "https://idp.example"
@@ -128,7 +133,7 @@ func newFileValidator(t *testing.T, p *idp, algs ...string) *Validator {
 	if err != nil {
 		t.Fatal(err)
 	}
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Algorithms: algs, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Algorithms: algs, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -214,7 +219,7 @@ func TestKeySetURLRefresh(t *testing.T) {
 	}
 	clock := time.Now()
 	ks.now = func() time.Time { return clock }
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +274,7 @@ func TestKeySetConfig(t *testing.T) {
 		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks, Algorithms: []string{"HS256"}}},
 		{{Issuer: issuer, Audiences: []string{"a"}, Keys: ks}, {Issuer: issuer, Audiences: []string{"a"}, Keys: ks}},
 	} {
-		if _, err := NewValidator(issuers); err == nil {
+		if _, err := NewValidator(issuers, 0); err == nil {
 			t.Errorf("%+v accepted", issuers)
 		}
 	}
@@ -308,7 +313,7 @@ func FuzzValidate(f *testing.F) {
 	path := filepath.Join(dir, "jwks.json")
 	os.WriteFile(path, p.jwks(), 0o600)
 	ks, _ := NewKeySet(KeySetConfig{File: path})
-	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks, Algorithms: []string{"ES256"}}})
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks, Algorithms: []string{"ES256"}}}, 0)
 	if err != nil {
 		f.Fatal(err)
 	}
@@ -361,4 +366,287 @@ func FuzzJWKS(f *testing.F) {
 			t.Fatalf("a symmetric key was handed out for %s", alg)
 		}
 	})
+}
+
+// TestValidateHeaderMembers: the issuer's algorithm list cannot be
+// sidestepped by naming a header member twice in different cases
+// ({"alg":"PS256","Alg":"RS256"}: one reader sees PS256, another RS256), and
+// case variants of the members that are refused are refused too.
+func TestValidateHeaderMembers(t *testing.T) {
+	p := newIDP(t)
+	v := newFileValidator(t, p, "RS256")
+	key := p.key("rsa1").(*rsa.PrivateKey)
+	payload, _ := json.Marshal(claimSet(nil))
+	ctx := context.Background()
+	if _, err := v.Validate(ctx, jwstest.Sign(t, "RS256", key, `{"alg":"RS256","kid":"rsa1","typ":"JWT"}`, string(payload))); err != nil {
+		t.Fatalf("the plain header: %v", err)
+	}
+	cases := []struct {
+		alg, header string
+		want        Reason
+	}{
+		{"PS256", `{"alg":"PS256","kid":"rsa1","typ":"JWT","Alg":"RS256"}`, ReasonHeader},
+		{"PS256", `{"Alg":"RS256","alg":"PS256","kid":"rsa1"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","KID":"ec1"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","JKU":"https://evil.example/jwks"}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","Jwk":{"kty":"RSA"}}`, ReasonHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","typ":"JWT","tYp":"at+jwt"}`, ReasonHeader},
+		{"PS256", `{"alg":"PS256","kid":"rsa1"}`, ReasonAlg},
+	}
+	for _, tc := range cases {
+		t.Run(tc.header, func(t *testing.T) {
+			_, err := v.Validate(ctx, jwstest.Sign(t, tc.alg, key, tc.header, string(payload)))
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := ReasonOf(err); got != tc.want {
+				t.Fatalf("reason %s (%v), want %s", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func (p *idp) remove(kid string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	delete(p.keys, kid)
+}
+
+// TestKeySetRemovedKeyRefused: a key the provider removes from its JWKS is
+// refused once the set is read again on its refresh interval, without
+// waiting for a token with an unknown key ID or a restart.
+func TestKeySetRemovedKeyRefused(t *testing.T) {
+	p := newIDP(t)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(p.jwks()) }))
+	defer srv.Close()
+	ks, err := NewKeySet(KeySetConfig{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig, Refresh: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	old := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))
+	if _, err := v.Validate(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	p.add("rsa2", rsaKey(t))
+	p.remove("rsa1")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := v.Validate(ctx, old)
+		if ReasonOf(err) == ReasonKey {
+			break
+		}
+		if err != nil {
+			t.Fatalf("the removed key: %v, want %s", err, ReasonKey)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("a key removed from the JWKS is still trusted after many refresh intervals")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := v.Validate(ctx, signJWT(t, jose.RS256, p.key("rsa2"), "rsa2", nil, claimSet(nil))); err != nil {
+		t.Fatalf("the new key: %v", err)
+	}
+}
+
+// TestKeySetFetchDoesNotBlock: while the JWKS is being fetched, tokens
+// signed with a key already held validate without waiting for the fetch,
+// and tokens naming unknown keys share that one fetch.
+func TestKeySetFetchDoesNotBlock(t *testing.T) {
+	p := newIDP(t)
+	var (
+		hits    atomic.Int32
+		block   atomic.Bool
+		started = make(chan struct{}, 1)
+		release = make(chan struct{})
+	)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		if block.Load() {
+			started <- struct{}{}
+			<-release
+		}
+		w.Write(p.jwks())
+	}))
+	defer srv.Close()
+	defer func() {
+		select {
+		case <-release:
+		default:
+			close(release)
+		}
+	}()
+	var refreshes atomic.Int32
+	ks, err := NewKeySet(KeySetConfig{URL: srv.URL, TLS: srv.Client().Transport.(*http.Transport).TLSClientConfig,
+		Refresh: time.Hour, OnRefresh: func(error) { refreshes.Add(1) }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := NewValidator([]Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := ks.Load(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Past the refresh interval: the set is due to be read again.
+	later := time.Now().Add(2 * time.Hour)
+	ks.now = func() time.Time { return later }
+	refreshes.Store(0)
+	block.Store(true)
+
+	unknown := signJWT(t, jose.RS256, rsaKey(t), "rsa9", nil, claimSet(nil))
+	const n = 8
+	unknownDone := make(chan error, n)
+	for range n {
+		go func() { _, err := v.Validate(ctx, unknown); unknownDone <- err }()
+	}
+	select {
+	case <-started:
+	case <-time.After(30 * time.Second):
+		t.Fatal("no JWKS fetch for a token with an unknown key ID")
+	}
+	known := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(nil))
+	knownDone := make(chan error, 1)
+	go func() { _, err := v.Validate(ctx, known); knownDone <- err }()
+	select {
+	case err := <-knownDone:
+		if err != nil {
+			t.Fatalf("a known key during the fetch: %v", err)
+		}
+		if refreshes.Load() != 0 {
+			t.Fatal("the token with a known key waited for the JWKS fetch to end")
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("a token with a known key is still waiting on the JWKS fetch")
+	}
+	close(release)
+	for range n {
+		if err := <-unknownDone; ReasonOf(err) != ReasonKey {
+			t.Fatalf("unknown key: %v, want %s", err, ReasonKey)
+		}
+	}
+	if got := hits.Load(); got != 2 {
+		t.Fatalf("%d fetches, want 2 (the load, then one for all %d tokens with an unknown key)", got, n)
+	}
+}
+
+type roundTripFunc func(*http.Request) (*http.Response, error)
+
+func (f roundTripFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestKeySetCacheHeaders: a JWKS URL is read again on its refresh interval,
+// sooner when its Cache-Control max-age or Expires says so, but never more
+// often than MinRefresh; a failed read is retried after MinRefresh and keeps
+// the keys. The clock is synctest's, the JWKS server an in-memory transport.
+func TestKeySetCacheHeaders(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := newIDP(t)
+		var (
+			mu    sync.Mutex
+			hdr   http.Header
+			fail  bool
+			reads int
+		)
+		serve := func(h http.Header, f bool) {
+			mu.Lock()
+			defer mu.Unlock()
+			hdr, fail = h, f
+		}
+		ks, err := NewKeySet(KeySetConfig{URL: "https://idp.example/jwks", Refresh: time.Hour})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.client.Transport = roundTripFunc(func(r *http.Request) (*http.Response, error) {
+			mu.Lock()
+			defer mu.Unlock()
+			reads++
+			if fail {
+				return &http.Response{StatusCode: http.StatusServiceUnavailable, Body: http.NoBody, Request: r}, nil
+			}
+			return &http.Response{StatusCode: http.StatusOK, Header: hdr.Clone(), Body: io.NopCloser(bytes.NewReader(p.jwks())), Request: r}, nil
+		})
+		ctx := context.Background()
+		// use validates with a held key and returns the reads so far.
+		use := func(after time.Duration) int {
+			t.Helper()
+			time.Sleep(after)
+			if _, err := ks.Key(ctx, "rsa1", "RS256"); err != nil {
+				t.Fatalf("the held key: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			return reads
+		}
+		cc := func(v ...string) func() http.Header {
+			return func() http.Header { return http.Header{"Cache-Control": v} }
+		}
+		steps := []struct {
+			name   string
+			header func() http.Header
+			fail   bool
+			before time.Duration // used this long after the read: no new read
+			after  time.Duration // and this much later: read again
+		}{
+			{"no cache headers: the interval", func() http.Header { return nil }, false, time.Hour - time.Second, 2 * time.Second},
+			{"max-age shorter than the interval", cc("public, max-age=120"), false, 119 * time.Second, 2 * time.Second},
+			{"max-age minus Age", func() http.Header { return http.Header{"Cache-Control": {"max-age=120"}, "Age": {"60"}} }, false, 59 * time.Second, 2 * time.Second},
+			{"max-age under the floor", cc("max-age=1"), false, MinRefresh - time.Second, 2 * time.Second},
+			{"no-cache: the floor", cc("no-cache"), false, MinRefresh - time.Second, 2 * time.Second},
+			{"max-age over the interval", cc("max-age=86400"), false, time.Hour - time.Second, 2 * time.Second},
+			{"Expires", func() http.Header {
+				return http.Header{"Expires": {time.Now().Add(90 * time.Second).UTC().Format(http.TimeFormat)}}
+			}, false, 89 * time.Second, 2 * time.Second},
+			{"a failed read keeps the keys and is retried after the floor", func() http.Header { return nil }, true, MinRefresh - time.Second, 2 * time.Second},
+		}
+		for _, st := range steps {
+			serve(st.header(), st.fail)
+			if err := ks.Load(ctx); (err != nil) != st.fail {
+				t.Fatalf("%s: Load: %v", st.name, err)
+			}
+			n := use(0)
+			if got := use(st.before); got != n {
+				t.Fatalf("%s: read again after %v", st.name, st.before)
+			}
+			if got := use(st.after); got != n+1 {
+				t.Fatalf("%s: not read again %v later (%d reads, want %d)", st.name, st.before+st.after, got, n+1)
+			}
+		}
+	})
+}
+
+// TestValidateLeeway: the clock skew tolerated on exp, nbf and iat is a
+// setting, by default go-jose's minute.
+func TestValidateLeeway(t *testing.T) {
+	p := newIDP(t)
+	path := filepath.Join(t.TempDir(), "jwks.json")
+	if err := os.WriteFile(path, p.jwks(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ks, _ := NewKeySet(KeySetConfig{File: path})
+	issuers := []Issuer{{Issuer: issuer, Audiences: []string{"orders"}, Keys: ks}}
+	lenient, err := NewValidator(issuers, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	strict, err := NewValidator(issuers, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	expired := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-45 * time.Second).Unix()}))
+	early := signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"nbf": time.Now().Add(45 * time.Second).Unix()}))
+	for _, tok := range []string{expired, early} {
+		if _, err := lenient.Validate(ctx, tok); err != nil {
+			t.Errorf("default leeway, 45 s off: %v", err)
+		}
+		if _, err := strict.Validate(ctx, tok); ReasonOf(err) != ReasonExpired {
+			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, ReasonExpired)
+		}
+	}
 }

@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -20,8 +22,13 @@ import (
 const (
 	// MaxJWKSSize bounds a JWKS document.
 	MaxJWKSSize = 1 << 20
-	// DefaultRefresh is the shortest interval between two refreshes.
+	// DefaultRefresh is how long a key set is used before it is read
+	// again, when KeySetConfig.Refresh is zero.
 	DefaultRefresh = 5 * time.Minute
+	// MinRefresh is the shortest time between two reads of a key set,
+	// whatever its cache headers say and however many tokens name keys it
+	// does not hold (or Refresh, if that is shorter).
+	MinRefresh = 30 * time.Second
 	// FetchTimeout bounds one fetch of a JWKS URL.
 	FetchTimeout = 5 * time.Second
 )
@@ -29,31 +36,47 @@ const (
 // KeySetConfig says where an issuer's keys come from: exactly one of File
 // and URL.
 type KeySetConfig struct {
-	// File is a JWKS file, re-read on refresh.
+	// File is a JWKS file.
 	File string
 	// URL is an https:// JWKS URL.
 	URL string
 	// TLS is the client configuration for URL; nil means the system roots.
 	TLS *tls.Config
-	// Refresh is the shortest interval between refreshes, which happen
-	// only when a token names a key the set does not hold; default
-	// DefaultRefresh.
+	// Refresh is how long a key set is used before it is read again, so
+	// that a key the issuer removed stops being trusted; default
+	// DefaultRefresh. A URL whose response says it is fresh for less
+	// (Cache-Control max-age minus Age, no-cache, no-store, or Expires) is
+	// read again sooner, but not within MinRefresh of the last read.
 	Refresh time.Duration
-	// OnRefresh, if set, is called after every refresh attempt with its
-	// outcome (metrics).
+	// OnRefresh, if set, is called after every read with its outcome
+	// (metrics).
 	OnRefresh func(err error)
 }
 
 // KeySet is an issuer's cached JWKS.
+//
+// A token that needs the set once it is due is validated after a new read;
+// tokens validated meanwhile use the keys held, so a slow issuer delays one
+// validation, not all of them. A token naming a key ID the set does not
+// hold reads it again too, at most once per MinRefresh. At most one read is
+// in flight; a failed read keeps the keys held and is retried after
+// MinRefresh.
 type KeySet struct {
 	cfg    KeySetConfig
 	client *http.Client
 	now    func() time.Time
 
-	mu     sync.Mutex // held across a refresh, so refreshes never overlap
-	keys   jose.JSONWebKeySet
-	last   time.Time // last refresh attempt
-	loaded bool
+	mu     sync.Mutex // guards the fields below; never held during a read
+	keys   []jose.JSONWebKey
+	last   time.Time // start of the last read
+	due    time.Time // when the keys must be read again; zero: never read
+	flight *flight   // the read in progress, if any
+}
+
+// flight is a read in progress; done is closed when err is set.
+type flight struct {
+	done chan struct{}
+	err  error
 }
 
 // NewKeySet returns a key set; nothing is read until Load or the first Key.
@@ -88,39 +111,54 @@ func NewKeySet(cfg KeySetConfig) (*KeySet, error) {
 	return ks, nil
 }
 
-// Load reads the key set now, whatever the refresh interval.
+// Load reads the key set now, whatever its refresh interval, or waits for
+// the read in flight.
 func (ks *KeySet) Load(ctx context.Context) error {
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	return ks.refreshLocked(ctx)
+	return ks.refresh(ctx)
 }
 
-// Key returns the key for kid usable with alg, refreshing the set once if
-// it does not hold one and the refresh interval has passed. An empty kid
-// matches when the set holds exactly one key usable with alg.
+// Key returns the key for kid usable with alg. An empty kid matches when
+// the set holds exactly one key usable with alg.
 func (ks *KeySet) Key(ctx context.Context, kid, alg string) (*jose.JSONWebKey, error) {
 	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	if k := ks.findLocked(kid, alg); k != nil {
+	keys, now := ks.keys, ks.now()
+	due, reading := !now.Before(ks.due), ks.flight != nil
+	recent := now.Sub(ks.last) < ks.floor()
+	ks.mu.Unlock()
+
+	k := find(keys, kid, alg)
+	var err error
+	switch {
+	case due && !reading:
+		// This validation reads the set; a failed read keeps the keys.
+		err = ks.refresh(ctx)
+	case k != nil:
+		return k, nil
+	case reading:
+		// An unknown key: wait for the read in flight.
+		err = ks.refresh(ctx)
+	case recent:
+		return nil, errors.New("no such key, and the key set was read recently")
+	default:
+		err = ks.refresh(ctx)
+	}
+	ks.mu.Lock()
+	keys = ks.keys
+	ks.mu.Unlock()
+	if k := find(keys, kid, alg); k != nil {
 		return k, nil
 	}
-	if ks.loaded && ks.now().Sub(ks.last) < ks.cfg.Refresh {
-		return nil, errors.New("no such key, and the key set was refreshed recently")
-	}
-	if err := ks.refreshLocked(ctx); err != nil {
+	if err != nil {
 		return nil, err
-	}
-	if k := ks.findLocked(kid, alg); k != nil {
-		return k, nil
 	}
 	return nil, errors.New("no such key after a refresh")
 }
 
-func (ks *KeySet) findLocked(kid, alg string) *jose.JSONWebKey {
+func find(keys []jose.JSONWebKey, kid, alg string) *jose.JSONWebKey {
 	var match *jose.JSONWebKey
 	n := 0
-	for i := range ks.keys.Keys {
-		k := &ks.keys.Keys[i]
+	for i := range keys {
+		k := &keys[i]
 		if k.Use == "enc" || (k.Algorithm != "" && k.Algorithm != alg) || !k.Valid() || !k.IsPublic() {
 			continue
 		}
@@ -137,49 +175,134 @@ func (ks *KeySet) findLocked(kid, alg string) *jose.JSONWebKey {
 	return nil
 }
 
-// refreshLocked reads the set. A failed read keeps the keys already held.
-func (ks *KeySet) refreshLocked(ctx context.Context) error {
-	ks.last, ks.loaded = ks.now(), true
-	data, err := ks.read(ctx)
-	if err == nil {
-		var set jose.JSONWebKeySet
-		if err = json.Unmarshal(data, &set); err != nil {
-			err = fmt.Errorf("edge: JWKS does not parse: %w", err)
-		} else {
-			ks.keys = set
+// floor is the shortest time between two reads.
+func (ks *KeySet) floor() time.Duration {
+	return min(MinRefresh, ks.cfg.Refresh)
+}
+
+// refresh reads the set, or waits for the read in flight, and returns its
+// outcome. The read does not hold ks.mu, and is not cancelled with ctx:
+// other validations may be waiting for it (FetchTimeout bounds it).
+func (ks *KeySet) refresh(ctx context.Context) error {
+	ks.mu.Lock()
+	if f := ks.flight; f != nil {
+		ks.mu.Unlock()
+		select {
+		case <-f.done:
+			return f.err
+		case <-ctx.Done():
+			return fmt.Errorf("edge: waiting for the JWKS: %w", ctx.Err())
 		}
 	}
+	f := &flight{done: make(chan struct{})}
+	ks.flight, ks.last = f, ks.now()
+	ks.mu.Unlock()
+
+	var set jose.JSONWebKeySet
+	data, header, err := ks.read(context.WithoutCancel(ctx))
+	if err == nil {
+		if err = json.Unmarshal(data, &set); err != nil {
+			err = fmt.Errorf("edge: JWKS does not parse: %w", err)
+		}
+	}
+
+	ks.mu.Lock()
+	now := ks.now()
+	if err == nil {
+		ks.keys = set.Keys
+		ks.due = now.Add(ks.lifetime(header, now))
+	} else {
+		ks.due = now.Add(ks.floor())
+	}
+	ks.flight, f.err = nil, err
+	ks.mu.Unlock()
+	close(f.done)
 	if ks.cfg.OnRefresh != nil {
 		ks.cfg.OnRefresh(err)
 	}
 	return err
 }
 
-func (ks *KeySet) read(ctx context.Context) ([]byte, error) {
+// lifetime is how long a set read at now with the response header h is
+// used: Refresh, or less if h says so, but at least the floor.
+func (ks *KeySet) lifetime(h http.Header, now time.Time) time.Duration {
+	d := ks.cfg.Refresh
+	if fresh, ok := freshness(h, now); ok {
+		d = min(d, fresh)
+	}
+	return max(d, ks.floor())
+}
+
+// freshness reads how long a response stays fresh from its Cache-Control
+// (max-age, less Age; no-cache and no-store mean not at all) or, without
+// max-age, its Expires (against its Date, or now). ok is false when the
+// header says nothing.
+func freshness(h http.Header, now time.Time) (fresh time.Duration, ok bool) {
+	for _, v := range h.Values("Cache-Control") {
+		for d := range strings.SplitSeq(v, ",") {
+			name, val, _ := strings.Cut(strings.TrimSpace(d), "=")
+			switch strings.ToLower(name) {
+			case "no-cache", "no-store":
+				return 0, true
+			case "max-age":
+				secs, err := strconv.ParseInt(strings.Trim(val, `"`), 10, 64)
+				if err != nil || secs < 0 {
+					return 0, true // an unreadable max-age is stale
+				}
+				fresh, ok = time.Duration(min(secs, maxAgeCap))*time.Second, true
+			}
+		}
+	}
+	if ok {
+		if age, err := strconv.ParseInt(h.Get("Age"), 10, 64); err == nil && age > 0 {
+			fresh -= time.Duration(min(age, maxAgeCap)) * time.Second
+		}
+		return max(fresh, 0), true
+	}
+	if v := h.Get("Expires"); v != "" {
+		exp, err := http.ParseTime(v)
+		if err != nil {
+			return 0, true // an invalid Expires is in the past (RFC 9111)
+		}
+		if date, err := http.ParseTime(h.Get("Date")); err == nil {
+			now = date
+		}
+		return max(exp.Sub(now), 0), true
+	}
+	return 0, false
+}
+
+// maxAgeCap bounds the seconds read from a header, far above any Refresh.
+const maxAgeCap = 1 << 31
+
+// read returns the JWKS document and, for a URL, the response header.
+func (ks *KeySet) read(ctx context.Context) ([]byte, http.Header, error) {
 	if ks.cfg.File != "" {
 		f, err := os.Open(ks.cfg.File)
 		if err != nil {
-			return nil, fmt.Errorf("edge: %w", err)
+			return nil, nil, fmt.Errorf("edge: %w", err)
 		}
 		defer f.Close()
-		return readLimited(f, ks.cfg.File)
+		data, err := readLimited(f, ks.cfg.File)
+		return data, nil, err
 	}
 	ctx, cancel := context.WithTimeout(ctx, FetchTimeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, ks.cfg.URL, nil)
 	if err != nil {
-		return nil, fmt.Errorf("edge: %w", err)
+		return nil, nil, fmt.Errorf("edge: %w", err)
 	}
 	req.Header.Set("Accept", "application/jwk-set+json, application/json")
 	resp, err := ks.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("edge: fetching JWKS: %w", err)
+		return nil, nil, fmt.Errorf("edge: fetching JWKS: %w", err)
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("edge: fetching JWKS %s: status %d", ks.cfg.URL, resp.StatusCode)
+		return nil, nil, fmt.Errorf("edge: fetching JWKS %s: status %d", ks.cfg.URL, resp.StatusCode)
 	}
-	return readLimited(resp.Body, ks.cfg.URL)
+	data, err := readLimited(resp.Body, ks.cfg.URL)
+	return data, resp.Header, err
 }
 
 func readLimited(r io.Reader, name string) ([]byte, error) {

@@ -12,7 +12,8 @@
 //	iss      the minting workload's SPIFFE ID (also the x5c leaf's)
 //	sub      the external subject
 //	sub_iss  the external issuer
-//	aud      the audience, by default the minter's trust domain
+//	aud      the audience: the minter's trust domain (the default), or the
+//	         SPIFFE IDs of the workloads that may accept it
 //	act      {"sub": the calling workload's SPIFFE ID}
 //	txn      a transaction id
 //	scope    the external scopes narrowed by the minter's policy
@@ -21,12 +22,18 @@
 // A Verifier refuses a token whose chain does not verify against the bundle
 // of its trust domain, whose signer its policy does not allow to mint, whose
 // type, audience or lifetime is wrong, or whose header carries anything that
-// would have to be fetched.
+// would have to be fetched. A token is for a verifier when its aud names the
+// verifying workload's SPIFFE ID or that workload's trust domain
+// (spiffe://example.org): a token minted for the trust domain is accepted
+// by every workload in it, one minted for a list of SPIFFE IDs only by those
+// workloads.
 //
 // A transaction token is a bearer token inside the mesh: it is not bound to
 // the mTLS peer that presents it (it crosses several hops unchanged), which
-// is why it lives for a minute and is only accepted over mTLS from peers the
-// route rules allow.
+// is why it lives a minute by default and at most MaxTTL, is only accepted
+// over mTLS from peers the route rules allow, can be narrowed to the next
+// hops by its audience, and can be accepted once only by verifiers whose
+// app never sees it presented twice (VerifyConfig.SingleUse).
 package txn
 
 import (
@@ -38,7 +45,6 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"slices"
@@ -50,6 +56,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/internal/joseheader"
 )
 
 // Header is the HTTP header a transaction token travels in.
@@ -62,12 +70,16 @@ const Type = "txntoken+jwt"
 const (
 	// DefaultTTL is a token's lifetime when MintConfig.TTL is zero.
 	DefaultTTL = time.Minute
-	// MaxTTL is the longest lifetime a Verifier accepts.
-	MaxTTL = 10 * time.Minute
+	// MaxTTL is the longest lifetime a Minter mints and a Verifier
+	// accepts. A transaction token covers the call graph of one external
+	// request; five minutes is room for a slow one, and bounds how long a
+	// token copied from a log or a compromised hop can be replayed.
+	MaxTTL = 5 * time.Minute
+	// DefaultReplayCacheSize bounds a SingleUse verifier's record of the
+	// tokens it accepted when VerifyConfig.ReplayCacheSize is zero.
+	DefaultReplayCacheSize = 100_000
 	// MaxSize bounds the tokens a Verifier parses.
 	MaxSize = 16 << 10
-	// DefaultSkew is the clock skew a Verifier tolerates by default.
-	DefaultSkew = 30 * time.Second
 )
 
 // Claims are the claims of a transaction token.
@@ -105,9 +117,11 @@ type Request struct {
 type MintConfig struct {
 	// TTL is the lifetime of a token; default DefaultTTL, at most MaxTTL.
 	TTL time.Duration
-	// Audience is the aud claim; default the minter's trust domain
-	// ("spiffe://example.org"), which every verifier in it accepts.
-	Audience string
+	// Audiences is the aud claim: SPIFFE IDs of workloads (the next
+	// hops), each of which accepts the token and no other does, or a
+	// trust domain ("spiffe://example.org"), every workload of which
+	// accepts it. Default the minter's trust domain. See CheckAudiences.
+	Audiences []string
 	// Scopes are the scopes a token may carry: the external scopes are
 	// narrowed to these. None means no scope is passed on.
 	Scopes []string
@@ -128,7 +142,39 @@ func NewMinter(svids x509svid.Source, cfg MintConfig) (*Minter, error) {
 	if cfg.TTL < 0 || cfg.TTL > MaxTTL {
 		return nil, fmt.Errorf("txn: lifetime %v is outside (0, %v]", cfg.TTL, MaxTTL)
 	}
+	if len(cfg.Audiences) > 0 {
+		if err := CheckAudiences(cfg.Audiences); err != nil {
+			return nil, err
+		}
+	}
 	return &Minter{cfg: cfg, svid: svids, now: time.Now}, nil
+}
+
+// CheckAudiences reports whether auds is an audience a minter may use: one
+// or more distinct SPIFFE IDs, of workloads or trust domains, and no
+// workload together with its own trust domain (which would let every
+// workload in it accept the token anyway).
+func CheckAudiences(auds []string) error {
+	if len(auds) == 0 {
+		return errors.New("txn: an audience needs at least one SPIFFE ID")
+	}
+	ids := make([]spiffeid.ID, len(auds))
+	for i, a := range auds {
+		id, err := spiffeid.FromString(a)
+		if err != nil {
+			return fmt.Errorf("txn: audience %q is not a SPIFFE ID: %w", a, err)
+		}
+		if slices.Contains(ids[:i], id) {
+			return fmt.Errorf("txn: audience %q is named twice", a)
+		}
+		ids[i] = id
+	}
+	for _, id := range ids {
+		if id.Path() != "" && slices.Contains(ids, id.TrustDomain().ID()) {
+			return fmt.Errorf("txn: audience names %s and its trust domain, which every workload in it accepts", id)
+		}
+	}
+	return nil
 }
 
 // Mint returns a signed transaction token and its claims.
@@ -154,9 +200,9 @@ func (m *Minter) Mint(req Request) (string, *Claims, error) {
 		return "", nil, fmt.Errorf("txn: %w", err)
 	}
 	now := m.now()
-	aud := m.cfg.Audience
-	if aud == "" {
-		aud = svid.ID.TrustDomain().IDString()
+	aud := jwt.Audience(m.cfg.Audiences)
+	if len(aud) == 0 {
+		aud = jwt.Audience{svid.ID.TrustDomain().IDString()}
 	}
 	txnID := req.Txn
 	if txnID == "" {
@@ -166,7 +212,7 @@ func (m *Minter) Mint(req Request) (string, *Claims, error) {
 		Issuer:    svid.ID.String(),
 		Subject:   req.Subject,
 		SubjectIs: req.SubjectIssuer,
-		Audience:  jwt.Audience{aud},
+		Audience:  aud,
 		Actor:     Actor{Subject: svid.ID.String()},
 		Txn:       txnID,
 		Scope:     strings.Join(narrow(req.Scopes, m.cfg.Scopes), " "),
@@ -219,14 +265,16 @@ type Reason string
 
 // Refusal reasons.
 const (
-	ReasonMalformed Reason = "txn_malformed"  // not a JWS of the right shape, or over MaxSize
-	ReasonHeader    Reason = "txn_bad_header" // wrong typ or alg, or a header that points elsewhere
-	ReasonChain     Reason = "txn_bad_chain"  // x5c does not verify against the trust bundle
-	ReasonMinter    Reason = "txn_not_minter" // the signer may not mint
-	ReasonSignature Reason = "txn_bad_signature"
-	ReasonClaims    Reason = "txn_bad_claims" // a required claim is missing or inconsistent
-	ReasonExpired   Reason = "txn_expired"    // expired, not yet valid, or too long-lived
-	ReasonAudience  Reason = "txn_wrong_audience"
+	ReasonMalformed  Reason = "txn_malformed"  // not a JWS of the right shape, or over MaxSize
+	ReasonHeader     Reason = "txn_bad_header" // wrong typ or alg, or a header that points elsewhere
+	ReasonChain      Reason = "txn_bad_chain"  // x5c does not verify against the trust bundle
+	ReasonMinter     Reason = "txn_not_minter" // the signer may not mint
+	ReasonSignature  Reason = "txn_bad_signature"
+	ReasonClaims     Reason = "txn_bad_claims" // a required claim is missing or inconsistent
+	ReasonExpired    Reason = "txn_expired"    // expired, not yet valid, or too long-lived
+	ReasonAudience   Reason = "txn_wrong_audience"
+	ReasonReplayed   Reason = "txn_replayed"          // a SingleUse verifier has accepted it before
+	ReasonReplayFull Reason = "txn_replay_cache_full" // a SingleUse verifier's record is full
 )
 
 // Error is a refusal with its reason.
@@ -260,62 +308,76 @@ type VerifyConfig struct {
 	// Minters says which workloads' tokens are accepted. Required: a
 	// verifier without it refuses every token.
 	Minters Minters
-	// Audience must be in the token's aud; default the trust domain of
-	// the verifying workload, passed to Verify.
-	Audience string
-	// Skew is the clock skew tolerated on iat and exp; default
-	// DefaultSkew.
-	Skew time.Duration
+	// SingleUse accepts each token once: a verifier records the tokens
+	// it accepted (by issuer and jti) until they expire, and refuses one
+	// presented again. Use it where the app never passes the same token
+	// to this workload twice; by default a token is accepted as often as
+	// it is presented while it is valid, since an app may call the same
+	// next hop several times for one external request.
+	SingleUse bool
+	// ReplayCacheSize bounds the SingleUse record; default
+	// DefaultReplayCacheSize. A full record refuses new tokens
+	// (txn_replay_cache_full) rather than forget one that may come back.
+	ReplayCacheSize int
+	// Leeway is the clock skew tolerated on iat and exp; default
+	// jwt.DefaultLeeway (a minute).
+	Leeway time.Duration
 }
 
 // Verifier verifies transaction tokens against the X.509 trust bundles.
+// It is safe for concurrent use.
 type Verifier struct {
 	cfg     VerifyConfig
 	bundles x509bundle.Source
 	now     func() time.Time
+	seen    *replayCache // nil unless SingleUse
 }
 
 // NewVerifier returns a verifier that trusts the minters of cfg whose chains
 // verify against bundles.
 func NewVerifier(bundles x509bundle.Source, cfg VerifyConfig) *Verifier {
-	if cfg.Skew == 0 {
-		cfg.Skew = DefaultSkew
+	if cfg.Leeway <= 0 {
+		cfg.Leeway = jwt.DefaultLeeway
 	}
-	return &Verifier{cfg: cfg, bundles: bundles, now: time.Now}
+	if cfg.ReplayCacheSize <= 0 {
+		cfg.ReplayCacheSize = DefaultReplayCacheSize
+	}
+	v := &Verifier{cfg: cfg, bundles: bundles, now: time.Now}
+	if cfg.SingleUse {
+		v.seen = newReplayCache(cfg.ReplayCacheSize)
+	}
+	return v
 }
 
 // signatureAlgs are the algorithms an SVID key signs with.
 var signatureAlgs = []jose.SignatureAlgorithm{jose.ES256, jose.ES384, jose.PS256, jose.RS256}
 
-// header is the part of the JOSE header Verify reads itself.
-type header struct {
-	Typ string   `json:"typ"`
-	X5c []string `json:"x5c"`
-}
+// txnHeader is what a transaction token's header must and may carry: the
+// SVID algorithms, typ txntoken+jwt and the signer's chain in x5c; never a
+// key or a place to fetch one (jku, x5u, jwk), crit, or a member named
+// twice in any case.
+var txnHeader = joseheader.Policy{Algorithms: signatureAlgs, Type: Type, X5C: true, MaxSize: MaxSize}
 
-// Verify checks token for a verifier in trust domain td and returns its
-// claims and the minting workload.
-func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiffeid.ID, error) {
+// Verify checks token for the workload self and returns its claims and the
+// minting workload. The token's aud must name self or self's trust domain.
+func (v *Verifier) Verify(token string, self spiffeid.ID) (*Claims, spiffeid.ID, error) {
 	var zero spiffeid.ID
 	if len(token) > MaxSize {
 		return nil, zero, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxSize)
+	}
+	h, err := joseheader.Parse(token, txnHeader)
+	if err != nil {
+		return nil, zero, refuse(ReasonHeader, "%w", err)
 	}
 	tok, err := jwt.ParseSigned(token, signatureAlgs)
 	if err != nil {
 		return nil, zero, refuse(ReasonHeader, "unparsable, or algorithm not allowed")
 	}
-	h, err := parseHeader(token)
-	if err != nil {
-		return nil, zero, err
-	}
-	if h.Typ != Type {
-		return nil, zero, refuse(ReasonHeader, "typ is not %s", Type)
-	}
-	if len(h.X5c) == 0 || len(h.X5c) > 8 {
+	if len(h.X5C) == 0 || len(h.X5C) > 8 {
 		return nil, zero, refuse(ReasonHeader, "x5c must hold the signer's chain")
 	}
-	chain := make([]*x509.Certificate, len(h.X5c))
-	for i, s := range h.X5c {
+	chain := make([]*x509.Certificate, len(h.X5C))
+	for i, s := range h.X5C {
 		der, err := base64.StdEncoding.DecodeString(s)
 		if err != nil {
 			return nil, zero, refuse(ReasonChain, "x5c[%d] is not base64", i)
@@ -349,43 +411,24 @@ func (v *Verifier) Verify(token string, td spiffeid.TrustDomain) (*Claims, spiff
 	now := v.now()
 	iat, exp := c.IssuedAt.Time(), c.Expiry.Time()
 	switch {
-	case !now.Before(exp.Add(v.cfg.Skew)):
+	case !now.Before(exp.Add(v.cfg.Leeway)):
 		return nil, minter, refuse(ReasonExpired, "expired")
-	case now.Add(v.cfg.Skew).Before(iat):
+	case now.Add(v.cfg.Leeway).Before(iat):
 		return nil, minter, refuse(ReasonExpired, "issued in the future")
 	case exp.Sub(iat) > MaxTTL || !iat.Before(exp):
 		return nil, minter, refuse(ReasonExpired, "lifetime outside (0, %v]", MaxTTL)
 	}
-	aud := v.cfg.Audience
-	if aud == "" {
-		aud = td.IDString()
+	if !c.Audience.Contains(self.String()) && !c.Audience.Contains(self.TrustDomain().IDString()) {
+		return nil, minter, refuse(ReasonAudience, "aud names neither %s nor its trust domain", self)
 	}
-	if !c.Audience.Contains(aud) {
-		return nil, minter, refuse(ReasonAudience, "aud does not name %s", aud)
-	}
-	return &c, minter, nil
-}
-
-// parseHeader decodes the protected header and refuses the members that
-// would point the verifier at keys or locations outside the token's chain.
-func parseHeader(token string) (*header, error) {
-	encoded, _, _ := strings.Cut(token, ".")
-	raw, err := base64.RawURLEncoding.DecodeString(encoded)
-	if err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	var members map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &members); err != nil {
-		return nil, refuse(ReasonMalformed, "unparsable header")
-	}
-	for _, k := range []string{"jku", "x5u", "jwk", "crit"} {
-		if _, ok := members[k]; ok {
-			return nil, refuse(ReasonHeader, "header %q is not allowed", k)
+	if v.seen != nil {
+		err := v.seen.add(c.Issuer, c.ID, exp.Add(v.cfg.Leeway), now)
+		switch {
+		case errors.Is(err, errReplayed):
+			return nil, minter, refuse(ReasonReplayed, "jti %s was accepted before", c.ID)
+		case errors.Is(err, errFull):
+			return nil, minter, refuse(ReasonReplayFull, "%d unexpired tokens recorded", v.cfg.ReplayCacheSize)
 		}
 	}
-	var h header
-	if err := json.Unmarshal(raw, &h); err != nil {
-		return nil, refuse(ReasonHeader, "unparsable typ or x5c")
-	}
-	return &h, nil
+	return &c, minter, nil
 }
