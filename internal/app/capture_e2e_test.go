@@ -47,6 +47,33 @@ func init() {
 		_, err = io.ReadFull(c, back)
 		fmt.Printf("echoed=%q err=%v\n", back, err)
 		os.Exit(0)
+	case "tag":
+		// A listener that names itself to each connection: which of the
+		// app, the sidecar's listeners or a peer a connection reached.
+		l, err := net.Listen("tcp", os.Getenv("CREDFLOW_TEST_ADDR"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println("listening")
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			fmt.Fprintf(c, "%s\n", os.Getenv("CREDFLOW_TEST_TAG"))
+			c.Close()
+		}
+	case "dialtag":
+		c, err := net.DialTimeout("tcp", os.Getenv("CREDFLOW_TEST_ADDR"), 3*time.Second)
+		if err != nil {
+			fmt.Println("dial error:", err)
+			os.Exit(0)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		tag, err := io.ReadAll(c)
+		fmt.Printf("tag=%s err=%v\n", strings.TrimSpace(string(tag)), err)
+		os.Exit(0)
 	}
 }
 
