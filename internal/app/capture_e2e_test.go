@@ -65,7 +65,7 @@ func init() {
 			c.Close()
 		}
 	case "dialtag":
-		c, err := net.DialTimeout("tcp", os.Getenv("CREDFLOW_TEST_ADDR"), 3*time.Second)
+		c, err := net.DialTimeout("tcp", os.Getenv("CREDFLOW_TEST_ADDR"), 5*time.Second)
 		if err != nil {
 			fmt.Println("dial error:", err)
 			os.Exit(0)
