@@ -3,10 +3,12 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"slices"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -16,7 +18,11 @@ import (
 
 // Capture makes an outbound listener transparent: the pod's outbound TCP is
 // redirected to it by the rules `credflow init` installs, and each
-// connection goes to its original destination (SO_ORIGINAL_DST) over mTLS.
+// connection goes to its original destination (SO_ORIGINAL_DST, or
+// IP6T_SO_ORIGINAL_DST for IPv6) over mTLS. Those rules send IPv4 to
+// 127.0.0.1 and IPv6 to ::1 at the listener's port: a capture listener on
+// either loopback address also listens on the other one (see
+// listenCapture).
 // The server identity expected there is the first Destination that
 // matches (by network, port and host name); when none does, the listener's Expect policy, and when that is
 // empty, any identity in this workload's own trust domain. That last
@@ -124,4 +130,45 @@ func capturedTarget(c net.Conn, listen net.Addr) (netip.AddrPort, error) {
 		return netip.AddrPort{}, errNoOriginalDst
 	}
 	return dst, nil
+}
+
+// listenCapture binds a capture listener at addr and, when that is a
+// loopback address, the other family's loopback address at the same port:
+// `credflow init` redirects the pod's outbound IPv4 to 127.0.0.1 and its
+// IPv6 to ::1 (REDIRECT sends a connection made on the host to the loopback
+// address of its family), and the listener must take both. An unspecified
+// address (0.0.0.0 or [::]) takes both families already, and any other
+// address is left as it is. twin is nil when the other family is not
+// available on this host (no ::1 where IPv6 is disabled, so there is no
+// IPv6 to capture); any other failure to bind it is an error, since
+// whatever holds that port would receive the pod's traffic in clear.
+func listenCapture(addr string) (ln, twin net.Listener, err error) {
+	for attempt := 0; ; attempt++ {
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, nil, err
+		}
+		bound, ok := ln.Addr().(*net.TCPAddr)
+		if !ok || !bound.IP.IsLoopback() {
+			return ln, nil, nil
+		}
+		other := net.JoinHostPort("::1", fmt.Sprint(bound.Port))
+		if bound.IP.To4() == nil {
+			other = net.JoinHostPort("127.0.0.1", fmt.Sprint(bound.Port))
+		}
+		twin, err := net.Listen("tcp", other)
+		switch {
+		case err == nil:
+			return ln, twin, nil
+		case errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EAFNOSUPPORT):
+			return ln, nil, nil
+		}
+		ln.Close()
+		// A port the kernel chose for the first family may be taken in
+		// the other: choose again.
+		_, port, _ := net.SplitHostPort(addr)
+		if port != "0" || attempt == 10 || !errors.Is(err, syscall.EADDRINUSE) {
+			return nil, nil, err
+		}
+	}
 }

@@ -175,6 +175,7 @@ type listener struct {
 	tls    *tls.Config
 	kex    pqc.Mode // outbound: the key-exchange mode towards the upstream
 	ln     net.Listener
+	twin   net.Listener // capture: the other family's loopback address (listenCapture)
 	conns  sync.WaitGroup
 
 	quicAddr     string      // inbound: UDP address
@@ -350,7 +351,12 @@ func (p *Proxy) Listen() (err error) {
 		}
 	}()
 	for _, l := range p.listeners {
-		ln, err := net.Listen("tcp", l.addr)
+		var ln net.Listener
+		if l.capture != nil {
+			ln, l.twin, err = listenCapture(l.addr)
+		} else {
+			ln, err = net.Listen("tcp", l.addr)
+		}
 		if err != nil {
 			return fmt.Errorf("proxy: listener %q: %w", l.name, err)
 		}
@@ -378,6 +384,9 @@ func (p *Proxy) closeListeners() {
 	for _, l := range p.listeners {
 		if l.ln != nil {
 			l.ln.Close()
+		}
+		if l.twin != nil {
+			l.twin.Close()
 		}
 		if l.quicSrv != nil {
 			l.quicSrv.close()
@@ -451,9 +460,12 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			wg.Go(func() { l.httpOut.srv.Serve(l.ln) })
 		case l.httpIn != nil:
 			wg.Go(func() { l.httpIn.srv.Serve(l.httpIn.ln) })
-			wg.Go(func() { p.accept(ctx, l) })
+			wg.Go(func() { p.accept(ctx, l, l.ln) })
 		default:
-			wg.Go(func() { p.accept(ctx, l) })
+			wg.Go(func() { p.accept(ctx, l, l.ln) })
+			if l.twin != nil {
+				wg.Go(func() { p.accept(ctx, l, l.twin) })
+			}
 		}
 		if l.quicSrv != nil {
 			wg.Go(func() { p.acceptQUIC(ctx, l) })
@@ -499,16 +511,17 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	}
 }
 
-func (p *Proxy) accept(ctx context.Context, l *listener) {
+// accept takes l's connections from ln (l.ln, or l.twin).
+func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 	for {
-		c, err := l.ln.Accept()
+		c, err := ln.Accept()
 		if err != nil {
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return
 			}
 			// Out of file descriptors: close the waiting connection with
 			// the spare descriptor, so its client learns at once.
-			if isFDExhausted(err) && p.spare.shed(l.ln) {
+			if isFDExhausted(err) && p.spare.shed(ln) {
 				p.m.refused(l.dir, "fd_limit", true)
 				p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "fd_limit", relay.Result{}, "tcp")
 				p.log.Warn("proxy: out of file descriptors; connection closed at accept", slog.String(logkey.Listener, l.name))

@@ -54,9 +54,9 @@ func commands() map[string]command {
 			run:     runCheck,
 		},
 		"init": {
-			summary: "install (or -remove) the iptables rules that send the pod's TCP through its sidecar",
+			summary: "install (or -remove) the iptables and ip6tables rules that send the pod's TCP through its sidecar",
 			usage: "credflow init -proxy-uid UID [-inbound-port 15006] [-outbound-port 15001] [-exclude-inbound-ports P,...] " +
-				"[-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-dry-run] [-remove]",
+				"[-exclude-outbound-ports P,...] [-exclude-outbound-cidrs CIDR,...] [-iptables iptables] [-ip6tables ip6tables] [-dry-run] [-remove]",
 			run: runInit,
 		},
 		"inject": {

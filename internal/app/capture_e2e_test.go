@@ -47,6 +47,33 @@ func init() {
 		_, err = io.ReadFull(c, back)
 		fmt.Printf("echoed=%q err=%v\n", back, err)
 		os.Exit(0)
+	case "tag":
+		// A listener that names itself to each connection: which of the
+		// app, the sidecar's listeners or a peer a connection reached.
+		l, err := net.Listen("tcp", os.Getenv("CREDFLOW_TEST_ADDR"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println("listening")
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				os.Exit(1)
+			}
+			fmt.Fprintf(c, "%s\n", os.Getenv("CREDFLOW_TEST_TAG"))
+			c.Close()
+		}
+	case "dialtag":
+		c, err := net.DialTimeout("tcp", os.Getenv("CREDFLOW_TEST_ADDR"), 5*time.Second)
+		if err != nil {
+			fmt.Println("dial error:", err)
+			os.Exit(0)
+		}
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		tag, err := io.ReadAll(c)
+		fmt.Printf("tag=%s err=%v\n", strings.TrimSpace(string(tag)), err)
+		os.Exit(0)
 	}
 }
 
@@ -80,14 +107,16 @@ func (n netns) get(ctx context.Context, url string) (string, error) {
 	return string(out), err
 }
 
-// TestE2ETransparentCapture: two "pods" (network namespaces joined by a
-// veth pair), each with an app that knows nothing of the mesh, its sidecar
-// (real SPIRE identities) and the rules of `credflow init`. The client app
-// connects to the server pod's IP and port in plain TCP; the traffic crosses
-// the veth as mutual TLS (a capture on the veth sees TLS records, never the
+// TestE2ETransparentCapture: two dual-stack "pods" (network namespaces
+// joined by a veth pair, with IPv4 and ULA IPv6 addresses), each with an
+// app that knows nothing of the mesh, its sidecar (real SPIRE identities)
+// and the rules of `credflow init`. The client app connects to the server
+// pod's IPv4 and IPv6 addresses in plain TCP; the traffic crosses the veth
+// as mutual TLS (a capture on the veth sees TLS records, never the
 // payload) and arrives at the server app through the server's sidecar, as
-// its metrics show. A connection that bypasses the client's sidecar (made as
-// the sidecar's uid) reaches the server pod in plain TCP and is refused.
+// its metrics show. A connection that bypasses the client's sidecar (made
+// as the sidecar's uid) reaches the server pod in plain TCP and is
+// refused, over either family.
 func TestE2ETransparentCapture(t *testing.T) {
 	for _, tool := range []string{"ip", "iptables", "nsenter", "curl", "tcpdump"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -99,6 +128,8 @@ func TestE2ETransparentCapture(t *testing.T) {
 		uidServerPod = uidBackend
 		clientIP     = "10.231.0.1"
 		serverIP     = "10.231.0.2"
+		clientIP6    = "fd00:cf::1"
+		serverIP6    = "fd00:cf::2"
 	)
 	s, bin, _ := startWorkloads(t, 0, map[int]string{uidClientPod: "/client-pod", uidServerPod: "/server-pod"})
 	ctx := t.Context()
@@ -120,10 +151,11 @@ func TestE2ETransparentCapture(t *testing.T) {
 	mustRun(t, "ip", "link", "set", vethA, "netns", a.name)
 	mustRun(t, "ip", "link", "set", vethB, "netns", b.name)
 	for _, x := range []struct {
-		n       netns
-		dev, ip string
-	}{{a, vethA, clientIP}, {b, vethB, serverIP}} {
+		n            netns
+		dev, ip, ip6 string
+	}{{a, vethA, clientIP, clientIP6}, {b, vethB, serverIP, serverIP6}} {
 		mustRun(t, "ip", "-n", x.n.name, "addr", "add", x.ip+"/24", "dev", x.dev)
+		mustRun(t, "ip", "-n", x.n.name, "addr", "add", x.ip6+"/64", "dev", x.dev, "nodad")
 		mustRun(t, "ip", "-n", x.n.name, "link", "set", x.dev, "up")
 		mustRun(t, "ip", "-n", x.n.name, "link", "set", "lo", "up")
 	}
@@ -143,6 +175,13 @@ func TestE2ETransparentCapture(t *testing.T) {
 		}
 		if n := strings.Count(string(rules), "-j CREDFLOW_OUTPUT"); n != 1 {
 			t.Fatalf("%s: %d jumps to CREDFLOW_OUTPUT after two runs of init, want 1:\n%s", x.n.name, n, rules)
+		}
+		rules6, err := x.n.command(ctx, 0, "ip6tables", "-t", "nat", "-S").Output()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(string(rules6), "-j CREDFLOW_OUTPUT"); n != 1 {
+			t.Fatalf("%s: %d ip6tables jumps to CREDFLOW_OUTPUT after two runs of init, want 1:\n%s", x.n.name, n, rules6)
 		}
 	}
 
@@ -203,7 +242,8 @@ func TestE2ETransparentCapture(t *testing.T) {
     capture:
       destinations:
         - {cidr: %s/24, port: 8080, expect: [spiffe://example.org/server-pod]}
-`, serverIP))
+        - {cidr: "%s/64", port: 8080, expect: [spiffe://example.org/server-pod]}
+`, serverIP, serverIP6))
 
 	// A capture on the server pod's end of the veth.
 	pcap := filepath.Join(dir, "veth.pcap")
@@ -216,22 +256,26 @@ func TestE2ETransparentCapture(t *testing.T) {
 	time.Sleep(time.Second) // tcpdump opens the interface
 
 	marker := "credflow-capture-marker-" + suffix
-	dial := func(uid int) string {
+	marker6 := "credflow-capture-marker6-" + suffix
+	dial := func(uid int, addr, marker string) string {
 		cmd := a.command(ctx, uid, self)
-		cmd.Env = append(os.Environ(), "CREDFLOW_TEST_APP=dial", "CREDFLOW_TEST_ADDR="+serverIP+":8080", "CREDFLOW_TEST_MSG="+marker)
+		cmd.Env = append(os.Environ(), "CREDFLOW_TEST_APP=dial", "CREDFLOW_TEST_ADDR="+addr, "CREDFLOW_TEST_MSG="+marker)
 		out, err := cmd.CombinedOutput()
 		if err != nil {
 			t.Fatalf("client app: %v\n%s", err, out)
 		}
 		return strings.TrimSpace(string(out))
 	}
-	if out := dial(0); out != fmt.Sprintf("echoed=%q err=<nil>", marker) {
-		t.Fatalf("the client app through both sidecars: %s", out)
-	}
-	// Bypassing the client's sidecar (its uid is exempt from capture): the
-	// server pod takes plain TCP to its mTLS port and refuses it.
-	if out := dial(uidClientPod); strings.Contains(out, "echoed=\""+marker) {
-		t.Fatalf("plain TCP reached the server app: %s", out)
+	for _, x := range []struct{ addr, marker string }{{serverIP + ":8080", marker}, {"[" + serverIP6 + "]:8080", marker6}} {
+		if out := dial(0, x.addr, x.marker); out != fmt.Sprintf("echoed=%q err=<nil>", x.marker) {
+			t.Fatalf("the client app through both sidecars to %s: %s", x.addr, out)
+		}
+		// Bypassing the client's sidecar (its uid is exempt from
+		// capture): the server pod takes plain TCP to its mTLS port and
+		// refuses it.
+		if out := dial(uidClientPod, x.addr, x.marker); strings.Contains(out, "echoed=\""+x.marker) {
+			t.Fatalf("plain TCP to %s reached the server app: %s", x.addr, out)
+		}
 	}
 	time.Sleep(500 * time.Millisecond)
 	dump.Process.Signal(syscall.SIGINT)
@@ -241,35 +285,43 @@ func TestE2ETransparentCapture(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(metrics, `credflow_connections_total{direction="inbound",result="allowed"} 1`) {
-		t.Errorf("the server sidecar's metrics do not show one allowed inbound connection:\n%s", grepLines(metrics, "credflow_connections_total"))
+	if !strings.Contains(metrics, `credflow_connections_total{direction="inbound",result="allowed"} 2`) {
+		t.Errorf("the server sidecar's metrics do not show two allowed inbound connections (IPv4, IPv6):\n%s", grepLines(metrics, "credflow_connections_total"))
 	}
-	if !strings.Contains(metrics, `credflow_refusals_total{direction="inbound",reason="handshake_failed"}`) {
-		t.Errorf("the plain-TCP bypass was not refused by the server sidecar:\n%s", grepLines(metrics, "credflow_refusals_total"))
+	if !strings.Contains(metrics, `credflow_refusals_total{direction="inbound",reason="handshake_failed"} 2`) {
+		t.Errorf("the plain-TCP bypasses (IPv4, IPv6) were not both refused by the server sidecar:\n%s", grepLines(metrics, "credflow_refusals_total"))
 	}
 	// B19: the admin port answers inside its pod only; from the other pod
 	// the same port on the pod's IP is closed.
-	if out, err := a.get(ctx, "http://"+serverIP+":15000/metrics"); err == nil {
-		t.Errorf("the server pod's admin port answered from another pod: %.80q", out)
-	}
-
-	payloads := tcpPayloads(t, pcap)
-	var all []byte
-	tlsRecords := 0
-	for _, p := range payloads {
-		all = append(all, p...)
-		if len(p) >= 3 && p[0] == 0x17 && p[1] == 0x03 && p[2] == 0x03 {
-			tlsRecords++
+	for _, url := range []string{"http://" + serverIP + ":15000/metrics", "http://[" + serverIP6 + "]:15000/metrics"} {
+		if out, err := a.get(ctx, url); err == nil {
+			t.Errorf("the server pod's admin port answered from another pod at %s: %.80q", url, out)
 		}
 	}
-	if tlsRecords == 0 {
-		out, _ := exec.Command("tcpdump", "-nr", pcap).CombinedOutput()
-		t.Fatalf("no TLS application-data record on the veth (%d TCP payloads captured):\n%s\n%s", len(payloads), dumpOut.String(), out)
-	}
-	// The marker crossed once in clear: the bypass, which the server pod
-	// refused. The mesh's own crossing carried it encrypted.
-	if n := bytes.Count(all, []byte(marker)); n != 1 {
-		t.Fatalf("the payload appears %d times in clear on the veth, want 1 (only the refused bypass)", n)
+
+	v4, v6 := tcpPayloads(t, pcap)
+	for _, f := range []struct {
+		name     string
+		payloads [][]byte
+		marker   string
+	}{{"IPv4", v4, marker}, {"IPv6", v6, marker6}} {
+		var all []byte
+		tlsRecords := 0
+		for _, p := range f.payloads {
+			all = append(all, p...)
+			if len(p) >= 3 && p[0] == 0x17 && p[1] == 0x03 && p[2] == 0x03 {
+				tlsRecords++
+			}
+		}
+		if tlsRecords == 0 {
+			out, _ := exec.Command("tcpdump", "-nr", pcap).CombinedOutput()
+			t.Fatalf("no TLS application-data record over %s on the veth (%d TCP payloads captured):\n%s\n%s", f.name, len(f.payloads), dumpOut.String(), out)
+		}
+		// The marker crossed once in clear: the bypass, which the server
+		// pod refused. The mesh's own crossing carried it encrypted.
+		if n := bytes.Count(all, []byte(f.marker)); n != 1 {
+			t.Fatalf("the %s payload appears %d times in clear on the veth, want 1 (only the refused bypass)", f.name, n)
+		}
 	}
 }
 
@@ -283,9 +335,10 @@ func grepLines(text, substr string) string {
 	return strings.Join(out, "\n")
 }
 
-// tcpPayloads reads a pcap file (Ethernet, IPv4) and returns the TCP
-// payload of each packet that has one.
-func tcpPayloads(t *testing.T, path string) [][]byte {
+// tcpPayloads reads a pcap file (Ethernet; IPv4, and IPv6 without
+// extension headers) and returns the TCP payload of each packet that has
+// one, by family.
+func tcpPayloads(t *testing.T, path string) (v4, v6 [][]byte) {
 	t.Helper()
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -298,11 +351,22 @@ func tcpPayloads(t *testing.T, path string) [][]byte {
 	if binary.BigEndian.Uint32(data) == 0xa1b2c3d4 {
 		order = binary.BigEndian
 	}
-	var out [][]byte
 	for off := 24; off+16 <= len(data); {
 		incl := int(order.Uint32(data[off+8:]))
 		pkt := data[off+16 : min(off+16+incl, len(data))]
 		off += 16 + incl
+		if len(pkt) >= 14+40 && binary.BigEndian.Uint16(pkt[12:]) == 0x86dd {
+			ip := pkt[14:]
+			end := 40 + int(binary.BigEndian.Uint16(ip[4:]))
+			if ip[6] != 6 || end > len(ip) || end < 40+20 {
+				continue
+			}
+			tcp := ip[40:end]
+			if doff := int(tcp[12]>>4) * 4; len(tcp) > doff {
+				v6 = append(v6, tcp[doff:])
+			}
+			continue
+		}
 		if len(pkt) < 14+20 || binary.BigEndian.Uint16(pkt[12:]) != 0x0800 {
 			continue
 		}
@@ -315,8 +379,8 @@ func tcpPayloads(t *testing.T, path string) [][]byte {
 		tcp := ip[ihl:total]
 		doff := int(tcp[12]>>4) * 4
 		if len(tcp) > doff {
-			out = append(out, tcp[doff:])
+			v4 = append(v4, tcp[doff:])
 		}
 	}
-	return out
+	return v4, v6
 }

@@ -12,12 +12,13 @@ import (
 )
 
 // runInit installs or removes the capture rules in the current network
-// namespace (an init container's, which is the pod's).
+// namespace (an init container's, which is the pod's), for IPv4 and IPv6.
 func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var (
 		cfg                         capture.Config
 		inPort, outPort             uint
 		exIn, exOut, exCIDRs, iptab string
+		ip6tab                      string
 		dryRun, remove              bool
 	)
 	fs := newFlagSet("init", commands()["init"].usage, stderr)
@@ -28,17 +29,21 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.StringVar(&exOut, "exclude-outbound-ports", "", "comma-separated outbound destination ports left alone")
 	fs.StringVar(&exCIDRs, "exclude-outbound-cidrs", "", "comma-separated outbound destination networks left alone")
 	fs.StringVar(&iptab, "iptables", "iptables", "the iptables command")
+	fs.StringVar(&ip6tab, "ip6tables", "", "the ip6tables command (default: the one beside -iptables, e.g. ip6tables-legacy for iptables-legacy)")
 	fs.BoolVar(&dryRun, "dry-run", false, "print the rules, change nothing")
 	fs.BoolVar(&remove, "remove", false, "remove the rules")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	run := capture.IPTables(iptab)
+	if ip6tab == "" {
+		ip6tab = capture.IP6TablesFor(iptab)
+	}
+	setup := capture.Setup{IPv4: capture.IPTables(iptab), IPv6: capture.IPTables(ip6tab)}
 	if remove {
 		if dryRun {
 			return fmt.Errorf("%w: -remove and -dry-run together", errUsage)
 		}
-		if err := capture.Remove(ctx, run); err != nil {
+		if err := capture.Uninstall(ctx, setup); err != nil {
 			return err
 		}
 		_, err := fmt.Fprintln(stdout, "credflow init: capture rules removed")
@@ -71,21 +76,37 @@ func runInit(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.ExcludeOutboundCIDRs = append(cfg.ExcludeOutboundCIDRs, p)
 	}
 	if dryRun {
-		rules, err := capture.Rules(cfg)
-		if err != nil {
-			return err
-		}
-		for _, r := range rules {
-			if _, err := fmt.Fprintln(stdout, iptab, strings.Join(r, " ")); err != nil {
+		for _, f := range []struct {
+			fam capture.Family
+			cmd string
+		}{{capture.IPv4, iptab}, {capture.IPv6, ip6tab}} {
+			rules, err := capture.Rules(cfg, f.fam)
+			if err != nil {
 				return err
+			}
+			for _, r := range rules {
+				if _, err := fmt.Fprintln(stdout, f.cmd, strings.Join(r, " ")); err != nil {
+					return err
+				}
 			}
 		}
 		return nil
 	}
-	if err := capture.Apply(ctx, run, cfg); err != nil {
+	res, err := capture.Install(ctx, setup, cfg)
+	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "credflow init: inbound TCP -> :%d, outbound TCP -> :%d (uid %d exempt)\n", cfg.InboundPort, cfg.OutboundPort, cfg.ProxyUID)
+	if _, err := fmt.Fprintf(stdout, "credflow init: inbound TCP -> :%d, outbound TCP -> :%d (uid %d exempt)\n", cfg.InboundPort, cfg.OutboundPort, cfg.ProxyUID); err != nil {
+		return err
+	}
+	switch res.IPv6 {
+	case capture.IPv6Captured:
+		_, err = fmt.Fprintln(stdout, "credflow init: IPv6 captured too (ip6tables)")
+	case capture.IPv6Disabled:
+		_, err = fmt.Fprintln(stdout, "credflow init: IPv6 is disabled in this network namespace; no IPv6 rules installed")
+	case capture.IPv6Dropped:
+		_, err = fmt.Fprintf(stderr, "credflow init: warning: the IPv6 capture rules could not be installed, so IPv6 TCP other than loopback is dropped, in and out (the pod talks over IPv4): %v\n", res.IPv6Err)
+	}
 	return err
 }
 

@@ -787,7 +787,7 @@ func parseCapture(field string, dests []struct {
 		if d.CIDR != "" {
 			p, err := netip.ParsePrefix(d.CIDR)
 			if err != nil {
-				fail(df+".cidr", "%q is not a CIDR such as 10.96.0.0/12", d.CIDR)
+				fail(df+".cidr", "%q is not a CIDR such as 10.96.0.0/12 or fd00:10:96::/112", d.CIDR)
 			}
 			dst.Prefix = p.Masked()
 		}

@@ -205,19 +205,21 @@ outbound:
         - {cidr: 10.96.0.0/12, port: 8080, expect: [spiffe://example.org/backend]}
         - {port: 5432, expect: [spiffe://example.org/db]}
         - {host: backend.shop.svc.cluster.local., port: 8080, expect: [spiffe://example.org/backend]}
+        - {cidr: "fd00:10:96::1/112", port: 8080, expect: [spiffe://example.org/backend]}
 `
 	c, err := config.Parse([]byte(file))
 	if err != nil {
 		t.Fatal(err)
 	}
 	cp := c.Outbound[0].Capture
-	if cp == nil || len(cp.Destinations) != 3 || cp.Destinations[2].Host != "backend.shop.svc.cluster.local" || cp.Destinations[0].Prefix.String() != "10.96.0.0/12" || cp.Destinations[1].Port != 5432 ||
+	if cp == nil || len(cp.Destinations) != 4 || cp.Destinations[3].Prefix.String() != "fd00:10:96::/112" || cp.Destinations[2].Host != "backend.shop.svc.cluster.local" || cp.Destinations[0].Prefix.String() != "10.96.0.0/12" || cp.Destinations[1].Port != 5432 ||
 		!cp.Destinations[1].Expect.Allows(spiffeid.RequireFromString("spiffe://example.org/db")) {
 		t.Fatalf("capture %+v", cp)
 	}
 	for _, bad := range []struct{ name, from, to, want string }{
 		{"with an upstream", "    capture:", "    upstream: x:1\n    capture:", "outbound[0].upstream"},
 		{"bad CIDR", "10.96.0.0/12", "10.96.0.0/40", "outbound[0].capture.destinations[0].cidr"},
+		{"bad IPv6 CIDR", "fd00:10:96::1/112", "fd00:10:96::1/129", "outbound[0].capture.destinations[3].cidr"},
 		{"neither CIDR nor port nor host", "{port: 5432, ", "{", "outbound[0].capture.destinations[1]: a cidr, a port, a host"},
 		{"bad host", "{port: 5432, ", "{host: \"db:5432\", ", "outbound[0].capture.destinations[1].host"},
 		{"no expect", ", expect: [spiffe://example.org/db]", "", "outbound[0].capture.destinations[1].expect"},
