@@ -6,6 +6,8 @@ module github.com/credflow/credflow/deploy/k8s
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	github.com/credflow/credflow v0.0.0
 	k8s.io/api v0.37.2
