@@ -78,7 +78,7 @@ vulncheck: | deps
 	rm -rf $(BIN)/vulndb && $(BIN)/indexdb -vulns "$$(cd tools/vulncheck && $(GO) list -m -f '{{.Dir}}' golang.org/x/vulndb)/data/osv" -out $(BIN)/vulndb
 	$(BIN)/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
 	cd deploy/k8s && $(abspath $(BIN))/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-s -w $(LDFLAGS)" -o $(BIN)/credflow-image ./cmd/credflow
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-w $(LDFLAGS)" -o $(BIN)/credflow-image ./cmd/credflow
 	$(GO) version $(BIN)/credflow-image
 	$(BIN)/govulncheck -db "file://$(abspath $(BIN))/vulndb" -mode=binary $(BIN)/credflow-image
 

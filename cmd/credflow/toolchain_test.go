@@ -72,11 +72,17 @@ func TestToolchainPinned(t *testing.T) {
 
 	// make vulncheck: a binary built as the Dockerfile builds it, scanned.
 	step := one("Dockerfile", docker, `(?m)^RUN (CGO_ENABLED=0 go build .*)$`)
-	flags := one("Dockerfile", step, `-ldflags "(-s -w) -X`)
 	recipe := one("Makefile", makefile, `(?ms)^vulncheck:.*?\n((?:\t.*\n)+)`)
 	scan := one("Makefile vulncheck", recipe, `(?m)^\t\S*govulncheck .*-mode=binary (\S+)$`)
 	build = one("Makefile vulncheck", recipe, `(?m)^\t(CGO_ENABLED=0 \$\(GO\) build .*-o `+regexp.QuoteMeta(scan)+` .*)$`)
-	for _, flag := range []string{"-trimpath", flags, "./cmd/credflow"} {
+	ldflags := `-ldflags "([^"]*)"`
+	imageFlags := strings.ReplaceAll(one("Dockerfile", step, ldflags), "${VERSION}", "$(VERSION)")
+	scanFlags := strings.ReplaceAll(one("Makefile vulncheck", build, ldflags), "$(LDFLAGS)",
+		one("Makefile", makefile, `(?m)^LDFLAGS := (.*)$`))
+	if imageFlags != scanFlags {
+		t.Errorf("make vulncheck scans a binary linked with -ldflags %q, the image's is linked with %q", scanFlags, imageFlags)
+	}
+	for _, flag := range []string{"-trimpath", "./cmd/credflow"} {
 		if !strings.Contains(build, flag) {
 			t.Errorf("make vulncheck's build of %s lacks the Dockerfile's %s: %s", scan, flag, build)
 		}
