@@ -175,7 +175,8 @@ const (
 )
 
 // Patch returns the JSON Patch that injects the sidecar into the pod, or
-// none with the reason.
+// none with the reason (the pod opted out or already has the sidecar). A
+// pod it refuses is a *RefusedError.
 func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -542,7 +543,7 @@ func Handler(cfg Config, log *slog.Logger) (http.Handler, error) {
 					reason = refused.Reason
 				}
 				resp.Allowed = false
-				resp.Result = &status{Status: "Failure", Code: http.StatusForbidden, Reason: "Forbidden", Message: "credflow: " + err.Error()}
+				resp.Result = &status{Status: "Failure", Code: http.StatusForbidden, Reason: "Forbidden", Message: err.Error()}
 				log.Warn("inject: pod refused", slog.String("namespace", in.Request.Namespace),
 					slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
 			case decision == Injected:
