@@ -2,6 +2,8 @@ module github.com/credflow/credflow
 
 go 1.26.0
 
+toolchain go1.27.3
+
 require (
 	github.com/cloudflare/circl v1.6.5
 	github.com/go-jose/go-jose/v4 v4.1.9

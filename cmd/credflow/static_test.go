@@ -31,7 +31,7 @@ func TestStaticBuild(t *testing.T) {
 	}
 	out := filepath.Join(t.TempDir(), "credflow")
 	cmd := exec.Command("go", "build", "-trimpath", "-ldflags",
-		"-s -w -X github.com/credflow/credflow/internal/app.version=v0.0.0-test", "-o", out, ".")
+		"-w -X github.com/credflow/credflow/internal/app.version=v0.0.0-test", "-o", out, ".")
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, b)

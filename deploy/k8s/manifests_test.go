@@ -15,7 +15,10 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
+	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"sigs.k8s.io/kustomize/api/krusty"
 	kusttypes "sigs.k8s.io/kustomize/api/types"
 	"sigs.k8s.io/kustomize/kyaml/filesys"
@@ -81,6 +84,8 @@ func newObject(apiVersion, kind string) (any, bool) {
 		return &admissionregistrationv1.MutatingWebhookConfiguration{}, true
 	case "networking.k8s.io/v1/NetworkPolicy":
 		return &networkingv1.NetworkPolicy{}, true
+	case "policy/v1/PodDisruptionBudget":
+		return &policyv1.PodDisruptionBudget{}, true
 	case "spire.spiffe.io/v1alpha1/ClusterSPIFFEID":
 		return &clusterSPIFFEID{}, true
 	case "kustomize.config.k8s.io/v1beta1/Kustomization":
@@ -243,8 +248,8 @@ func TestKustomizeBuilds(t *testing.T) {
 		t.Errorf("webhooks: want opt-in by namespace label and by pod label, got %+v", webhooks)
 	}
 	for _, w := range webhooks {
-		if w.FailurePolicy == nil || *w.FailurePolicy != admissionregistrationv1.Ignore || w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone {
-			t.Errorf("webhook %s: failurePolicy %v, sideEffects %v", w.Name, w.FailurePolicy, w.SideEffects)
+		if w.SideEffects == nil || *w.SideEffects != admissionregistrationv1.SideEffectClassNone {
+			t.Errorf("webhook %s: sideEffects %v", w.Name, w.SideEffects)
 		}
 	}
 	baseConf, _ := find(base, "ConfigMap", "spire-server").(*corev1.ConfigMap)
@@ -403,5 +408,197 @@ func TestMonitoringNamesDocumentedMetrics(t *testing.T) {
 				t.Errorf("%s is used by the monitoring but not documented in the README", m)
 			}
 		}
+	}
+}
+
+// selects evaluates a label selector as the API server does; a nil
+// selector selects everything.
+func selects(t *testing.T, sel *metav1.LabelSelector, set map[string]string) bool {
+	t.Helper()
+	if sel == nil {
+		return true
+	}
+	s, err := metav1.LabelSelectorAsSelector(sel)
+	if err != nil {
+		t.Fatalf("selector %v: %v", sel, err)
+	}
+	return s.Matches(labels.Set(set))
+}
+
+// namespaceLabels are a namespace's labels as the API server sees them,
+// with the name label it sets on every namespace.
+func namespaceLabels(name string, set map[string]string) map[string]string {
+	out := map[string]string{"kubernetes.io/metadata.name": name}
+	for k, v := range set {
+		out[k] = v
+	}
+	return out
+}
+
+// TestInjectorFailsClosed: a pod that should get the sidecar never starts
+// without it. The webhooks fail closed (failurePolicy Fail) for labelled
+// namespaces and labelled pods, but never for the control plane's own
+// namespaces (even mislabelled), where they would keep the injector itself
+// from starting; and the injector runs at least two replicas, spread
+// across nodes, that a PodDisruptionBudget keeps from being drained at
+// once.
+func TestInjectorFailsClosed(t *testing.T) {
+	base := build(t, "base")
+	var (
+		webhooks []admissionregistrationv1.MutatingWebhook
+		injector *appsv1.Deployment
+		pdbs     []*policyv1.PodDisruptionBudget
+	)
+	for _, o := range base {
+		switch v := o.(type) {
+		case *admissionregistrationv1.MutatingWebhookConfiguration:
+			webhooks = append(webhooks, v.Webhooks...)
+		case *appsv1.Deployment:
+			if v.Name == "credflow-injector" {
+				injector = v
+			}
+		case *policyv1.PodDisruptionBudget:
+			pdbs = append(pdbs, v)
+		}
+	}
+	if len(webhooks) == 0 || injector == nil {
+		t.Fatalf("base: %d webhooks, injector %v", len(webhooks), injector != nil)
+	}
+	mesh := namespaceLabels("shop", map[string]string{"credflow.io/injection": "enabled"})
+	byNamespace := 0
+	for _, w := range webhooks {
+		policy := admissionregistrationv1.FailurePolicyType("unset")
+		if w.FailurePolicy != nil {
+			policy = *w.FailurePolicy
+		}
+		if policy != admissionregistrationv1.Fail {
+			t.Errorf("webhook %s: failurePolicy %s, want Fail: a pod must not start without its sidecar when the injector is down", w.Name, policy)
+		}
+		if w.NamespaceSelector == nil {
+			t.Errorf("webhook %s has no namespaceSelector", w.Name)
+		}
+		for _, ns := range []string{injector.Namespace, "kube-system", "spire"} {
+			if selects(t, w.NamespaceSelector, namespaceLabels(ns, map[string]string{"credflow.io/injection": "enabled"})) {
+				t.Errorf("webhook %s applies to the namespace %s, which the injector and the mesh depend on", w.Name, ns)
+			}
+		}
+		if !selects(t, w.NamespaceSelector, mesh) {
+			t.Errorf("webhook %s does not apply to a labelled namespace", w.Name)
+		}
+		if !selects(t, w.NamespaceSelector, namespaceLabels("other", nil)) {
+			continue // applies to labelled namespaces only
+		}
+		if w.ObjectSelector == nil || selects(t, w.ObjectSelector, map[string]string{"app": "x"}) {
+			t.Errorf("webhook %s applies to every pod of every namespace", w.Name)
+		}
+	}
+	for _, w := range webhooks {
+		if selects(t, w.NamespaceSelector, mesh) && !selects(t, w.NamespaceSelector, namespaceLabels("other", nil)) {
+			byNamespace++
+		}
+	}
+	if byNamespace == 0 {
+		t.Error("no webhook selects namespaces by the label credflow.io/injection: enabled")
+	}
+
+	if r := injector.Spec.Replicas; r == nil || *r < 2 {
+		t.Errorf("injector replicas %v, want at least 2", r)
+	}
+	spread := injector.Spec.Template.Spec.TopologySpreadConstraints
+	if len(spread) == 0 || spread[0].TopologyKey != "kubernetes.io/hostname" || !selects(t, spread[0].LabelSelector, injector.Spec.Template.Labels) {
+		t.Errorf("the injector's replicas are not spread across nodes: %+v", spread)
+	}
+	covered := false
+	for _, pdb := range pdbs {
+		if pdb.Namespace != injector.Namespace || pdb.Spec.Selector == nil || !selects(t, pdb.Spec.Selector, injector.Spec.Template.Labels) {
+			continue
+		}
+		covered = true
+		// One replica may go (a drain can proceed), never all of them.
+		min := pdb.Spec.MinAvailable
+		if min == nil || min.IntValue() < 1 || min.IntValue() >= int(*injector.Spec.Replicas) || pdb.Spec.MaxUnavailable != nil {
+			t.Errorf("PodDisruptionBudget %s: minAvailable %v, maxUnavailable %v; want minAvailable between 1 and replicas-1",
+				pdb.Name, min, pdb.Spec.MaxUnavailable)
+		}
+	}
+	if !covered {
+		t.Error("no PodDisruptionBudget covers the injector's pods")
+	}
+}
+
+// TestAppPortsOnlyFromInjectedPods: the examples' NetworkPolicies admit
+// traffic to an app's ports only from pods the injector has patched (the
+// label it sets, read from its real patch), so a pod that started without
+// a sidecar, or opted out, cannot reach a server in plain TCP.
+func TestAppPortsOnlyFromInjectedPods(t *testing.T) {
+	objs := build(t, "examples")
+	cfg := inject.Config{Image: "registry.example/credflow:v0.1.0"}
+	namespaces := map[string]map[string]string{}
+	type podLabels struct{ namespace, name, state string }
+	pods := map[podLabels]map[string]string{}
+	var policies []*networkingv1.NetworkPolicy
+	for _, o := range objs {
+		switch v := o.(type) {
+		case *corev1.Namespace:
+			namespaces[v.Name] = namespaceLabels(v.Name, v.Labels)
+		case *networkingv1.NetworkPolicy:
+			policies = append(policies, v)
+		case *appsv1.Deployment:
+			pod := corev1.Pod{ObjectMeta: v.Spec.Template.ObjectMeta, Spec: v.Spec.Template.Spec}
+			raw, err := json.Marshal(pod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ops, _, err := inject.Patch(cfg, raw)
+			if err != nil {
+				t.Fatalf("%s: %v", v.Name, err)
+			}
+			patched, err := inject.Apply(raw, ops)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got corev1.Pod
+			if err := json.Unmarshal(patched, &got); err != nil {
+				t.Fatal(err)
+			}
+			pods[podLabels{v.Namespace, v.Name, "uninjected"}] = v.Spec.Template.Labels
+			pods[podLabels{v.Namespace, v.Name, "injected"}] = got.Labels
+		}
+	}
+	if len(policies) == 0 || len(pods) != 4 {
+		t.Fatalf("%d NetworkPolicies, %d pods", len(policies), len(pods))
+	}
+	// admits reports whether a rule lets a pod in.
+	admits := func(np *networkingv1.NetworkPolicy, rule networkingv1.NetworkPolicyIngressRule, from podLabels) bool {
+		if len(rule.From) == 0 {
+			return true // from anywhere
+		}
+		for _, peer := range rule.From {
+			if peer.IPBlock != nil {
+				return true
+			}
+			nsOK := from.namespace == np.Namespace
+			if peer.NamespaceSelector != nil {
+				nsOK = selects(t, peer.NamespaceSelector, namespaces[from.namespace])
+			}
+			if nsOK && selects(t, peer.PodSelector, pods[from]) {
+				return true
+			}
+		}
+		return false
+	}
+	frontendCanCall := false
+	for _, np := range policies {
+		for i, rule := range np.Spec.Ingress {
+			for from := range pods {
+				if admits(np, rule, from) && from.state != "injected" {
+					t.Errorf("NetworkPolicy %s rule %d admits the %s pod %s/%s", np.Name, i, from.state, from.namespace, from.name)
+				}
+			}
+			frontendCanCall = frontendCanCall || np.Name == "backend" && admits(np, rule, podLabels{"shop", "frontend", "injected"})
+		}
+	}
+	if !frontendCanCall {
+		t.Error("the backend's NetworkPolicy does not admit the injected frontend: the example would not work")
 	}
 }

@@ -6,8 +6,16 @@
 //
 // Opting in is the MutatingWebhookConfiguration's business (a namespace
 // label, or a pod label credflow.io/inject: "true"; deploy/k8s); a pod
-// opts out with the annotation or the label credflow.io/inject: "false". A pod that already has the sidecar is left
-// as it is, so injecting twice changes nothing.
+// opts out with the annotation or the label credflow.io/inject: "false". A
+// pod that already has the sidecar is left as it is, so injecting twice
+// changes nothing. Injected pods carry the label credflow.io/injected:
+// "true", which NetworkPolicies select on.
+//
+// The injector refuses (allowed=false) what it cannot put in the mesh
+// safely rather than admit it half-meshed: a pod with a container that
+// would run as the sidecar's uid (capture exempts that uid, so its traffic
+// would leave unencrypted), a pod on the host network (credflow init would
+// rewrite the node's netfilter rules), and a pod it cannot read.
 //
 // The package works on the pod's JSON rather than on Kubernetes API types,
 // so that the sidecar binary does not link the Kubernetes API; the patched
@@ -21,7 +29,10 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"slices"
 	"strings"
+
+	"github.com/credflow/credflow/internal/logkey"
 )
 
 // Annotations a pod may carry.
@@ -34,6 +45,40 @@ const (
 	// AnnotationStatus is set on injected pods.
 	AnnotationStatus = "credflow.io/status"
 )
+
+// LabelInjected ("true") is set on injected pods, so that a NetworkPolicy
+// can admit traffic to an app's ports only from pods whose connections go
+// through a sidecar (deploy/k8s/examples/networkpolicy.yaml).
+const LabelInjected = "credflow.io/injected"
+
+// Reasons the injector refuses a pod: stable strings, in the refusal's
+// message and in the injector's log.
+const (
+	// ReasonProxyUID: a container would run as the sidecar's uid, whose
+	// connections capture does not redirect.
+	ReasonProxyUID = "proxy_uid"
+	// ReasonHostNetwork: the pod is in the node's network namespace.
+	ReasonHostNetwork = "host_network"
+	// ReasonUnreadablePod: the object is not a pod the injector can read.
+	ReasonUnreadablePod = "unreadable_pod"
+)
+
+// RefusedError is a pod the injector will not inject, and that the
+// webhook refuses rather than let it start without its sidecar.
+type RefusedError struct {
+	// Reason is one of the Reason constants.
+	Reason string
+	// Detail says what in the pod is refused and what to do about it.
+	Detail string
+	// Err is the underlying error, if any.
+	Err error
+}
+
+func (e *RefusedError) Error() string {
+	return fmt.Sprintf("inject: pod refused (%s): %s", e.Reason, e.Detail)
+}
+
+func (e *RefusedError) Unwrap() error { return e.Err }
 
 // Container names.
 const (
@@ -82,23 +127,34 @@ const (
 	adminPort = 15000
 )
 
+// imageUID is the uid the credflow image runs as when the pod does not
+// say (the Dockerfile's USER).
+const imageUID = 1337
+
 // pod is the part of a Pod the injector reads.
 type pod struct {
 	Metadata struct {
-		Name         string            `json:"name"`
-		GenerateName string            `json:"generateName"`
-		Annotations  map[string]string `json:"annotations"`
-		Labels       map[string]string `json:"labels"`
-	} `json:"metadata"`
+		Name         string
+		GenerateName string
+		Annotations  map[string]string
+		Labels       map[string]string
+	}
 	Spec struct {
-		InitContainers []struct {
-			Name string `json:"name"`
-		} `json:"initContainers"`
-		Containers []struct {
-			Name string `json:"name"`
-		} `json:"containers"`
-		Volumes []json.RawMessage `json:"volumes"`
-	} `json:"spec"`
+		HostNetwork bool
+		// RunAsUser is the pod's securityContext.runAsUser.
+		RunAsUser      *int64
+		InitContainers []container
+		Containers     []container
+		Volumes        []json.RawMessage
+	}
+}
+
+// container is the part of a container the injector reads.
+type container struct {
+	Name  string
+	Image string
+	// RunAsUser is the container's securityContext.runAsUser.
+	RunAsUser *int64
 }
 
 // Op is one JSON Patch (RFC 6902) operation.
@@ -119,7 +175,8 @@ const (
 )
 
 // Patch returns the JSON Patch that injects the sidecar into the pod, or
-// none with the reason.
+// none with the reason (the pod opted out or already has the sidecar). A
+// pod it refuses is a *RefusedError.
 func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	c, err := cfg.withDefaults()
 	if err != nil {
@@ -127,7 +184,7 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	}
 	p, noMetadata, err := parsePod(podJSON)
 	if err != nil {
-		return nil, "", err
+		return nil, "", &RefusedError{Reason: ReasonUnreadablePod, Detail: err.Error(), Err: err}
 	}
 	if strings.EqualFold(p.Metadata.Annotations[AnnotationInject], "false") || strings.EqualFold(p.Metadata.Labels[AnnotationInject], "false") {
 		return nil, OptedOut, nil
@@ -141,6 +198,9 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 		if ct.Name == SidecarName {
 			return nil, AlreadyInjected, nil
 		}
+	}
+	if err := c.check(p); err != nil {
+		return nil, "", err
 	}
 	configMap := c.ConfigMap
 	if v := p.Metadata.Annotations[AnnotationConfig]; v != "" {
@@ -167,15 +227,72 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 		}
 	}
 	status := map[string]string{AnnotationStatus: string(Injected)}
+	label := map[string]string{LabelInjected: "true"}
 	switch {
 	case noMetadata:
-		ops = append(ops, Op{"add", "/metadata", map[string]any{"annotations": status}})
-	case p.Metadata.Annotations == nil:
-		ops = append(ops, Op{"add", "/metadata/annotations", status})
+		ops = append(ops, Op{"add", "/metadata", map[string]any{"annotations": status, "labels": label}})
 	default:
-		ops = append(ops, Op{"add", "/metadata/annotations/" + escape(AnnotationStatus), string(Injected)})
+		ops = append(ops, addMember("/metadata/annotations", p.Metadata.Annotations != nil, AnnotationStatus, string(Injected)))
+		ops = append(ops, addMember("/metadata/labels", p.Metadata.Labels != nil, LabelInjected, "true"))
 	}
 	return ops, Injected, nil
+}
+
+// addMember is the op that sets key in the string map at path, creating
+// the map when the pod has none.
+func addMember(path string, exists bool, key, value string) Op {
+	if !exists {
+		return Op{"add", path, map[string]string{key: value}}
+	}
+	return Op{"add", path + "/" + escape(key), value}
+}
+
+// check refuses a pod the sidecar cannot be added to safely.
+func (c Config) check(p pod) error {
+	if p.Spec.HostNetwork {
+		return &RefusedError{Reason: ReasonHostNetwork, Detail: "the pod uses hostNetwork, so credflow init would rewrite " +
+			`the node's netfilter rules rather than the pod's; run it off the host network, or opt it out (credflow.io/inject: "false")`}
+	}
+	// The pod's own init containers run after the capture rules are in
+	// place, so they are in the mesh too.
+	for _, ct := range slices.Concat(p.Spec.InitContainers, p.Spec.Containers) {
+		var runs string
+		switch {
+		case ct.RunAsUser != nil:
+			if *ct.RunAsUser != c.ProxyUID {
+				continue
+			}
+			runs = fmt.Sprintf("runs as uid %d", c.ProxyUID)
+		case p.Spec.RunAsUser != nil:
+			if *p.Spec.RunAsUser != c.ProxyUID {
+				continue
+			}
+			runs = fmt.Sprintf("runs as uid %d (the pod's securityContext.runAsUser)", c.ProxyUID)
+		case c.ProxyUID == imageUID && sameRepository(ct.Image, c.Image):
+			// Another image's default user is in the image, which the
+			// injector does not fetch: that case is not caught here.
+			runs = fmt.Sprintf("runs the credflow image with no runAsUser, so as its default uid %d", imageUID)
+		default:
+			continue
+		}
+		return &RefusedError{Reason: ReasonProxyUID, Detail: fmt.Sprintf("container %q %s, the sidecar's uid, "+
+			"whose connections capture does not redirect: they would leave the pod outside the mesh; "+
+			`set another runAsUser, or opt the pod out (credflow.io/inject: "false")`, ct.Name, runs)}
+	}
+	return nil
+}
+
+// sameRepository reports whether two image references name the same
+// repository, whatever their tags or digests.
+func sameRepository(a, b string) bool {
+	repo := func(image string) string {
+		image, _, _ = strings.Cut(image, "@")
+		if i := strings.LastIndex(image, ":"); i > strings.LastIndex(image, "/") {
+			image = image[:i]
+		}
+		return image
+	}
+	return a != "" && repo(a) == repo(b)
 }
 
 // parsePod reads the parts of a pod the injector uses, by their exact
@@ -184,38 +301,81 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 // the pod has no metadata object at all.
 func parsePod(podJSON []byte) (p pod, noMetadata bool, err error) {
 	notPod := func(err error) (pod, bool, error) {
-		return pod{}, false, fmt.Errorf("inject: the object is not a pod: %w", err)
+		return pod{}, false, fmt.Errorf("the object is not a pod: %w", err)
 	}
-	var top, meta, spec map[string]json.RawMessage
-	if err := json.Unmarshal(podJSON, &top); err != nil {
+	var meta, spec, podSecurity json.RawMessage
+	if _, err := decodeObject(podJSON, member{"metadata", &meta}, member{"spec", &spec}); err != nil {
 		return notPod(err)
 	}
-	if err := json.Unmarshal(orNull(top["metadata"]), &meta); err != nil {
-		return notPod(err)
+	noMetadata, err = decodeObject(meta,
+		member{"name", &p.Metadata.Name},
+		member{"generateName", &p.Metadata.GenerateName},
+		member{"annotations", &p.Metadata.Annotations},
+		member{"labels", &p.Metadata.Labels})
+	if err != nil {
+		return notPod(fmt.Errorf("metadata: %w", err))
 	}
-	if err := json.Unmarshal(orNull(top["spec"]), &spec); err != nil {
-		return notPod(err)
+	var initContainers, containers []json.RawMessage
+	_, err = decodeObject(spec,
+		member{"hostNetwork", &p.Spec.HostNetwork},
+		member{"securityContext", &podSecurity},
+		member{"initContainers", &initContainers},
+		member{"containers", &containers},
+		member{"volumes", &p.Spec.Volumes})
+	if err == nil {
+		_, err = decodeObject(podSecurity, member{"runAsUser", &p.Spec.RunAsUser})
 	}
-	for _, f := range []struct {
-		raw json.RawMessage
-		v   any
-	}{
-		{meta["name"], &p.Metadata.Name},
-		{meta["generateName"], &p.Metadata.GenerateName},
-		{meta["annotations"], &p.Metadata.Annotations},
-		{meta["labels"], &p.Metadata.Labels},
-		{spec["initContainers"], &p.Spec.InitContainers},
-		{spec["containers"], &p.Spec.Containers},
-		{spec["volumes"], &p.Spec.Volumes},
-	} {
-		if err := json.Unmarshal(orNull(f.raw), f.v); err != nil {
-			return notPod(err)
-		}
+	if err == nil {
+		p.Spec.InitContainers, err = decodeContainers(initContainers)
+	}
+	if err == nil {
+		p.Spec.Containers, err = decodeContainers(containers)
+	}
+	if err != nil {
+		return notPod(fmt.Errorf("spec: %w", err))
 	}
 	if len(p.Spec.Containers) == 0 {
 		return notPod(errors.New("spec.containers is empty"))
 	}
-	return p, meta == nil, nil
+	return p, noMetadata, nil
+}
+
+func decodeContainers(list []json.RawMessage) ([]container, error) {
+	var out []container
+	for _, raw := range list {
+		var ct container
+		var security json.RawMessage
+		_, err := decodeObject(raw, member{"name", &ct.Name}, member{"image", &ct.Image}, member{"securityContext", &security})
+		if err == nil {
+			_, err = decodeObject(security, member{"runAsUser", &ct.RunAsUser})
+		}
+		if err != nil {
+			return nil, fmt.Errorf("container %d: %w", len(out), err)
+		}
+		out = append(out, ct)
+	}
+	return out, nil
+}
+
+// member is a member of a JSON object to decode, and where to.
+type member struct {
+	name string
+	v    any
+}
+
+// decodeObject decodes the named members of a JSON object (or null, which
+// has none) by their exact names. It reports whether raw was null.
+func decodeObject(raw json.RawMessage, members ...member) (null bool, err error) {
+	var obj map[string]json.RawMessage
+	if err := json.Unmarshal(orNull(raw), &obj); err != nil {
+		return false, err
+	}
+	for _, m := range members {
+		if err := json.Unmarshal(orNull(obj[m.name]), m.v); err != nil {
+			return false, fmt.Errorf("%s: %w", m.name, err)
+		}
+	}
+	return obj == nil, nil
 }
 
 func orNull(raw json.RawMessage) json.RawMessage {
@@ -328,20 +488,29 @@ type groupVersionKind struct {
 }
 
 type response struct {
-	UID       string   `json:"uid"`
-	Allowed   bool     `json:"allowed"`
-	PatchType *string  `json:"patchType,omitempty"`
-	Patch     []byte   `json:"patch,omitempty"`
-	Warnings  []string `json:"warnings,omitempty"`
+	UID       string  `json:"uid"`
+	Allowed   bool    `json:"allowed"`
+	PatchType *string `json:"patchType,omitempty"`
+	Patch     []byte  `json:"patch,omitempty"`
+	Result    *status `json:"status,omitempty"`
+}
+
+// status is the part of a meta/v1 Status a refusal carries; the API server
+// shows its message to whoever created the pod.
+type status struct {
+	Status  string `json:"status"`
+	Code    int    `json:"code"`
+	Reason  string `json:"reason"`
+	Message string `json:"message"`
 }
 
 // maxReview bounds a request body.
 const maxReview = 4 << 20
 
-// Handler serves AdmissionReviews at any path. A pod the injector cannot
-// read is admitted unchanged with a warning: a broken injector must not
-// stop the cluster from scheduling pods (the webhook's failurePolicy says
-// the same).
+// Handler serves AdmissionReviews at any path. It fails closed, as the
+// webhook's failurePolicy does: a pod it refuses (RefusedError, including a
+// pod it cannot read) is denied with a 403 status whose message names the
+// reason, rather than admitted without its sidecar.
 func Handler(cfg Config, log *slog.Logger) (http.Handler, error) {
 	if _, err := cfg.withDefaults(); err != nil {
 		return nil, err
@@ -369,8 +538,14 @@ func Handler(cfg Config, log *slog.Logger) (http.Handler, error) {
 			ops, decision, err := Patch(cfg, in.Request.Object)
 			switch {
 			case err != nil:
-				resp.Warnings = []string{"credflow: sidecar not injected: " + err.Error()}
-				log.Warn("inject: pod not injected", slog.String("namespace", in.Request.Namespace), slog.String("error", err.Error()))
+				reason := ReasonUnreadablePod
+				if refused, ok := errors.AsType[*RefusedError](err); ok {
+					reason = refused.Reason
+				}
+				resp.Allowed = false
+				resp.Result = &status{Status: "Failure", Code: http.StatusForbidden, Reason: "Forbidden", Message: err.Error()}
+				log.Warn("inject: pod refused", slog.String("namespace", in.Request.Namespace),
+					slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
 			case decision == Injected:
 				patch, err := json.Marshal(ops)
 				if err != nil {

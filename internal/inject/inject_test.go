@@ -3,6 +3,8 @@ package inject
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -12,7 +14,7 @@ import (
 const plainPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"shop"},
 "spec":{"containers":[{"name":"web","image":"example/web:1","ports":[{"containerPort":8080}]}]}}`
 
-const busyPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"db","annotations":{"team":"data","credflow.io/config":"db-mesh"}},
+const busyPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"db","labels":{"tier":"db"},"annotations":{"team":"data","credflow.io/config":"db-mesh"}},
 "spec":{"initContainers":[{"name":"migrate","image":"example/migrate:1"}],
 "containers":[{"name":"db","image":"example/db:1"}],
 "volumes":[{"name":"data","emptyDir":{}}]}}`
@@ -73,6 +75,10 @@ func TestPatch(t *testing.T) {
 	if p["metadata"].(map[string]any)["annotations"].(map[string]any)[AnnotationStatus] != "injected" {
 		t.Error("no status annotation")
 	}
+	// The label the mesh's NetworkPolicies select on (deploy/k8s/examples).
+	if labels, _ := p["metadata"].(map[string]any)["labels"].(map[string]any); labels[LabelInjected] != "true" {
+		t.Errorf("no %s label: %v", LabelInjected, p["metadata"])
+	}
 
 	// A pod with its own init containers, volumes and annotations: the
 	// sidecar goes first, the rest is kept.
@@ -87,6 +93,16 @@ func TestPatch(t *testing.T) {
 	ann := b["metadata"].(map[string]any)["annotations"].(map[string]any)
 	if ann["team"] != "data" || ann[AnnotationStatus] != "injected" {
 		t.Errorf("annotations %v", ann)
+	}
+	if labels := b["metadata"].(map[string]any)["labels"].(map[string]any); labels["tier"] != "db" || labels[LabelInjected] != "true" {
+		t.Errorf("labels %v", labels)
+	}
+	// A pod with no metadata at all gets both the annotation and the label.
+	bare := injected(t, `{"spec":{"containers":[{"name":"a","image":"example/a:1"}]}}`)
+	meta := bare["metadata"].(map[string]any)
+	labels, _ := meta["labels"].(map[string]any)
+	if annotations, _ := meta["annotations"].(map[string]any); labels[LabelInjected] != "true" || annotations[AnnotationStatus] != "injected" {
+		t.Errorf("metadata of a pod that had none: %v", meta)
 	}
 	for _, v := range bspec["volumes"].([]any) {
 		if m := v.(map[string]any); m["name"] == "credflow-config" && m["configMap"].(map[string]any)["name"] != "db-mesh" {
@@ -125,6 +141,12 @@ func asStrings(v any) []string {
 	return out
 }
 
+// reviewOf is an AdmissionReview request as the API server sends it.
+func reviewOf(kind, op, obj string) string {
+	return `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"` +
+		kind + `"},"namespace":"shop","operation":"` + op + `","object":` + obj + `}}`
+}
+
 func TestHandler(t *testing.T) {
 	h, err := Handler(cfg, nil)
 	if err != nil {
@@ -136,10 +158,6 @@ func TestHandler(t *testing.T) {
 		var out map[string]any
 		json.Unmarshal(w.Body.Bytes(), &out)
 		return w.Code, out
-	}
-	reviewOf := func(kind, op, obj string) string {
-		return `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"u-1","kind":{"group":"","version":"v1","kind":"` +
-			kind + `"},"namespace":"shop","operation":"` + op + `","object":` + obj + `}}`
 	}
 	code, out := post(reviewOf("Pod", "CREATE", plainPod))
 	resp := out["response"].(map[string]any)
@@ -163,15 +181,140 @@ func TestHandler(t *testing.T) {
 			t.Errorf("%s: %d %v", tc.name, code, out)
 		}
 	}
-	// An unreadable pod is admitted unchanged, with a warning.
+	// A pod the injector cannot read is refused: the webhook fails closed,
+	// like its failurePolicy, rather than let the pod start without its
+	// sidecar.
 	code, out = post(reviewOf("Pod", "CREATE", `"not a pod"`))
-	if resp := out["response"].(map[string]any); code != 200 || resp["allowed"] != true || resp["patch"] != nil || resp["warnings"] == nil {
+	if resp := out["response"].(map[string]any); code != 200 || resp["allowed"] != false || resp["patch"] != nil ||
+		!strings.Contains(fmt.Sprint(resp["status"]), "unreadable_pod") {
 		t.Errorf("unreadable pod: %d %v", code, out)
 	}
 	for _, bad := range []string{"", "{}", `{"request":{}}`, string(bytes.Repeat([]byte("x"), maxReview+1))} {
 		if code, _ := post(bad); code != http.StatusBadRequest {
 			t.Errorf("%.20q: %d", bad, code)
 		}
+	}
+}
+
+// refusable are pods the injector must refuse rather than patch, with the
+// reason and what the message must name.
+var refusable = []struct {
+	name, pod, reason, names string
+}{
+	{
+		"app container as the proxy uid",
+		`{"metadata":{"name":"web"},"spec":{"containers":[{"name":"web","image":"example/web:1","securityContext":{"runAsUser":1337}}]}}`,
+		ReasonProxyUID, `container "web" runs as uid 1337`,
+	},
+	{
+		"pod securityContext as the proxy uid",
+		`{"metadata":{"name":"web"},"spec":{"securityContext":{"runAsUser":1337,"fsGroup":2000},
+		"containers":[{"name":"ok","image":"example/web:1","securityContext":{"runAsUser":1000}},{"name":"web","image":"example/web:1"}]}}`,
+		ReasonProxyUID, `container "web" runs as uid 1337 (the pod's securityContext.runAsUser)`,
+	},
+	{
+		"the pod's own init container as the proxy uid",
+		`{"metadata":{"name":"web"},"spec":{"initContainers":[{"name":"migrate","image":"example/m:1","securityContext":{"runAsUser":1337}}],
+		"containers":[{"name":"web","image":"example/web:1"}]}}`,
+		ReasonProxyUID, `container "migrate" runs as uid 1337`,
+	},
+	{
+		"the credflow image with its default user",
+		`{"metadata":{"name":"tool"},"spec":{"containers":[{"name":"tool","image":"registry.example/credflow@sha256:0123","args":["register"]}]}}`,
+		ReasonProxyUID, `container "tool" runs the credflow image`,
+	},
+	{
+		"host network",
+		`{"metadata":{"name":"node-agent"},"spec":{"hostNetwork":true,"containers":[{"name":"agent","image":"example/agent:1"}]}}`,
+		ReasonHostNetwork, "hostNetwork",
+	},
+}
+
+// TestPatchRefuses: a pod whose app would run as the sidecar's uid (which
+// capture exempts, so its traffic would leave the pod unencrypted) and a
+// pod on the node's network (where credflow init would rewrite the node's
+// netfilter rules) are refused, not patched.
+func TestPatchRefuses(t *testing.T) {
+	for _, tc := range refusable {
+		t.Run(tc.name, func(t *testing.T) {
+			ops, d, err := Patch(cfg, []byte(tc.pod))
+			var refused *RefusedError
+			if !errors.As(err, &refused) || refused.Reason != tc.reason || len(ops) != 0 || d != "" {
+				t.Fatalf("Patch: %d ops, decision %q, error %v; want refused (%s)", len(ops), d, err, tc.reason)
+			}
+			if !strings.Contains(err.Error(), tc.names) {
+				t.Errorf("message %q does not say %q", err, tc.names)
+			}
+		})
+	}
+	// What is not refused: a container that sets another uid over the
+	// pod's 1337, other uids, another image with its default user, the
+	// credflow image run as another uid, a pod off the host network, and
+	// a pod that opts out (nothing is added to it, so nothing is at risk).
+	for _, pod := range []string{
+		`{"spec":{"securityContext":{"runAsUser":1337},"containers":[{"name":"web","image":"example/web:1","securityContext":{"runAsUser":1000}}]}}`,
+		`{"spec":{"securityContext":{"runAsUser":0},"containers":[{"name":"web","image":"example/web:1","securityContext":{"runAsUser":1338}}]}}`,
+		`{"spec":{"containers":[{"name":"web","image":"example/credflow-web:1"}]}}`,
+		`{"spec":{"containers":[{"name":"tool","image":"registry.example/credflow:v2","securityContext":{"runAsUser":1000}}]}}`,
+		`{"spec":{"hostNetwork":false,"containers":[{"name":"web","image":"example/web:1","securityContext":{"runAsUser":null}}]}}`,
+	} {
+		if _, d, err := Patch(cfg, []byte(pod)); err != nil || d != Injected {
+			t.Errorf("%s: %v, %v; want injected", pod, d, err)
+		}
+	}
+	optedOut := `{"metadata":{"annotations":{"credflow.io/inject":"false"}},"spec":{"hostNetwork":true,"containers":[{"name":"a","securityContext":{"runAsUser":1337}}]}}`
+	if _, d, err := Patch(cfg, []byte(optedOut)); err != nil || d != OptedOut {
+		t.Errorf("opted-out pod: %v, %v", d, err)
+	}
+	// Another proxy uid moves the check with it.
+	other := Config{Image: cfg.Image, ProxyUID: 2000}
+	if _, d, err := Patch(other, []byte(refusable[0].pod)); err != nil || d != Injected {
+		t.Errorf("uid 1337 with proxy uid 2000: %v, %v", d, err)
+	}
+	if _, _, err := Patch(other, []byte(`{"spec":{"containers":[{"name":"web","securityContext":{"runAsUser":2000}}]}}`)); err == nil {
+		t.Error("uid 2000 with proxy uid 2000 was not refused")
+	}
+}
+
+// TestHandlerRefuses sends the refusable pods to the webhook as the API
+// server does: the answer is allowed=false with a 403 status whose message
+// carries the reason, and no patch.
+func TestHandlerRefuses(t *testing.T) {
+	h, err := Handler(cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range refusable {
+		t.Run(tc.name, func(t *testing.T) {
+			w := httptest.NewRecorder()
+			h.ServeHTTP(w, httptest.NewRequest("POST", "/inject", strings.NewReader(reviewOf("Pod", "CREATE", tc.pod))))
+			var out struct {
+				Kind     string `json:"kind"`
+				Response struct {
+					UID     string `json:"uid"`
+					Allowed bool   `json:"allowed"`
+					Patch   []byte `json:"patch"`
+					Status  struct {
+						Status  string `json:"status"`
+						Code    int    `json:"code"`
+						Reason  string `json:"reason"`
+						Message string `json:"message"`
+					} `json:"status"`
+				} `json:"response"`
+			}
+			if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil || w.Code != http.StatusOK || out.Kind != "AdmissionReview" {
+				t.Fatalf("%d %s: %v", w.Code, w.Body, err)
+			}
+			r := out.Response
+			if r.UID != "u-1" || r.Allowed || r.Patch != nil {
+				t.Fatalf("the pod was not refused: uid %q, allowed %v, %d patch bytes", r.UID, r.Allowed, len(r.Patch))
+			}
+			st := r.Status
+			if st.Status != "Failure" || st.Code != http.StatusForbidden || st.Reason != "Forbidden" ||
+				!strings.Contains(st.Message, "("+tc.reason+")") || !strings.Contains(st.Message, tc.names) {
+				t.Errorf("status %+v; want 403 Forbidden naming %s and %q", st, tc.reason, tc.names)
+			}
+		})
 	}
 }
 
@@ -186,8 +329,14 @@ func FuzzPatch(f *testing.F) {
 	f.Add([]byte(`{"metadata":null,"spec":{"containers":[{"name":"a"}],"volumes":null}}`))
 	f.Add([]byte(`{"metadata":{"annotations":{"credflow.io/inject":"false"}},"spec":{}}`))
 	f.Add([]byte(`{"spec":{"volumes":[{"name":"credflow-socket"}],"containers":[{"name":"x"}]}}`))
+	for _, tc := range refusable {
+		f.Add([]byte(tc.pod))
+	}
 	f.Fuzz(func(t *testing.T, pod []byte) {
 		ops, d, err := Patch(cfg, pod)
+		if err != nil && len(ops) != 0 {
+			t.Fatalf("%d ops with the error %v", len(ops), err)
+		}
 		if err != nil || d != Injected {
 			return
 		}
