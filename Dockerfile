@@ -6,8 +6,10 @@
 # binary built with these flags and that toolchain (govulncheck -mode=binary).
 #
 # Base images are pinned by digest; a tag can move, a digest cannot. The
-# build stage is golang:1.27.2-bookworm, the newest Go image whose digest
-# could be checked when this was written; GOTOOLCHAIN then makes its go
+# build stage is golang:1.27.2-bookworm, the newest Go image for which a
+# published digest was found when this was written (no registry could be
+# queried then: confirm both digests with crane before a release);
+# GOTOOLCHAIN then makes its go
 # command fetch go1.27.3 from the module proxy, verified against the Go
 # checksum database, before it builds anything. To update:
 #   crane digest golang:<version>-bookworm
