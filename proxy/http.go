@@ -154,11 +154,12 @@ func (c *chanListener) give(conn net.Conn) bool {
 
 // httpInbound serves the HTTP side of an inbound listener.
 type httpInbound struct {
-	cfg   InboundHTTP
-	txn   *txn.Verifier // nil: transaction tokens are stripped
-	ln    *chanListener
-	srv   *http.Server
-	proxy *httputil.ReverseProxy
+	// settings is replaced as one value (SetHTTP); a request loads it
+	// once, so it sees the old settings or the new, never a mix.
+	settings atomic.Pointer[httpSettings]
+	ln       *chanListener
+	srv      *http.Server
+	proxy    *httputil.ReverseProxy
 
 	mu   sync.Mutex
 	open map[net.Conn]*httpConn
@@ -192,10 +193,24 @@ type httpConn struct {
 // httpConnKey is the context key of a request's *httpConn.
 type httpConnKey struct{}
 
-func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
+// httpSettings is the request policy of an HTTP inbound listener.
+type httpSettings struct {
+	cfg InboundHTTP
+	txn *txn.Verifier // nil: transaction tokens are stripped
+}
+
+func (p *Proxy) newHTTPSettings(cfg InboundHTTP) *httpSettings {
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "Authorization"
 	}
+	s := &httpSettings{cfg: cfg}
+	if len(cfg.TxnMinters.Patterns()) > 0 {
+		s.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
+	}
+	return s
+}
+
+func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	tr := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
 		MaxIdleConnsPerHost:   64,
@@ -206,10 +221,8 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
-	h := &httpInbound{cfg: cfg}
-	if len(cfg.TxnMinters.Patterns()) > 0 {
-		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
-	}
+	h := &httpInbound{}
+	h.settings.Store(p.newHTTPSettings(cfg))
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
@@ -259,6 +272,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	if hc != nil {
 		hc.served.Store(true)
 	}
+	s := h.settings.Load()
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
 	if err != nil {
 		deny(w, r, http.StatusForbidden, 7, "invalid_svid")
@@ -278,22 +292,22 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		refuse(http.StatusBadRequest, 3, "bad_path")
 		return
 	}
-	if !h.cfg.Routes.Allows(peer, r.Method, path) {
+	if !s.cfg.Routes.Allows(peer, r.Method, path) {
 		refuse(http.StatusForbidden, 7, "route_denied")
 		return
 	}
-	if h.cfg.RequireJWT {
-		if reason := p.checkJWT(h.cfg.TokenHeader, r, peer); reason != "" {
+	if s.cfg.RequireJWT {
+		if reason := p.checkJWT(s.cfg.TokenHeader, r, peer); reason != "" {
 			refuse(http.StatusUnauthorized, 16, reason)
 			return
 		}
-		if !h.cfg.PassJWT {
-			r.Header.Del(h.cfg.TokenHeader)
+		if !s.cfg.PassJWT {
+			r.Header.Del(s.cfg.TokenHeader)
 		}
 	}
-	if h.txn == nil {
+	if s.txn == nil {
 		r.Header.Del(txn.Header)
-	} else if reason := p.checkTxn(h, r); reason != "" {
+	} else if reason := p.checkTxn(s, r); reason != "" {
 		refuse(http.StatusUnauthorized, 16, reason)
 		return
 	}
@@ -375,7 +389,7 @@ func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) strin
 
 // checkTxn verifies the request's transaction token, if any, and requires
 // one if so configured. It returns a refusal reason or "".
-func (p *Proxy) checkTxn(h *httpInbound, r *http.Request) string {
+func (p *Proxy) checkTxn(h *httpSettings, r *http.Request) string {
 	vals := r.Header.Values(txn.Header)
 	switch {
 	case len(vals) == 0 && h.cfg.RequireTxn:
