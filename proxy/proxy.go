@@ -512,6 +512,16 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		differ(l, "QUICTarget", l.quicTarget, out.QUICTarget)
 		differ(l, "HTTP", fmt.Sprint(l.httpOut != nil), fmt.Sprint(out.HTTP != nil))
 		differ(l, "Capture", fmt.Sprint(l.capture != nil), fmt.Sprint(out.Capture != nil))
+		// What New derived from Expect: the key-exchange mode towards the
+		// upstream's trust domain, and the audience of the JWT-SVIDs sent.
+		differ(l, "the key-exchange mode Expect selects", string(l.kex), string(p.cfg.KeyExchange.ModeFor(upstreamTrustDomain(out.Expect))))
+		if l.httpOut != nil && l.httpOut.cfg.JWTAudience == "" {
+			aud := ""
+			if id, ok := out.Expect.ExactID(); ok {
+				aud = id.String()
+			}
+			differ(l, "the JWT-SVID audience Expect selects", l.httpOut.audience, aud)
+		}
 	}
 	for _, l := range p.listeners {
 		if !seen[l] {

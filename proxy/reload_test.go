@@ -158,4 +158,15 @@ func TestApply(t *testing.T) {
 	if got := hp.in.p.Policies()["app"]; len(got) != 1 || got[0] != "spiffe://example.org/frontend" {
 		t.Fatalf("policy after Apply: %v", got)
 	}
+
+	// An outbound listener's Expect may change, but not what New derived
+	// from it: here the audience of the JWT-SVIDs it attaches.
+	up := proxy.Outbound{Name: "up", Listen: "127.0.0.1:0", Upstream: hp.inAddr, Expect: policy(t, "spiffe://example.org/backend", "spiffe://example.org/backend2"), HTTP: &proxy.OutboundHTTP{}}
+	if err := hp.out.p.Apply(nil, []proxy.Outbound{up}); err == nil || !strings.Contains(err.Error(), "JWT-SVID audience") {
+		t.Errorf("an Expect that changes the audience: %v", err)
+	}
+	up.Expect = policy(t, "spiffe://example.org/backend")
+	if err := hp.out.p.Apply(nil, []proxy.Outbound{up}); err != nil {
+		t.Errorf("the same Expect: %v", err)
+	}
 }

@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -169,7 +168,13 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				reload(path, cfg, p, log)
+				next, changed, err := reload(path, cfg, p)
+				if err != nil {
+					log.Error("credflow: reload refused, keeping the running configuration", slog.String(logkey.Error, err.Error()))
+					continue
+				}
+				cfg = next
+				log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path), slog.Any(logkey.Changed, changed))
 				continue
 			}
 			log.Info("credflow: draining", slog.String(logkey.Signal, sig.String()), slog.Duration(logkey.Timeout, cfg.DrainTimeout))
@@ -223,59 +228,48 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 			return agent.ValidateJWTSVID(token, src, audience)
 		},
 	}
-	for _, in := range cfg.Inbound {
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
-			QUICListen: in.QUICListen, HTTP: in.HTTP})
-	}
-	for _, out := range cfg.Outbound {
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
-	}
+	pc.Inbound, pc.Outbound = listeners(cfg)
 	return pc
 }
 
-// reload applies the policies of a changed configuration file. An invalid
-// file is refused and the running configuration kept. Listener addresses,
-// capture destinations, timeouts and limits need a restart; a change to
-// them is reported and not applied.
-func reload(path string, cur *config.Config, p *proxy.Proxy, log *slog.Logger) {
-	next, err := config.Load(path)
-	if err != nil {
-		log.Error("credflow: reload refused, keeping the running configuration", slog.String(logkey.Error, err.Error()))
-		return
+// listeners translates the configured listeners for the proxy.
+func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) {
+	for _, in := range cfg.Inbound {
+		ins = append(ins, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
+			QUICListen: in.QUICListen, HTTP: in.HTTP})
 	}
-	if !sameListeners(cur, next) {
-		log.Error("credflow: reload refused: listeners were added, removed or moved; restart to apply")
-		return
+	for _, out := range cfg.Outbound {
+		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
 	}
-	for _, in := range next.Inbound {
-		if err := p.SetPolicy(in.Name, in.Allow); err != nil {
-			log.Error("credflow: reload", slog.String(logkey.Error, err.Error()))
-		}
-	}
-	for _, out := range next.Outbound {
-		if err := p.SetPolicy(out.Name, out.Expect); err != nil {
-			log.Error("credflow: reload", slog.String(logkey.Error, err.Error()))
-		}
-	}
-	log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path))
+	return ins, outs
 }
 
-func sameListeners(a, b *config.Config) bool {
-	key := func(c *config.Config) []string {
-		var k []string
-		for _, in := range c.Inbound {
-			k = append(k, "in|"+in.Name+"|"+in.Listen+"|"+in.App+"|"+in.QUICListen)
-		}
-		for _, out := range c.Outbound {
-			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)
-			if out.Capture != nil {
-				for _, d := range out.Capture.Destinations {
-					k = append(k, fmt.Sprintf("dest|%s|%d|%s|%s", d.Prefix, d.Port, d.Host, strings.Join(d.Expect.Patterns(), ",")))
-				}
-			}
-		}
-		return k
+// reload applies the configuration file at path to the running proxy p,
+// whose configuration is cur, and returns the new configuration and the
+// fields that changed. What a running sidecar can change (listener
+// policies; routes, jwt and txn_token of HTTP inbound listeners; see
+// config.Diff) is applied, each listener's settings as one. A file that is
+// invalid, or that changes anything else, is refused as a whole: nothing
+// is applied and the error names every field that needs a restart.
+func reload(path string, cur *config.Config, p *proxy.Proxy) (*config.Config, []string, error) {
+	next, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
 	}
-	return slices.Equal(key(a), key(b))
+	hot, restart := config.Diff(cur, next)
+	if len(restart) > 0 {
+		verb := "needs"
+		if len(restart) > 1 {
+			verb = "need"
+		}
+		return nil, nil, fmt.Errorf("%s %s a restart; nothing was applied", strings.Join(restart, ", "), verb)
+	}
+	if err := p.Apply(listeners(next)); err != nil {
+		return nil, nil, err
+	}
+	if hot == nil {
+		hot = []string{}
+	}
+	return next, hot, nil
 }

@@ -83,6 +83,9 @@ type Config struct {
 	QUICHandshakeTimeout time.Duration
 	QUICIdleTimeout      time.Duration
 	QUICHandshakeRate    float64
+
+	// raw is the file as decoded, for Diff.
+	raw *file
 }
 
 // Edge is the validated edge-exchange configuration.
@@ -551,6 +554,7 @@ func Parse(data []byte) (*Config, error) {
 	if errs := e.result(); len(errs) > 0 {
 		return nil, fmt.Errorf("config: invalid:\n%w", errs)
 	}
+	c.raw = &f
 	return c, nil
 }
 

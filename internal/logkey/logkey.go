@@ -10,6 +10,7 @@ const (
 	Admin        = "admin"
 	Audience     = "audience"
 	Config       = "config"
+	Changed      = "changed"
 	Signal       = "signal"
 	Timeout      = "timeout"
 	BytesFromApp = "bytes_from_app"
