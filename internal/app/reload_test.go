@@ -210,3 +210,88 @@ func TestRunReloadRoutes(t *testing.T) {
 		t.Fatalf("a refused reload applied its routes: %d %s", code, body)
 	}
 }
+
+// TestCheckTrustDomains: `credflow check` lists the trust domains its
+// policies name; with -socket it compares them with the bundles the
+// Workload API holds and warns about each one it holds none for.
+func TestCheckTrustDomains(t *testing.T) {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	ca := testca.New(t, td)
+	wl, err := wlapitest.Start(t.Context(), filepath.Join(t.TempDir(), "api.sock"), ca.Issue(t, spiffeid.RequireFromPath(td, "/backend")), ca.Bundle())
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "credflow.yaml")
+	if err := os.WriteFile(path, []byte(`inbound:
+  - name: app
+    listen: 127.0.0.1:15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org/frontend, spiffe://partner.example]
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, "check", "-c", path)
+	if code != 0 || !strings.Contains(stdout, "trust domains named by policies: example.org, partner.example\n") || stderr != "" {
+		t.Fatalf("check: %d\n%s\n%s", code, stdout, stderr)
+	}
+	code, stdout, stderr = run(t, "check", "-c", path, "-socket", wl.Addr())
+	if code != 0 || !strings.Contains(stdout, "trust bundles held: example.org\n") {
+		t.Fatalf("check -socket: %d\n%s\n%s", code, stdout, stderr)
+	}
+	want := "warning: partner.example (inbound[0].allow): no trust bundle is held for it, so none of its workloads can be authenticated\n"
+	if stderr != want {
+		t.Fatalf("check -socket stderr:\n%s\nwant\n%s", stderr, want)
+	}
+}
+
+// TestRunTrustDomainWithoutBundle: `credflow run` warns once bundles arrive
+// about a trust domain its policies name that it holds no bundle for,
+// again after a reload, and /debug/identity lists it.
+func TestRunTrustDomainWithoutBundle(t *testing.T) {
+	listen, err := sidecartest.FreeAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := fmt.Sprintf(`inbound:
+  - name: app
+    listen: %q
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org/frontend, %%s]
+`, listen)
+	ip := runInProcess(t, fmt.Sprintf(file, "spiffe://partner.example"))
+	const warning = "a policy names a trust domain with no trust bundle"
+	waitLog := func(n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for len(ip.log.lines(warning)) < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("%d warnings, want %d:\n%s", len(ip.log.lines(warning)), n, ip.log.lines(""))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitLog(1)
+	if l := ip.log.lines(warning)[0]; !strings.Contains(l, `"trust_domain":"partner.example"`) || !strings.Contains(l, `"fields":["inbound[0].allow"]`) {
+		t.Errorf("warning: %s", l)
+	}
+	identity := func() string {
+		resp, err := http.Get("http://" + ip.admin + "/debug/identity")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	if doc := identity(); !strings.Contains(doc, "\"policy_trust_domains_without_bundle\": [\n    \"partner.example\"\n  ]") {
+		t.Errorf("/debug/identity:\n%s", doc)
+	}
+	ip.reload(t, fmt.Sprintf(file, "spiffe://partner.example/x, spiffe://other.example"), "configuration reloaded")
+	waitLog(3)
+	if doc := identity(); !strings.Contains(doc, "\"policy_trust_domains_without_bundle\": [\n    \"other.example\",\n    \"partner.example\"\n  ]") {
+		t.Errorf("/debug/identity after the reload:\n%s", doc)
+	}
+	if n := len(ip.log.lines(warning)); n != 3 {
+		t.Errorf("%d warnings, want 3 (one, then two after the reload)", n)
+	}
+}

@@ -10,13 +10,16 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/admin"
@@ -41,18 +44,61 @@ func configFlag(name, usage string, args []string, stderr io.Writer) (string, er
 	return path, nil
 }
 
-// runCheck validates a configuration file.
-func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	path, err := configFlag("check", "credflow check -c FILE", args, stderr)
-	if err != nil {
+// runCheck validates a configuration file and lists the trust domains its
+// policies name; with -socket, it warns about those the Workload API holds
+// no bundle for.
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var (
+		path, socket string
+		wait         time.Duration
+	)
+	fs := newFlagSet("check", "credflow check -c FILE [-socket ADDR] [-wait DURATION]", stderr)
+	fs.StringVar(&path, "c", "", "configuration file (YAML; see README)")
+	fs.StringVar(&socket, "socket", "", "Workload API address: also compare the trust domains the policies name with the trust bundles it holds")
+	fs.DurationVar(&wait, "wait", 5*time.Second, "with -socket: how long to wait for the trust bundles")
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if path == "" {
+		return fmt.Errorf("%w: -c FILE is required", errUsage)
 	}
 	c, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "%s: valid (%d inbound, %d outbound listeners)\n", path, len(c.Inbound), len(c.Outbound))
-	return err
+	named := c.PolicyTrustDomains()
+	var names []string
+	for _, n := range named {
+		names = append(names, n.TrustDomain)
+	}
+	if _, err := fmt.Fprintf(stdout, "%s: valid (%d inbound, %d outbound listeners)\ntrust domains named by policies: %s\n",
+		path, len(c.Inbound), len(c.Outbound), strings.Join(names, ", ")); err != nil {
+		return err
+	}
+	if socket == "" {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	bundles, err := workloadapi.FetchX509Bundles(wctx, workloadapi.WithAddr(socket))
+	if err != nil {
+		return fmt.Errorf("the configuration is valid, but the trust bundles could not be fetched from %s: %w", socket, err)
+	}
+	var held []spiffeid.TrustDomain
+	var heldNames []string
+	for _, b := range bundles.Bundles() {
+		held = append(held, b.TrustDomain())
+		heldNames = append(heldNames, b.TrustDomain().Name())
+	}
+	slices.Sort(heldNames)
+	if _, err := fmt.Fprintf(stdout, "trust bundles held: %s\n", strings.Join(heldNames, ", ")); err != nil {
+		return err
+	}
+	for _, m := range missingBundles(named, held) {
+		fmt.Fprintf(stderr, "warning: %s (%s): no trust bundle is held for it, so none of its workloads can be authenticated\n",
+			m.TrustDomain, strings.Join(m.Fields, ", "))
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
@@ -126,16 +172,21 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
+	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
+	bundlesDone := make(chan struct{})
+	go func() { defer close(bundlesDone); bundles.run(srcCtx, src.Changed) }()
+	defer func() { stopSrc(); <-bundlesDone }()
 	proxyDone := make(chan error, 1)
 	go func() { proxyDone <- p.Serve(proxyCtx) }()
 	adminSrv := &http.Server{
 		Handler: admin.Handler(admin.Deps{
-			Gatherer:         reg,
-			SVIDs:            src,
-			TrustDomains:     src.TrustDomains,
-			Policies:         p.Policies,
-			KeyExchange:      p.KeyExchange().String,
-			NegotiatedGroups: p.NegotiatedGroups,
+			Gatherer:                        reg,
+			SVIDs:                           src,
+			TrustDomains:                    src.TrustDomains,
+			Policies:                        p.Policies,
+			KeyExchange:                     p.KeyExchange().String,
+			NegotiatedGroups:                p.NegotiatedGroups,
+			PolicyTrustDomainsWithoutBundle: bundles.missing,
 			Ready: func() error {
 				if p.Draining() {
 					return errors.New("draining")
@@ -175,6 +226,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 				}
 				cfg = next
 				log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path), slog.Any(logkey.Changed, changed))
+				bundles.setPolicies(cfg.PolicyTrustDomains())
 				continue
 			}
 			log.Info("credflow: draining", slog.String(logkey.Signal, sig.String()), slog.Duration(logkey.Timeout, cfg.DrainTimeout))

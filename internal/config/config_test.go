@@ -300,3 +300,42 @@ func TestParseErrorsAllAtOnce(t *testing.T) {
 		})
 	}
 }
+
+// TestPolicyTrustDomains: every trust domain a policy names (allow,
+// expect, route peers, transaction-token minters, capture destinations),
+// with the fields naming it.
+func TestPolicyTrustDomains(t *testing.T) {
+	const file = `
+inbound:
+  - name: api
+    listen: 127.0.0.1:15006
+    app: 127.0.0.1:8080
+    protocol: http
+    allow: [spiffe://example.org, spiffe://partner.example/ns/*]
+    routes:
+      - {peers: [spiffe://partner.example/billing], paths: [/*]}
+    txn_token: {require: true, minters: [spiffe://edge.example/gw]}
+outbound:
+  - name: backend
+    listen: 127.0.0.1:15001
+    upstream: backend:15006
+    expect: [spiffe://example.org/backend]
+  - name: capture
+    listen: 127.0.0.1:15002
+    capture:
+      destinations: [{port: 5432, expect: [spiffe://db.example/pg]}]
+`
+	c, err := config.Parse([]byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []config.PolicyTrustDomain{
+		{TrustDomain: "db.example", Fields: []string{"outbound[1].capture.destinations[0].expect"}},
+		{TrustDomain: "edge.example", Fields: []string{"inbound[0].txn_token.minters"}},
+		{TrustDomain: "example.org", Fields: []string{"inbound[0].allow", "outbound[0].expect"}},
+		{TrustDomain: "partner.example", Fields: []string{"inbound[0].allow", "inbound[0].routes[0].peers"}},
+	}
+	if diff := cmp.Diff(want, c.PolicyTrustDomains()); diff != "" {
+		t.Errorf("PolicyTrustDomains (-want +got):\n%s", diff)
+	}
+}

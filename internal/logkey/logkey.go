@@ -11,6 +11,7 @@ const (
 	Audience     = "audience"
 	Config       = "config"
 	Changed      = "changed"
+	Fields       = "fields"
 	Signal       = "signal"
 	Timeout      = "timeout"
 	BytesFromApp = "bytes_from_app"
