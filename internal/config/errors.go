@@ -34,15 +34,6 @@ func (es Errors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// Paths returns the field path of each error.
-func (es Errors) Paths() []string {
-	paths := make([]string, len(es))
-	for i, e := range es {
-		paths[i] = e.Path
-	}
-	return paths
-}
-
 // errList collects the errors of one parse.
 type errList struct {
 	errs Errors
