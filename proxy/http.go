@@ -164,11 +164,12 @@ func (c *chanListener) give(conn net.Conn) bool {
 
 // httpInbound serves the HTTP side of an inbound listener.
 type httpInbound struct {
-	cfg   InboundHTTP
-	txn   *txn.Verifier // nil: transaction tokens are stripped
-	ln    *chanListener
-	srv   *http.Server
-	proxy *httputil.ReverseProxy
+	// settings is replaced as one value (SetHTTP); a request loads it
+	// once, so it sees the old settings or the new, never a mix.
+	settings atomic.Pointer[httpSettings]
+	ln       *chanListener
+	srv      *http.Server
+	proxy    *httputil.ReverseProxy
 
 	mu   sync.Mutex
 	open map[net.Conn]*httpConn
@@ -211,10 +212,33 @@ type peerKey struct{}
 // protocol switch: relaying it would open a tunnel no route allowed.
 var errUnaskedUpgrade = errors.New("proxy: the app switched protocols unasked")
 
-func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
+// httpSettings is the request policy of an HTTP inbound listener.
+type httpSettings struct {
+	cfg InboundHTTP
+	txn *txn.Verifier // nil: transaction tokens are stripped
+}
+
+// newHTTPSettings makes the request policy of cfg. prev, the settings it
+// replaces (nil at start), lends its transaction-token verifier when the
+// verifier's own settings are unchanged: a reload that changes routes
+// must not empty the single-use record and so accept a replay.
+func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettings {
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "Authorization"
 	}
+	s := &httpSettings{cfg: cfg}
+	if prev != nil && prev.txn != nil && sameTxnVerifier(prev.cfg, cfg) {
+		s.txn = prev.txn
+		return s
+	}
+	if len(cfg.TxnMinters.Patterns()) > 0 {
+		s.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway,
+			SingleUse: cfg.TxnSingleUse})
+	}
+	return s
+}
+
+func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	tr := &http.Transport{
 		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
 		MaxIdleConnsPerHost:   64,
@@ -225,11 +249,8 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
-	h := &httpInbound{cfg: cfg}
-	if len(cfg.TxnMinters.Patterns()) > 0 {
-		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway,
-			SingleUse: cfg.TxnSingleUse})
-	}
+	h := &httpInbound{}
+	h.settings.Store(p.newHTTPSettings(cfg, nil))
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
@@ -303,6 +324,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 			}
 		}()
 	}
+	s := h.settings.Load()
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
 	if err != nil {
 		deny(w, r, http.StatusForbidden, 7, "invalid_svid")
@@ -317,7 +339,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		refuse(http.StatusBadRequest, 3, "host_mismatch")
 		return
 	}
-	if h.connectionNamesManaged(r.Header) {
+	if s.connectionNamesManaged(r.Header) {
 		refuse(http.StatusBadRequest, 3, "bad_connection_header")
 		return
 	}
@@ -326,27 +348,27 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		refuse(http.StatusBadRequest, 3, "bad_path")
 		return
 	}
-	if !h.cfg.Routes.Allows(peer, r.Method, path) {
+	if !s.cfg.Routes.Allows(peer, r.Method, path) {
 		refuse(http.StatusForbidden, 7, "route_denied")
 		return
 	}
-	if up, ok := upgradeOf(r.Header); ok && (up == "" || !h.cfg.Routes.AllowsUpgrade(peer, r.Method, path, up)) {
+	if up, ok := upgradeOf(r.Header); ok && (up == "" || !s.cfg.Routes.AllowsUpgrade(peer, r.Method, path, up)) {
 		refuse(http.StatusForbidden, 7, "upgrade_denied")
 		return
 	}
-	h.stripLookalikes(r.Header)
-	if h.cfg.RequireJWT {
-		if reason := p.checkJWT(h.cfg.TokenHeader, r, peer); reason != "" {
+	s.stripLookalikes(r.Header)
+	if s.cfg.RequireJWT {
+		if reason := p.checkJWT(s.cfg.TokenHeader, r, peer); reason != "" {
 			refuse(http.StatusUnauthorized, 16, reason)
 			return
 		}
 	}
-	if !h.cfg.PassJWT {
-		r.Header.Del(h.cfg.TokenHeader)
+	if !s.cfg.PassJWT {
+		r.Header.Del(s.cfg.TokenHeader)
 	}
-	if h.txn == nil {
+	if s.txn == nil {
 		r.Header.Del(txn.Header)
-	} else if reason := p.checkTxn(h, r); reason != "" {
+	} else if reason := p.checkTxn(s, r); reason != "" {
 		refuse(http.StatusUnauthorized, 16, reason)
 		return
 	}
@@ -372,7 +394,7 @@ func foldHeader(name string) string {
 // verifies or strips: the X-Credflow- namespace (the peer header, the
 // token header outbound sidecars use), Authorization, Txn-Token,
 // X-Forwarded-Client-Cert and the configured token header.
-func (h *httpInbound) managedHeader(folded string) bool {
+func (h *httpSettings) managedHeader(folded string) bool {
 	switch folded {
 	case "authorization", "txn-token", "x-forwarded-client-cert", foldHeader(h.cfg.TokenHeader):
 		return true
@@ -385,7 +407,7 @@ func (h *httpInbound) managedHeader(folded string) bool {
 // headers Connection names are removed on the way to the app, so it asks
 // the sidecar to drop a header it verified (a token) or to forward
 // unverified what it would have stripped; no client has a reason to.
-func (h *httpInbound) connectionNamesManaged(hdr http.Header) bool {
+func (h *httpSettings) connectionNamesManaged(hdr http.Header) bool {
 	for _, v := range hdr["Connection"] {
 		for name := range strings.SplitSeq(v, ",") {
 			if h.managedHeader(foldHeader(textproto.TrimString(name))) {
@@ -405,7 +427,7 @@ func (h *httpInbound) connectionNamesManaged(hdr http.Header) bool {
 // the app, and clients that send stray headers keep working.
 // Authorization, Txn-Token and the token header, spelled as net/http
 // spells them, are verified or stripped by the caller.
-func (h *httpInbound) stripLookalikes(hdr http.Header) {
+func (h *httpSettings) stripLookalikes(hdr http.Header) {
 	keep := func(name string) bool {
 		return name == "Authorization" || name == txn.Header || name == http.CanonicalHeaderKey(h.cfg.TokenHeader)
 	}
@@ -503,9 +525,16 @@ func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) strin
 	return ""
 }
 
+// sameTxnVerifier reports whether a and b configure the same
+// transaction-token verifier.
+func sameTxnVerifier(a, b InboundHTTP) bool {
+	return slices.Equal(a.TxnMinters.Patterns(), b.TxnMinters.Patterns()) &&
+		a.TxnLeeway == b.TxnLeeway && a.TxnSingleUse == b.TxnSingleUse
+}
+
 // checkTxn verifies the request's transaction token, if any, and requires
 // one if so configured. It returns a refusal reason or "".
-func (p *Proxy) checkTxn(h *httpInbound, r *http.Request) string {
+func (p *Proxy) checkTxn(h *httpSettings, r *http.Request) string {
 	vals := r.Header.Values(txn.Header)
 	switch {
 	case len(vals) == 0 && h.cfg.RequireTxn:

@@ -85,6 +85,7 @@ func (j *jwtIssuer) validate(tok, aud string) (*jwtsvid.SVID, error) {
 type httpPair struct {
 	outAddr, inAddr string
 	in, out         *inbound
+	inCfg           proxy.Inbound // the inbound listener as configured
 	issuer          *jwtIssuer
 	ca              *testca.CA
 }
@@ -104,10 +105,11 @@ func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 	api, _ := route.ParsePath("/api/*")
 	routes := route.Table{Rules: []route.Rule{{Peers: policy(t, "spiffe://example.org/frontend"), Methods: []string{"GET", "POST"}, Paths: []route.Path{api}}}}
 	bundles := x509bundle.NewSet(ca.Bundle())
+	inCfg := proxy.Inbound{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}
 	inP, inReg := startProxy(t, proxy.Config{
 		SVIDs:       static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
 		Bundles:     bundles,
-		Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
+		Inbound:     []proxy.Inbound{inCfg},
 		ValidateJWT: issuer.validate,
 	})
 	front := spiffeid.RequireFromPath(td, "/frontend")
@@ -118,7 +120,7 @@ func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 		Tokens:   source{j: issuer, id: front},
 	})
 	return &httpPair{outAddr: outP.Addr("up").String(), inAddr: inP.Addr("app").String(),
-		in: &inbound{reg: inReg}, out: &inbound{reg: outReg}, issuer: issuer, ca: ca}
+		in: &inbound{p: inP, reg: inReg}, out: &inbound{p: outP, reg: outReg}, inCfg: inCfg, issuer: issuer, ca: ca}
 }
 
 // rawRequest sends a request exactly as written and returns the status

@@ -6,9 +6,10 @@
 //
 // The identity comes in through go-spiffe's x509svid.Source and
 // x509bundle.Source, so the TLS configurations are built once and every
-// handshake presents the current SVID. Peer policies can be replaced while
-// running (SetPolicy); established connections whose peer is no longer
-// allowed, or whose peer certificate has expired, are closed within
+// handshake presents the current SVID. Peer policies, and the routes and
+// token settings of HTTP inbound listeners, can be replaced while running
+// (SetPolicy, SetHTTP, Apply); established connections whose peer is no
+// longer allowed, or whose peer certificate has expired, are closed within
 // Config.RevalidateInterval.
 package proxy
 
@@ -442,6 +443,143 @@ func (p *Proxy) SetPolicy(name string, pol authz.Policy) error {
 		}
 	}
 	return fmt.Errorf("proxy: no listener %q", name)
+}
+
+// SetHTTP replaces the request policy of the named HTTP inbound listener:
+// its routes and its JWT-SVID and transaction-token settings. Each request
+// reads them once, so it is decided wholly by the old settings or wholly
+// by the new; requests arriving after SetHTTP returns, on new connections
+// and open ones, get the new. AppH2C and ResponseHeaderTimeout shape the
+// connections to the app and are fixed by New: a cfg that changes them is
+// refused.
+func (p *Proxy) SetHTTP(name string, cfg InboundHTTP) error {
+	l := p.listener(name)
+	if l == nil {
+		return fmt.Errorf("proxy: no listener %q", name)
+	}
+	if err := checkHTTP(l, &cfg); err != nil {
+		return err
+	}
+	l.httpIn.settings.Store(p.newHTTPSettings(cfg, l.httpIn.settings.Load()))
+	return nil
+}
+
+// Apply brings the running listeners to in and out as far as that needs no
+// restart: every listener's policy (as SetPolicy) and every HTTP inbound
+// listener's request policy (as SetHTTP). in and out must describe the
+// running listeners, in any order: the same names, directions, addresses,
+// modes (HTTP, capture) and the InboundHTTP settings fixed by New.
+// Otherwise Apply changes nothing and returns an error naming every
+// difference. OutboundHTTP settings and capture destinations are fixed by
+// New and not compared.
+func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
+	var errs []error
+	seen := map[*listener]bool{}
+	find := func(name string, dir direction) *listener {
+		l := p.listener(name)
+		switch {
+		case l == nil:
+			errs = append(errs, fmt.Errorf("proxy: no listener %q", name))
+		case l.dir != dir:
+			errs = append(errs, fmt.Errorf("proxy: listener %q is %s", name, l.dir))
+		case seen[l]:
+			errs = append(errs, fmt.Errorf("proxy: listener %q given twice", name))
+		default:
+			seen[l] = true
+			return l
+		}
+		return nil
+	}
+	differ := func(l *listener, field, running, given string) {
+		if running != given {
+			errs = append(errs, fmt.Errorf("proxy: listener %q: %s is %q, not %q (a restart changes it)", l.name, field, running, given))
+		}
+	}
+	for _, in := range in {
+		l := find(in.Name, dirInbound)
+		if l == nil {
+			continue
+		}
+		differ(l, "Listen", l.addr, in.Listen)
+		differ(l, "App", l.target, in.App)
+		differ(l, "QUICListen", l.quicAddr, in.QUICListen)
+		differ(l, "HTTP", fmt.Sprint(l.httpIn != nil), fmt.Sprint(in.HTTP != nil))
+		if l.httpIn != nil && in.HTTP != nil {
+			if err := checkHTTP(l, in.HTTP); err != nil {
+				errs = append(errs, err)
+			}
+		}
+	}
+	for _, out := range out {
+		l := find(out.Name, dirOutbound)
+		if l == nil {
+			continue
+		}
+		differ(l, "Listen", l.addr, out.Listen)
+		differ(l, "Upstream", l.target, out.Upstream)
+		differ(l, "QUICUpstream", l.quicUpstream, out.QUICUpstream)
+		differ(l, "QUICTarget", l.quicTarget, out.QUICTarget)
+		differ(l, "HTTP", fmt.Sprint(l.httpOut != nil), fmt.Sprint(out.HTTP != nil))
+		differ(l, "Capture", fmt.Sprint(l.capture != nil), fmt.Sprint(out.Capture != nil))
+		// What New derived from Expect: the key-exchange mode towards the
+		// upstream's trust domain, and the audience of the JWT-SVIDs sent.
+		differ(l, "the key-exchange mode Expect selects", string(l.kex), string(p.cfg.KeyExchange.ModeFor(upstreamTrustDomain(out.Expect))))
+		if l.httpOut != nil && l.httpOut.cfg.JWTAudience == "" {
+			aud := ""
+			if id, ok := out.Expect.ExactID(); ok {
+				aud = id.String()
+			}
+			differ(l, "the JWT-SVID audience Expect selects", l.httpOut.audience, aud)
+		}
+	}
+	for _, l := range p.listeners {
+		if !seen[l] {
+			errs = append(errs, fmt.Errorf("proxy: listener %q is missing", l.name))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	for _, in := range in {
+		l := p.listener(in.Name)
+		l.policy.Store(&in.Allow)
+		if in.HTTP != nil {
+			l.httpIn.settings.Store(p.newHTTPSettings(*in.HTTP, l.httpIn.settings.Load()))
+		}
+	}
+	for _, out := range out {
+		p.listener(out.Name).policy.Store(&out.Expect)
+	}
+	select {
+	case p.revalNow <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// listener returns the named listener, or nil.
+func (p *Proxy) listener(name string) *listener {
+	for _, l := range p.listeners {
+		if l.name == name {
+			return l
+		}
+	}
+	return nil
+}
+
+// checkHTTP checks that cfg can replace the request policy of l.
+func checkHTTP(l *listener, cfg *InboundHTTP) error {
+	if l.httpIn == nil {
+		return fmt.Errorf("proxy: listener %q is not an HTTP inbound listener", l.name)
+	}
+	cur := l.httpIn.settings.Load().cfg
+	switch {
+	case cfg.AppH2C != cur.AppH2C:
+		return fmt.Errorf("proxy: listener %q: AppH2C is fixed at start", l.name)
+	case cfg.ResponseHeaderTimeout != cur.ResponseHeaderTimeout:
+		return fmt.Errorf("proxy: listener %q: ResponseHeaderTimeout is fixed at start", l.name)
+	}
+	return nil
 }
 
 // Serve accepts on every bound listener until ctx ends, then closes the

@@ -4,9 +4,10 @@
 //	/readyz           200 when the sidecar can serve (a valid SVID, listeners
 //	                  up, not draining); 503 and the reason otherwise
 //	/metrics          Prometheus metrics
-//	/debug/identity   the SPIFFE ID, SVID serial and validity, trust domains
-//	                  listener policies, the key-exchange policy and the
-//	                  connections by negotiated group, as JSON;
+//	/debug/identity   the SPIFFE ID, SVID serial and validity, trust domains,
+//	                  listener policies and the trust domains they name
+//	                  that no bundle is held for, the key-exchange policy
+//	                  and the connections by negotiated group, as JSON;
 //	                  never key material
 //
 // Nothing here changes state.
@@ -37,6 +38,9 @@ type Deps struct {
 	KeyExchange func() string
 	// NegotiatedGroups counts connections by negotiated key-exchange group.
 	NegotiatedGroups func() map[string]int64
+	// PolicyTrustDomainsWithoutBundle returns the trust domains named by
+	// policies whose bundles are not held; nil means none.
+	PolicyTrustDomainsWithoutBundle func() []string
 }
 
 // Handler returns the admin HTTP handler.
@@ -68,7 +72,10 @@ type Identity struct {
 	Error        string              `json:"error,omitempty"`
 	TrustDomains []string            `json:"trust_domains"`
 	Policies     map[string][]string `json:"policies"`
-	KeyExchange  string              `json:"key_exchange"`
+	// PolicyTrustDomainsWithoutBundle are trust domains the policies name
+	// with no bundle held: none of their workloads can be authenticated.
+	PolicyTrustDomainsWithoutBundle []string `json:"policy_trust_domains_without_bundle"`
+	KeyExchange                     string   `json:"key_exchange"`
 	// NegotiatedGroups counts the connections relayed since start by the
 	// key-exchange group they negotiated.
 	NegotiatedGroups map[string]int64 `json:"negotiated_groups"`
@@ -88,6 +95,10 @@ func identity(d Deps) Identity {
 		doc.TrustDomains = append(doc.TrustDomains, td.Name())
 	}
 	doc.Policies = d.Policies()
+	doc.PolicyTrustDomainsWithoutBundle = []string{}
+	if d.PolicyTrustDomainsWithoutBundle != nil {
+		doc.PolicyTrustDomainsWithoutBundle = append(doc.PolicyTrustDomainsWithoutBundle, d.PolicyTrustDomainsWithoutBundle()...)
+	}
 	doc.KeyExchange = d.KeyExchange()
 	doc.NegotiatedGroups = d.NegotiatedGroups()
 	return doc

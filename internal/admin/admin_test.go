@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -52,5 +53,40 @@ func TestReadOnly(t *testing.T) {
 				t.Errorf("%s %s: %d, want 404", m, p, code)
 			}
 		}
+	}
+}
+
+// TestIdentityTrustDomainsWithoutBundle: /debug/identity lists the trust
+// domains that policies name and no bundle is held for.
+func TestIdentityTrustDomainsWithoutBundle(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		missing func() []string
+		want    string
+	}{
+		{"some", func() []string { return []string{"partner.example"} }, `"policy_trust_domains_without_bundle": [
+    "partner.example"
+  ]`},
+		{"none", func() []string { return nil }, `"policy_trust_domains_without_bundle": []`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := admin.Handler(admin.Deps{
+				Gatherer: prometheus.NewRegistry(),
+				SVIDs:    noSVID{},
+				TrustDomains: func() []spiffeid.TrustDomain {
+					return []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("example.org")}
+				},
+				Ready:                           func() error { return nil },
+				Policies:                        func() map[string][]string { return nil },
+				KeyExchange:                     func() string { return "hybrid-preferred" },
+				NegotiatedGroups:                func() map[string]int64 { return nil },
+				PolicyTrustDomainsWithoutBundle: tc.missing,
+			})
+			rec := httptest.NewRecorder()
+			h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/debug/identity", nil))
+			if !strings.Contains(rec.Body.String(), tc.want) {
+				t.Errorf("/debug/identity:\n%s\nwant %s", rec.Body, tc.want)
+			}
+		})
 	}
 }

@@ -50,7 +50,7 @@ func commands() map[string]command {
 		},
 		"check": {
 			summary: "validate a sidecar configuration file",
-			usage:   "credflow check -c FILE",
+			usage:   "credflow check -c FILE [-socket ADDR] [-wait DURATION]",
 			run:     runCheck,
 		},
 		"init": {

@@ -448,7 +448,7 @@ func TestE2EReload(t *testing.T) {
 
 	// A typo: refused, the field named, the old policy still in force.
 	reload(strings.Replace(string(orig), "allow:", "alow:", 1), "reload refused")
-	if lines := m.backend.LogLines("reload refused"); !strings.Contains(lines[len(lines)-1], "field alow not found") {
+	if lines := m.backend.LogLines("reload refused"); !strings.Contains(lines[len(lines)-1], "inbound[0].alow: unknown field (did you mean allow?)") {
 		t.Fatalf("the refusal does not name the field: %s", lines[len(lines)-1])
 	}
 	if err := ping(); err != nil {

@@ -17,7 +17,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/admin"
@@ -42,18 +44,61 @@ func configFlag(name, usage string, args []string, stderr io.Writer) (string, er
 	return path, nil
 }
 
-// runCheck validates a configuration file.
-func runCheck(_ context.Context, args []string, stdout, stderr io.Writer) error {
-	path, err := configFlag("check", "credflow check -c FILE", args, stderr)
-	if err != nil {
+// runCheck validates a configuration file and lists the trust domains its
+// policies name; with -socket, it warns about those the Workload API holds
+// no bundle for.
+func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	var (
+		path, socket string
+		wait         time.Duration
+	)
+	fs := newFlagSet("check", "credflow check -c FILE [-socket ADDR] [-wait DURATION]", stderr)
+	fs.StringVar(&path, "c", "", "configuration file (YAML; see README)")
+	fs.StringVar(&socket, "socket", "", "Workload API address: also compare the trust domains the policies name with the trust bundles it holds")
+	fs.DurationVar(&wait, "wait", 5*time.Second, "with -socket: how long to wait for the trust bundles")
+	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if path == "" {
+		return fmt.Errorf("%w: -c FILE is required", errUsage)
 	}
 	c, err := config.Load(path)
 	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(stdout, "%s: valid (%d inbound, %d outbound listeners)\n", path, len(c.Inbound), len(c.Outbound))
-	return err
+	named := c.PolicyTrustDomains()
+	var names []string
+	for _, n := range named {
+		names = append(names, n.TrustDomain)
+	}
+	if _, err := fmt.Fprintf(stdout, "%s: valid (%d inbound, %d outbound listeners)\ntrust domains named by policies: %s\n",
+		path, len(c.Inbound), len(c.Outbound), strings.Join(names, ", ")); err != nil {
+		return err
+	}
+	if socket == "" {
+		return nil
+	}
+	wctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	bundles, err := workloadapi.FetchX509Bundles(wctx, workloadapi.WithAddr(socket))
+	if err != nil {
+		return fmt.Errorf("the configuration is valid, but the trust bundles could not be fetched from %s: %w", socket, err)
+	}
+	var held []spiffeid.TrustDomain
+	var heldNames []string
+	for _, b := range bundles.Bundles() {
+		held = append(held, b.TrustDomain())
+		heldNames = append(heldNames, b.TrustDomain().Name())
+	}
+	slices.Sort(heldNames)
+	if _, err := fmt.Fprintf(stdout, "trust bundles held: %s\n", strings.Join(heldNames, ", ")); err != nil {
+		return err
+	}
+	for _, m := range missingBundles(named, held) {
+		fmt.Fprintf(stderr, "warning: %s (%s): no trust bundle is held for it, so none of its workloads can be authenticated\n",
+			m.TrustDomain, strings.Join(m.Fields, ", "))
+	}
+	return nil
 }
 
 func newLogger(w io.Writer, level, format string) *slog.Logger {
@@ -128,16 +173,21 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
+	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
+	bundlesDone := make(chan struct{})
+	go func() { defer close(bundlesDone); bundles.run(srcCtx, src.Changed) }()
+	defer func() { stopSrc(); <-bundlesDone }()
 	proxyDone := make(chan error, 1)
 	go func() { proxyDone <- p.Serve(proxyCtx) }()
 	adminSrv := &http.Server{
 		Handler: admin.Handler(admin.Deps{
-			Gatherer:         reg,
-			SVIDs:            src,
-			TrustDomains:     src.TrustDomains,
-			Policies:         p.Policies,
-			KeyExchange:      p.KeyExchange().String,
-			NegotiatedGroups: p.NegotiatedGroups,
+			Gatherer:                        reg,
+			SVIDs:                           src,
+			TrustDomains:                    src.TrustDomains,
+			Policies:                        p.Policies,
+			KeyExchange:                     p.KeyExchange().String,
+			NegotiatedGroups:                p.NegotiatedGroups,
+			PolicyTrustDomainsWithoutBundle: bundles.missing,
 			Ready: func() error {
 				if p.Draining() {
 					return errors.New("draining")
@@ -169,7 +219,17 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			return err
 		case sig := <-signals:
 			if sig == syscall.SIGHUP {
-				reload(path, cfg, p, tok, log)
+				next, changed, err := reload(path, cfg, p, tok)
+				if err != nil {
+					log.Error("credflow: reload refused, keeping the running configuration", slog.String(logkey.Error, err.Error()))
+					continue
+				}
+				cfg = next
+				log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path), slog.Any(logkey.Changed, changed))
+				if tok != nil {
+					warnOpenTokenEndpoint(cfg.TokenEndpoint, log)
+				}
+				bundles.setPolicies(cfg.PolicyTrustDomains())
 				continue
 			}
 			log.Info("credflow: draining", slog.String(logkey.Signal, sig.String()), slog.Duration(logkey.Timeout, cfg.DrainTimeout))
@@ -223,67 +283,51 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 			return agent.JWTValidator{Bundles: src, Leeway: cfg.JWTLeeway}.Validate(token, audience)
 		},
 	}
-	for _, in := range cfg.Inbound {
-		pc.Inbound = append(pc.Inbound, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
-			QUICListen: in.QUICListen, HTTP: in.HTTP})
-	}
-	for _, out := range cfg.Outbound {
-		pc.Outbound = append(pc.Outbound, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
-	}
+	pc.Inbound, pc.Outbound = listeners(cfg)
 	return pc
 }
 
-// reload applies the policies of a changed configuration file: the
-// listeners' SPIFFE ID policies and the token endpoint's callers and
-// audiences. An invalid file is refused and the running configuration kept.
-// Listener addresses (the token endpoint's included), capture destinations,
-// timeouts and limits need a restart; a change to them is reported and not
-// applied.
-func reload(path string, cur *config.Config, p *proxy.Proxy, tok *tokenEndpoint, log *slog.Logger) {
-	next, err := config.Load(path)
-	if err != nil {
-		log.Error("credflow: reload refused, keeping the running configuration", slog.String(logkey.Error, err.Error()))
-		return
+// listeners translates the configured listeners for the proxy.
+func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) {
+	for _, in := range cfg.Inbound {
+		ins = append(ins, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
+			QUICListen: in.QUICListen, HTTP: in.HTTP})
 	}
-	if !sameListeners(cur, next) {
-		log.Error("credflow: reload refused: listeners were added, removed or moved; restart to apply")
-		return
+	for _, out := range cfg.Outbound {
+		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
 	}
-	for _, in := range next.Inbound {
-		if err := p.SetPolicy(in.Name, in.Allow); err != nil {
-			log.Error("credflow: reload", slog.String(logkey.Error, err.Error()))
-		}
-	}
-	for _, out := range next.Outbound {
-		if err := p.SetPolicy(out.Name, out.Expect); err != nil {
-			log.Error("credflow: reload", slog.String(logkey.Error, err.Error()))
-		}
-	}
-	if tok != nil {
-		tok.setPolicy(next.TokenEndpoint, log)
-	}
-	log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path))
+	return ins, outs
 }
 
-func sameListeners(a, b *config.Config) bool {
-	key := func(c *config.Config) []string {
-		var k []string
-		for _, in := range c.Inbound {
-			k = append(k, "in|"+in.Name+"|"+in.Listen+"|"+in.App+"|"+in.QUICListen)
-		}
-		if te := c.TokenEndpoint; te != nil {
-			k = append(k, fmt.Sprintf("token|%s|%s|%d", te.Network, te.Address, te.SocketGroup))
-		}
-		for _, out := range c.Outbound {
-			k = append(k, "out|"+out.Name+"|"+out.Listen+"|"+out.Upstream+"|"+out.QUICUpstream+"|"+out.QUICTarget)
-			if out.Capture != nil {
-				for _, d := range out.Capture.Destinations {
-					k = append(k, fmt.Sprintf("dest|%s|%d|%s|%s", d.Prefix, d.Port, d.Host, strings.Join(d.Expect.Patterns(), ",")))
-				}
-			}
-		}
-		return k
+// reload applies the configuration file at path to the running proxy p,
+// whose configuration is cur, and returns the new configuration and the
+// fields that changed. What a running sidecar can change (listener
+// policies; routes, jwt and txn_token of HTTP inbound listeners; see
+// config.Diff) is applied, each listener's settings as one. A file that is
+// invalid, or that changes anything else, is refused as a whole: nothing
+// is applied and the error names every field that needs a restart.
+func reload(path string, cur *config.Config, p *proxy.Proxy, tok *tokenEndpoint) (*config.Config, []string, error) {
+	next, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
 	}
-	return slices.Equal(key(a), key(b))
+	hot, restart := config.Diff(cur, next)
+	if len(restart) > 0 {
+		verb := "needs"
+		if len(restart) > 1 {
+			verb = "need"
+		}
+		return nil, nil, fmt.Errorf("%s %s a restart; nothing was applied", strings.Join(restart, ", "), verb)
+	}
+	if err := p.Apply(listeners(next)); err != nil {
+		return nil, nil, err
+	}
+	if tok != nil && next.TokenEndpoint != nil {
+		tok.ep.SetPolicy(next.TokenEndpoint.Callers, next.TokenEndpoint.Audiences)
+	}
+	if hot == nil {
+		hot = []string{}
+	}
+	return next, hot, nil
 }

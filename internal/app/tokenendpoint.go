@@ -55,12 +55,6 @@ func startTokenEndpoint(te *config.TokenEndpoint, c exchange.Config, log *slog.L
 	return t, nil
 }
 
-// setPolicy applies the callers and audiences of a reloaded configuration.
-func (t *tokenEndpoint) setPolicy(te *config.TokenEndpoint, log *slog.Logger) {
-	t.ep.SetPolicy(te.Callers, te.Audiences)
-	warnOpenTokenEndpoint(te, log)
-}
-
 func (t *tokenEndpoint) close() { t.srv.Close() }
 
 // warnOpenTokenEndpoint says when the endpoint serves every local user or

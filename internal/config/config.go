@@ -1,6 +1,8 @@
 // Package config loads and validates the sidecar's YAML configuration file.
-// Decoding is strict: an unknown field is an error, and every error names
-// the field it is about (for example "inbound[0].allow[1]").
+// Decoding is strict: an unknown field is an error (with the field probably
+// meant), and every error names the field it is about and its line (for
+// example "line 9: inbound[0].allow[1]: ..."). All errors are reported at
+// once, as Errors.
 package config
 
 import (
@@ -11,6 +13,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -92,6 +95,9 @@ type Config struct {
 	QUICHandshakeTimeout time.Duration
 	QUICIdleTimeout      time.Duration
 	QUICHandshakeRate    float64
+
+	// raw is the file as decoded, for Diff.
+	raw *file
 }
 
 // TokenEndpoint is the validated token_endpoint section.
@@ -372,10 +378,10 @@ type duration struct {
 func (d *duration) UnmarshalYAML(n *yaml.Node) error {
 	v, err := time.ParseDuration(n.Value)
 	if err != nil {
-		return fmt.Errorf("line %d: %q is not a duration such as 10s or 1m30s", n.Line, n.Value)
+		return fmt.Errorf("%q is not a duration such as 10s or 1m30s", n.Value)
 	}
 	if v <= 0 {
-		return fmt.Errorf("line %d: %q must be positive", n.Line, n.Value)
+		return fmt.Errorf("%q must be positive", n.Value)
 	}
 	d.d, d.set = v, true
 	return nil
@@ -423,27 +429,39 @@ func Parse(data []byte) (*Config, error) {
 	if len(data) > MaxSize {
 		return nil, fmt.Errorf("config: %d bytes, over the %d limit", len(data), MaxSize)
 	}
-	var f file
+	var doc yaml.Node
 	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
+	if err := dec.Decode(&doc); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("config: the file is empty")
 		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	var extra any
+	var extra yaml.Node
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
 		return nil, errors.New("config: the file holds more than one YAML document")
 	}
-
-	var (
-		errs []error
-		err  error
-	)
-	fail := func(field, format string, args ...any) {
-		errs = append(errs, fmt.Errorf("%s: "+format, append([]any{field}, args...)...))
+	root := &doc
+	if root.Kind == yaml.DocumentNode && len(root.Content) == 1 {
+		root = root.Content[0]
 	}
+	for root.Kind == yaml.AliasNode && root.Alias != nil {
+		root = root.Alias
+	}
+	if root.Kind != yaml.MappingNode {
+		return nil, fmt.Errorf("config: line %d: the file must be a mapping of fields (workload_api, inbound, ...)", root.Line)
+	}
+
+	// Structure first (unknown fields, wrong kinds, bad values), then
+	// meaning; every error is reported, each with its field path.
+	e := &errList{lines: map[string]int{}}
+	newWalker(e, len(data)).walk(root, reflect.TypeFor[file](), "")
+	var f file
+	if err := root.Decode(&f); err != nil {
+		return nil, fmt.Errorf("config: %w", err) // the walk lets through nothing the decoder refuses
+	}
+	var err error
+	fail := e.add
 	c := &Config{
 		WorkloadAPI:      f.WorkloadAPI,
 		Admin:            cmpOr(f.Admin, DefaultAdmin),
@@ -512,7 +530,7 @@ func Parse(data []byte) (*Config, error) {
 		fail("jwt.leeway", "%v is over the %v limit", c.JWTLeeway, MaxJWTLeeway)
 	}
 	if f.Edge != nil {
-		c.Edge = parseEdge(f.Edge.Issuers, fail)
+		c.Edge = parseEdge(f.Edge.Issuers, e)
 		c.Edge.Leeway = c.JWTLeeway
 		c.Edge.TxnTTL = f.Edge.TxnToken.TTL.or(txn.DefaultTTL)
 		if c.Edge.TxnTTL > txn.MaxTTL {
@@ -560,10 +578,7 @@ func Parse(data []byte) (*Config, error) {
 		if err := checkAddr(in.App, true); err != nil {
 			fail(field+".app", "%v", err)
 		}
-		pol, err := policy(field+".allow", in.Allow)
-		if err != nil {
-			errs = append(errs, err)
-		}
+		pol := policy(e, field+".allow", in.Allow)
 		if in.QUIC != "" {
 			if err := checkAddr(in.QUIC, false); err != nil {
 				fail(field+".quic_listen", "%v", err)
@@ -592,10 +607,7 @@ func Parse(data []byte) (*Config, error) {
 			}
 			for j, r := range in.Routes {
 				rf := fmt.Sprintf("%s.routes[%d]", field, j)
-				peers, err := policy(rf+".peers", r.Peers)
-				if err != nil {
-					errs = append(errs, err)
-				}
+				peers := policy(e, rf+".peers", r.Peers)
 				rule := route.Rule{Peers: peers}
 				for _, m := range r.Methods {
 					if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
@@ -626,9 +638,7 @@ func Parse(data []byte) (*Config, error) {
 				h.Routes.Rules = append(h.Routes.Rules, rule)
 			}
 			if len(in.TxnToken.Minters) > 0 {
-				if h.TxnMinters, err = policy(field+".txn_token.minters", in.TxnToken.Minters); err != nil {
-					errs = append(errs, err)
-				}
+				h.TxnMinters = policy(e, field+".txn_token.minters", in.TxnToken.Minters)
 			} else if in.TxnToken.Require {
 				fail(field+".txn_token.minters", "require: true needs the workloads allowed to mint")
 			} else if in.TxnToken.SingleUse {
@@ -649,7 +659,7 @@ func Parse(data []byte) (*Config, error) {
 		claim(field, out.Name, out.Listen)
 		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream}
 		if out.Capture != nil {
-			o.Capture = parseCapture(field, out.Capture.Destinations, fail, &errs)
+			o.Capture = parseCapture(field, out.Capture.Destinations, e)
 			if out.Upstream != "" {
 				fail(field+".upstream", "a capture listener sends each connection to its original destination; remove upstream")
 			}
@@ -657,9 +667,7 @@ func Parse(data []byte) (*Config, error) {
 				fail(field+".capture", "capture carries protocol tcp over transport tcp only")
 			}
 			if len(out.Expect) > 0 {
-				if o.Expect, err = policy(field+".expect", out.Expect); err != nil {
-					errs = append(errs, err)
-				}
+				o.Expect = policy(e, field+".expect", out.Expect)
 			}
 			c.Outbound = append(c.Outbound, o)
 			continue
@@ -667,9 +675,7 @@ func Parse(data []byte) (*Config, error) {
 		if err := checkAddr(out.Upstream, false); err != nil {
 			fail(field+".upstream", "%v", err)
 		}
-		if o.Expect, err = policy(field+".expect", out.Expect); err != nil {
-			errs = append(errs, err)
-		}
+		o.Expect = policy(e, field+".expect", out.Expect)
 		switch out.Transport {
 		case "", "tcp":
 			if out.QUIC != "" || out.Target != "" {
@@ -721,9 +727,10 @@ func Parse(data []byte) (*Config, error) {
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		fail("inbound", "no inbound or outbound listener is configured")
 	}
-	if len(errs) > 0 {
-		return nil, fmt.Errorf("config: invalid:\n%w", errors.Join(errs...))
+	if errs := e.result(); len(errs) > 0 {
+		return nil, fmt.Errorf("config: invalid:\n%w", errs)
 	}
+	c.raw = &f
 	return c, nil
 }
 
@@ -736,7 +743,8 @@ func parseEdge(issuers []struct {
 	JWKSURL     string   `yaml:"jwks_url"`
 	JWKSCAFile  string   `yaml:"jwks_ca_file"`
 	JWKSRefresh duration `yaml:"jwks_refresh"`
-}, fail func(field, format string, args ...any)) *Edge {
+}, errs *errList) *Edge {
+	fail := errs.add
 	e := &Edge{}
 	if len(issuers) == 0 {
 		fail("edge.issuers", "at least one external issuer is required")
@@ -779,7 +787,8 @@ func parseCapture(field string, dests []struct {
 	Port   int      `yaml:"port"`
 	Host   string   `yaml:"host"`
 	Expect []string `yaml:"expect"`
-}, fail func(field, format string, args ...any), errs *[]error) *proxy.Capture {
+}, errs *errList) *proxy.Capture {
+	fail := errs.add
 	c := &proxy.Capture{}
 	for j, d := range dests {
 		df := fmt.Sprintf("%s.capture.destinations[%d]", field, j)
@@ -804,11 +813,7 @@ func parseCapture(field string, dests []struct {
 		if d.CIDR == "" && d.Port == 0 && d.Host == "" {
 			fail(df, "a cidr, a port, a host or a combination is required")
 		}
-		pol, err := policy(df+".expect", d.Expect)
-		if err != nil {
-			*errs = append(*errs, err)
-		}
-		dst.Expect = pol
+		dst.Expect = policy(errs, df+".expect", d.Expect)
 		c.Destinations = append(c.Destinations, dst)
 	}
 	return c
@@ -822,20 +827,26 @@ func cmpOr(s, def string) string {
 }
 
 // policy parses a list of SPIFFE ID patterns, naming each bad entry.
-func policy(field string, patterns []string) (authz.Policy, error) {
+func policy(errs *errList, field string, patterns []string) authz.Policy {
 	if len(patterns) == 0 {
-		return authz.Policy{}, fmt.Errorf("%s: at least one SPIFFE ID, trust domain or prefix is required", field)
+		errs.add(field, "at least one SPIFFE ID, trust domain or prefix is required")
+		return authz.Policy{}
 	}
-	var errs []error
+	bad := false
 	for i, s := range patterns {
 		if _, err := authz.ParsePattern(s); err != nil {
-			errs = append(errs, fmt.Errorf("%s[%d]: %w", field, i, err))
+			errs.add(fmt.Sprintf("%s[%d]", field, i), "%v", err)
+			bad = true
 		}
 	}
-	if len(errs) > 0 {
-		return authz.Policy{}, errors.Join(errs...)
+	if bad {
+		return authz.Policy{}
 	}
-	return authz.ParsePolicy(patterns)
+	pol, err := authz.ParsePolicy(patterns)
+	if err != nil {
+		errs.add(field, "%v", err)
+	}
+	return pol
 }
 
 // checkUpgrade checks a protocol a route lets requests switch to: one

@@ -1,10 +1,12 @@
 package config_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/internal/config"
@@ -53,8 +55,8 @@ func TestParseErrors(t *testing.T) {
 		return "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org/a]\n" + extra
 	}
 	tests := []struct{ name, file, want string }{
-		{"typo'd field", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    alow: [spiffe://a/b]\n", "field alow not found"},
-		{"unknown top-level", in("tiemouts: {idle: 1s}\n"), "field tiemouts not found"},
+		{"typo'd field", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    alow: [spiffe://a/b]\n", "inbound[0].alow: unknown field (did you mean allow?)"},
+		{"unknown top-level", in("tiemouts: {idle: 1s}\n"), "tiemouts: unknown field (did you mean timeouts?)"},
 		{"bad SPIFFE ID", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://Example.org/a]\n", "inbound[0].allow[0]"},
 		{"wildcard in the middle", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://a/*/b]\n", "inbound[0].allow[0]"},
 		{"empty allow", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: []\n", "inbound[0].allow: at least one"},
@@ -141,7 +143,7 @@ func TestParseEdge(t *testing.T) {
 		{"txn tokens over five minutes", "ttl: 30s", "ttl: 6m", "edge.txn_token.ttl"},
 		{"txn audience not a SPIFFE ID", "ttl: 30s,", "ttl: 30s, audience: orders-api,", "edge.txn_token.audience"},
 		{"txn audience: a workload and its trust domain", "ttl: 30s,", "ttl: 30s, audience: [spiffe://example.org, spiffe://example.org/orders],", "edge.txn_token.audience"},
-		{"txn audience not a list of strings", "ttl: 30s,", "ttl: 30s, audience: {a: b},", "want a string or a list of strings"},
+		{"txn audience not a list of strings", "ttl: 30s,", "ttl: 30s, audience: {a: b},", "edge.txn_token.audience: expected a list, got a mapping"},
 		{"single_use without minters", "txn_token: {require: true, minters: [spiffe://example.org/edge]}", "txn_token: {single_use: true}", "inbound[0].txn_token.minters"},
 		{"require without minters", "minters: [spiffe://example.org/edge]", "minters: []", "inbound[0].txn_token.minters"},
 		{"bad minter", "minters: [spiffe://example.org/edge]", "minters: [edge]", "inbound[0].txn_token.minters[0]"},
@@ -171,6 +173,15 @@ func FuzzParse(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := config.Parse(data)
 		if err != nil {
+			var errs config.Errors
+			if strings.Contains(err.Error(), "struct {") || errors.As(err, &errs) && len(errs) == 0 {
+				t.Fatalf("error %q: a Go type, or no error listed", err)
+			}
+			for _, e := range errs {
+				if e.Path == "" || e.Msg == "" {
+					t.Fatalf("error without a field path or message: %q in %q", e, err)
+				}
+			}
 			return
 		}
 		if len(c.Inbound)+len(c.Outbound) == 0 || c.MaxConnections <= 0 || c.HandshakeTimeout <= 0 {
@@ -320,5 +331,105 @@ func TestParseTxnAudienceAndSingleUse(t *testing.T) {
 		if !c.Inbound[0].HTTP.TxnSingleUse {
 			t.Errorf("single_use: true not set on the listener")
 		}
+	}
+}
+
+// TestParseErrorsAllAtOnce: every problem in a file is reported in one go,
+// one per line in file order, each naming its field path and line; an
+// unknown field suggests the field meant, and no Go type is ever dumped.
+func TestParseErrorsAllAtOnce(t *testing.T) {
+	const listener = "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    allow: [spiffe://example.org/a]\n"
+	tests := []struct {
+		name, file string
+		want       []string
+	}{
+		{"typo'd field", "inbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: 127.0.0.1:8080\n    alow: [spiffe://example.org/a]\n",
+			[]string{"line 5: inbound[0].alow: unknown field (did you mean allow?)"}},
+		{"nested typo", listener + "    protocol: http\n    routes: [{peers: [spiffe://example.org], paths: [/*]}]\n    jwt: {requier: true}\n",
+			[]string{"line 8: inbound[0].jwt.requier: unknown field (did you mean require?)"}},
+		{"prefix of a field", listener + "limits: {max_conn: 5}\n",
+			[]string{"line 6: limits.max_conn: unknown field (did you mean max_connections?)"}},
+		{"nothing like it", listener + "colour: blue\n", []string{"line 6: colour: unknown field"}},
+		{"set twice", listener + "admin: 127.0.0.1:1\nadmin: 127.0.0.1:2\n",
+			[]string{"line 7: admin: set twice (first on line 6)"}},
+		{"several at once", "tiemouts: {idle: 1s}\n" + listener + "timeouts: {idle: 5, drain: -1s, dial: 3s}\nlimits: {max_connections: many}\n" +
+			"tls: {session_resumption: maybe}\nlog: {level: loud}\noutbound:\n  - name: b\n    listen: 127.0.0.1:15006\n    upstream: x:1\n    expect: spiffe://example.org/b\n",
+			[]string{
+				"line 1: tiemouts: unknown field (did you mean timeouts?)",
+				`line 7: timeouts.idle: "5" is not a duration such as 10s or 1m30s`,
+				`line 7: timeouts.drain: "-1s" must be positive`,
+				`line 8: limits.max_connections: "many" is not a whole number`,
+				`line 9: tls.session_resumption: "maybe" is not true or false`,
+				`line 10: log.level: "loud" is not debug, info, warn or error`,
+				"line 13: outbound[0].listen: 127.0.0.1:15006 clashes with inbound[0].listen (127.0.0.1:15006)",
+				"line 15: outbound[0].expect: expected a list, got \"spiffe://example.org/b\"",
+			}},
+		{"wrong kinds", "timeouts: 5s\ninbound:\n  - name: app\n    listen: 127.0.0.1:15006\n    app: {host: x}\n    allow: [[spiffe://example.org/a]]\n",
+			[]string{
+				`line 1: timeouts: expected a mapping, got "5s"`,
+				"line 5: inbound[0].app: expected a single value, got a mapping",
+				"line 6: inbound[0].allow[0]: expected a single value, got a list",
+			}},
+		{"semantic errors with lines", "inbound:\n  - listen: 127.0.0.1:1\n    app: 10.0.0.1:2\n    allow: [spiffe://example.org/a, spiffe://Bad/x]\n",
+			[]string{
+				"line 2: inbound[0].name: required",
+				`line 3: inbound[0].app: "10.0.0.1:2": must be a loopback address (127.0.0.1, [::1] or localhost)`,
+				`line 4: inbound[0].allow[1]: authz: pattern "spiffe://Bad/x": trust domain characters are limited to lowercase letters, numbers, dots, dashes, and underscores`,
+			}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := config.Parse([]byte(tt.file))
+			if err == nil {
+				t.Fatalf("parsed: %+v", c)
+			}
+			want := "config: invalid:\n" + strings.Join(tt.want, "\n")
+			if diff := cmp.Diff(want, err.Error()); diff != "" {
+				t.Errorf("error (-want +got):\n%s", diff)
+			}
+			var errs config.Errors
+			if !errors.As(err, &errs) || len(errs) != len(tt.want) {
+				t.Fatalf("errors.As(config.Errors): %v, %d errors", errs, len(errs))
+			}
+		})
+	}
+}
+
+// TestPolicyTrustDomains: every trust domain a policy names (allow,
+// expect, route peers, transaction-token minters, capture destinations),
+// with the fields naming it.
+func TestPolicyTrustDomains(t *testing.T) {
+	const file = `
+inbound:
+  - name: api
+    listen: 127.0.0.1:15006
+    app: 127.0.0.1:8080
+    protocol: http
+    allow: [spiffe://example.org, spiffe://partner.example/ns/*]
+    routes:
+      - {peers: [spiffe://partner.example/billing], paths: [/*]}
+    txn_token: {require: true, minters: [spiffe://edge.example/gw]}
+outbound:
+  - name: backend
+    listen: 127.0.0.1:15001
+    upstream: backend:15006
+    expect: [spiffe://example.org/backend]
+  - name: capture
+    listen: 127.0.0.1:15002
+    capture:
+      destinations: [{port: 5432, expect: [spiffe://db.example/pg]}]
+`
+	c, err := config.Parse([]byte(file))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []config.PolicyTrustDomain{
+		{TrustDomain: "db.example", Fields: []string{"outbound[1].capture.destinations[0].expect"}},
+		{TrustDomain: "edge.example", Fields: []string{"inbound[0].txn_token.minters"}},
+		{TrustDomain: "example.org", Fields: []string{"inbound[0].allow", "outbound[0].expect"}},
+		{TrustDomain: "partner.example", Fields: []string{"inbound[0].allow", "inbound[0].routes[0].peers"}},
+	}
+	if diff := cmp.Diff(want, c.PolicyTrustDomains()); diff != "" {
+		t.Errorf("PolicyTrustDomains (-want +got):\n%s", diff)
 	}
 }

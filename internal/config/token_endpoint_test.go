@@ -69,11 +69,11 @@ func TestParseTokenEndpointErrors(t *testing.T) {
 		{"gids on TCP", "token_endpoint: {listen: 127.0.0.1:15080, callers: {gids: [5]}, audiences: [a]}\n", "token_endpoint.callers.gids: a TCP caller has no group"},
 		{"negative uid", "token_endpoint: {listen: 127.0.0.1:15080, callers: {uids: [-1]}, audiences: [a]}\n", "token_endpoint.callers.uids[0]: -1 is not a uid"},
 		{"uid (uid_t)-1", "token_endpoint: {listen: 127.0.0.1:15080, callers: {uids: [4294967295]}, audiences: [a]}\n", "token_endpoint.callers.uids[0]"},
-		{"user name for a uid", "token_endpoint: {listen: 127.0.0.1:15080, callers: {uids: [alice]}, audiences: [a]}\n", "cannot unmarshal"},
+		{"user name for a uid", "token_endpoint: {listen: 127.0.0.1:15080, callers: {uids: [alice]}, audiences: [a]}\n", "token_endpoint.callers.uids[0]: \"alice\" is not a whole number"},
 		{"bad gid", "token_endpoint: {listen: unix:///run/t.sock, callers: {gids: [-3]}, audiences: [a]}\n", "token_endpoint.callers.gids[0]"},
 		{"empty audience", "token_endpoint: {listen: 127.0.0.1:15080, audiences: [a, \"\"]}\n", "token_endpoint.audiences[1]: empty"},
-		{"unknown field", "token_endpoint: {listen: 127.0.0.1:15080, audience: [a]}\n", "field audience not found in token_endpoint"},
-		{"unknown callers field", "token_endpoint: {listen: 127.0.0.1:15080, callers: {users: [1]}, audiences: [a]}\n", "field users not found in token_endpoint.callers"},
+		{"unknown field", "token_endpoint: {listen: 127.0.0.1:15080, audience: [a]}\n", "token_endpoint.audience: unknown field (did you mean audiences?)"},
+		{"unknown callers field", "token_endpoint: {listen: 127.0.0.1:15080, callers: {users: [1]}, audiences: [a]}\n", "token_endpoint.callers.users: unknown field"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -10,6 +10,8 @@ const (
 	Admin        = "admin"
 	Audience     = "audience"
 	Config       = "config"
+	Changed      = "changed"
+	Fields       = "fields"
 	Signal       = "signal"
 	Timeout      = "timeout"
 	BytesFromApp = "bytes_from_app"
