@@ -65,11 +65,57 @@ type InboundHTTP struct {
 	// RequireTxn refuses requests that carry no transaction token.
 	RequireTxn bool
 	// ResponseHeaderTimeout bounds the wait for the app's response headers
-	// once a request is sent to it; past it the request is answered 504
-	// with the reason "app_timeout". Zero, the default, waits as long as
-	// the peer does (its cancellation reaches the app), since long polls
-	// and gRPC streams may hold their headers back.
+	// once a request is authorized, the wait for a free app connection
+	// included: past it the request is answered 504 with the reason
+	// "app_timeout", or 503 "app_busy" if it never got an app connection.
+	// Zero selects DefaultAppResponseTimeout; a negative value waits as
+	// long as the peer does (its cancellation reaches the app), for apps
+	// whose long polls or gRPC streams hold their headers back longer.
 	ResponseHeaderTimeout time.Duration
+	// AppConnections caps the TCP connections to the app (in use, idle or
+	// being dialled) that the listener's requests share, whatever the
+	// number of peers or streams; a request finding them all busy waits
+	// for one, within ResponseHeaderTimeout. They are taken from the
+	// file-descriptor budget (see Config.MaxConnections). Zero selects
+	// DefaultAppConnections.
+	AppConnections int
+	// MaxConcurrentStreams caps the HTTP/2 streams one peer connection may
+	// have open at once; it is announced in SETTINGS_MAX_CONCURRENT_STREAMS
+	// and a stream past it is reset. Zero selects
+	// DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams int
+}
+
+// Defaults of InboundHTTP.
+const (
+	// DefaultAppResponseTimeout is long enough for a request the app
+	// answers at all, and for the common long polls (20-30 s); a gRPC
+	// server stream or long poll that sends no headers for longer must
+	// raise it or turn it off. It matches nginx's proxy_read_timeout.
+	DefaultAppResponseTimeout = 60 * time.Second
+	// DefaultAppConnections bounds the app connections of one listener.
+	DefaultAppConnections = 64
+	// DefaultMaxConcurrentStreams is the HTTP/2 streams one peer
+	// connection may have open; RFC 9113 recommends no less than 100, and
+	// net/http's own default is 250.
+	DefaultMaxConcurrentStreams = 100
+)
+
+// withDefaults returns c with every zero field set to its default.
+func (c InboundHTTP) withDefaults() InboundHTTP {
+	if c.TokenHeader == "" {
+		c.TokenHeader = "Authorization"
+	}
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = DefaultAppResponseTimeout
+	}
+	if c.AppConnections <= 0 {
+		c.AppConnections = DefaultAppConnections
+	}
+	if c.MaxConcurrentStreams <= 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	return c
 }
 
 // OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
@@ -159,6 +205,7 @@ type httpInbound struct {
 	ln    *chanListener
 	srv   *http.Server
 	proxy *httputil.ReverseProxy
+	app   *http.Transport // the proxy's, to the app
 
 	mu   sync.Mutex
 	open map[net.Conn]*httpConn
@@ -193,20 +240,18 @@ type httpConn struct {
 type httpConnKey struct{}
 
 func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
-	if cfg.TokenHeader == "" {
-		cfg.TokenHeader = "Authorization"
-	}
+	cfg = cfg.withDefaults()
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		DialContext:         (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		MaxConnsPerHost:     cfg.AppConnections,
+		MaxIdleConnsPerHost: cfg.AppConnections,
+		IdleConnTimeout:     90 * time.Second,
 	}
 	if cfg.AppH2C {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
-	h := &httpInbound{cfg: cfg}
+	h := &httpInbound{cfg: cfg, app: tr}
 	if len(cfg.TxnMinters.Patterns()) > 0 {
 		h.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows})
 	}
@@ -215,7 +260,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     tr,
+		Transport:     appBound{rt: tr, limit: cfg.ResponseHeaderTimeout},
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -225,8 +270,13 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 				p.m.refused(l.dir, "client_canceled", true)
 				return
 			}
+			if errors.Is(err, errAppBusy) {
+				p.m.refused(l.dir, "app_busy", true)
+				deny(w, r, http.StatusServiceUnavailable, 14, "app_busy")
+				return
+			}
 			var oe *net.OpError
-			if isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
+			if errors.Is(err, errAppTimeout) || isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
 				p.m.refused(l.dir, "app_timeout", true)
 				deny(w, r, http.StatusGatewayTimeout, 4, "app_timeout")
 				return
@@ -237,6 +287,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h.srv = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveInboundHTTP(l, h, w, r) }),
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxConcurrentStreams},
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -432,13 +483,19 @@ type httpOutbound struct {
 	audience string
 }
 
+// pool is c.Pool or its default.
+func (c OutboundHTTP) pool() int {
+	if c.Pool <= 0 {
+		return 2
+	}
+	return c.Pool
+}
+
 func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffeid.ID) *httpOutbound {
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "X-Credflow-Jwt-Svid"
 	}
-	if cfg.Pool <= 0 {
-		cfg.Pool = 2
-	}
+	cfg.Pool = cfg.pool()
 	h := &httpOutbound{cfg: cfg, audience: cfg.JWTAudience}
 	if h.audience == "" && !expectOne.IsZero() {
 		h.audience = expectOne.String()
@@ -529,6 +586,50 @@ func (b connectBound) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		timer.Stop()
 		if cause := context.Cause(ctx); errors.Is(cause, errNoUpstreamConn) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+		cancel(nil)
+	}
+	return resp, err
+}
+
+// Causes of a request to the app that ran out of time.
+var (
+	errAppBusy    = errors.New("proxy: no app connection free in time")
+	errAppTimeout = errors.New("proxy: no response headers from the app in time")
+)
+
+// appBound fails a request whose response headers have not come from rt
+// within limit (none if limit is negative): with errAppBusy if it was
+// still waiting for one of the listener's app connections, else with
+// errAppTimeout. http.Transport's own ResponseHeaderTimeout starts only
+// once the request is written, so it does not bound the wait for a
+// connection.
+type appBound struct {
+	rt    http.RoundTripper
+	limit time.Duration
+}
+
+func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
+	if b.limit < 0 {
+		return b.rt.RoundTrip(r)
+	}
+	// As in connectBound, the context ends with the request's, so the
+	// response body is read under it.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	var gotConn atomic.Bool
+	timer := time.AfterFunc(b.limit, func() {
+		if gotConn.Load() {
+			cancel(errAppTimeout)
+		} else {
+			cancel(errAppBusy)
+		}
+	})
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) }})
+	resp, err := b.rt.RoundTrip(r.WithContext(ctx))
+	timer.Stop()
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errAppBusy) || errors.Is(cause, errAppTimeout) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
 		cancel(nil)

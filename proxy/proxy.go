@@ -123,8 +123,9 @@ type Config struct {
 	// MaxConnections bounds the connections open at once, both directions
 	// together; further ones are closed at accept with the reason "limit".
 	// Default 10000, lowered to what the file-descriptor limit allows (two
-	// per connection, with a reserve of a sixteenth, at least 64), so that
-	// the admin endpoints keep answering. A connection that still finds no
+	// per connection, with a reserve of a sixteenth, at least 64, and the
+	// sockets HTTP listeners share: each inbound's AppConnections, twice
+	// each outbound's Pool), so that the admin endpoints keep answering. A connection that still finds no
 	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
 	// RevalidateInterval is how often established connections are checked
@@ -227,9 +228,10 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	discard := slog.New(slog.DiscardHandler)
 	log := cmpOr(cfg.Logger, discard)
-	if budget := fdBudget(); budget > 0 && cfg.MaxConnections > budget {
+	shared := sharedSockets(cfg)
+	if budget := fdBudget(shared); budget > 0 && cfg.MaxConnections > budget {
 		log.Warn("proxy: max_connections lowered to what the file-descriptor limit allows",
-			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget))
+			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget), slog.Int("http_shared_sockets", shared))
 		cfg.MaxConnections = budget
 	}
 	p := &Proxy{
