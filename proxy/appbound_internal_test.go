@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -26,9 +27,10 @@ type fixedSVID struct{ svid *x509svid.SVID }
 
 func (f fixedSVID) GetX509SVID() (*x509svid.SVID, error) { return f.svid, nil }
 
-// silentApp is an app on in-memory connections that reads each request and
-// never answers, until closed.
-type silentApp struct {
+// pipeApp is an app on in-memory connections that reads each request and
+// never completes a response: to a path under /stream it sends the
+// response headers and no end of body, to any other it sends nothing.
+type pipeApp struct {
 	mu     sync.Mutex
 	dials  int
 	conns  []net.Conn
@@ -36,7 +38,7 @@ type silentApp struct {
 	wg     sync.WaitGroup
 }
 
-func (a *silentApp) dial(context.Context, string, string) (net.Conn, error) {
+func (a *pipeApp) dial(context.Context, string, string) (net.Conn, error) {
 	client, server := net.Pipe()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -47,7 +49,10 @@ func (a *silentApp) dial(context.Context, string, string) (net.Conn, error) {
 	a.conns = append(a.conns, server)
 	a.wg.Go(func() {
 		br := bufio.NewReader(server)
-		if _, err := http.ReadRequest(br); err == nil {
+		if r, err := http.ReadRequest(br); err == nil {
+			if strings.HasPrefix(r.URL.Path, "/stream") {
+				io.WriteString(server, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+			}
 			io.Copy(io.Discard, br) // until the sidecar gives up
 		}
 		server.Close()
@@ -55,13 +60,13 @@ func (a *silentApp) dial(context.Context, string, string) (net.Conn, error) {
 	return client, nil
 }
 
-func (a *silentApp) dialled() int {
+func (a *pipeApp) dialled() int {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.dials
 }
 
-func (a *silentApp) close() {
+func (a *pipeApp) close() {
 	a.mu.Lock()
 	a.closed = true
 	for _, c := range a.conns {
@@ -71,75 +76,123 @@ func (a *silentApp) close() {
 	a.wg.Wait()
 }
 
+// pipeRig is an HTTP inbound listener with the default settings in front
+// of a pipeApp, driven without sockets: requests go straight to its
+// handler as if from /frontend.
+type pipeRig struct {
+	p    *Proxy
+	l    *listener
+	app  *pipeApp
+	peer *tls.ConnectionState
+	wg   sync.WaitGroup
+}
+
+func newPipeRig(t *testing.T) *pipeRig {
+	td := spiffeid.RequireTrustDomainFromString("example.org")
+	ca := testca.New(t, td)
+	front, _ := authz.ParsePolicy([]string{"spiffe://example.org/frontend"})
+	all, _ := route.ParsePath("/*")
+	p, err := New(Config{
+		SVIDs:   fixedSVID{ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Inbound: []Inbound{{Name: "app", Listen: "127.0.0.1:0", App: "app.test:80", Allow: front,
+			HTTP: &InboundHTTP{Routes: route.Table{Rules: []route.Rule{{Peers: front, Paths: []route.Path{all}}}}}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &pipeRig{p: p, l: p.listeners[0], app: &pipeApp{},
+		peer: &tls.ConnectionState{PeerCertificates: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")).Certificates}}
+	r.l.httpIn.app.DialContext = r.app.dial
+	return r
+}
+
+// serve sends a GET of path; done is closed once it is answered.
+func (r *pipeRig) serve(path string) (rec *httptest.ResponseRecorder, done <-chan struct{}) {
+	rec = httptest.NewRecorder()
+	req := httptest.NewRequest("GET", "http://backend"+path, nil)
+	req.TLS = r.peer
+	ch := make(chan struct{})
+	r.wg.Go(func() {
+		defer close(ch)
+		r.p.serveInboundHTTP(r.l, r.l.httpIn, rec, req)
+	})
+	return rec, ch
+}
+
+// stop ends every request and the app.
+func (r *pipeRig) stop() {
+	r.app.close()
+	r.wg.Wait()
+	r.l.httpIn.app.CloseIdleConnections()
+}
+
+// answeredAt checks, on the fake clock, that done is closed at d from now
+// and not before.
+func answeredAt(t *testing.T, done <-chan struct{}, d time.Duration) bool {
+	t.Helper()
+	time.Sleep(d - time.Millisecond)
+	synctest.Wait()
+	select {
+	case <-done:
+		t.Errorf("answered before %s", d)
+		return false
+	default:
+	}
+	time.Sleep(time.Millisecond)
+	synctest.Wait()
+	select {
+	case <-done:
+		return true
+	default:
+		t.Errorf("not answered at %s", d)
+		return false
+	}
+}
+
 // TestHTTPAppDefaults is S15-9 with the defaults of an HTTP inbound
-// listener, on a fake clock: 65 authorized requests to an app that never
-// answers. 64 connections are opened to the app (DefaultAppConnections);
-// the 65th request waits for one. Nothing is answered before
-// DefaultAppResponseTimeout; at it the 64 requests on a connection are
-// answered 504 app_timeout and the one that got none 503 app_busy.
+// listener, on a fake clock. 64 streamed responses hold every app
+// connection (DefaultAppConnections); one more request gets no
+// connection, and at DefaultAppResponseTimeout, not before, it is
+// answered 503 app_busy. A request the app never answers is answered 504
+// app_timeout at the same timeout.
 func TestHTTPAppDefaults(t *testing.T) {
 	const (
-		appCap   = 64
-		timeout  = 60 * time.Second
-		requests = appCap + 1
+		appCap  = 64
+		timeout = 60 * time.Second
 	)
-	synctest.Test(t, func(t *testing.T) {
-		td := spiffeid.RequireTrustDomainFromString("example.org")
-		ca := testca.New(t, td)
-		front, _ := authz.ParsePolicy([]string{"spiffe://example.org/frontend"})
-		all, _ := route.ParsePath("/*")
-		p, err := New(Config{
-			SVIDs:   fixedSVID{ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
-			Bundles: x509bundle.NewSet(ca.Bundle()),
-			Inbound: []Inbound{{Name: "app", Listen: "127.0.0.1:0", App: "app.test:80", Allow: front,
-				HTTP: &InboundHTTP{Routes: route.Table{Rules: []route.Rule{{Peers: front, Paths: []route.Path{all}}}}}}},
+	t.Run("app_busy", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			r := newPipeRig(t)
+			defer r.stop()
+			for range appCap {
+				r.serve("/stream")
+			}
+			synctest.Wait()
+			if n := r.app.dialled(); n != appCap {
+				t.Errorf("%d connections to the app for %d streams, want %d", n, appCap, appCap)
+			}
+			rec, done := r.serve("/x")
+			if answeredAt(t, done, timeout) {
+				if rec.Code != http.StatusServiceUnavailable || rec.Header().Get("X-Credflow-Reason") != "app_busy" {
+					t.Errorf("got %d %q, want 503 app_busy", rec.Code, rec.Header().Get("X-Credflow-Reason"))
+				}
+			}
+			if n := r.app.dialled(); n != appCap {
+				t.Errorf("%d connections to the app, want %d", n, appCap)
+			}
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		l := p.listeners[0]
-		app := &silentApp{}
-		l.httpIn.app.DialContext = app.dial
-		peer := &tls.ConnectionState{PeerCertificates: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")).Certificates}
-
-		start := time.Now()
-		recs := make([]*httptest.ResponseRecorder, requests)
-		var done sync.WaitGroup
-		for i := range recs {
-			recs[i] = httptest.NewRecorder()
-			r := httptest.NewRequest("GET", "http://backend/x", nil)
-			r.TLS = peer
-			done.Go(func() { p.serveInboundHTTP(l, l.httpIn, recs[i], r) })
-		}
-		finished := make(chan struct{})
-		go func() { done.Wait(); close(finished) }()
-
-		time.Sleep(timeout - time.Millisecond)
-		synctest.Wait()
-		if n := app.dialled(); n != appCap {
-			t.Errorf("%d connections to the app for %d requests, want %d", n, requests, appCap)
-		}
-		select {
-		case <-finished:
-			t.Fatalf("answered after %s, before the default response timeout", time.Since(start))
-		default:
-		}
-		time.Sleep(time.Millisecond)
-		synctest.Wait()
-		select {
-		case <-finished:
-		default:
-			app.close() // so that the requests end and the bubble can
-			t.Fatalf("not answered at the default response timeout (%s)", timeout)
-		}
-		got := map[string]int{}
-		for _, rec := range recs {
-			got[rec.Result().Status+" "+rec.Header().Get("X-Credflow-Reason")]++
-		}
-		if got["504 Gateway Timeout app_timeout"] != appCap || got["503 Service Unavailable app_busy"] != 1 {
-			t.Errorf("answers %v, want %d × 504 app_timeout and 1 × 503 app_busy", got, appCap)
-		}
-		app.close()
-		l.httpIn.app.CloseIdleConnections()
+	})
+	t.Run("app_timeout", func(t *testing.T) {
+		synctest.Test(t, func(t *testing.T) {
+			r := newPipeRig(t)
+			defer r.stop()
+			rec, done := r.serve("/x")
+			if answeredAt(t, done, timeout) {
+				if rec.Code != http.StatusGatewayTimeout || rec.Header().Get("X-Credflow-Reason") != "app_timeout" {
+					t.Errorf("got %d %q, want 504 app_timeout", rec.Code, rec.Header().Get("X-Credflow-Reason"))
+				}
+			}
+		})
 	})
 }

@@ -520,14 +520,37 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		Transport:     connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ModifyResponse: func(resp *http.Response) error {
+			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {
+				rec.responded(p, l, resp)
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			rec, _ := r.Context().Value(outboundRequestKey{}).(*outboundRequest)
 			if r.Context().Err() != nil {
 				p.m.refused(l.dir, "client_canceled", true) // the app went away
+				rec.set("error", "client_canceled", 0, spiffeid.ID{})
 				return
 			}
-			p.m.refused(l.dir, "upstream_unavailable", true)
 			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
-			deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+			var refusal *upstreamRefusal
+			switch {
+			case errors.As(err, &refusal):
+				// Counted once, with its connection, by dialUpstream.
+				rec.set("deny", refusal.reason, http.StatusBadGateway, refusal.peer)
+				deny(w, r, http.StatusBadGateway, 14, refusal.reason)
+			case rec.upstream().refusedUs(err):
+				// The upstream refused us after our side of the TLS 1.3
+				// handshake had completed.
+				peer := p.upstreamRefusedUs(l, rec.upstream())
+				rec.set("deny", "peer_refused", http.StatusBadGateway, peer)
+				deny(w, r, http.StatusBadGateway, 14, "peer_refused")
+			default:
+				p.m.refused(l.dir, "upstream_unavailable", true)
+				rec.set("error", "upstream_unavailable", http.StatusBadGateway, spiffeid.ID{})
+				deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+			}
 		},
 	}
 	protocols := new(http.Protocols)
@@ -536,15 +559,21 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	h.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			rec := &outboundRequest{h: h, decision: "allow"}
+			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
+			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
+			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			if h.cfg.Exchange {
 				if reason := p.exchange(r, h); reason != "" {
 					p.m.refused(l.dir, reason, false)
+					rec.set("deny", reason, http.StatusUnauthorized, spiffeid.ID{})
 					deny(w, r, http.StatusUnauthorized, 16, reason)
 					return
 				}
 			}
 			if err := p.attachJWT(r, h); err != nil {
 				p.m.refused(l.dir, "no_token", true)
+				rec.set("error", "no_token", http.StatusServiceUnavailable, spiffeid.ID{})
 				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
 				return
 			}
@@ -561,6 +590,70 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		},
 	}
 	return h
+}
+
+// outboundRequest is what an HTTP outbound listener learns of one request
+// on its way, for its access-log line: the pooled connection it took, the
+// upstream it reached and the outcome.
+type outboundRequest struct {
+	h *httpOutbound
+
+	mu       sync.Mutex
+	conn     *upstreamConn
+	peer     spiffeid.ID
+	decision string
+	reason   string
+	status   int
+}
+
+// outboundRequestKey is the context key of a request's *outboundRequest.
+type outboundRequestKey struct{}
+
+func (o *outboundRequest) gotConn(info httptrace.GotConnInfo) {
+	uc := o.h.pool.conn(info.Conn)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.conn = uc
+}
+
+// upstream returns the pooled connection the request took, if known.
+func (o *outboundRequest) upstream() *upstreamConn {
+	if o == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conn
+}
+
+// responded records the upstream's response, and counts the connection it
+// came over as established.
+func (o *outboundRequest) responded(p *Proxy, l *listener, resp *http.Response) {
+	var peer spiffeid.ID
+	if uc := o.upstream(); uc != nil {
+		p.upstreamResponded(l, uc)
+		peer = uc.peer
+	} else if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
+		peer, _ = peerOf(resp.TLS)
+	}
+	o.set("allow", "", resp.StatusCode, peer)
+}
+
+func (o *outboundRequest) set(decision, reason string, status int, peer spiffeid.ID) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.decision, o.reason, o.status, o.peer = decision, reason, status, peer
+}
+
+// log writes the request's access-log line.
+func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Request) {
+	o.mu.Lock()
+	decision, reason, status, peer := o.decision, o.reason, o.status, o.peer
+	o.mu.Unlock()
+	p.httpAccess(l, start, peer, r, decision, reason, status)
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in
@@ -694,7 +787,9 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 	return nil
 }
 
-// httpAccess writes the access-log line of one request. The path logged is
+// httpAccess writes the access-log line of one request: inbound, when it
+// is refused or forwarded to the app (status 0: not known yet); outbound,
+// once answered, with the verified upstream as peer. The path logged is
 // the canonical one; no header value is logged.
 func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int) {
 	attrs := []slog.Attr{
@@ -702,13 +797,18 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 		slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Transport, "http"),
 		slog.String(logkey.Decision, decision),
-		slog.String(logkey.PeerID, peer.String()),
 		slog.String(logkey.Method, r.Method),
 		slog.String(logkey.Proto, r.Proto),
 		slog.Float64(logkey.DurationMS, float64(time.Since(start).Microseconds())/1000),
 	}
+	if !peer.IsZero() {
+		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
+	}
 	if reason != "" {
-		attrs = append(attrs, slog.String(logkey.Reason, reason), slog.Int(logkey.Status, status))
+		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	}
+	if status != 0 {
+		attrs = append(attrs, slog.Int(logkey.Status, status))
 	}
 	if path, err := route.Normalize(r.URL.EscapedPath()); err == nil && len(path) <= 256 {
 		attrs = append(attrs, slog.String(logkey.Path, path))
