@@ -820,8 +820,9 @@ func (p *Proxy) Draining() bool {
 	return p.draining
 }
 
-// NegotiatedGroups counts the relayed connections by the key-exchange group
-// they negotiated, since start.
+// NegotiatedGroups counts the relayed connections, and the HTTP
+// connections between sidecars (pooled outbound ones included), by the
+// key-exchange group they negotiated, since start.
 func (p *Proxy) NegotiatedGroups() map[string]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()
