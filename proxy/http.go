@@ -75,11 +75,57 @@ type InboundHTTP struct {
 	// (txn.VerifyConfig.SingleUse).
 	TxnSingleUse bool
 	// ResponseHeaderTimeout bounds the wait for the app's response headers
-	// once a request is sent to it; past it the request is answered 504
-	// with the reason "app_timeout". Zero, the default, waits as long as
-	// the peer does (its cancellation reaches the app), since long polls
-	// and gRPC streams may hold their headers back.
+	// once a request is authorized, the wait for a free app connection
+	// included: past it the request is answered 504 with the reason
+	// "app_timeout", or 503 "app_busy" if it never got an app connection.
+	// Zero selects DefaultAppResponseTimeout; a negative value waits as
+	// long as the peer does (its cancellation reaches the app), for apps
+	// whose long polls or gRPC streams hold their headers back longer.
 	ResponseHeaderTimeout time.Duration
+	// AppConnections caps the TCP connections to the app (in use, idle or
+	// being dialled) that the listener's requests share, whatever the
+	// number of peers or streams; a request finding them all busy waits
+	// for one, within ResponseHeaderTimeout. They are taken from the
+	// file-descriptor budget (see Config.MaxConnections). Zero selects
+	// DefaultAppConnections.
+	AppConnections int
+	// MaxConcurrentStreams caps the HTTP/2 streams one peer connection may
+	// have open at once; it is announced in SETTINGS_MAX_CONCURRENT_STREAMS
+	// and a stream past it is reset. Zero selects
+	// DefaultMaxConcurrentStreams.
+	MaxConcurrentStreams int
+}
+
+// Defaults of InboundHTTP.
+const (
+	// DefaultAppResponseTimeout is long enough for a request the app
+	// answers at all, and for the common long polls (20-30 s); a gRPC
+	// server stream or long poll that sends no headers for longer must
+	// raise it or turn it off. It matches nginx's proxy_read_timeout.
+	DefaultAppResponseTimeout = 60 * time.Second
+	// DefaultAppConnections bounds the app connections of one listener.
+	DefaultAppConnections = 64
+	// DefaultMaxConcurrentStreams is the HTTP/2 streams one peer
+	// connection may have open; RFC 9113 recommends no less than 100, and
+	// net/http's own default is 250.
+	DefaultMaxConcurrentStreams = 100
+)
+
+// withDefaults returns c with every zero field set to its default.
+func (c InboundHTTP) withDefaults() InboundHTTP {
+	if c.TokenHeader == "" {
+		c.TokenHeader = "Authorization"
+	}
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = DefaultAppResponseTimeout
+	}
+	if c.AppConnections <= 0 {
+		c.AppConnections = DefaultAppConnections
+	}
+	if c.MaxConcurrentStreams <= 0 {
+		c.MaxConcurrentStreams = DefaultMaxConcurrentStreams
+	}
+	return c
 }
 
 // OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
@@ -170,6 +216,7 @@ type httpInbound struct {
 	ln       *chanListener
 	srv      *http.Server
 	proxy    *httputil.ReverseProxy
+	app      *http.Transport // the proxy's, to the app
 
 	mu   sync.Mutex
 	open map[net.Conn]*httpConn
@@ -223,6 +270,7 @@ type httpSettings struct {
 // verifier's own settings are unchanged: a reload that changes routes
 // must not empty the single-use record and so accept a replay.
 func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettings {
+	cfg = cfg.withDefaults()
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "Authorization"
 	}
@@ -239,17 +287,18 @@ func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettin
 }
 
 func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
+	cfg = cfg.withDefaults()
 	tr := &http.Transport{
-		DialContext:           (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
-		MaxIdleConnsPerHost:   64,
-		IdleConnTimeout:       90 * time.Second,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		DialContext:         (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		MaxConnsPerHost:     cfg.AppConnections,
+		MaxIdleConnsPerHost: cfg.AppConnections,
+		IdleConnTimeout:     90 * time.Second,
 	}
 	if cfg.AppH2C {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
-	h := &httpInbound{}
+	h := &httpInbound{app: tr}
 	h.settings.Store(p.newHTTPSettings(cfg, nil))
 	h.proxy = &httputil.ReverseProxy{
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -268,7 +317,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 			return nil
 		},
-		Transport:     tr,
+		Transport:     appBound{rt: tr, limit: cfg.ResponseHeaderTimeout},
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -283,8 +332,13 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 				deny(w, r, http.StatusBadGateway, 14, "app_bad_upgrade")
 				return
 			}
+			if errors.Is(err, errAppBusy) {
+				p.m.refused(l.dir, "app_busy", true)
+				deny(w, r, http.StatusServiceUnavailable, 14, "app_busy")
+				return
+			}
 			var oe *net.OpError
-			if isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
+			if errors.Is(err, errAppTimeout) || isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
 				p.m.refused(l.dir, "app_timeout", true)
 				deny(w, r, http.StatusGatewayTimeout, 4, "app_timeout")
 				return
@@ -295,6 +349,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h.srv = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveInboundHTTP(l, h, w, r) }),
+		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxConcurrentStreams},
 		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
 		IdleTimeout:       p.cfg.IdleTimeout,
 		MaxHeaderBytes:    64 << 10,
@@ -591,13 +646,19 @@ type httpOutbound struct {
 	audience string
 }
 
+// pool is c.Pool or its default.
+func (c OutboundHTTP) pool() int {
+	if c.Pool <= 0 {
+		return 2
+	}
+	return c.Pool
+}
+
 func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffeid.ID) *httpOutbound {
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "X-Credflow-Jwt-Svid"
 	}
-	if cfg.Pool <= 0 {
-		cfg.Pool = 2
-	}
+	cfg.Pool = cfg.pool()
 	h := &httpOutbound{cfg: cfg, audience: cfg.JWTAudience}
 	if h.audience == "" && !expectOne.IsZero() {
 		h.audience = expectOne.String()
@@ -622,14 +683,37 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		Transport:     connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		ModifyResponse: func(resp *http.Response) error {
+			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {
+				rec.responded(p, l, resp)
+			}
+			return nil
+		},
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+			rec, _ := r.Context().Value(outboundRequestKey{}).(*outboundRequest)
 			if r.Context().Err() != nil {
 				p.m.refused(l.dir, "client_canceled", true) // the app went away
+				rec.set("error", "client_canceled", 0, spiffeid.ID{})
 				return
 			}
-			p.m.refused(l.dir, "upstream_unavailable", true)
 			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
-			deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+			var refusal *upstreamRefusal
+			switch {
+			case errors.As(err, &refusal):
+				// Counted once, with its connection, by dialUpstream.
+				rec.set("deny", refusal.reason, http.StatusBadGateway, refusal.peer)
+				deny(w, r, http.StatusBadGateway, 14, refusal.reason)
+			case rec.upstream().refusedUs(err):
+				// The upstream refused us after our side of the TLS 1.3
+				// handshake had completed.
+				peer := p.upstreamRefusedUs(l, rec.upstream())
+				rec.set("deny", "peer_refused", http.StatusBadGateway, peer)
+				deny(w, r, http.StatusBadGateway, 14, "peer_refused")
+			default:
+				p.m.refused(l.dir, "upstream_unavailable", true)
+				rec.set("error", "upstream_unavailable", http.StatusBadGateway, spiffeid.ID{})
+				deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+			}
 		},
 	}
 	protocols := new(http.Protocols)
@@ -638,15 +722,21 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	h.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
+			rec := &outboundRequest{h: h, decision: "allow"}
+			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
+			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
+			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			if h.cfg.Exchange {
 				if reason := p.exchange(r, h); reason != "" {
 					p.m.refused(l.dir, reason, false)
+					rec.set("deny", reason, http.StatusUnauthorized, spiffeid.ID{})
 					deny(w, r, http.StatusUnauthorized, 16, reason)
 					return
 				}
 			}
 			if err := p.attachJWT(r, h); err != nil {
 				p.m.refused(l.dir, "no_token", true)
+				rec.set("error", "no_token", http.StatusServiceUnavailable, spiffeid.ID{})
 				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
 				return
 			}
@@ -663,6 +753,70 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		},
 	}
 	return h
+}
+
+// outboundRequest is what an HTTP outbound listener learns of one request
+// on its way, for its access-log line: the pooled connection it took, the
+// upstream it reached and the outcome.
+type outboundRequest struct {
+	h *httpOutbound
+
+	mu       sync.Mutex
+	conn     *upstreamConn
+	peer     spiffeid.ID
+	decision string
+	reason   string
+	status   int
+}
+
+// outboundRequestKey is the context key of a request's *outboundRequest.
+type outboundRequestKey struct{}
+
+func (o *outboundRequest) gotConn(info httptrace.GotConnInfo) {
+	uc := o.h.pool.conn(info.Conn)
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.conn = uc
+}
+
+// upstream returns the pooled connection the request took, if known.
+func (o *outboundRequest) upstream() *upstreamConn {
+	if o == nil {
+		return nil
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.conn
+}
+
+// responded records the upstream's response, and counts the connection it
+// came over as established.
+func (o *outboundRequest) responded(p *Proxy, l *listener, resp *http.Response) {
+	var peer spiffeid.ID
+	if uc := o.upstream(); uc != nil {
+		p.upstreamResponded(l, uc)
+		peer = uc.peer
+	} else if resp.TLS != nil && len(resp.TLS.PeerCertificates) > 0 {
+		peer, _ = peerOf(resp.TLS)
+	}
+	o.set("allow", "", resp.StatusCode, peer)
+}
+
+func (o *outboundRequest) set(decision, reason string, status int, peer spiffeid.ID) {
+	if o == nil {
+		return
+	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.decision, o.reason, o.status, o.peer = decision, reason, status, peer
+}
+
+// log writes the request's access-log line.
+func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Request) {
+	o.mu.Lock()
+	decision, reason, status, peer := o.decision, o.reason, o.status, o.peer
+	o.mu.Unlock()
+	p.httpAccess(l, start, peer, r, decision, reason, status)
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in
@@ -688,6 +842,50 @@ func (b connectBound) RoundTrip(r *http.Request) (*http.Response, error) {
 	if err != nil {
 		timer.Stop()
 		if cause := context.Cause(ctx); errors.Is(cause, errNoUpstreamConn) {
+			err = fmt.Errorf("%w: %w", cause, err)
+		}
+		cancel(nil)
+	}
+	return resp, err
+}
+
+// Causes of a request to the app that ran out of time.
+var (
+	errAppBusy    = errors.New("proxy: no app connection free in time")
+	errAppTimeout = errors.New("proxy: no response headers from the app in time")
+)
+
+// appBound fails a request whose response headers have not come from rt
+// within limit (none if limit is negative): with errAppBusy if it was
+// still waiting for one of the listener's app connections, else with
+// errAppTimeout. http.Transport's own ResponseHeaderTimeout starts only
+// once the request is written, so it does not bound the wait for a
+// connection.
+type appBound struct {
+	rt    http.RoundTripper
+	limit time.Duration
+}
+
+func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
+	if b.limit < 0 {
+		return b.rt.RoundTrip(r)
+	}
+	// As in connectBound, the context ends with the request's, so the
+	// response body is read under it.
+	ctx, cancel := context.WithCancelCause(r.Context())
+	var gotConn atomic.Bool
+	timer := time.AfterFunc(b.limit, func() {
+		if gotConn.Load() {
+			cancel(errAppTimeout)
+		} else {
+			cancel(errAppBusy)
+		}
+	})
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: func(httptrace.GotConnInfo) { gotConn.Store(true) }})
+	resp, err := b.rt.RoundTrip(r.WithContext(ctx))
+	timer.Stop()
+	if err != nil {
+		if cause := context.Cause(ctx); errors.Is(cause, errAppBusy) || errors.Is(cause, errAppTimeout) {
 			err = fmt.Errorf("%w: %w", cause, err)
 		}
 		cancel(nil)
@@ -752,7 +950,9 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 	return nil
 }
 
-// httpAccess writes the access-log line of one request. The path logged is
+// httpAccess writes the access-log line of one request: inbound, when it
+// is refused or forwarded to the app (status 0: not known yet); outbound,
+// once answered, with the verified upstream as peer. The path logged is
 // the canonical one; no header value is logged.
 func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int) {
 	attrs := []slog.Attr{
@@ -760,13 +960,18 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 		slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Transport, "http"),
 		slog.String(logkey.Decision, decision),
-		slog.String(logkey.PeerID, peer.String()),
 		slog.String(logkey.Method, r.Method),
 		slog.String(logkey.Proto, r.Proto),
 		slog.Float64(logkey.DurationMS, float64(time.Since(start).Microseconds())/1000),
 	}
+	if !peer.IsZero() {
+		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
+	}
 	if reason != "" {
-		attrs = append(attrs, slog.String(logkey.Reason, reason), slog.Int(logkey.Status, status))
+		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	}
+	if status != 0 {
+		attrs = append(attrs, slog.Int(logkey.Status, status))
 	}
 	if path, err := route.Normalize(r.URL.EscapedPath()); err == nil && len(path) <= 256 {
 		attrs = append(attrs, slog.String(logkey.Path, path))

@@ -3,10 +3,16 @@ package proxy
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"net"
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/pqc"
+	"github.com/credflow/credflow/proxy/mtls"
 )
 
 // upstreamPool is an HTTP outbound listener's client to its upstream
@@ -20,6 +26,7 @@ import (
 // connections close as they fall idle.
 type upstreamPool struct {
 	build func(g *poolGen) *http.Transport
+	conns sync.Map // *tls.Conn -> *upstreamConn, until closedKeep after it closed
 
 	mu  sync.Mutex
 	cur *poolGen
@@ -61,9 +68,29 @@ func (u *upstreamPool) RoundTrip(r *http.Request) (*http.Response, error) {
 	return tr.RoundTrip(r)
 }
 
+// closedKeep is how long the record of a closed connection is kept: the
+// HTTP/2 client keeps a connection that closed before its first request in
+// its pool for up to 5 s, handing it to requests that then fail on it.
+const closedKeep = 10 * time.Second
+
+// conn returns the record of a connection the pool dialled, or nil.
+func (u *upstreamPool) conn(c net.Conn) *upstreamConn {
+	uc, _ := u.conns.Load(c)
+	r, _ := uc.(*upstreamConn)
+	return r
+}
+
 // sweep closes the idle connections of replaced transports and forgets
-// those with none left open.
+// those with none left open, and the records of connections closed for
+// closedKeep.
 func (u *upstreamPool) sweep() {
+	now := time.Now()
+	u.conns.Range(func(c, uc any) bool {
+		if at := uc.(*upstreamConn).closedAt(); !at.IsZero() && now.Sub(at) > closedKeep {
+			u.conns.Delete(c)
+		}
+		return true
+	})
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	kept := u.old[:0]
@@ -101,18 +128,19 @@ func (g *poolGen) openConns() int {
 
 // dialed counts a new connection and returns raw wrapped to count its
 // closing.
-func (g *poolGen) dialed(raw net.Conn) net.Conn {
+func (g *poolGen) dialed(raw net.Conn) *countedConn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.open++
 	return &countedConn{Conn: raw, g: g}
 }
 
-// countedConn tells its poolGen when it closes.
+// countedConn tells its poolGen when it closes, and runs onClose if set.
 type countedConn struct {
 	net.Conn
-	g    *poolGen
-	once sync.Once
+	g       *poolGen
+	onClose func() // set before the connection is handed to the transport
+	once    sync.Once
 }
 
 func (c *countedConn) Close() error {
@@ -120,8 +148,143 @@ func (c *countedConn) Close() error {
 		c.g.mu.Lock()
 		c.g.open--
 		c.g.mu.Unlock()
+		if c.onClose != nil {
+			c.onClose()
+		}
 	})
 	return c.Conn.Close()
+}
+
+// upstreamConn is a pooled connection to the upstream sidecar. It is
+// counted as an established connection (metrics, NegotiatedGroups) once a
+// response has come over it, as a relayed TCP connection is once the
+// peer has not refused it: in TLS 1.3 the server refuses a client
+// certificate after the client's handshake has completed.
+type upstreamConn struct {
+	cs     *tls.ConnectionState
+	peer   spiffeid.ID
+	closed chan struct{}
+
+	mu                 sync.Mutex
+	confirmed, refused bool
+	endedAt            time.Time // when it closed
+}
+
+// closedAt is when uc closed, or zero.
+func (uc *upstreamConn) closedAt() time.Time {
+	uc.mu.Lock()
+	defer uc.mu.Unlock()
+	return uc.endedAt
+}
+
+// closeGrace is how long a request that failed on a fresh pooled
+// connection waits for the connection to close, to tell a refusal by the
+// upstream from a failure of the request alone.
+const closeGrace = time.Second
+
+// refusedUs reports whether err, failing a request on uc, means that the
+// upstream refused this side: a TLS alert from it, or, on a connection
+// that never carried a response, a reset, a broken pipe (our write raced
+// its close after the alert) or the connection closing. The HTTP/2 client
+// reports a connection closed before its first request was sent only as
+// "could not be established", and closes it just after. Like
+// refusedByPeer for relayed connections.
+func (uc *upstreamConn) refusedUs(err error) bool {
+	if remoteAlert(err) {
+		return true
+	}
+	if uc == nil || uc.wasConfirmed() {
+		return false
+	}
+	if refusedByPeer(err) {
+		return true
+	}
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-uc.closed:
+		return !uc.wasConfirmed()
+	case <-t.C:
+		return false
+	}
+}
+
+func (uc *upstreamConn) wasConfirmed() bool {
+	uc.mu.Lock()
+	defer uc.mu.Unlock()
+	return uc.confirmed
+}
+
+// upstreamRefusal fails a request whose pooled connection could not be
+// made for a reason of policy: this side refused the upstream's identity
+// or key exchange, or the upstream refused this side.
+type upstreamRefusal struct {
+	reason string
+	peer   spiffeid.ID // the refused upstream, if this side refused it
+	err    error
+}
+
+func (e *upstreamRefusal) Error() string {
+	return "proxy: upstream connection refused (" + e.reason + "): " + e.err.Error()
+}
+
+func (e *upstreamRefusal) Unwrap() error { return e.err }
+
+// remoteAlert reports whether err is a TLS alert from the peer.
+func remoteAlert(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "remote error"
+}
+
+// upstreamResponded counts uc as established on the first response over
+// it.
+func (p *Proxy) upstreamResponded(l *listener, uc *upstreamConn) {
+	uc.mu.Lock()
+	first, ended := !uc.confirmed, !uc.endedAt.IsZero()
+	uc.confirmed = true
+	uc.mu.Unlock()
+	if !first {
+		return
+	}
+	p.mu.Lock()
+	p.groups[GroupName(uc.cs.CurveID)]++
+	p.mu.Unlock()
+	if !ended {
+		p.m.started(l.dir) // upstreamClosed ends it
+	}
+	p.m.established(l.dir, uc.cs)
+	if p.cfg.KeyExchange.Classical(uc.cs.CurveID, uc.peer.TrustDomain()) {
+		p.m.classicalAccepted(l.dir, uc.peer.TrustDomain().Name())
+	}
+}
+
+// upstreamRefusedUs counts a refusal by the upstream, once per
+// connection (uc, if known), and returns the upstream's ID if known.
+func (p *Proxy) upstreamRefusedUs(l *listener, uc *upstreamConn) spiffeid.ID {
+	if uc == nil {
+		p.m.refused(l.dir, "peer_refused", false)
+		return spiffeid.ID{}
+	}
+	uc.mu.Lock()
+	first := !uc.refused
+	uc.refused = true
+	uc.mu.Unlock()
+	if first {
+		p.m.refused(l.dir, "peer_refused", false)
+	}
+	return uc.peer
+}
+
+// upstreamClosed ends uc's count as an active connection. It runs once.
+func (p *Proxy) upstreamClosed(l *listener, uc *upstreamConn) {
+	uc.mu.Lock()
+	was := uc.confirmed
+	uc.endedAt = time.Now()
+	uc.mu.Unlock()
+	close(uc.closed)
+	if was {
+		p.m.finished(l.dir, 0, 0)
+	}
 }
 
 // dialUpstream dials an HTTP outbound listener's upstream and completes
@@ -139,7 +302,23 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		counted.Close()
-		p.refuse(l, time.Now(), err, "peer_refused", "tcp")
+		fallback := "peer_refused"
+		if l.kex == pqc.HybridRequired && remoteAlert(err) {
+			// We offered hybrid groups only; a server that fails the
+			// handshake on that has none of them.
+			fallback = string(mtls.ReasonPQRequired)
+		}
+		p.refuse(l, time.Now(), err, fallback, "tcp")
+		// The requests waiting for the connection learn why, when it is
+		// policy; anything else (a timeout, garbage) is the upstream
+		// being unavailable.
+		var r *mtls.Refusal
+		switch {
+		case errors.As(err, &r):
+			return nil, &upstreamRefusal{reason: string(r.Reason), peer: r.Peer, err: err}
+		case remoteAlert(err):
+			return nil, &upstreamRefusal{reason: fallback, err: err}
+		}
 		return nil, err
 	}
 	end := cs.PeerCertificates[0].NotAfter
@@ -147,6 +326,10 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 		end = svid.Certificates[0].NotAfter
 	}
 	g.expires(end)
+	uc := &upstreamConn{cs: cs, closed: make(chan struct{})}
+	uc.peer, _ = peerOf(cs)
+	l.httpOut.pool.conns.Store(tc, uc)
+	counted.onClose = func() { p.upstreamClosed(l, uc) }
 	return tc, nil
 }
 

@@ -13,20 +13,40 @@ import (
 // can carry: a relayed connection holds two descriptors (the peer and the
 // app or upstream), and a reserve is kept for listeners, the Workload API,
 // the admin server and logs, so that /metrics and /readyz keep answering
-// when the connection limit is reached. It is 0 when the limit is unknown
-// or unlimited.
-func fdBudget() int {
+// when the connection limit is reached, and for the shared sockets of HTTP
+// listeners (extra), which no connection slot accounts for. It is 0 when
+// the limit is unknown or unlimited.
+func fdBudget(extra int) int {
 	var rl syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur == ^uint64(0) || rl.Cur > 1<<30 {
 		return 0
 	}
-	return budgetFor(int(rl.Cur))
+	return budgetFor(int(rl.Cur), extra)
 }
 
 // budgetFor is fdBudget for a limit of n descriptors.
-func budgetFor(n int) int {
+func budgetFor(n, extra int) int {
 	reserve := max(64, n/16)
-	return max(1, (n-reserve)/2)
+	return max(1, (n-reserve-extra)/2)
+}
+
+// sharedSockets is how many sockets the HTTP listeners of cfg may hold
+// outside connection slots: each inbound's app connections, and each
+// outbound's upstream pool twice over (a pool being replaced drains while
+// its successor fills).
+func sharedSockets(cfg Config) int {
+	n := 0
+	for _, in := range cfg.Inbound {
+		if in.HTTP != nil {
+			n += in.HTTP.withDefaults().AppConnections
+		}
+	}
+	for _, out := range cfg.Outbound {
+		if out.HTTP != nil {
+			n += 2 * out.HTTP.pool()
+		}
+	}
+	return n
 }
 
 // isFDExhausted reports whether an accept failed for want of file

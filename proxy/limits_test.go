@@ -1,9 +1,12 @@
 package proxy_test
 
 import (
+	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"syscall"
@@ -180,5 +183,56 @@ func (e *echoConn) roundTrip(t *testing.T, msg string) {
 	buf := make([]byte, len(msg))
 	if _, err := io.ReadFull(e.c, buf); err != nil || string(buf) != msg {
 		t.Fatalf("established connection: read %q, %v", buf, err)
+	}
+}
+
+// TestDescriptorBudgetCountsAppSockets is S15-9's descriptor budget: the
+// sockets an HTTP listener may hold besides its relayed connections (each
+// inbound's app connections, each outbound's upstream pool and the pool
+// that replaces it) are taken from the file-descriptor limit before
+// max_connections is fitted to it.
+func TestDescriptorBudgetCountsAppSockets(t *testing.T) {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil {
+		t.Fatal(err)
+	}
+	const limit = 1024
+	if rl.Max < limit {
+		t.Skipf("hard descriptor limit %d is under %d", rl.Max, limit)
+	}
+	low := rl
+	low.Cur = limit
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &low); err != nil {
+		t.Fatal(err)
+	}
+	defer syscall.Setrlimit(syscall.RLIMIT_NOFILE, &rl)
+
+	ca := testca.New(t, td)
+	var logs bytes.Buffer
+	_, err := proxy.New(proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Inbound: []proxy.Inbound{
+			{Name: "a", Listen: "127.0.0.1:0", App: "127.0.0.1:1", Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{}},
+			{Name: "b", Listen: "127.0.0.1:0", App: "127.0.0.1:1", Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{}},
+			{Name: "tcp", Listen: "127.0.0.1:0", App: "127.0.0.1:1", Allow: policy(t, "spiffe://example.org")},
+		},
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: "127.0.0.1:1", Expect: policy(t, "spiffe://example.org"), HTTP: &proxy.OutboundHTTP{}}},
+		Logger:   slog.New(slog.NewJSONHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var line struct {
+		Msg            string
+		MaxConnections int `json:"max_connections"`
+	}
+	json.Unmarshal(logs.Bytes(), &line)
+	// 1024 descriptors, a reserve of 64, 2 × 64 app connections (the
+	// default), 2 × 2 pooled upstream connections (the default pool, and
+	// its replacement): (1024 - 64 - 128 - 4) / 2 connections of two
+	// descriptors each.
+	if want := (limit - 64 - 2*64 - 2*2) / 2; line.MaxConnections != want {
+		t.Errorf("max_connections lowered to %d, want %d; log: %s", line.MaxConnections, want, logs.String())
 	}
 }

@@ -14,7 +14,8 @@ import (
 //	credflow_connections_total{direction,result}          connections by result: allowed, refused, error;
 //	                                                      an allowed outbound connection is counted when
 //	                                                      it ends (TLS 1.3 servers refuse after the
-//	                                                      client's handshake completes)
+//	                                                      client's handshake completes), a pooled HTTP one
+//	                                                      when the first response comes over it
 //	credflow_refusals_total{direction,reason}             refused or failed connections by reason; direction
 //	                                                      token_endpoint: refused token endpoint requests
 //	credflow_handshake_duration_seconds{direction}        mTLS handshake time (histogram)

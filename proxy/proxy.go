@@ -124,8 +124,9 @@ type Config struct {
 	// MaxConnections bounds the connections open at once, both directions
 	// together; further ones are closed at accept with the reason "limit".
 	// Default 10000, lowered to what the file-descriptor limit allows (two
-	// per connection, with a reserve of a sixteenth, at least 64), so that
-	// the admin endpoints keep answering. A connection that still finds no
+	// per connection, with a reserve of a sixteenth, at least 64, and the
+	// sockets HTTP listeners share: each inbound's AppConnections, twice
+	// each outbound's Pool), so that the admin endpoints keep answering. A connection that still finds no
 	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
 	// RevalidateInterval is how often established connections are checked
@@ -229,9 +230,10 @@ func New(cfg Config) (*Proxy, error) {
 	}
 	discard := slog.New(slog.DiscardHandler)
 	log := cmpOr(cfg.Logger, discard)
-	if budget := fdBudget(); budget > 0 && cfg.MaxConnections > budget {
+	shared := sharedSockets(cfg)
+	if budget := fdBudget(shared); budget > 0 && cfg.MaxConnections > budget {
 		log.Warn("proxy: max_connections lowered to what the file-descriptor limit allows",
-			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget))
+			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget), slog.Int("http_shared_sockets", shared))
 		cfg.MaxConnections = budget
 	}
 	p := &Proxy{
@@ -457,7 +459,7 @@ func (p *Proxy) SetHTTP(name string, cfg InboundHTTP) error {
 	if l == nil {
 		return fmt.Errorf("proxy: no listener %q", name)
 	}
-	if err := checkHTTP(l, &cfg); err != nil {
+	if err := checkHTTP(l, cfg); err != nil {
 		return err
 	}
 	l.httpIn.settings.Store(p.newHTTPSettings(cfg, l.httpIn.settings.Load()))
@@ -505,7 +507,7 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		differ(l, "QUICListen", l.quicAddr, in.QUICListen)
 		differ(l, "HTTP", fmt.Sprint(l.httpIn != nil), fmt.Sprint(in.HTTP != nil))
 		if l.httpIn != nil && in.HTTP != nil {
-			if err := checkHTTP(l, in.HTTP); err != nil {
+			if err := checkHTTP(l, *in.HTTP); err != nil {
 				errs = append(errs, err)
 			}
 		}
@@ -568,16 +570,21 @@ func (p *Proxy) listener(name string) *listener {
 }
 
 // checkHTTP checks that cfg can replace the request policy of l.
-func checkHTTP(l *listener, cfg *InboundHTTP) error {
+func checkHTTP(l *listener, cfg InboundHTTP) error {
 	if l.httpIn == nil {
 		return fmt.Errorf("proxy: listener %q is not an HTTP inbound listener", l.name)
 	}
+	cfg = cfg.withDefaults()
 	cur := l.httpIn.settings.Load().cfg
 	switch {
 	case cfg.AppH2C != cur.AppH2C:
 		return fmt.Errorf("proxy: listener %q: AppH2C is fixed at start", l.name)
 	case cfg.ResponseHeaderTimeout != cur.ResponseHeaderTimeout:
 		return fmt.Errorf("proxy: listener %q: ResponseHeaderTimeout is fixed at start", l.name)
+	case cfg.AppConnections != cur.AppConnections:
+		return fmt.Errorf("proxy: listener %q: AppConnections is fixed at start", l.name)
+	case cfg.MaxConcurrentStreams != cur.MaxConcurrentStreams:
+		return fmt.Errorf("proxy: listener %q: MaxConcurrentStreams is fixed at start", l.name)
 	}
 	return nil
 }
@@ -969,8 +976,9 @@ func (p *Proxy) Draining() bool {
 	return p.draining
 }
 
-// NegotiatedGroups counts the relayed connections by the key-exchange group
-// they negotiated, since start.
+// NegotiatedGroups counts the relayed connections, and the HTTP
+// connections between sidecars (pooled outbound ones included), by the
+// key-exchange group they negotiated, since start.
 func (p *Proxy) NegotiatedGroups() map[string]int64 {
 	p.mu.Lock()
 	defer p.mu.Unlock()

@@ -305,9 +305,10 @@ func TestUpstreamHTTP(t *testing.T) {
 
 // TestUpstreamInboundApp is F16 on the inbound side: an app that is down
 // (TCP: the peer's connection is closed; HTTP: 502 app_unavailable), and
-// an HTTP app that accepts and never answers. By default the request
-// waits as long as the peer does and nothing is left behind once the peer
-// gives up; with ResponseHeaderTimeout it is answered 504 app_timeout.
+// an HTTP app that accepts and never answers. A peer that gives up before
+// the response timeout (60 s by default, TestHTTPAppDefaults) leaves
+// nothing behind; with a shorter ResponseHeaderTimeout the request is
+// answered 504 app_timeout.
 func TestUpstreamInboundApp(t *testing.T) {
 	ca := testca.New(t, td)
 	front := clientConfig(ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")))

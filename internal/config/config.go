@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -221,10 +222,12 @@ type file struct {
 		Allow  []string `yaml:"allow"`
 		QUIC   string   `yaml:"quic_listen"`
 
-		Protocol           string   `yaml:"protocol"`
-		AppProtocol        string   `yaml:"app_protocol"`
-		AppResponseTimeout duration `yaml:"app_response_timeout"`
-		Routes             []struct {
+		Protocol             string         `yaml:"protocol"`
+		AppProtocol          string         `yaml:"app_protocol"`
+		AppResponseTimeout   zeroOrDuration `yaml:"app_response_timeout"`
+		AppConnections       int            `yaml:"app_connections"`
+		MaxConcurrentStreams int            `yaml:"max_concurrent_streams"`
+		Routes               []struct {
 			Peers   []string `yaml:"peers"`
 			Methods []string `yaml:"methods"`
 			Paths   []string `yaml:"paths"`
@@ -411,6 +414,28 @@ func (d duration) or(def time.Duration) time.Duration {
 	return def
 }
 
+// zeroOrDuration is a duration that may also be 0 ("0" or "0s"), meaning
+// none.
+type zeroOrDuration struct{ duration }
+
+func (d *zeroOrDuration) UnmarshalYAML(n *yaml.Node) error {
+	if v, err := time.ParseDuration(n.Value); err == nil && v == 0 {
+		d.d, d.set = 0, true
+		return nil
+	}
+	return d.duration.UnmarshalYAML(n)
+}
+
+// timeout returns the duration for a proxy field whose zero value selects
+// its default and whose negative value means none: 0 if unset, -1 if set
+// to 0.
+func (d zeroOrDuration) timeout() time.Duration {
+	if d.set && d.d == 0 {
+		return -1
+	}
+	return d.d
+}
+
 // Load reads and parses the file at path.
 func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
@@ -588,12 +613,22 @@ func Parse(data []byte) (*Config, error) {
 		switch in.Protocol {
 		case "", "tcp":
 			if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 ||
-				in.TxnToken.SingleUse || in.AppResponseTimeout.set {
-				fail(field+".protocol", "routes, jwt, txn_token, app_protocol and app_response_timeout need protocol: http")
+				in.TxnToken.SingleUse || in.AppResponseTimeout.set || in.AppConnections != 0 || in.MaxConcurrentStreams != 0 {
+				fail(field+".protocol", "routes, jwt, txn_token, app_protocol, app_response_timeout, app_connections and max_concurrent_streams need protocol: http")
 			}
 		case "http":
 			h := &proxy.InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass,
-				ResponseHeaderTimeout: in.AppResponseTimeout.or(0), TxnLeeway: c.JWTLeeway}
+				ResponseHeaderTimeout: in.AppResponseTimeout.timeout(), AppConnections: in.AppConnections, MaxConcurrentStreams: in.MaxConcurrentStreams,
+				TxnLeeway: c.JWTLeeway}
+			if in.AppConnections < 0 {
+				fail(field+".app_connections", "must be positive")
+			}
+			switch {
+			case in.MaxConcurrentStreams < 0:
+				fail(field+".max_concurrent_streams", "must be positive")
+			case in.MaxConcurrentStreams > math.MaxInt32:
+				fail(field+".max_concurrent_streams", "at most %d", math.MaxInt32)
+			}
 			h.Routes.CaseInsensitive = in.CaseInsensitivePaths
 			switch in.AppProtocol {
 			case "", "http1":

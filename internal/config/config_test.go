@@ -433,3 +433,48 @@ outbound:
 		t.Errorf("PolicyTrustDomains (-want +got):\n%s", diff)
 	}
 }
+
+// TestParseHTTPInboundLimits is S15-9's configuration: an HTTP inbound
+// listener's app connections, HTTP/2 streams per peer connection and app
+// response timeout, left to proxy's defaults when absent, "0" turning the
+// response timeout off.
+func TestParseHTTPInboundLimits(t *testing.T) {
+	const base = "inbound:\n  - name: api\n    listen: :15007\n    app: 127.0.0.1:8081\n    allow: [spiffe://example.org]\n    protocol: http\n    routes: [{peers: [spiffe://example.org], paths: [/*]}]\n"
+	for _, tc := range []struct {
+		extra            string
+		timeout          time.Duration
+		conns, maxStream int
+	}{
+		{"", 0, 0, 0}, // proxy's defaults
+		{"    app_response_timeout: 0\n", -1, 0, 0},
+		{"    app_response_timeout: 0s\n", -1, 0, 0},
+		{"    app_response_timeout: 5m\n    app_connections: 16\n    max_concurrent_streams: 250\n", 5 * time.Minute, 16, 250},
+	} {
+		c, err := config.Parse([]byte(base + tc.extra))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.extra, err)
+		}
+		h := c.Inbound[0].HTTP
+		if h.ResponseHeaderTimeout != tc.timeout || h.AppConnections != tc.conns || h.MaxConcurrentStreams != tc.maxStream {
+			t.Errorf("%q: timeout %v, app connections %d, streams %d; want %v, %d, %d", tc.extra,
+				h.ResponseHeaderTimeout, h.AppConnections, h.MaxConcurrentStreams, tc.timeout, tc.conns, tc.maxStream)
+		}
+	}
+	for extra, want := range map[string]string{
+		"    app_connections: -1\n":                "inbound[0].app_connections: must be positive",
+		"    max_concurrent_streams: -5\n":         "inbound[0].max_concurrent_streams: must be positive",
+		"    max_concurrent_streams: 3000000000\n": "inbound[0].max_concurrent_streams: at most 2147483647",
+		"    app_response_timeout: -1s\n":          "must be positive",
+		"    app_response_timeout: forever\n":      "not a duration",
+	} {
+		if _, err := config.Parse([]byte(base + extra)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: error %v, want one naming %q", extra, err, want)
+		}
+	}
+	tcp := "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://a]\n"
+	for _, extra := range []string{"    app_connections: 8\n", "    max_concurrent_streams: 8\n"} {
+		if _, err := config.Parse([]byte(tcp + extra)); err == nil || !strings.Contains(err.Error(), "need protocol: http") {
+			t.Errorf("%q on a TCP listener: %v", extra, err)
+		}
+	}
+}
