@@ -77,6 +77,18 @@ func (u *upstreamPool) sweep() {
 	u.old = kept
 }
 
+// retire moves new requests off g's transport (a fresh one takes them) and
+// closes its idle connections; the others close as they fall idle (sweep).
+func (u *upstreamPool) retire(g *poolGen) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.cur == g {
+		u.old = append(u.old, g)
+		u.cur = u.newGen()
+	}
+	g.tr.CloseIdleConnections()
+}
+
 // closeIdle closes every idle connection, at shutdown.
 func (u *upstreamPool) closeIdle() {
 	u.mu.Lock()
@@ -101,18 +113,19 @@ func (g *poolGen) openConns() int {
 
 // dialed counts a new connection and returns raw wrapped to count its
 // closing.
-func (g *poolGen) dialed(raw net.Conn) net.Conn {
+func (g *poolGen) dialed(raw net.Conn) *countedConn {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	g.open++
 	return &countedConn{Conn: raw, g: g}
 }
 
-// countedConn tells its poolGen when it closes.
+// countedConn tells its poolGen, and closed if set, when it closes.
 type countedConn struct {
 	net.Conn
-	g    *poolGen
-	once sync.Once
+	g      *poolGen
+	once   sync.Once
+	closed func() // set before the connection is handed out
 }
 
 func (c *countedConn) Close() error {
@@ -120,13 +133,18 @@ func (c *countedConn) Close() error {
 		c.g.mu.Lock()
 		c.g.open--
 		c.g.mu.Unlock()
+		if c.closed != nil {
+			c.closed()
+		}
 	})
 	return c.Conn.Close()
 }
 
 // dialUpstream dials an HTTP outbound listener's upstream and completes
 // the mTLS handshake; g learns of the connection and its certificates'
-// first expiry.
+// first expiry. The connection is tracked like any other: closed when the
+// upstream no longer matches expect or its chain no longer verifies, and
+// retired at MaxConnectionAge.
 func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config, g *poolGen) (net.Conn, error) {
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
@@ -147,6 +165,10 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 		end = svid.Certificates[0].NotAfter
 	}
 	g.expires(end)
+	c := p.newConn(l, cs, func() { tc.Close() })
+	c.retire = func() { l.httpOut.pool.retire(g) }
+	p.track(c)
+	counted.closed = func() { p.untrack(c) }
 	return tc, nil
 }
 
