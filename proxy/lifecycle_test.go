@@ -585,3 +585,61 @@ func TestNoSVIDYet(t *testing.T) {
 	}
 	(&inbound{reg: outReg}).waitMetric(t, 1, "credflow_refusals_total", "direction=outbound", "reason=no_svid_yet")
 }
+
+// TestMaxConnectionAgeHTTPIsGraceful: an inbound HTTP/2 connection past
+// MaxConnectionAge is wound down, not cut: the response carries the close
+// (a GOAWAY), the outbound sidecar moves to a new connection, and no
+// request fails.
+func TestMaxConnectionAgeHTTPIsGraceful(t *testing.T) {
+	ca := testca.New(t, td)
+	issuer := newJWTIssuer(t)
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(appLn)
+	t.Cleanup(func() { srv.Close() })
+	front := spiffeid.RequireFromPath(td, "/frontend")
+	api, _ := route.ParsePath("/api/*")
+	routes := route.Table{Rules: []route.Rule{{Peers: policy(t, front.String()), Methods: []string{"GET"}, Paths: []route.Path{api}}}}
+	bundles := x509bundle.NewSet(ca.Bundle())
+	in, inReg := startProxy(t, proxy.Config{
+		SVIDs:              static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles:            bundles,
+		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, front.String()), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
+		ValidateJWT:        issuer.validate,
+		RevalidateInterval: 100 * time.Millisecond,
+		MaxConnectionAge:   time.Second,
+	})
+	out, _ := startProxy(t, proxy.Config{
+		SVIDs:    static{svid: ca.Issue(t, front)},
+		Bundles:  bundles,
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: in.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend"), HTTP: &proxy.OutboundHTTP{Pool: 1}}},
+		Tokens:   source{j: issuer, id: front},
+	})
+	m := &inbound{reg: inReg}
+	client := &http.Client{Timeout: 5 * time.Second}
+	url := "http://" + out.Addr("up").String() + "/api/x"
+	deadline := time.Now().Add(10 * time.Second)
+	var n int
+	for m.metric(t, "credflow_tls_connections_total", "direction=inbound") < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("after %d requests over 10 s the first connection is still in use", n)
+		}
+		resp, err := client.Get(url)
+		if err != nil {
+			t.Fatalf("request %d: %v", n, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" {
+			t.Fatalf("request %d: %d %q", n, resp.StatusCode, body)
+		}
+		n++
+		time.Sleep(20 * time.Millisecond)
+	}
+	if c := m.metric(t, "credflow_connections_closed_total", "reason=max_age"); c != 0 {
+		t.Errorf("%v connections cut at max_age: they should have been wound down", c)
+	}
+}
