@@ -378,6 +378,11 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 				close(hc.closed)
 			}
 		}()
+		if hc.c != nil && hc.c.retiring.Load() {
+			// Past MaxConnectionAge: HTTP/1.1 closes after this response,
+			// HTTP/2 sends GOAWAY and closes once its streams are done.
+			w.Header().Set("Connection", "close")
+		}
 	}
 	s := h.settings.Load()
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
@@ -988,7 +993,8 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 // "header_timeout": net/http bounds HTTP/1 request headers itself, but not
 // an HTTP/2 connection that never completes a header block.
 func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState, peer spiffeid.ID, notAfter time.Time) {
-	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { tc.Close() }}
+	c := p.newConn(l, cs, func() { tc.Close() })
+	c.retire = func() {} // from now on responses ask the client to close (serveInboundHTTP)
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
 	p.groups[GroupName(cs.CurveID)]++

@@ -104,6 +104,18 @@ func (u *upstreamPool) sweep() {
 	u.old = kept
 }
 
+// retire moves new requests off g's transport (a fresh one takes them) and
+// closes its idle connections; the others close as they fall idle (sweep).
+func (u *upstreamPool) retire(g *poolGen) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.cur == g {
+		u.old = append(u.old, g)
+		u.cur = u.newGen()
+	}
+	g.tr.CloseIdleConnections()
+}
+
 // closeIdle closes every idle connection, at shutdown.
 func (u *upstreamPool) closeIdle() {
 	u.mu.Lock()
@@ -289,7 +301,9 @@ func (p *Proxy) upstreamClosed(l *listener, uc *upstreamConn) {
 
 // dialUpstream dials an HTTP outbound listener's upstream and completes
 // the mTLS handshake; g learns of the connection and its certificates'
-// first expiry.
+// first expiry. The connection is tracked like any other: closed when the
+// upstream no longer matches expect or its chain no longer verifies, and
+// retired at MaxConnectionAge.
 func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config, g *poolGen) (net.Conn, error) {
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
@@ -329,7 +343,14 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 	uc := &upstreamConn{cs: cs, closed: make(chan struct{})}
 	uc.peer, _ = peerOf(cs)
 	l.httpOut.pool.conns.Store(tc, uc)
-	counted.onClose = func() { p.upstreamClosed(l, uc) }
+	// Tracked for revalidation (policy, trust, age) while open.
+	c := p.newConn(l, cs, func() { tc.Close() })
+	c.retire = func() { l.httpOut.pool.retire(g) }
+	p.track(c)
+	counted.onClose = func() {
+		p.untrack(c)
+		p.upstreamClosed(l, uc)
+	}
 	return tc, nil
 }
 

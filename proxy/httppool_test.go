@@ -19,7 +19,8 @@ import (
 
 // TestHTTPOutboundRenewsConnections: the frontend's SVID lives 4 s and is
 // rotated at half-life, as SPIRE's agent does; the backend closes a
-// connection once its peer's certificate has expired. Requests that take
+// connection once its peer's certificate has expired (CloseOnPeerExpiry,
+// as an older sidecar did by default). Requests that take
 // 30 ms are always in flight on the pooled connection, yet none fails: the
 // outbound listener moves new requests to fresh connections before the
 // certificate on the old one expires, and closes the old one once idle, so
@@ -47,6 +48,7 @@ func TestHTTPOutboundRenewsConnections(t *testing.T) {
 		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org/frontend"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
 		ValidateJWT:        issuer.validate,
 		RevalidateInterval: 100 * time.Millisecond,
+		CloseOnPeerExpiry:  true,
 	})
 	front := spiffeid.RequireFromPath(td, "/frontend")
 	now := time.Now()

@@ -8,19 +8,26 @@
 // x509bundle.Source, so the TLS configurations are built once and every
 // handshake presents the current SVID. Peer policies, and the routes and
 // token settings of HTTP inbound listeners, can be replaced while running
-// (SetPolicy, SetHTTP, Apply); established connections whose peer is no
-// longer allowed, or whose peer certificate has expired, are closed within
-// Config.RevalidateInterval.
+// (SetPolicy, SetHTTP, Apply). Established connections are checked again
+// when the policy or the bundles change, and every
+// Config.RevalidateInterval: those whose peer the policy no longer allows
+// are closed ("policy_revoked"), and so are those whose peer's chain no
+// longer verifies against the bundle of its trust domain ("untrusted"). A
+// connection outlives its peer's certificate (rotation does not cut it)
+// unless Config.CloseOnPeerExpiry is set; Config.MaxConnectionAge bounds
+// its life.
 package proxy
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
 	"maps"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -46,6 +53,10 @@ const (
 	DefaultMaxConnections     = 10000
 	DefaultRevalidateInterval = 5 * time.Second
 )
+
+// MaxAgeGrace is how long an HTTP connection past Config.MaxConnectionAge
+// may take to finish its requests before it is closed.
+const MaxAgeGrace = 30 * time.Second
 
 // Inbound is a listener that accepts mTLS from peer sidecars and relays to
 // the app.
@@ -130,9 +141,27 @@ type Config struct {
 	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
 	// RevalidateInterval is how often established connections are checked
-	// against their peer certificate's expiry and the current policy.
-	// Default 5s.
+	// against the current policy and bundles (and their age and peer's
+	// expiry, when those close them); a policy change (SetPolicy) or a
+	// bundle change signalled by the Bundles source (a Changed() <-chan
+	// struct{} method, as agent.Source has) checks them at once. Default 5s.
 	RevalidateInterval time.Duration
+	// CloseOnPeerExpiry closes an established connection once its peer's
+	// certificate expires ("peer_expired"), inbound and outbound. By
+	// default a connection outlives the certificate it was opened with:
+	// its keys were agreed at the handshake, the peer has rotated its SVID
+	// long before, and cutting it would break every long-lived connection
+	// (database pools, streams) once per SVID lifetime. Trust and policy
+	// changes still close it.
+	CloseOnPeerExpiry bool
+	// MaxConnectionAge, if positive, bounds the life of every established
+	// connection between sidecars ("max_age"): relayed TCP connections,
+	// QUIC streams and inbound QUIC connections are closed at that age;
+	// HTTP connections are wound down first (inbound: responses carry
+	// Connection: close, which becomes a GOAWAY in HTTP/2; outbound pooled
+	// connections take no new requests) and closed MaxAgeGrace later if
+	// still open. Default 0: no limit.
+	MaxConnectionAge time.Duration
 
 	// Logger receives errors and events; nil discards them.
 	Logger *slog.Logger
@@ -192,14 +221,50 @@ type listener struct {
 	capture *Capture // outbound: transparent capture
 }
 
-// conn is an established, relayed connection.
+// conn is an established connection between sidecars, tracked so that it
+// can be checked again against the policy and the bundles.
 type conn struct {
 	l        *listener
 	peer     spiffeid.ID
+	chain    []*x509.Certificate // the peer's certificates, verified at the handshake
+	eku      x509.ExtKeyUsage    // the key usage the peer's leaf was verified for
 	notAfter time.Time
+	started  time.Time
 	close    func()
 	closedBy atomic.Value  // string: why the sidecar closed it
 	expect   *authz.Policy // captured connections: the destination's policy
+
+	// bundle is the bundle the chain last verified against; only the
+	// revalidation goroutine uses it.
+	bundle *x509bundle.Bundle
+	// retire, if set, winds the connection down at MaxConnectionAge; it is
+	// closed MaxAgeGrace later. Without it, it is closed at that age.
+	retire   func()
+	retiring atomic.Bool // past MaxConnectionAge
+}
+
+// newConn describes a connection whose handshake cs verified; close closes
+// it.
+func (p *Proxy) newConn(l *listener, cs *tls.ConnectionState, close func()) *conn {
+	peer, notAfter := peerOf(cs)
+	eku := x509.ExtKeyUsageClientAuth
+	if l.dir == dirOutbound {
+		eku = x509.ExtKeyUsageServerAuth
+	}
+	return &conn{l: l, peer: peer, chain: cs.PeerCertificates, eku: eku, notAfter: notAfter, started: time.Now(), close: close}
+}
+
+// track and untrack add and remove c from the connections revalidated.
+func (p *Proxy) track(c *conn) {
+	p.mu.Lock()
+	p.conns[c] = struct{}{}
+	p.mu.Unlock()
+}
+
+func (p *Proxy) untrack(c *conn) {
+	p.mu.Lock()
+	delete(p.conns, c)
+	p.mu.Unlock()
 }
 
 // allowed reports whether the connection's peer is still allowed: by its
@@ -432,7 +497,8 @@ func (p *Proxy) Addr(name string) net.Addr {
 // SetPolicy replaces the policy of the named listener: the peers allowed
 // in (inbound) or the server identities expected (outbound). New
 // handshakes, resumed ones included, use it at once; established
-// connections it no longer allows are closed right away.
+// connections it no longer allows, pooled HTTP/2 and QUIC connections to an
+// upstream included, are closed right away ("policy_revoked").
 func (p *Proxy) SetPolicy(name string, pol authz.Policy) error {
 	for _, l := range p.listeners {
 		if l.name == name {
@@ -725,7 +791,7 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
 		return
 	}
 	// a = the peer (TLS), b = the app: AToB is to_app, BToA from_app.
-	p.relay(ctx, l, start, peer, notAfter, cs, tc, app, "tcp")
+	p.relay(ctx, l, start, peer, cs, tc, app, "tcp")
 }
 
 func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
@@ -753,8 +819,8 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	if l.quicPool != nil {
 		sc, pc, err := l.quicPool.open(ctx)
 		if err == nil {
-			peer, notAfter := peerOf(&pc.cs)
-			p.relay(ctx, l, start, peer, notAfter, &pc.cs, app, sc, "quic")
+			peer, _ := peerOf(&pc.cs)
+			p.relay(ctx, l, start, peer, &pc.cs, app, sc, "quic")
 			l.quicPool.release(pc)
 			return
 		}
@@ -805,7 +871,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		p.refuse(l, start, err, fallback, "tcp")
 		return
 	}
-	peer, notAfter := peerOf(cs)
+	peer, _ := peerOf(cs)
 	if expect != nil && !expect.Allows(peer) {
 		tc.Close()
 		app.Close()
@@ -814,7 +880,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		return
 	}
 	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
-	p.relay(ctx, l, start, peer, notAfter, cs, app, tc, "tcp")
+	p.relay(ctx, l, start, peer, cs, app, tc, "tcp")
 }
 
 func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.ConnectionState, error) {
@@ -836,9 +902,15 @@ func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.
 func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transport string) {
 	reason := string(mtls.ReasonOf(err))
 	var peer spiffeid.ID
+	var extra []slog.Attr
 	var r *mtls.Refusal
 	if errors.As(err, &r) {
+		// Only a verified ID is the peer's; an unverified one is what the
+		// certificate claims.
 		peer = r.Peer
+		if !r.Claimed.IsZero() {
+			extra = append(extra, slog.String(logkey.ClaimedID, r.Claimed.String()))
+		}
 	}
 	switch {
 	case reason != "":
@@ -848,7 +920,7 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transp
 		reason = fallback
 	}
 	p.m.refused(l.dir, reason, false)
-	p.access(l, start, peer, nil, "deny", reason, relay.Result{}, transport)
+	p.access(l, start, peer, nil, "deny", reason, relay.Result{}, transport, extra...)
 	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
 }
@@ -861,9 +933,9 @@ func isTimeout(err error) bool {
 // relay copies between a and b, tracking the connection for revalidation.
 // For inbound listeners a is the peer and b the app; for outbound ones a is
 // the app and b the peer.
-func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID, notAfter time.Time,
+func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID,
 	cs *tls.ConnectionState, a, b net.Conn, transport string) {
-	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { a.Close(); b.Close() }}
+	c := p.newConn(l, cs, func() { a.Close(); b.Close() })
 	c.expect, _ = ctx.Value(expectKey{}).(*authz.Policy)
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
@@ -919,53 +991,95 @@ func peerOf(cs *tls.ConnectionState) (spiffeid.ID, time.Time) {
 	return id, leaf.NotAfter
 }
 
-// revalidate closes established connections whose peer certificate has
-// expired or whose peer the current policy no longer allows, every
-// RevalidateInterval and at once after SetPolicy.
+// revalidate checks the established connections every RevalidateInterval,
+// at once after SetPolicy, and at once when the bundles change.
 func (p *Proxy) revalidate(ctx context.Context) {
 	t := time.NewTicker(p.cfg.RevalidateInterval)
 	defer t.Stop()
+	changed := changes(p.cfg.Bundles)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		case <-p.revalNow:
+		case <-changed:
+			changed = changes(p.cfg.Bundles)
 		}
-		now := time.Now()
-		var doomed []*conn
-		p.mu.Lock()
-		for c := range p.conns {
-			switch {
-			case !now.Before(c.notAfter):
-				c.closedBy.Store("peer_expired")
-				doomed = append(doomed, c)
-			case !c.allowed():
-				c.closedBy.Store("policy_revoked")
-				doomed = append(doomed, c)
-			}
-		}
-		p.mu.Unlock()
+		p.revalidateAll(time.Now())
 		for _, l := range p.listeners {
 			if l.httpOut != nil {
 				l.httpOut.pool.sweep()
 			}
 		}
-		for _, c := range doomed {
-			reason, _ := c.closedBy.Load().(string)
-			p.m.closedBySidecar(c.l.dir, reason)
-			p.log.Info("proxy: closing connection", slog.String(logkey.Listener, c.l.name),
-				slog.String(logkey.PeerID, c.peer.String()), slog.String(logkey.Reason, reason))
-			c.close()
+	}
+}
+
+// changes returns a channel closed at src's next change, or nil (which
+// never fires) if src does not signal its changes.
+func changes(src any) <-chan struct{} {
+	if c, ok := src.(interface{ Changed() <-chan struct{} }); ok {
+		return c.Changed()
+	}
+	return nil
+}
+
+// revalidateAll closes the connections that recheck condemns. Chains are
+// verified outside p.mu: a bundle change re-verifies every connection.
+func (p *Proxy) revalidateAll(now time.Time) {
+	p.mu.Lock()
+	conns := slices.Collect(maps.Keys(p.conns))
+	p.mu.Unlock()
+	for _, c := range conns {
+		reason := p.recheck(c, now)
+		if reason == "" || !c.closedBy.CompareAndSwap(nil, reason) {
+			continue // still good, or already closed
+		}
+		p.m.closedBySidecar(c.l.dir, reason)
+		p.log.Info("proxy: closing connection", slog.String(logkey.Listener, c.l.name),
+			slog.String(logkey.PeerID, c.peer.String()), slog.String(logkey.Reason, reason))
+		c.close()
+	}
+}
+
+// recheck returns why c must be closed now, or "". It retires c when it
+// reaches MaxConnectionAge and can be wound down.
+func (p *Proxy) recheck(c *conn, now time.Time) string {
+	if !c.allowed() {
+		return "policy_revoked"
+	}
+	if c.chain != nil {
+		b, err := p.cfg.Bundles.GetX509BundleForTrustDomain(c.peer.TrustDomain())
+		if err != nil || b != c.bundle {
+			// The bundle changed (a Source hands out a new one on every
+			// update) or is gone: verify the chain again, expiry aside.
+			if _, err := mtls.Reverify(c.chain, p.cfg.Bundles, c.eku, now); err != nil {
+				return string(mtls.ReasonUntrusted)
+			}
+			c.bundle = b
 		}
 	}
+	if p.cfg.CloseOnPeerExpiry && !now.Before(c.notAfter) {
+		return "peer_expired"
+	}
+	if maxAge := p.cfg.MaxConnectionAge; maxAge > 0 {
+		age := now.Sub(c.started)
+		switch {
+		case age >= maxAge+MaxAgeGrace, age >= maxAge && c.retire == nil:
+			return "max_age"
+		case age >= maxAge && c.retiring.CompareAndSwap(false, true):
+			c.retire()
+		}
+	}
+	return ""
 }
 
 func (p *Proxy) closeAll() {
 	p.mu.Lock()
-	defer p.mu.Unlock()
-	for c := range p.conns {
-		c.close()
+	conns := slices.Collect(maps.Keys(p.conns))
+	p.mu.Unlock()
+	for _, c := range conns {
+		c.close() // outside p.mu: closing may untrack
 	}
 }
 
@@ -997,8 +1111,9 @@ func (p *Proxy) Policies() map[string][]string {
 	return out
 }
 
-// access writes the connection's access-log line.
-func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result, transport string) {
+// access writes the connection's access-log line, with extra attributes
+// after the peer's.
+func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result, transport string, extra ...slog.Attr) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
@@ -1010,6 +1125,7 @@ func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.C
 	if !peer.IsZero() {
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
 	}
+	attrs = append(attrs, extra...)
 	if reason != "" {
 		attrs = append(attrs, slog.String(logkey.Reason, reason))
 	}

@@ -285,11 +285,25 @@ func TestResumptionAfterPolicyChange(t *testing.T) {
 }
 
 // TestLongLivedConnections is F8: an established connection is closed when
-// the policy stops allowing its peer, and when its peer certificate expires.
+// the policy stops allowing its peer, and, with CloseOnPeerExpiry, when its
+// peer certificate expires (TestConnectionsOutliveRotation: not by
+// default).
 func TestLongLivedConnections(t *testing.T) {
 	ca := testca.New(t, td)
 	front := spiffeid.RequireFromPath(td, "/frontend")
-	in := startInbound(t, ca, policy(t, "spiffe://example.org/frontend"), 500*time.Millisecond)
+	echo, err := sidecartest.Echo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, reg := startProxy(t, proxy.Config{
+		SVIDs:              static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles:            x509bundle.NewSet(ca.Bundle()),
+		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
+		HandshakeTimeout:   2 * time.Second,
+		RevalidateInterval: 500 * time.Millisecond,
+		CloseOnPeerExpiry:  true,
+	})
+	in := &inbound{p: p, addr: p.Addr("app").String(), reg: reg}
 
 	open := func(svid *x509svid.SVID) *tls.Conn {
 		c, err := tls.Dial("tcp", in.addr, clientConfig(svid))

@@ -208,17 +208,11 @@ func (p *Proxy) acceptQUIC(ctx context.Context, l *listener) {
 // peer was verified and authorized in the handshake, once per connection.
 func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quic.Conn) {
 	cs := qc.ConnectionState().TLS
-	peer, notAfter := peerOf(&cs)
+	peer, _ := peerOf(&cs)
 	p.m.quicConn(l.dir)
-	c := &conn{l: l, peer: peer, notAfter: notAfter, close: func() { qc.CloseWithError(codeConnRevoked, "peer no longer allowed") }}
-	p.mu.Lock()
-	p.conns[c] = struct{}{}
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		delete(p.conns, c)
-		p.mu.Unlock()
-	}()
+	c := p.newConn(l, &cs, func() { qc.CloseWithError(codeConnRevoked, "peer no longer allowed") })
+	p.track(c)
+	defer p.untrack(c)
 	for {
 		s, err := qc.AcceptStream(ctx)
 		if err != nil {
@@ -240,12 +234,12 @@ func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quic.Conn) {
 		l.conns.Add(1)
 		p.wg.Go(func() {
 			defer func() { <-p.slots; l.conns.Done() }()
-			p.serveStream(ctx, l, qc, &cs, peer, notAfter, s)
+			p.serveStream(ctx, l, qc, &cs, peer, s)
 		})
 	}
 }
 
-func (p *Proxy) serveStream(ctx context.Context, l *listener, qc *quic.Conn, cs *tls.ConnectionState, peer spiffeid.ID, notAfter time.Time, s *quic.Stream) {
+func (p *Proxy) serveStream(ctx context.Context, l *listener, qc *quic.Conn, cs *tls.ConnectionState, peer spiffeid.ID, s *quic.Stream) {
 	start := time.Now()
 	sc := &streamConn{Stream: s, conn: qc}
 	s.SetReadDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
@@ -267,7 +261,7 @@ func (p *Proxy) serveStream(ctx context.Context, l *listener, qc *quic.Conn, cs 
 		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{}, "quic")
 		return
 	}
-	p.relay(ctx, l, start, peer, notAfter, cs, sc, app, "quic")
+	p.relay(ctx, l, start, peer, cs, sc, app, "quic")
 }
 
 func readStreamHeader(r io.Reader) (string, error) {
@@ -430,8 +424,20 @@ func (q *quicPool) dial() {
 		if svid, err := q.p.cfg.SVIDs.GetX509SVID(); err == nil && svid.Certificates[0].NotAfter.Before(end) {
 			end = svid.Certificates[0].NotAfter
 		}
-		q.cur = &pooledConn{qc: qc, cs: cs, renewAt: renewAt(end, time.Now())}
+		pc := &pooledConn{qc: qc, cs: cs, renewAt: renewAt(end, time.Now())}
+		q.cur = pc
 		q.p.m.quicConn(q.l.dir)
+		// Checked again like any connection: dropped when the upstream no
+		// longer matches expect or its chain no longer verifies, so that
+		// no new stream rides on it; retired at MaxConnectionAge.
+		c := q.p.newConn(q.l, &pc.cs, func() { q.drop(pc) })
+		c.retire = func() {
+			q.mu.Lock()
+			defer q.mu.Unlock()
+			q.retireLocked(pc)
+		}
+		q.p.track(c)
+		context.AfterFunc(qc.Context(), func() { q.p.untrack(c) })
 	}
 	close(q.dialing)
 	q.dialing = nil
@@ -454,6 +460,17 @@ func (q *quicPool) retireLocked(pc *pooledConn) {
 	if pc.streams == 0 {
 		pc.qc.CloseWithError(codeConnRetired, "replaced")
 	}
+}
+
+// drop closes pc at once, streams and all.
+func (q *quicPool) drop(pc *pooledConn) {
+	q.mu.Lock()
+	if q.cur == pc {
+		q.cur = nil
+	}
+	pc.retiring = true
+	q.mu.Unlock()
+	pc.qc.CloseWithError(codeConnRevoked, "upstream no longer trusted or expected")
 }
 
 // release ends a stream's reservation on pc.

@@ -267,6 +267,8 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		IdleTimeout:        cfg.IdleTimeout,
 		MaxConnections:     cfg.MaxConnections,
 		RevalidateInterval: cfg.Revalidate,
+		MaxConnectionAge:   cfg.MaxConnectionAge,
+		CloseOnPeerExpiry:  cfg.CloseOnPeerExpiry,
 		KeyExchange:        cfg.KeyExchange,
 		NoResumption:       cfg.NoResumption,
 		QUIC: proxy.QUICLimits{

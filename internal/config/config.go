@@ -73,6 +73,15 @@ type Config struct {
 	Revalidate       time.Duration
 	MaxConnections   int
 
+	// MaxConnectionAge is timeouts.max_connection_age: the longest an
+	// established connection between sidecars lives; 0 (the default, the
+	// field absent) means no limit.
+	MaxConnectionAge time.Duration
+	// CloseOnPeerExpiry is timeouts.close_on_peer_expiry: close an
+	// established connection when its peer's certificate expires. Default
+	// false: connections outlive SVID rotation.
+	CloseOnPeerExpiry bool
+
 	Inbound  []Inbound
 	Outbound []Outbound
 
@@ -177,6 +186,9 @@ type file struct {
 		Idle       duration `yaml:"idle"`
 		Drain      duration `yaml:"drain"`
 		Revalidate duration `yaml:"revalidate"`
+
+		MaxConnectionAge  duration `yaml:"max_connection_age"`
+		CloseOnPeerExpiry bool     `yaml:"close_on_peer_expiry"`
 	} `yaml:"timeouts"`
 	Limits struct {
 		MaxConnections int `yaml:"max_connections"`
@@ -500,6 +512,8 @@ func Parse(data []byte) (*Config, error) {
 		MaxConnections:   f.Limits.MaxConnections,
 		NoResumption:     f.TLS.SessionResumption != nil && !*f.TLS.SessionResumption,
 	}
+	c.MaxConnectionAge = f.Timeouts.MaxConnectionAge.or(0)
+	c.CloseOnPeerExpiry = f.Timeouts.CloseOnPeerExpiry
 	switch {
 	case c.MaxConnections == 0:
 		c.MaxConnections = DefaultMaxConnections

@@ -478,3 +478,26 @@ func TestParseHTTPInboundLimits(t *testing.T) {
 		}
 	}
 }
+
+func TestParseConnectionLifetime(t *testing.T) {
+	c, err := config.Parse([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxConnectionAge != 0 || c.CloseOnPeerExpiry {
+		t.Errorf("defaults: max_connection_age %v, close_on_peer_expiry %v; want no limit and false", c.MaxConnectionAge, c.CloseOnPeerExpiry)
+	}
+	with := func(timeouts string) string {
+		return strings.Replace(valid, "timeouts: {handshake: 3s, drain: 1m}", "timeouts: {"+timeouts+"}", 1)
+	}
+	c, err = config.Parse([]byte(with("max_connection_age: 24h, close_on_peer_expiry: true")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.MaxConnectionAge != 24*time.Hour || !c.CloseOnPeerExpiry {
+		t.Errorf("max_connection_age %v, close_on_peer_expiry %v; want 24h and true", c.MaxConnectionAge, c.CloseOnPeerExpiry)
+	}
+	if _, err := config.Parse([]byte(with("max_connection_age: 0s"))); err == nil || !strings.Contains(err.Error(), "positive") {
+		t.Errorf("max_connection_age: 0s accepted: %v", err)
+	}
+}

@@ -27,6 +27,9 @@ const (
 	Proto        = "proto"
 	Status       = "status"
 	PeerID       = "peer_id"
+	// ClaimedID is the SPIFFE ID in a certificate that did not verify:
+	// what a refused peer claims to be. Only a verified ID is a PeerID.
+	ClaimedID    = "claimed_id"
 	Resumed      = "resumed"
 	TLSVersion   = "tls_version"
 	Transport    = "transport"

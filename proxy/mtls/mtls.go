@@ -43,20 +43,36 @@ const (
 	// ReasonPQRequired: the connection negotiated a classical key
 	// exchange where the policy requires a hybrid post-quantum one.
 	ReasonPQRequired Reason = "pq_required"
+	// ReasonNoSVIDYet: this side has no valid SVID to present, before the
+	// Workload API's first one (or after its own has expired). Not a
+	// refusal of the peer; see ErrNoSVID.
+	ReasonNoSVIDYet Reason = "no_svid_yet"
 )
 
+// ErrNoSVID is the error a handshake fails with when this side has no valid
+// SVID to present.
+var ErrNoSVID = errors.New("mtls: no SVID to present")
+
 // Refusal is the error a handshake fails with when this side refuses the
-// peer. The peer ID is set when it could be read from the certificate.
+// peer.
 type Refusal struct {
 	Reason Reason
-	Peer   spiffeid.ID
-	Err    error
+	// Peer is the peer's SPIFFE ID when its chain verified and it was
+	// refused on other grounds (policy, key exchange); zero otherwise.
+	Peer spiffeid.ID
+	// Claimed is the SPIFFE ID read from a certificate that did not
+	// verify: what the peer claims to be, not an identity.
+	Claimed spiffeid.ID
+	Err     error
 }
 
 func (r *Refusal) Error() string {
 	peer := "peer"
-	if !r.Peer.IsZero() {
+	switch {
+	case !r.Peer.IsZero():
 		peer = r.Peer.String()
+	case !r.Claimed.IsZero():
+		peer = "peer claiming " + r.Claimed.String()
 	}
 	if r.Err != nil {
 		return fmt.Sprintf("mtls: %s refused (%s): %v", peer, r.Reason, r.Err)
@@ -66,12 +82,48 @@ func (r *Refusal) Error() string {
 
 func (r *Refusal) Unwrap() error { return r.Err }
 
-// ReasonOf returns the refusal reason carried by err, or "" if err is not a
-// refusal by this side.
+// Alert is the TLS alert that tells the peer why it was refused (RFC 8446,
+// section 6.2).
+func (r *Refusal) Alert() tls.AlertError {
+	switch r.Reason {
+	case ReasonNoPeerCert:
+		return 116 // certificate_required
+	case ReasonBadEKU:
+		return 43 // unsupported_certificate
+	case ReasonUntrusted:
+		return 48 // unknown_ca
+	case ReasonExpired, ReasonNotYetValid:
+		return 45 // certificate_expired: "expired or not currently valid"
+	case ReasonUnauthorized:
+		return 49 // access_denied
+	case ReasonPQRequired:
+		return 71 // insufficient_security
+	}
+	return 42 // bad_certificate
+}
+
+// As makes a Refusal match *tls.AlertError with its Alert. QUIC sends the
+// alert a handshake error wraps (quic-go reads it with errors.As), so a
+// refused QUIC peer learns the reason. crypto/tls over TCP (as of Go 1.27)
+// sends bad_certificate for every error VerifyConnection returns
+// (golang/go#77378 discusses letting the callback choose).
+func (r *Refusal) As(target any) bool {
+	if a, ok := target.(*tls.AlertError); ok {
+		*a = r.Alert()
+		return true
+	}
+	return false
+}
+
+// ReasonOf returns the refusal reason carried by err, ReasonNoSVIDYet if
+// the handshake failed for want of an SVID of this side's own, or "".
 func ReasonOf(err error) Reason {
 	var r *Refusal
-	if errors.As(err, &r) {
+	switch {
+	case errors.As(err, &r):
 		return r.Reason
+	case errors.Is(err, ErrNoSVID):
+		return ReasonNoSVIDYet
 	}
 	return ""
 }
@@ -175,8 +227,32 @@ const ClockSkew = 30 * time.Second
 
 // Verify checks that chain is a valid X.509-SVID for the extended key usage
 // eku at time now, chained to the bundle of the trust domain its ID names,
-// and returns the ID. Failures are *Refusal.
+// and returns the ID. Failures are *Refusal, with the ID the leaf claims in
+// Claimed.
 func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
+	return verifyChain(chain, bundles, eku, now, true)
+}
+
+// Reverify checks again, against the current bundles, a chain that
+// verified at the start of a connection, so that an established
+// connection can be closed once its peer's authority leaves the bundle.
+// Expiry is not checked: the chain is verified as of now or, once its
+// first certificate has expired, as of that expiry. An established
+// connection does not depend on its peer's certificate staying valid (its
+// keys were agreed at the handshake), and a peer that rotated its SVID
+// keeps the connection it opened with the previous one.
+func Reverify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time) (spiffeid.ID, error) {
+	for _, c := range chain {
+		if !now.Before(c.NotAfter) {
+			now = c.NotAfter.Add(-time.Nanosecond)
+		}
+	}
+	return verifyChain(chain, bundles, eku, now, false)
+}
+
+// verifyChain is Verify; with expiry false, an expired certificate in the
+// chain is not a refusal.
+func verifyChain(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time, expiry bool) (spiffeid.ID, error) {
 	if len(chain) == 0 {
 		return spiffeid.ID{}, &Refusal{Reason: ReasonNoPeerCert}
 	}
@@ -187,19 +263,19 @@ func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKe
 	}
 	switch {
 	case leaf.IsCA:
-		return id, &Refusal{Reason: ReasonInvalidSVID, Peer: id, Err: errors.New("leaf is a CA")}
+		return id, &Refusal{Reason: ReasonInvalidSVID, Claimed: id, Err: errors.New("leaf is a CA")}
 	case leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0:
-		return id, &Refusal{Reason: ReasonInvalidSVID, Peer: id, Err: errors.New("leaf may sign certificates or CRLs")}
+		return id, &Refusal{Reason: ReasonInvalidSVID, Claimed: id, Err: errors.New("leaf may sign certificates or CRLs")}
 	case !hasEKU(leaf, eku):
-		return id, &Refusal{Reason: ReasonBadEKU, Peer: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
+		return id, &Refusal{Reason: ReasonBadEKU, Claimed: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
 	case now.Add(ClockSkew).Before(leaf.NotBefore):
-		return id, &Refusal{Reason: ReasonNotYetValid, Peer: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
-	case !now.Before(leaf.NotAfter):
-		return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
+		return id, &Refusal{Reason: ReasonNotYetValid, Claimed: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
+	case expiry && !now.Before(leaf.NotAfter):
+		return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
 	}
 	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
 	if err != nil {
-		return id, &Refusal{Reason: ReasonUntrusted, Peer: id, Err: err}
+		return id, &Refusal{Reason: ReasonUntrusted, Claimed: id, Err: err}
 	}
 	roots := x509.NewCertPool()
 	for _, c := range bundle.X509Authorities() {
@@ -227,11 +303,14 @@ func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKe
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
 			if at.Before(inv.Cert.NotBefore) {
-				return id, &Refusal{Reason: ReasonNotYetValid, Peer: id, Err: err}
+				return id, &Refusal{Reason: ReasonNotYetValid, Claimed: id, Err: err}
 			}
-			return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: err}
+			return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: err}
 		}
-		return id, &Refusal{Reason: ReasonUntrusted, Peer: id, Err: err}
+		return id, &Refusal{Reason: ReasonUntrusted, Claimed: id, Err: err}
+	}
+	if !expiry {
+		return id, nil
 	}
 	var expired *x509.Certificate
 	for _, ch := range chains {
@@ -246,7 +325,7 @@ func Verify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKe
 			return id, nil
 		}
 	}
-	return id, &Refusal{Reason: ReasonExpired, Peer: id, Err: fmt.Errorf("%s expired at %s", expired.Subject, expired.NotAfter.UTC().Format(time.RFC3339))}
+	return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: fmt.Errorf("%s expired at %s", expired.Subject, expired.NotAfter.UTC().Format(time.RFC3339))}
 }
 
 // idFromLeaf returns the SPIFFE ID of a leaf that carries exactly one URI
@@ -304,10 +383,10 @@ type cachedCert struct {
 func (c *certCache) get() (*tls.Certificate, error) {
 	svid, err := c.src.GetX509SVID()
 	if err != nil {
-		return nil, fmt.Errorf("mtls: no SVID to present: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrNoSVID, err)
 	}
 	if len(svid.Certificates) == 0 || !time.Now().Before(svid.Certificates[0].NotAfter) {
-		return nil, errors.New("mtls: no SVID to present: the SVID has expired")
+		return nil, fmt.Errorf("%w: the SVID has expired", ErrNoSVID)
 	}
 	if cc := c.cur.Load(); cc != nil && cc.svid == svid {
 		return cc.cert, nil

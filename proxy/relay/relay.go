@@ -35,6 +35,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -328,6 +329,11 @@ func (d *direction) halfClose() {
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
 		d.s.closeConn(d.dst)
+	case errors.Is(err, syscall.ENOTCONN):
+		// The destination's peer has already closed and reset the
+		// connection (ghostunnel closes fully once it has answered): there
+		// is no write side left to shut down, and nothing was lost that a
+		// write had not already reported.
 	case err != nil:
 		d.failOn(d.dst, fmt.Errorf("relay: %s: close write: %w", d.name, err))
 	case d.s.lim.halfClose > 0:
