@@ -443,9 +443,10 @@ func TestHTTPUpgradeHoldsSlot(t *testing.T) {
 }
 
 // TestHTTPUpgradeRevalidated is S15-3: revalidation closes a tunnel whose
-// peer the policy no longer allows, or whose certificate has expired.
+// peer the policy no longer allows, or, with CloseOnPeerExpiry, whose
+// certificate has expired: a tunnel is a tracked connection like any other.
 func TestHTTPUpgradeRevalidated(t *testing.T) {
-	r := startSecRig(t, &upgradeApp{}, proxy.InboundHTTP{}, proxy.Config{RevalidateInterval: 200 * time.Millisecond})
+	r := startSecRig(t, &upgradeApp{}, proxy.InboundHTTP{}, proxy.Config{RevalidateInterval: 200 * time.Millisecond, CloseOnPeerExpiry: true})
 	closed := func(c *tls.Conn, br *bufio.Reader, what string) {
 		t.Helper()
 		c.SetReadDeadline(time.Now().Add(15 * time.Second))
