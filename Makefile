@@ -111,7 +111,8 @@ lint:
 FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
 	./proxy/txn:FuzzVerify ./proxy/edge:FuzzValidate ./proxy:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
-	./internal/inject:FuzzPatch ./proxy/edge:FuzzJWKS
+	./internal/inject:FuzzPatch ./proxy/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
+	./proxy/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
 FUZZ_EXECS ?= 50000
 
 fuzz-short:
