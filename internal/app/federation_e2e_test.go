@@ -319,7 +319,8 @@ func TestE2EFederationBundleRotation(t *testing.T) {
 	if err := m.probe(t, curProbe); err != nil {
 		t.Fatalf("the frontend refuses a td-b SVID of the new root: %v", err)
 	}
-	if lines := fedLines(m.frontend, `"decision":"deny"`, `"reason":"untrusted"`); len(lines) != 1 || !strings.Contains(lines[0], `"peer_id":"spiffe://td-b.test/probe"`) {
+	if lines := fedLines(m.frontend, `"decision":"deny"`, `"reason":"untrusted"`); len(lines) != 1 || !strings.Contains(lines[0], `"claimed_id":"spiffe://td-b.test/probe"`) ||
+		strings.Contains(lines[0], `"peer_id"`) {
 		t.Fatalf("the frontend's access log should show one untrusted refusal, of the probe:\n%s", strings.Join(lines, "\n"))
 	}
 }
