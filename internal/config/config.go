@@ -49,6 +49,12 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultRevalidate       = 5 * time.Second
 	DefaultMaxConnections   = 10000
+	// DefaultFirstByteTimeout, DefaultMaxHandshakes and
+	// DefaultHandshakesPerSource are proxy's; limits.outbound_reserve
+	// defaults to a tenth of max_connections.
+	DefaultFirstByteTimeout    = proxy.DefaultFirstByteTimeout
+	DefaultMaxHandshakes       = proxy.DefaultMaxHandshakes
+	DefaultHandshakesPerSource = proxy.DefaultHandshakesPerSrc
 	// MaxJWTLeeway bounds jwt.leeway (whose default is jwt.DefaultLeeway,
 	// the same minute): go-spiffe checks JWT-SVID times with that minute,
 	// and a larger tolerance would only lengthen the life of every token.
@@ -72,6 +78,17 @@ type Config struct {
 	DrainTimeout     time.Duration
 	Revalidate       time.Duration
 	MaxConnections   int
+
+	// FirstByteTimeout is timeouts.first_byte: how long an inbound
+	// connection may stay silent after accept before it is closed
+	// (first_byte_timeout).
+	FirstByteTimeout time.Duration
+	// OutboundReserve, MaxHandshakes and HandshakesPerSource are
+	// limits.outbound_reserve, limits.max_handshakes and
+	// limits.handshakes_per_source (proxy.Config documents them).
+	OutboundReserve     int
+	MaxHandshakes       int
+	HandshakesPerSource int
 
 	// MaxConnectionAge is timeouts.max_connection_age: the longest an
 	// established connection between sidecars lives; 0 (the default, the
@@ -186,12 +203,16 @@ type file struct {
 		Idle       duration `yaml:"idle"`
 		Drain      duration `yaml:"drain"`
 		Revalidate duration `yaml:"revalidate"`
+		FirstByte  duration `yaml:"first_byte"`
 
 		MaxConnectionAge  duration `yaml:"max_connection_age"`
 		CloseOnPeerExpiry bool     `yaml:"close_on_peer_expiry"`
 	} `yaml:"timeouts"`
 	Limits struct {
-		MaxConnections int `yaml:"max_connections"`
+		MaxConnections      int `yaml:"max_connections"`
+		OutboundReserve     int `yaml:"outbound_reserve"`
+		MaxHandshakes       int `yaml:"max_handshakes"`
+		HandshakesPerSource int `yaml:"handshakes_per_source"`
 	} `yaml:"limits"`
 	TLS struct {
 		SessionResumption *bool `yaml:"session_resumption"`
@@ -519,6 +540,23 @@ func Parse(data []byte) (*Config, error) {
 		c.MaxConnections = DefaultMaxConnections
 	case c.MaxConnections < 0:
 		fail("limits.max_connections", "must be positive")
+	}
+	c.FirstByteTimeout = f.Timeouts.FirstByte.or(DefaultFirstByteTimeout)
+	if c.FirstByteTimeout > c.HandshakeTimeout {
+		fail("timeouts.first_byte", "%s is longer than timeouts.handshake (%s), which bounds the whole handshake", c.FirstByteTimeout, c.HandshakeTimeout)
+	}
+	c.OutboundReserve, c.MaxHandshakes, c.HandshakesPerSource = f.Limits.OutboundReserve, f.Limits.MaxHandshakes, f.Limits.HandshakesPerSource
+	switch {
+	case c.OutboundReserve < 0:
+		fail("limits.outbound_reserve", "must be positive (0 or absent: a tenth of max_connections)")
+	case c.OutboundReserve > 0 && c.OutboundReserve >= c.MaxConnections:
+		fail("limits.outbound_reserve", "%d leaves no slot of max_connections (%d) for inbound connections", c.OutboundReserve, c.MaxConnections)
+	}
+	if c.MaxHandshakes < 0 {
+		fail("limits.max_handshakes", "must be positive (0 or absent: %d)", DefaultMaxHandshakes)
+	}
+	if c.HandshakesPerSource < 0 {
+		fail("limits.handshakes_per_source", "must be positive (0 or absent: %d)", DefaultHandshakesPerSource)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

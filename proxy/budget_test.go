@@ -1,0 +1,96 @@
+package proxy_test
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/internal/sidecartest"
+	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/proxy"
+)
+
+// budgetRig is a sidecar ("front") with an inbound listener "in" in front
+// of an echo app, allowing /peer, and an outbound listener "out" to
+// another sidecar's inbound listener, in front of an echo app too.
+type budgetRig struct {
+	front    *inbound
+	in, out  string
+	outbound func() error
+}
+
+func startBudgetRig(t *testing.T, ca *testca.CA, cfg proxy.Config) *budgetRig {
+	t.Helper()
+	echo, err := sidecartest.Echo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	backend, _ := startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
+	})
+	cfg.SVIDs = static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))}
+	cfg.Bundles = x509bundle.NewSet(ca.Bundle())
+	cfg.Inbound = []proxy.Inbound{{Name: "in", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, "spiffe://example.org/peer")}}
+	cfg.Outbound = []proxy.Outbound{{Name: "out", Listen: "127.0.0.1:0", Upstream: backend.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend")}}
+	p, reg := startProxy(t, cfg)
+	r := &budgetRig{front: &inbound{p: p, addr: p.Addr("in").String(), reg: reg}, in: p.Addr("in").String(), out: p.Addr("out").String()}
+	r.outbound = func() error { return echoPlain(r.out, "the app calls out") }
+	return r
+}
+
+// echoPlain sends msg as the app would, through an outbound listener to
+// an echo app, and checks it comes back.
+func echoPlain(addr, msg string) error {
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, msg); err != nil {
+		return err
+	}
+	c.(*net.TCPConn).CloseWrite()
+	got, err := io.ReadAll(c)
+	if string(got) != msg {
+		return fmt.Errorf("echoed %q (%v): the connection was closed", got, err)
+	}
+	return nil
+}
+
+// TestOutboundReserve is S19-1's split budget: peers that fill every
+// connection slot inbound ones may take leave the app's outbound calls
+// their reserve (OutboundReserve, by default a tenth of MaxConnections),
+// and the peer past the inbound share is refused with the reason "limit".
+func TestOutboundReserve(t *testing.T) {
+	ca := testca.New(t, td)
+	r := startBudgetRig(t, ca, proxy.Config{MaxConnections: 10, HandshakeTimeout: 30 * time.Second})
+	peer := clientConfig(ca.Issue(t, spiffeid.RequireFromPath(td, "/peer")))
+	for range 9 {
+		dialEcho(t, r.in, peer).roundTrip(t, "a peer's connection")
+	}
+	// The tenth peer, kept open: on its own it would fit in MaxConnections.
+	c, tenth := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", r.in, peer)
+	if tenth == nil {
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		io.WriteString(c, "x")
+		_, tenth = io.ReadFull(c, make([]byte, 1)) // relayed, or closed by the sidecar
+	}
+	if err := r.outbound(); err != nil {
+		t.Fatalf("the app's call out with the inbound share full: %v (limit refusals: %v)", err,
+			r.front.metric(t, "credflow_refusals_total", "reason=limit"))
+	}
+	if tenth == nil {
+		t.Fatal("a tenth inbound connection was relayed: inbound connections took the outbound reserve")
+	}
+	r.front.waitMetric(t, 1, "credflow_refusals_total", "direction=inbound", "reason=limit")
+}
