@@ -94,3 +94,68 @@ func TestOutboundReserve(t *testing.T) {
 	}
 	r.front.waitMetric(t, 1, "credflow_refusals_total", "direction=inbound", "reason=limit")
 }
+
+// dialFrom opens a plain TCP connection to addr from the loopback address
+// 127.0.0.last, and sends nothing.
+func dialFrom(t *testing.T, last byte, addr string) net.Conn {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, last)}}
+	c, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestHandshakeBudget is S19-1's handshake pool: inbound connections that
+// have not finished their handshake hold one of MaxHandshakes and count
+// against their source address (HandshakesPerSource); past either they are
+// closed at accept, with the reasons "source_limit" and "handshake_limit".
+// A connection gives its handshake slot back once its handshake is done,
+// and the slots of connections that go away are taken again.
+func TestHandshakeBudget(t *testing.T) {
+	ca := testca.New(t, td)
+	r := startBudgetRig(t, ca, proxy.Config{
+		HandshakeTimeout: 30 * time.Second, FirstByteTimeout: 30 * time.Second,
+		MaxHandshakes: 3, HandshakesPerSource: 2,
+	})
+	m := r.front
+	peer := clientConfig(ca.Issue(t, spiffeid.RequireFromPath(td, "/peer")))
+
+	first := dialFrom(t, 1, r.in)
+	dialFrom(t, 1, r.in)
+	m.waitMetric(t, 2, "credflow_inbound_handshakes")
+	if !closedSoon(dialFrom(t, 1, r.in), 5*time.Second) {
+		t.Fatal("a third connection from 127.0.0.1 waiting for its handshake was not closed")
+	}
+	m.waitMetric(t, 1, "credflow_refusals_total", "direction=inbound", "reason=source_limit")
+	if _, err := echoOnce(r.in, peer, "a real peer"); err == nil {
+		t.Fatal("a peer from a source at its limit was relayed")
+	}
+	m.waitMetric(t, 2, "credflow_refusals_total", "direction=inbound", "reason=source_limit")
+
+	dialFrom(t, 2, r.in)
+	m.waitMetric(t, 3, "credflow_inbound_handshakes")
+	if !closedSoon(dialFrom(t, 3, r.in), 5*time.Second) {
+		t.Fatal("a connection past MaxHandshakes was not closed")
+	}
+	m.waitMetric(t, 1, "credflow_refusals_total", "direction=inbound", "reason=handshake_limit")
+	if err := r.outbound(); err != nil {
+		t.Fatalf("the app's call out with the handshake pool full: %v", err)
+	}
+
+	first.Close()
+	m.waitMetric(t, 2, "credflow_inbound_handshakes")
+	live := dialEcho(t, r.in, peer)
+	live.roundTrip(t, "a real peer, once a slot is free")
+	m.waitMetric(t, 2, "credflow_inbound_handshakes") // the peer's slot is back
+	dialFrom(t, 4, r.in)
+	m.waitMetric(t, 3, "credflow_inbound_handshakes")
+	live.roundTrip(t, "still relaying")
+	for _, reason := range []string{"limit", "first_byte_timeout", "handshake_timeout"} {
+		if got := m.metric(t, "credflow_refusals_total", "reason="+reason); got != 0 {
+			t.Errorf("%s refusals = %v, want 0", reason, got)
+		}
+	}
+}
