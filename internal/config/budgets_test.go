@@ -43,3 +43,34 @@ func TestParseConnectionBudgets(t *testing.T) {
 		}
 	}
 }
+
+// TestParseTokenIssuanceLimits is S19-2's configuration: the token
+// endpoint's issuance limits per caller, absent (exchange's defaults),
+// set, and refused when negative.
+func TestParseTokenIssuanceLimits(t *testing.T) {
+	const base = "token_endpoint:\n  listen: 127.0.0.1:15080\n  audiences: [spiffe://example.org/backend]\n"
+	c, err := config.Parse([]byte(base + listener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if te := c.TokenEndpoint; te.NewAudienceRate != 0 || te.NewAudienceBurst != 0 || te.MaxAudiences != 0 {
+		t.Errorf("absent: %+v, want zeros (exchange's defaults)", te)
+	}
+	c, err = config.Parse([]byte(base + "  new_audience_rate: 0.5\n  new_audience_burst: 3\n  max_audiences: 40\n" + listener))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if te := c.TokenEndpoint; te.NewAudienceRate != 0.5 || te.NewAudienceBurst != 3 || te.MaxAudiences != 40 {
+		t.Errorf("set: %+v", te)
+	}
+	for field, want := range map[string]string{
+		"new_audience_rate: -1":  "token_endpoint.new_audience_rate: must be a positive number",
+		"new_audience_burst: -1": "token_endpoint.new_audience_burst: must be positive",
+		"max_audiences: -5":      "token_endpoint.max_audiences: must be positive",
+		"new_audience_rat: 1":    "new_audience_rat",
+	} {
+		if _, err := config.Parse([]byte(base + "  " + field + "\n" + listener)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want %q", field, err, want)
+		}
+	}
+}

@@ -141,6 +141,12 @@ type TokenEndpoint struct {
 	// Audiences are the audiences JWT-SVIDs are issued for;
 	// exchange.AnyAudience is every one, empty none.
 	Audiences []string
+	// NewAudienceRate, NewAudienceBurst and MaxAudiences are the issuance
+	// limits per caller (exchange.Config documents them); 0 selects
+	// exchange's defaults.
+	NewAudienceRate  float64
+	NewAudienceBurst int
+	MaxAudiences     int
 }
 
 // Edge is the validated edge-exchange configuration.
@@ -313,7 +319,11 @@ type tokenEndpoint struct {
 		GIDs []int64 `yaml:"gids"`
 	} `yaml:"callers"`
 	Audiences []string `yaml:"audiences"`
-	set       bool
+
+	NewAudienceRate  float64 `yaml:"new_audience_rate"`
+	NewAudienceBurst int     `yaml:"new_audience_burst"`
+	MaxAudiences     int     `yaml:"max_audiences"`
+	set              bool
 }
 
 // UnmarshalYAML takes "token_endpoint: ADDR" as {listen: ADDR}. Unknown
@@ -325,7 +335,8 @@ func (t *tokenEndpoint) UnmarshalYAML(n *yaml.Node) error {
 		return n.Decode(&t.Listen)
 	}
 	t.set = true
-	if err := knownKeys(n, "token_endpoint", "listen", "socket_group", "callers", "audiences"); err != nil {
+	if err := knownKeys(n, "token_endpoint", "listen", "socket_group", "callers", "audiences",
+		"new_audience_rate", "new_audience_burst", "max_audiences"); err != nil {
 		return err
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -396,6 +407,16 @@ func parseTokenEndpoint(t *tokenEndpoint, admin string, edge bool, fail func(fie
 		if a == "" {
 			fail(fmt.Sprintf("token_endpoint.audiences[%d]", i), "empty")
 		}
+	}
+	te.NewAudienceRate, te.NewAudienceBurst, te.MaxAudiences = t.NewAudienceRate, t.NewAudienceBurst, t.MaxAudiences
+	if t.NewAudienceRate < 0 || math.IsNaN(t.NewAudienceRate) || math.IsInf(t.NewAudienceRate, 0) {
+		fail("token_endpoint.new_audience_rate", "must be a positive number of audiences a second (absent: %d)", exchange.DefaultNewAudienceRate)
+	}
+	if t.NewAudienceBurst < 0 {
+		fail("token_endpoint.new_audience_burst", "must be positive (absent: %d)", exchange.DefaultNewAudienceBurst)
+	}
+	if t.MaxAudiences < 0 {
+		fail("token_endpoint.max_audiences", "must be positive (absent: %d)", exchange.DefaultMaxAudiences)
 	}
 	if len(t.Audiences) == 0 && !edge {
 		fail("token_endpoint.audiences", "required: the audiences this workload's JWT-SVIDs may be issued for "+
