@@ -198,9 +198,6 @@ func (b *budget) endHandshake(src netip.Addr) {
 	}
 }
 
-// handshaking returns how many inbound connections are in their handshake.
-func (b *budget) handshaking() int { return len(b.handshakes) }
-
 // sourceOf returns the IP address c comes from (IPv4-mapped IPv6 addresses
 // as IPv4), or the zero Addr for a connection without one.
 func sourceOf(c net.Conn) netip.Addr {

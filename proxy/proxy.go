@@ -49,14 +49,14 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultHandshakeTimeout   = 10 * time.Second
-	DefaultDialTimeout        = 5 * time.Second
-	DefaultIdleTimeout        = time.Hour
-	DefaultMaxConnections     = 10000
-	DefaultMaxHandshakes      = 256
-	DefaultHandshakesPerSrc   = 32
-	DefaultFirstByteTimeout   = 2 * time.Second
-	DefaultRevalidateInterval = 5 * time.Second
+	DefaultHandshakeTimeout    = 10 * time.Second
+	DefaultDialTimeout         = 5 * time.Second
+	DefaultIdleTimeout         = time.Hour
+	DefaultMaxConnections      = 10000
+	DefaultMaxHandshakes       = 256
+	DefaultHandshakesPerSource = 32
+	DefaultFirstByteTimeout    = 2 * time.Second
+	DefaultRevalidateInterval  = 5 * time.Second
 )
 
 // refusalLogRate and refusalLogBurst bound the access-log lines of
@@ -80,7 +80,7 @@ func withBudgetDefaults(cfg Config) Config {
 	}
 	cfg.MaxHandshakes = min(cfg.MaxHandshakes, cfg.MaxConnections-cfg.OutboundReserve)
 	if cfg.HandshakesPerSource <= 0 {
-		cfg.HandshakesPerSource = DefaultHandshakesPerSrc
+		cfg.HandshakesPerSource = DefaultHandshakesPerSource
 	}
 	cfg.HandshakesPerSource = min(cfg.HandshakesPerSource, cfg.MaxHandshakes)
 	return cfg
@@ -171,7 +171,8 @@ type Config struct {
 	// for this long. Default 1h.
 	IdleTimeout time.Duration
 	// MaxConnections bounds the connections open at once, both directions
-	// together; further ones are closed at accept with the reason "limit".
+	// together, inbound ones to all but OutboundReserve of them; further
+	// ones are closed at accept with the reason "limit".
 	// Default 10000, lowered to what the file-descriptor limit allows (two
 	// per connection, with a reserve of a sixteenth, at least 64, and the
 	// sockets HTTP listeners share: each inbound's AppConnections, twice

@@ -54,7 +54,7 @@ const (
 	// defaults to a tenth of max_connections.
 	DefaultFirstByteTimeout    = proxy.DefaultFirstByteTimeout
 	DefaultMaxHandshakes       = proxy.DefaultMaxHandshakes
-	DefaultHandshakesPerSource = proxy.DefaultHandshakesPerSrc
+	DefaultHandshakesPerSource = proxy.DefaultHandshakesPerSource
 	// MaxJWTLeeway bounds jwt.leeway (whose default is jwt.DefaultLeeway,
 	// the same minute): go-spiffe checks JWT-SVID times with that minute,
 	// and a larger tolerance would only lengthen the life of every token.
