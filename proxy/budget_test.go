@@ -159,3 +159,34 @@ func TestHandshakeBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestFirstByteDeadline is S19-1's first-byte deadline: an inbound
+// connection that sends nothing is closed at FirstByteTimeout with the
+// reason "first_byte_timeout", while one that has started its ClientHello
+// keeps the rest of HandshakeTimeout. The silent connection is opened
+// after the talkative one, so once it is closed the talkative one's
+// first-byte deadline has passed too.
+func TestFirstByteDeadline(t *testing.T) {
+	ca := testca.New(t, td)
+	r := startBudgetRig(t, ca, proxy.Config{HandshakeTimeout: time.Minute, FirstByteTimeout: 500 * time.Millisecond})
+	talkative := dialFrom(t, 1, r.in)
+	if _, err := talkative.Write(partialClientHello); err != nil {
+		t.Fatal(err)
+	}
+	silent := dialFrom(t, 1, r.in)
+	if !closedSoon(silent, 30*time.Second) {
+		t.Fatal("a silent connection was not closed at the first-byte deadline")
+	}
+	r.front.waitMetric(t, 1, "credflow_refusals_total", "direction=inbound", "reason=first_byte_timeout")
+	if closedSoon(talkative, 100*time.Millisecond) {
+		t.Fatal("a connection that had started its ClientHello was closed at the first-byte deadline")
+	}
+	if got := r.front.metric(t, "credflow_inbound_handshakes"); got != 1 {
+		t.Errorf("credflow_inbound_handshakes = %v, want 1 (the talkative connection)", got)
+	}
+	talkative.Close()
+	r.front.waitMetric(t, 0, "credflow_inbound_handshakes")
+	if got := r.front.metric(t, "credflow_refusals_total", "reason=first_byte_timeout"); got != 1 {
+		t.Errorf("first_byte_timeout refusals = %v, want 1 (a connection closed by its client is not one)", got)
+	}
+}
