@@ -117,6 +117,22 @@ func (s *Source) FetchJWTSVID(ctx context.Context, audience string) (*jwtsvid.SV
 	return nil, f.err
 }
 
+// CachedJWTSVID reports whether FetchJWTSVID would answer for audience
+// from the cache now, without asking the Workload API (and so the SPIRE
+// server). It does not count as a use of the cached token.
+func (s *Source) CachedJWTSVID(audience string) bool {
+	c := &s.jwtCache
+	now := time.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	el, ok := c.entries[audience]
+	if !ok {
+		return false
+	}
+	e := el.Value.(*jwtEntry)
+	return now.Before(e.refreshAt) && usable(e.svid, now, s.cfg.JWTMinRemaining)
+}
+
 // startFetchLocked returns the fetch in flight for audience, starting one if
 // there is none. c.mu must be held.
 func (s *Source) startFetchLocked(audience string) *jwtFetch {

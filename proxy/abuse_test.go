@@ -786,6 +786,11 @@ func TestAbuseSlowlorisHandshake(t *testing.T) {
 		Bundles:          x509bundle.NewSet(ca.Bundle()),
 		Inbound:          []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
 		HandshakeTimeout: timeout,
+		// Attack and legitimate client share 127.0.0.1, and the attack
+		// sends its first bytes: this is about the handshake timeout, not
+		// the handshake budget (TestIdleConnectionsFlood).
+		MaxHandshakes:       n + 64,
+		HandshakesPerSource: n + 64,
 	})
 	addr := p.Addr("app").String()
 	m := &inbound{reg: reg}

@@ -3,8 +3,10 @@ package proxy
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -110,4 +112,122 @@ func (s *spareFD) close() {
 		s.f.Close()
 		s.f = nil
 	}
+}
+
+// budget holds the proxy's connection slots. Every relayed connection and
+// QUIC stream takes one of all (MaxConnections); an inbound one also takes
+// one of inbound (MaxConnections - OutboundReserve), so that connections
+// from the network can never take the slots the app needs to call out.
+// An inbound connection that has not finished its mTLS handshake also
+// holds one of handshakes (MaxHandshakes) and counts against its source
+// address (HandshakesPerSource), so that connections that send nothing,
+// which cost their sender nothing, cannot crowd out real peers.
+type budget struct {
+	all        chan struct{}
+	inbound    chan struct{}
+	handshakes chan struct{}
+	perSource  int
+
+	mu      sync.Mutex
+	sources map[netip.Addr]int // handshakes in progress by source address
+}
+
+func newBudget(cfg Config) *budget {
+	return &budget{
+		all:        make(chan struct{}, cfg.MaxConnections),
+		inbound:    make(chan struct{}, cfg.MaxConnections-cfg.OutboundReserve),
+		handshakes: make(chan struct{}, cfg.MaxHandshakes),
+		perSource:  cfg.HandshakesPerSource,
+		sources:    make(map[netip.Addr]int),
+	}
+}
+
+// take takes a connection slot for a connection of direction dir, or
+// reports that there is none.
+func (b *budget) take(dir direction) bool {
+	if dir == dirInbound {
+		select {
+		case b.inbound <- struct{}{}:
+		default:
+			return false
+		}
+	}
+	select {
+	case b.all <- struct{}{}:
+		return true
+	default:
+		if dir == dirInbound {
+			<-b.inbound
+		}
+		return false
+	}
+}
+
+// release gives back a slot take took.
+func (b *budget) release(dir direction) {
+	<-b.all
+	if dir == dirInbound {
+		<-b.inbound
+	}
+}
+
+// startHandshake admits a connection from src to its handshake; it returns
+// the reason it is refused ("source_limit", "handshake_limit") or "".
+// Every admission is ended by endHandshake.
+func (b *budget) startHandshake(src netip.Addr) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.sources[src] >= b.perSource {
+		return "source_limit"
+	}
+	select {
+	case b.handshakes <- struct{}{}:
+	default:
+		return "handshake_limit"
+	}
+	b.sources[src]++
+	return ""
+}
+
+func (b *budget) endHandshake(src netip.Addr) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	<-b.handshakes
+	if b.sources[src]--; b.sources[src] <= 0 {
+		delete(b.sources, src)
+	}
+}
+
+// sourceOf returns the IP address c comes from (IPv4-mapped IPv6 addresses
+// as IPv4), or the zero Addr for a connection without one.
+func sourceOf(c net.Conn) netip.Addr {
+	if ap, err := netip.ParseAddrPort(c.RemoteAddr().String()); err == nil {
+		return ap.Addr().Unmap().WithZone("")
+	}
+	return netip.Addr{}
+}
+
+// firstByteConn is an inbound connection whose read deadline, set at
+// accept to Config.FirstByteTimeout, is lifted by the first byte read: a
+// peer must start its ClientHello promptly, and then has the rest of
+// HandshakeTimeout for the handshake.
+type firstByteConn struct {
+	net.Conn
+	got atomic.Bool
+}
+
+func (c *firstByteConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 && c.got.CompareAndSwap(false, true) {
+		c.Conn.SetReadDeadline(time.Time{})
+	}
+	return n, err
+}
+
+// CloseWrite half-closes the connection, as relay expects of a TCP one.
+func (c *firstByteConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
 }

@@ -19,6 +19,8 @@ import (
 //	credflow_refusals_total{direction,reason}             refused or failed connections by reason; direction
 //	                                                      token_endpoint: refused token endpoint requests
 //	credflow_handshake_duration_seconds{direction}        mTLS handshake time (histogram)
+//	credflow_inbound_handshakes                           inbound connections accepted whose mTLS handshake has
+//	                                                      not finished (at most limits.max_handshakes)
 //	credflow_tls_connections_total{direction,group,version,resumed}
 //	                                                      established mTLS connections by key-exchange group and TLS version
 //	credflow_bytes_total{direction,flow}                  bytes relayed, flow = from_app or to_app
@@ -42,6 +44,7 @@ type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
 	handshake *prometheus.HistogramVec
+	pending   prometheus.Gauge
 	tlsConns  *prometheus.CounterVec
 	bytes     *prometheus.CounterVec
 	active    *prometheus.GaugeVec
@@ -77,6 +80,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Duration of mTLS handshakes, successful or not.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .025, .05, .1, .25, .5, 1, 5},
 		}, []string{"direction"}),
+		pending: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "credflow_inbound_handshakes",
+			Help: "Inbound connections accepted whose mTLS handshake has not finished.",
+		}),
 		tlsConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_tls_connections_total",
 			Help: "Established mTLS connections by direction, key-exchange group, TLS version and resumption.",
@@ -124,7 +131,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"op"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
-	reg.MustRegister(m.conns, m.refusals, m.handshake, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
 		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens)
 	return m
 }
@@ -154,6 +161,18 @@ func (m *Metrics) TokenEndpointRefused(reason string) {
 func (m *Metrics) handshakeDone(dir direction, seconds float64) {
 	if m != nil {
 		m.handshake.WithLabelValues(string(dir)).Observe(seconds)
+	}
+}
+
+func (m *Metrics) handshakeStarted() {
+	if m != nil {
+		m.pending.Inc()
+	}
+}
+
+func (m *Metrics) handshakeEnded() {
+	if m != nil {
+		m.pending.Dec()
 	}
 }
 

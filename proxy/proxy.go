@@ -27,6 +27,7 @@ import (
 	"log/slog"
 	"maps"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -37,6 +38,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/pqc"
@@ -47,12 +49,42 @@ import (
 
 // Defaults of Config.
 const (
-	DefaultHandshakeTimeout   = 10 * time.Second
-	DefaultDialTimeout        = 5 * time.Second
-	DefaultIdleTimeout        = time.Hour
-	DefaultMaxConnections     = 10000
-	DefaultRevalidateInterval = 5 * time.Second
+	DefaultHandshakeTimeout    = 10 * time.Second
+	DefaultDialTimeout         = 5 * time.Second
+	DefaultIdleTimeout         = time.Hour
+	DefaultMaxConnections      = 10000
+	DefaultMaxHandshakes       = 256
+	DefaultHandshakesPerSource = 32
+	DefaultFirstByteTimeout    = 2 * time.Second
+	DefaultRevalidateInterval  = 5 * time.Second
 )
+
+// refusalLogRate and refusalLogBurst bound the access-log lines of
+// connections refused at accept (see refuseAtAccept).
+const (
+	refusalLogRate  = 10
+	refusalLogBurst = 50
+)
+
+// withBudgetDefaults fills in the connection budget's defaults, and keeps
+// its parts within MaxConnections.
+func withBudgetDefaults(cfg Config) Config {
+	switch {
+	case len(cfg.Outbound) == 0:
+		cfg.OutboundReserve = 0 // nothing to keep it for
+	case cfg.OutboundReserve <= 0 || cfg.OutboundReserve >= cfg.MaxConnections:
+		cfg.OutboundReserve = cfg.MaxConnections / 10
+	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	cfg.MaxHandshakes = min(cfg.MaxHandshakes, cfg.MaxConnections-cfg.OutboundReserve)
+	if cfg.HandshakesPerSource <= 0 {
+		cfg.HandshakesPerSource = DefaultHandshakesPerSource
+	}
+	cfg.HandshakesPerSource = min(cfg.HandshakesPerSource, cfg.MaxHandshakes)
+	return cfg
+}
 
 // MaxAgeGrace is how long an HTTP connection past Config.MaxConnectionAge
 // may take to finish its requests before it is closed.
@@ -127,19 +159,44 @@ type Config struct {
 
 	// HandshakeTimeout bounds an mTLS handshake. Default 10s.
 	HandshakeTimeout time.Duration
+	// FirstByteTimeout closes an inbound connection that has sent nothing
+	// (not the start of a ClientHello) this long after it was accepted,
+	// with the reason "first_byte_timeout"; once its first byte comes, the
+	// rest of the handshake has what is left of HandshakeTimeout. Default
+	// 2s, and at most HandshakeTimeout.
+	FirstByteTimeout time.Duration
 	// DialTimeout bounds a TCP connect to the app or an upstream. Default 5s.
 	DialTimeout time.Duration
 	// IdleTimeout closes a relayed connection with no traffic either way
 	// for this long. Default 1h.
 	IdleTimeout time.Duration
 	// MaxConnections bounds the connections open at once, both directions
-	// together; further ones are closed at accept with the reason "limit".
+	// together, inbound ones to all but OutboundReserve of them; further
+	// ones are closed at accept with the reason "limit".
 	// Default 10000, lowered to what the file-descriptor limit allows (two
 	// per connection, with a reserve of a sixteenth, at least 64, and the
 	// sockets HTTP listeners share: each inbound's AppConnections, twice
 	// each outbound's Pool), so that the admin endpoints keep answering. A connection that still finds no
 	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
+	// OutboundReserve is how many of MaxConnections only outbound
+	// connections (the app's) may take: inbound connections and QUIC
+	// streams share the other MaxConnections - OutboundReserve, so that
+	// whoever reaches an inbound port cannot keep the app from calling
+	// out. Default a tenth of MaxConnections (1000 of 10000); a value not
+	// below MaxConnections (once fitted to the descriptors) is replaced by
+	// that default. Without outbound listeners there is no reserve.
+	OutboundReserve int
+	// MaxHandshakes bounds the inbound connections accepted whose mTLS
+	// handshake has not finished: each holds one of these besides its
+	// connection slot, and further ones are closed at accept with the
+	// reason "handshake_limit". Default 256, and at most the inbound share
+	// of MaxConnections.
+	MaxHandshakes int
+	// HandshakesPerSource bounds those connections per source IP address;
+	// further ones from that address are closed at accept with the reason
+	// "source_limit". Default 32, and at most MaxHandshakes.
+	HandshakesPerSource int
 	// RevalidateInterval is how often established connections are checked
 	// against the current policy and bundles (and their age and peer's
 	// expiry, when those close them); a policy change (SetPolicy) or a
@@ -186,9 +243,12 @@ type Proxy struct {
 	m   *Metrics
 
 	listeners []*listener
-	slots     chan struct{} // MaxConnections tokens
-	spare     *spareFD      // shed connections when out of descriptors
+	slots     *budget  // connection and handshake slots
+	spare     *spareFD // shed connections when out of descriptors
 	revalNow  chan struct{}
+
+	refusalLog  *rate.Limiter   // access-log lines of refusals at accept
+	refusalWarn *rate.Sometimes // the log's warning about them
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -290,6 +350,7 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
 	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, DefaultRevalidateInterval)
 	cfg.QUIC.HandshakeTimeout = orDefault(cfg.QUIC.HandshakeTimeout, DefaultQUICHandshakeTimeout)
+	cfg.FirstByteTimeout = min(orDefault(cfg.FirstByteTimeout, DefaultFirstByteTimeout), cfg.HandshakeTimeout)
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = DefaultMaxConnections
 	}
@@ -301,16 +362,20 @@ func New(cfg Config) (*Proxy, error) {
 			slog.Int("configured", cfg.MaxConnections), slog.Int("max_connections", budget), slog.Int("http_shared_sockets", shared))
 		cfg.MaxConnections = budget
 	}
+	cfg = withBudgetDefaults(cfg)
 	p := &Proxy{
 		cfg:      cfg,
 		log:      log,
 		spare:    newSpareFD(),
 		acc:      cmpOr(cfg.AccessLog, discard),
 		m:        cfg.Metrics,
-		slots:    make(chan struct{}, cfg.MaxConnections),
+		slots:    newBudget(cfg),
 		revalNow: make(chan struct{}, 1),
-		conns:    make(map[*conn]struct{}),
-		groups:   make(map[string]int64),
+
+		refusalLog:  rate.NewLimiter(refusalLogRate, refusalLogBurst),
+		refusalWarn: &rate.Sometimes{First: 1, Interval: 10 * time.Second},
+		conns:       make(map[*conn]struct{}),
+		groups:      make(map[string]int64),
 	}
 	names := map[string]bool{}
 	add := func(name, addr, target string, dir direction, pol authz.Policy) (*listener, error) {
@@ -748,19 +813,30 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 				return
 			}
 		}
-		select {
-		case p.slots <- struct{}{}:
-		default:
+		if !p.slots.take(l.dir) {
 			c.Close()
-			p.m.refused(l.dir, "limit", false)
-			p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "limit", relay.Result{}, "tcp")
+			p.refuseAtAccept(l, "limit")
 			continue
+		}
+		var src netip.Addr
+		if l.dir == dirInbound {
+			src = sourceOf(c)
+			if reason := p.slots.startHandshake(src); reason != "" {
+				c.Close()
+				p.slots.release(l.dir)
+				p.refuseAtAccept(l, reason)
+				continue
+			}
+			p.m.handshakeStarted()
 		}
 		l.conns.Add(1)
 		p.wg.Go(func() {
-			defer func() { <-p.slots; l.conns.Done() }()
+			defer func() { p.slots.release(l.dir); l.conns.Done() }()
 			if l.dir == dirInbound {
-				p.handleInbound(ctx, l, c)
+				p.handleInbound(ctx, l, c, func() {
+					p.slots.endHandshake(src)
+					p.m.handshakeEnded()
+				})
 			} else {
 				p.handleOutbound(ctx, l, c)
 			}
@@ -768,12 +844,21 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 	}
 }
 
-func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn) {
+// handleInbound serves an inbound connection; handshaken is called once
+// its handshake has ended, well or not.
+func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn, handshaken func()) {
 	start := time.Now()
-	tc := tls.Server(relay.Batching(raw), l.tls)
+	fb := &firstByteConn{Conn: raw}
+	raw.SetReadDeadline(start.Add(p.cfg.FirstByteTimeout))
+	tc := tls.Server(relay.Batching(fb), l.tls)
 	cs, err := p.handshake(ctx, l, tc)
+	handshaken()
 	if err != nil {
 		tc.Close()
+		if !fb.got.Load() && isTimeout(err) {
+			p.refuseAtAccept(l, "first_byte_timeout")
+			return
+		}
 		p.refuse(l, start, err, "handshake_failed", "tcp")
 		return
 	}
@@ -923,6 +1008,24 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transp
 	p.access(l, start, peer, nil, "deny", reason, relay.Result{}, transport, extra...)
 	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
+}
+
+// refuseAtAccept records an inbound connection closed before its
+// handshake for want of a slot, or of a first byte. These can come by
+// thousands a second from anyone who reaches an inbound port, so they are
+// counted in full but their access-log lines are rate-limited
+// (Config.AccessLog gets at most refusalLogBurst at once, then
+// refusalLogRate a second) and the log says only now and then that
+// connections are being refused.
+func (p *Proxy) refuseAtAccept(l *listener, reason string) {
+	p.m.refused(l.dir, reason, false)
+	if p.refusalLog.Allow() {
+		p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", reason, relay.Result{}, "tcp")
+	}
+	p.refusalWarn.Do(func() {
+		p.log.Warn("proxy: connections refused before their handshake; credflow_refusals_total counts them by reason",
+			slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, reason))
+	})
 }
 
 func isTimeout(err error) bool {

@@ -223,9 +223,7 @@ func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quic.Conn) {
 			s.CancelWrite(codeDraining)
 			continue
 		}
-		select {
-		case p.slots <- struct{}{}:
-		default:
+		if !p.slots.take(l.dir) {
 			s.CancelRead(codeAbort)
 			s.CancelWrite(codeAbort)
 			p.m.refused(l.dir, "limit", false)
@@ -233,7 +231,7 @@ func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quic.Conn) {
 		}
 		l.conns.Add(1)
 		p.wg.Go(func() {
-			defer func() { <-p.slots; l.conns.Done() }()
+			defer func() { p.slots.release(l.dir); l.conns.Done() }()
 			p.serveStream(ctx, l, qc, &cs, peer, s)
 		})
 	}

@@ -26,7 +26,11 @@ func TestE2EDescriptorLimit(t *testing.T) {
 		t.Fatal(err)
 	}
 	inAddr, outAddr := freeAddr(t), freeAddr(t)
-	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\ntimeouts: {handshake: 60s}\n", s.AgentAddr())
+	// The flood comes from one address and sends nothing: the handshake
+	// budget and the first-byte deadline are opened wide so that the
+	// descriptor budget is what it meets (TestIdleConnectionsFlood covers
+	// them).
+	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\ntimeouts: {handshake: 60s, first_byte: 60s}\nlimits: {handshakes_per_source: 1000}\n", s.AgentAddr())
 	backend, err := sidecartest.StartWrapped(ctx, s, []string{"prlimit", "--nofile=256:256", "--"}, bin, uidBackend, "backend",
 		common+fmt.Sprintf("inbound:\n  - {name: app, listen: %q, app: %q, allow: [spiffe://example.org/frontend]}\n", inAddr, echo), 60*time.Second)
 	if err != nil {

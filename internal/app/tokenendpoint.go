@@ -9,11 +9,16 @@ import (
 	"slices"
 	"time"
 
+	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/exchange"
 )
+
+// The agent's JWT-SVID cache tells the endpoint which audiences cost the
+// SPIRE server nothing.
+var _ exchange.Cache = (*agent.Source)(nil)
 
 // tokenEndpoint is the running token endpoint.
 type tokenEndpoint struct {
@@ -42,6 +47,7 @@ func startTokenEndpoint(te *config.TokenEndpoint, c exchange.Config, log *slog.L
 		return nil, fmt.Errorf("token endpoint %s: %w", te.Address, err)
 	}
 	c.Callers, c.Audiences, c.Log = te.Callers, te.Audiences, log
+	c.NewAudienceRate, c.NewAudienceBurst, c.MaxAudiences = te.NewAudienceRate, te.NewAudienceBurst, te.MaxAudiences
 	t := &tokenEndpoint{ep: exchange.New(c)}
 	t.srv = &http.Server{Handler: t.ep, ConnContext: t.ep.ConnContext,
 		ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second, IdleTimeout: time.Minute, MaxHeaderBytes: 16 << 10}

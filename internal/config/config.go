@@ -49,6 +49,12 @@ const (
 	DefaultDrainTimeout     = 30 * time.Second
 	DefaultRevalidate       = 5 * time.Second
 	DefaultMaxConnections   = 10000
+	// DefaultFirstByteTimeout, DefaultMaxHandshakes and
+	// DefaultHandshakesPerSource are proxy's; limits.outbound_reserve
+	// defaults to a tenth of max_connections.
+	DefaultFirstByteTimeout    = proxy.DefaultFirstByteTimeout
+	DefaultMaxHandshakes       = proxy.DefaultMaxHandshakes
+	DefaultHandshakesPerSource = proxy.DefaultHandshakesPerSource
 	// MaxJWTLeeway bounds jwt.leeway (whose default is jwt.DefaultLeeway,
 	// the same minute): go-spiffe checks JWT-SVID times with that minute,
 	// and a larger tolerance would only lengthen the life of every token.
@@ -72,6 +78,17 @@ type Config struct {
 	DrainTimeout     time.Duration
 	Revalidate       time.Duration
 	MaxConnections   int
+
+	// FirstByteTimeout is timeouts.first_byte: how long an inbound
+	// connection may stay silent after accept before it is closed
+	// (first_byte_timeout).
+	FirstByteTimeout time.Duration
+	// OutboundReserve, MaxHandshakes and HandshakesPerSource are
+	// limits.outbound_reserve, limits.max_handshakes and
+	// limits.handshakes_per_source (proxy.Config documents them).
+	OutboundReserve     int
+	MaxHandshakes       int
+	HandshakesPerSource int
 
 	// MaxConnectionAge is timeouts.max_connection_age: the longest an
 	// established connection between sidecars lives; 0 (the default, the
@@ -124,6 +141,12 @@ type TokenEndpoint struct {
 	// Audiences are the audiences JWT-SVIDs are issued for;
 	// exchange.AnyAudience is every one, empty none.
 	Audiences []string
+	// NewAudienceRate, NewAudienceBurst and MaxAudiences are the issuance
+	// limits per caller (exchange.Config documents them); 0 selects
+	// exchange's defaults.
+	NewAudienceRate  float64
+	NewAudienceBurst int
+	MaxAudiences     int
 }
 
 // Edge is the validated edge-exchange configuration.
@@ -186,12 +209,16 @@ type file struct {
 		Idle       duration `yaml:"idle"`
 		Drain      duration `yaml:"drain"`
 		Revalidate duration `yaml:"revalidate"`
+		FirstByte  duration `yaml:"first_byte"`
 
 		MaxConnectionAge  duration `yaml:"max_connection_age"`
 		CloseOnPeerExpiry bool     `yaml:"close_on_peer_expiry"`
 	} `yaml:"timeouts"`
 	Limits struct {
-		MaxConnections int `yaml:"max_connections"`
+		MaxConnections      int `yaml:"max_connections"`
+		OutboundReserve     int `yaml:"outbound_reserve"`
+		MaxHandshakes       int `yaml:"max_handshakes"`
+		HandshakesPerSource int `yaml:"handshakes_per_source"`
 	} `yaml:"limits"`
 	TLS struct {
 		SessionResumption *bool `yaml:"session_resumption"`
@@ -292,7 +319,11 @@ type tokenEndpoint struct {
 		GIDs []int64 `yaml:"gids"`
 	} `yaml:"callers"`
 	Audiences []string `yaml:"audiences"`
-	set       bool
+
+	NewAudienceRate  float64 `yaml:"new_audience_rate"`
+	NewAudienceBurst int     `yaml:"new_audience_burst"`
+	MaxAudiences     int     `yaml:"max_audiences"`
+	set              bool
 }
 
 // UnmarshalYAML takes "token_endpoint: ADDR" as {listen: ADDR}. Unknown
@@ -304,7 +335,8 @@ func (t *tokenEndpoint) UnmarshalYAML(n *yaml.Node) error {
 		return n.Decode(&t.Listen)
 	}
 	t.set = true
-	if err := knownKeys(n, "token_endpoint", "listen", "socket_group", "callers", "audiences"); err != nil {
+	if err := knownKeys(n, "token_endpoint", "listen", "socket_group", "callers", "audiences",
+		"new_audience_rate", "new_audience_burst", "max_audiences"); err != nil {
 		return err
 	}
 	for i := 0; i+1 < len(n.Content); i += 2 {
@@ -375,6 +407,16 @@ func parseTokenEndpoint(t *tokenEndpoint, admin string, edge bool, fail func(fie
 		if a == "" {
 			fail(fmt.Sprintf("token_endpoint.audiences[%d]", i), "empty")
 		}
+	}
+	te.NewAudienceRate, te.NewAudienceBurst, te.MaxAudiences = t.NewAudienceRate, t.NewAudienceBurst, t.MaxAudiences
+	if t.NewAudienceRate < 0 || math.IsNaN(t.NewAudienceRate) || math.IsInf(t.NewAudienceRate, 0) {
+		fail("token_endpoint.new_audience_rate", "must be a positive number of audiences a second (absent: %d)", exchange.DefaultNewAudienceRate)
+	}
+	if t.NewAudienceBurst < 0 {
+		fail("token_endpoint.new_audience_burst", "must be positive (absent: %d)", exchange.DefaultNewAudienceBurst)
+	}
+	if t.MaxAudiences < 0 {
+		fail("token_endpoint.max_audiences", "must be positive (absent: %d)", exchange.DefaultMaxAudiences)
 	}
 	if len(t.Audiences) == 0 && !edge {
 		fail("token_endpoint.audiences", "required: the audiences this workload's JWT-SVIDs may be issued for "+
@@ -519,6 +561,23 @@ func Parse(data []byte) (*Config, error) {
 		c.MaxConnections = DefaultMaxConnections
 	case c.MaxConnections < 0:
 		fail("limits.max_connections", "must be positive")
+	}
+	c.FirstByteTimeout = f.Timeouts.FirstByte.or(DefaultFirstByteTimeout)
+	if c.FirstByteTimeout > c.HandshakeTimeout {
+		fail("timeouts.first_byte", "%s is longer than timeouts.handshake (%s), which bounds the whole handshake", c.FirstByteTimeout, c.HandshakeTimeout)
+	}
+	c.OutboundReserve, c.MaxHandshakes, c.HandshakesPerSource = f.Limits.OutboundReserve, f.Limits.MaxHandshakes, f.Limits.HandshakesPerSource
+	switch {
+	case c.OutboundReserve < 0:
+		fail("limits.outbound_reserve", "must be positive (0 or absent: a tenth of max_connections)")
+	case c.OutboundReserve > 0 && c.OutboundReserve >= c.MaxConnections:
+		fail("limits.outbound_reserve", "%d leaves no slot of max_connections (%d) for inbound connections", c.OutboundReserve, c.MaxConnections)
+	}
+	if c.MaxHandshakes < 0 {
+		fail("limits.max_handshakes", "must be positive (0 or absent: %d)", DefaultMaxHandshakes)
+	}
+	if c.HandshakesPerSource < 0 {
+		fail("limits.handshakes_per_source", "must be positive (0 or absent: %d)", DefaultHandshakesPerSource)
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

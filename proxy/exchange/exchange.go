@@ -24,10 +24,20 @@
 //   - the Host header must name loopback (bad_host), so a web page that
 //     rebinds its DNS name to 127.0.0.1 cannot read a token;
 //   - the audience must be one of Config.Audiences (audience_not_allowed,
-//     error invalid_target of RFC 8693 §2.2.2).
+//     error invalid_target of RFC 8693 §2.2.2);
+//   - each audience the agent has not cached costs the SPIRE server a
+//     signature, so each caller (uid) may ask for such new audiences at
+//     Config.NewAudienceRate a second (bursts of Config.NewAudienceBurst),
+//     and hold tokens for at most Config.MaxAudiences audiences at once;
+//     past either, the request is refused with 429 Too Many Requests and a
+//     Retry-After header (token_rate_limited). Audiences the agent has
+//     cached, and those the caller already holds a token for, are served
+//     whatever the limits.
 //
 // Each request is logged once with the caller's uid, gid and pid, the
-// audience, the decision and the reason; never a token.
+// audience, the decision and the reason; never a token. A caller past its
+// issuance limits can ask thousands of times a second: those refusals are
+// all counted, but logged at most 10 a second (after a burst of 50).
 //
 // When the sidecar has an edge configuration, a subject_token (an external
 // JWT, subject_token_type urn:ietf:params:oauth:token-type:jwt or
@@ -47,15 +57,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"mime"
 	"net"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
@@ -97,7 +110,8 @@ const (
 	ReasonAudienceNotAllowed = "audience_not_allowed" // the audience is not in Config.Audiences
 	ReasonInvalidRequest     = "invalid_request"      // a malformed request
 	ReasonUnsupportedGrant   = "unsupported_grant_type"
-	ReasonNoToken            = "no_token" // the Workload API or the minter did not give a token
+	ReasonNoToken            = "no_token"           // the Workload API or the minter did not give a token
+	ReasonRateLimited        = "token_rate_limited" // the caller is past its issuance limits
 )
 
 // maxLoggedAudience bounds the audience written to the log.
@@ -135,6 +149,15 @@ type Config struct {
 	// Refused, if not nil, is called with the reason of each refusal
 	// (credflow_refusals_total).
 	Refused func(reason string)
+
+	// NewAudienceRate is how many audiences the agent has not cached (see
+	// Cache) one caller may ask for per second, in bursts of up to
+	// NewAudienceBurst. Defaults 5 and 20.
+	NewAudienceRate  float64
+	NewAudienceBurst int
+	// MaxAudiences bounds the audiences one caller holds unexpired tokens
+	// for that it did not find cached. Default 256.
+	MaxAudiences int
 }
 
 // Endpoint is the token endpoint, an http.Handler for /token. Serve it with
@@ -147,6 +170,9 @@ type Endpoint struct {
 	refused  func(string)
 	policy   atomic.Pointer[policy]
 	mux      *http.ServeMux
+	limits   *issuance
+	// limitedLog bounds the log lines of token_rate_limited refusals.
+	limitedLog *rate.Limiter
 }
 
 type policy struct {
@@ -156,7 +182,8 @@ type policy struct {
 
 // New returns the endpoint for c.
 func New(c Config) *Endpoint {
-	e := &Endpoint{tokens: c.Tokens, subjects: c.Subjects, log: c.Log, refused: c.Refused, mux: http.NewServeMux()}
+	e := &Endpoint{tokens: c.Tokens, subjects: c.Subjects, log: c.Log, refused: c.Refused, mux: http.NewServeMux(),
+		limits: newIssuance(c), limitedLog: rate.NewLimiter(10, 50)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -209,6 +236,9 @@ func (q *request) refuse(status int, code, reason, desc string) {
 	writeJSON(q.w, status, Error{code, desc})
 	if q.e.refused != nil {
 		q.e.refused(reason)
+	}
+	if reason == ReasonRateLimited && !q.e.limitedLog.Allow() {
+		return
 	}
 	q.logLine("refused", reason, "")
 }
@@ -309,11 +339,21 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 		q.refuse(http.StatusBadRequest, "invalid_target", ReasonAudienceNotAllowed, "the audience is not one of token_endpoint.audiences")
 		return
 	}
+	cache, ok := e.tokens.(Cache)
+	cached := ok && cache.CachedJWTSVID(aud)
+	if retry, ok := e.limits.admit(cl.cred.UID, aud, cached, time.Now()); !ok {
+		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
+		q.refuse(http.StatusTooManyRequests, "temporarily_unavailable", ReasonRateLimited,
+			"too many audiences not yet issued: see token_endpoint.new_audience_rate and max_audiences")
+		return
+	}
 	svid, err := e.tokens.FetchJWTSVID(r.Context(), aud)
 	if err != nil {
+		e.limits.failed(cl.cred.UID, aud)
 		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", ReasonNoToken, "no JWT-SVID from the Workload API")
 		return
 	}
+	e.limits.issued(cl.cred.UID, aud, svid.Expiry)
 	q.issue(Response{
 		AccessToken:     svid.Marshal(),
 		IssuedTokenType: TokenType,
