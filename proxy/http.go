@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/relay"
@@ -246,6 +247,7 @@ type httpConn struct {
 	premature atomic.Int64  // of those, cancelled early by the client
 	reset     atomic.Bool   // closed for rapid reset
 	hijacked  atomic.Bool   // inbound: taken over by an upgrade tunnel
+	caller    connCaller    // outbound: the owner of the app's socket
 }
 
 // httpConnKey is the context key of a request's *httpConn.
@@ -731,6 +733,12 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
+			if reason := p.checkHTTPCaller(l, r); reason != "" {
+				p.m.refused(l.dir, reason, false)
+				rec.set("deny", reason, http.StatusForbidden, spiffeid.ID{})
+				deny(w, r, http.StatusForbidden, 7, reason)
+				return
+			}
 			if h.cfg.Exchange {
 				if reason := p.exchange(r, h); reason != "" {
 					p.m.refused(l.dir, reason, false)
@@ -754,10 +762,36 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, httpConnKey{}, &httpConn{nc: c})
+			hc := &httpConn{nc: c}
+			hc.caller.nc = c
+			if !l.callers.Load().Any() {
+				hc.caller.get() // while the app's socket is surely open
+			}
+			return context.WithValue(ctx, httpConnKey{}, hc)
 		},
 	}
 	return h
+}
+
+// checkHTTPCaller returns the refusal reason of a request on an HTTP
+// outbound listener whose connection's caller l does not allow, or "".
+func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) string {
+	callers := l.callers.Load()
+	if callers.Any() {
+		return ""
+	}
+	var (
+		cred peercred.Cred
+		err  = errors.New("proxy: request without its connection")
+	)
+	if hc, ok := r.Context().Value(httpConnKey{}).(*httpConn); ok {
+		cred, err = hc.caller.get()
+	}
+	reason := checkCaller(callers, cred, err)
+	if reason != "" {
+		p.logCallerRefused(l, reason, cred, err)
+	}
+	return reason
 }
 
 // outboundRequest is what an HTTP outbound listener learns of one request
