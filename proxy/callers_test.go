@@ -144,7 +144,8 @@ func TestOutboundCallersHTTP(t *testing.T) {
 		wantRefused("theirs")
 	}
 	out.waitMetric(t, 2, "credflow_refusals_total", "direction=outbound", "reason=caller_not_allowed")
-	acc.waitLine(t, "direction=outbound", "listener=theirs", "transport=http", "decision=deny", "reason=caller_not_allowed", "status=403")
+	acc.waitLine(t, "direction=outbound", "listener=theirs", "transport=http", "decision=deny", "reason=caller_not_allowed", "status=403",
+		fmt.Sprintf("uid=%d", uid))
 	// The refused requests took no upstream connection: one each for mine
 	// and open.
 	out.waitMetric(t, 2, "credflow_connections_total", "direction=outbound", "result=allowed")

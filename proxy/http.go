@@ -733,9 +733,10 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
-			if reason := p.checkHTTPCaller(l, r); reason != "" {
+			if reason, attrs := p.checkHTTPCaller(l, r); reason != "" {
 				p.m.refused(l.dir, reason, false)
 				rec.set("deny", reason, http.StatusForbidden, spiffeid.ID{})
+				rec.extra = attrs
 				deny(w, r, http.StatusForbidden, 7, reason)
 				return
 			}
@@ -774,11 +775,12 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 }
 
 // checkHTTPCaller returns the refusal reason of a request on an HTTP
-// outbound listener whose connection's caller l does not allow, or "".
-func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) string {
+// outbound listener whose connection's caller l does not allow, or "", and
+// the access-log attributes naming the caller.
+func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) (string, []slog.Attr) {
 	callers := l.callers.Load()
 	if callers.Any() {
-		return ""
+		return "", nil
 	}
 	var (
 		cred peercred.Cred
@@ -791,7 +793,7 @@ func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) string {
 	if reason != "" {
 		p.logCallerRefused(l, reason, cred, err)
 	}
-	return reason
+	return reason, callerAttrs(cred, err)
 }
 
 // outboundRequest is what an HTTP outbound listener learns of one request
@@ -806,6 +808,7 @@ type outboundRequest struct {
 	decision string
 	reason   string
 	status   int
+	extra    []slog.Attr // set before the request goes on: the refused caller
 }
 
 // outboundRequestKey is the context key of a request's *outboundRequest.
@@ -853,9 +856,9 @@ func (o *outboundRequest) set(decision, reason string, status int, peer spiffeid
 // log writes the request's access-log line.
 func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Request) {
 	o.mu.Lock()
-	decision, reason, status, peer := o.decision, o.reason, o.status, o.peer
+	decision, reason, status, peer, extra := o.decision, o.reason, o.status, o.peer, o.extra
 	o.mu.Unlock()
-	p.httpAccess(l, start, peer, r, decision, reason, status)
+	p.httpAccess(l, start, peer, r, decision, reason, status, extra...)
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in
@@ -993,7 +996,7 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 // is refused or forwarded to the app (status 0: not known yet); outbound,
 // once answered, with the verified upstream as peer. The path logged is
 // the canonical one; no header value is logged.
-func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int) {
+func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int, extra ...slog.Attr) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
@@ -1006,6 +1009,7 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 	if !peer.IsZero() {
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
 	}
+	attrs = append(attrs, extra...)
 	if reason != "" {
 		attrs = append(attrs, slog.String(logkey.Reason, reason))
 	}

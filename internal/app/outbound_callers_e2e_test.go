@@ -45,9 +45,9 @@ func getAs(t *testing.T, ctx context.Context, dir string, uid int, u string) (ex
 // uid on the same host (1003), root included, is refused with
 // caller_not_allowed: its TCP connection is closed at accept, its HTTP
 // requests are answered 403 with X-Credflow-Reason, never reaching the
-// backend. The refusals are in the access log, with the caller's uid for
-// TCP, and in credflow_refusals_total. A reload (SIGHUP) that adds uid
-// 1003 to the TCP listener's callers lets it through.
+// backend. The refusals are in the access log, with the caller's uid, and
+// in credflow_refusals_total. A reload (SIGHUP) that adds uid 1003 to the
+// TCP listener's callers lets it through.
 func TestE2EOutboundCallers(t *testing.T) {
 	s, bin, _ := startWorkloads(t, 0, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend"})
 	ctx := t.Context()
@@ -134,7 +134,7 @@ func TestE2EOutboundCallers(t *testing.T) {
 
 	waitAccessLine(t, frontend, "direction=outbound", "listener=tcp", "decision=deny", "reason=caller_not_allowed", fmt.Sprintf("uid=%d", uidIntruder))
 	waitAccessLine(t, frontend, "direction=outbound", "listener=web", "transport=http", "decision=deny", "reason=caller_not_allowed",
-		"path=/http/refused", "status=403")
+		"path=/http/refused", "status=403", fmt.Sprintf("uid=%d", uidIntruder))
 	if n, err := frontend.Metric(ctx, "credflow_refusals_total", "direction=outbound", "reason=caller_not_allowed"); err != nil || n != 3 {
 		t.Errorf("credflow_refusals_total{direction=outbound,reason=caller_not_allowed} = %v (%v), want 3", n, err)
 	}
