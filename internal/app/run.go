@@ -290,13 +290,13 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 	return pc
 }
 
-// warnNonLoopback says which outbound listeners listen where other hosts
-// can reach them (allow_non_loopback): whatever connects is relayed with
-// this workload's identity.
+// warnNonLoopback names the outbound listeners that may listen where other
+// hosts can reach them (allow_non_loopback): whatever connects there is
+// relayed with this workload's identity.
 func warnNonLoopback(cfg *config.Config, log *slog.Logger) {
 	for _, out := range cfg.Outbound {
 		if out.AllowNonLoopback {
-			log.Warn("credflow: outbound listener is not on loopback (allow_non_loopback): whoever can reach it speaks with this workload's identity",
+			log.Warn("credflow: outbound listener has allow_non_loopback: whoever can reach its address speaks with this workload's identity",
 				slog.String(logkey.Listener, out.Name), slog.String(logkey.Listen, out.Listen))
 		}
 	}
