@@ -333,6 +333,7 @@ func New(cfg Config) (*Proxy, error) {
 		names[name] = true
 		l := &listener{name: name, dir: dir, addr: addr, target: target}
 		l.policy.Store(&pol)
+		l.callers.Store(&peercred.Callers{})
 		p.listeners = append(p.listeners, l)
 		return l, nil
 	}
