@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy"
@@ -134,6 +135,92 @@ func TestCaptureOriginalDestination(t *testing.T) {
 					t.Errorf("the app's connection to %s: echoed %q (%v), want %q", x.dst, got, err, msg)
 				}
 				(&inbound{reg: reg}).waitMetric(t, float64(i+1), "credflow_connections_total", "direction=outbound", "result=allowed")
+			}
+		})
+	}
+}
+
+// TestCaptureCallers: a capture listener names the caller of a redirected
+// connection by the app's socket as it is, connected to the original
+// destination (not to the listener): a listener whose callers list this
+// process's uid relays the app's IPv4 and IPv6 connections (a lookup by
+// the listener's address would find no socket and refuse them as
+// caller_unknown), and one whose callers list only another uid closes
+// them with caller_not_allowed. In a network namespace of its own, as
+// TestCaptureOriginalDestination.
+func TestCaptureCallers(t *testing.T) {
+	if !inOwnNetns(t) {
+		return
+	}
+	const (
+		server4, app4 = "10.233.0.2", "10.233.0.3"
+		server6, app6 = "fd00:cf6:1::2", "fd00:cf6:1::3"
+	)
+	mustExec(t, "ip", "link", "set", "lo", "up")
+	for _, a := range []string{server4 + "/32", app4 + "/32"} {
+		mustExec(t, "ip", "addr", "add", a, "dev", "lo")
+	}
+	for _, a := range []string{server6 + "/128", app6 + "/128"} {
+		mustExec(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
+	}
+	ca := testca.New(t, td)
+	echo, err := sidecartest.Echo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, _ := startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "[::]:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
+	})
+	port := fmt.Sprint(server.Addr("app").(*net.TCPAddr).Port)
+	self, other, uid := selfAndOther()
+
+	for _, x := range []struct {
+		name    string
+		callers peercred.Callers
+		want    string // the echo, or "" for refused
+	}{
+		{"self", self, "echo"},
+		{"other", other, ""},
+	} {
+		t.Run(x.name, func(t *testing.T) {
+			acc := &accessLog{}
+			p, reg := startProxy(t, proxy.Config{
+				SVIDs:     static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
+				Bundles:   x509bundle.NewSet(ca.Bundle()),
+				AccessLog: acc.logger(),
+				Outbound: []proxy.Outbound{{Name: "capture", Listen: "127.0.0.1:0", Expect: policy(t, "spiffe://example.org/backend"),
+					Capture: &proxy.Capture{}, Callers: x.callers}},
+			})
+			capPort := fmt.Sprint(p.Addr("capture").(*net.TCPAddr).Port)
+			mustExec(t, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", app4, "-j", "REDIRECT", "--to-ports", capPort)
+			mustExec(t, "ip6tables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", app6, "-j", "REDIRECT", "--to-ports", capPort)
+			t.Cleanup(func() {
+				exec.Command("iptables", "-t", "nat", "-F", "OUTPUT").Run()
+				exec.Command("ip6tables", "-t", "nat", "-F", "OUTPUT").Run()
+			})
+			for i, c := range []struct{ src, dst string }{{app4, server4}, {app6, server6}} {
+				d := net.Dialer{Timeout: 3 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(c.src)}}
+				conn, err := d.Dial("tcp", net.JoinHostPort(c.dst, port))
+				if err != nil {
+					t.Fatalf("the app's connection to %s: %v", c.dst, err)
+				}
+				conn.SetDeadline(time.Now().Add(5 * time.Second))
+				io.WriteString(conn, "echo")
+				conn.(*net.TCPConn).CloseWrite()
+				got, _ := io.ReadAll(conn)
+				conn.Close()
+				if string(got) != x.want {
+					t.Fatalf("the app's connection to %s: %q, want %q", c.dst, got, x.want)
+				}
+				if x.want == "" {
+					(&inbound{reg: reg}).waitMetric(t, float64(i+1), "credflow_refusals_total", "direction=outbound", "reason=caller_not_allowed")
+					acc.waitLine(t, "listener=capture", "reason=caller_not_allowed", fmt.Sprintf("uid=%d", uid))
+				}
+			}
+			if n := (&inbound{reg: reg}).metric(t, "credflow_refusals_total", "reason=caller_unknown"); n != 0 {
+				t.Errorf("caller_unknown refusals: %v", n)
 			}
 		})
 	}

@@ -23,6 +23,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/relay"
@@ -246,6 +247,7 @@ type httpConn struct {
 	premature atomic.Int64  // of those, cancelled early by the client
 	reset     atomic.Bool   // closed for rapid reset
 	hijacked  atomic.Bool   // inbound: taken over by an upgrade tunnel
+	caller    connCaller    // outbound: the owner of the app's socket
 }
 
 // httpConnKey is the context key of a request's *httpConn.
@@ -731,6 +733,13 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
+			if reason, attrs := p.checkHTTPCaller(l, r); reason != "" {
+				p.m.refused(l.dir, reason, false)
+				rec.set("deny", reason, http.StatusForbidden, spiffeid.ID{})
+				rec.extra = attrs
+				deny(w, r, http.StatusForbidden, 7, reason)
+				return
+			}
 			if h.cfg.Exchange {
 				if reason := p.exchange(r, h); reason != "" {
 					p.m.refused(l.dir, reason, false)
@@ -754,10 +763,37 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			return context.WithValue(ctx, httpConnKey{}, &httpConn{nc: c})
+			hc := &httpConn{nc: c}
+			hc.caller.nc = c
+			if !l.callers.Load().Any() {
+				hc.caller.get() // while the app's socket is surely open
+			}
+			return context.WithValue(ctx, httpConnKey{}, hc)
 		},
 	}
 	return h
+}
+
+// checkHTTPCaller returns the refusal reason of a request on an HTTP
+// outbound listener whose connection's caller l does not allow, or "", and
+// the access-log attributes naming the caller.
+func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) (string, []slog.Attr) {
+	callers := l.callers.Load()
+	if callers.Any() {
+		return "", nil
+	}
+	var (
+		cred peercred.Cred
+		err  = errors.New("proxy: request without its connection")
+	)
+	if hc, ok := r.Context().Value(httpConnKey{}).(*httpConn); ok {
+		cred, err = hc.caller.get()
+	}
+	reason := checkCaller(callers, cred, err)
+	if reason != "" {
+		p.logCallerRefused(l, reason, cred, err)
+	}
+	return reason, callerAttrs(cred, err)
 }
 
 // outboundRequest is what an HTTP outbound listener learns of one request
@@ -772,6 +808,7 @@ type outboundRequest struct {
 	decision string
 	reason   string
 	status   int
+	extra    []slog.Attr // set before the request goes on: the refused caller
 }
 
 // outboundRequestKey is the context key of a request's *outboundRequest.
@@ -819,9 +856,9 @@ func (o *outboundRequest) set(decision, reason string, status int, peer spiffeid
 // log writes the request's access-log line.
 func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Request) {
 	o.mu.Lock()
-	decision, reason, status, peer := o.decision, o.reason, o.status, o.peer
+	decision, reason, status, peer, extra := o.decision, o.reason, o.status, o.peer, o.extra
 	o.mu.Unlock()
-	p.httpAccess(l, start, peer, r, decision, reason, status)
+	p.httpAccess(l, start, peer, r, decision, reason, status, extra...)
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in
@@ -959,7 +996,7 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 // is refused or forwarded to the app (status 0: not known yet); outbound,
 // once answered, with the verified upstream as peer. The path logged is
 // the canonical one; no header value is logged.
-func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int) {
+func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int, extra ...slog.Attr) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
@@ -972,6 +1009,7 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 	if !peer.IsZero() {
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
 	}
+	attrs = append(attrs, extra...)
 	if reason != "" {
 		attrs = append(attrs, slog.String(logkey.Reason, reason))
 	}

@@ -41,6 +41,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/mtls"
@@ -124,6 +125,15 @@ type Outbound struct {
 	// Capture, if set, makes the listener transparent: Upstream is ignored
 	// and each connection goes to its original destination.
 	Capture *Capture
+	// Callers are the local users whose connections the listener takes,
+	// by the uid that owns the app's socket as the kernel reports it
+	// (peercred; for a captured connection, the socket connected to its
+	// original destination). A TCP or captured connection of any other
+	// caller is closed at accept; on an HTTP listener each request on it
+	// is answered 403 (X-Credflow-Reason: caller_not_allowed). A caller
+	// the kernel cannot name is refused as caller_unknown. The zero value
+	// takes every caller: any process that can reach the address.
+	Callers peercred.Callers
 }
 
 // Config configures a Proxy. SVIDs and Bundles are required; every zero
@@ -279,6 +289,8 @@ type listener struct {
 	httpOut *httpOutbound
 
 	capture *Capture // outbound: transparent capture
+
+	callers atomic.Pointer[peercred.Callers] // outbound: the local users allowed
 }
 
 // conn is an established connection between sidecars, tracked so that it
@@ -385,6 +397,7 @@ func New(cfg Config) (*Proxy, error) {
 		names[name] = true
 		l := &listener{name: name, dir: dir, addr: addr, target: target}
 		l.policy.Store(&pol)
+		l.callers.Store(&peercred.Callers{})
 		p.listeners = append(p.listeners, l)
 		return l, nil
 	}
@@ -411,6 +424,7 @@ func New(cfg Config) (*Proxy, error) {
 		if err != nil {
 			return nil, err
 		}
+		l.callers.Store(&out.Callers)
 		authorize := l.allows
 		if out.Capture != nil {
 			// The identity expected depends on the destination: the
@@ -598,8 +612,11 @@ func (p *Proxy) SetHTTP(name string, cfg InboundHTTP) error {
 }
 
 // Apply brings the running listeners to in and out as far as that needs no
-// restart: every listener's policy (as SetPolicy) and every HTTP inbound
-// listener's request policy (as SetHTTP). in and out must describe the
+// restart: every listener's policy (as SetPolicy), every HTTP inbound
+// listener's request policy (as SetHTTP) and every outbound listener's
+// Callers (checked on the connections accepted from then on, and on every
+// later request of an HTTP listener's open connections; a TCP connection
+// already relayed is not cut). in and out must describe the
 // running listeners, in any order: the same names, directions, addresses,
 // modes (HTTP, capture) and the InboundHTTP settings fixed by New.
 // Otherwise Apply changes nothing and returns an error naming every
@@ -681,7 +698,9 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		}
 	}
 	for _, out := range out {
-		p.listener(out.Name).policy.Store(&out.Expect)
+		l := p.listener(out.Name)
+		l.policy.Store(&out.Expect)
+		l.callers.Store(&out.Callers)
 	}
 	select {
 	case p.revalNow <- struct{}{}:
@@ -883,12 +902,20 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	start := time.Now()
 	target := l.target
 	var expect *authz.Policy
+	if l.capture == nil && p.refuseCaller(l, app, netip.AddrPort{}, start) {
+		return
+	}
 	if l.capture != nil {
 		dst, err := capturedTarget(app, l.ln.Addr())
 		if err != nil {
 			app.Close()
 			p.m.refused(l.dir, "no_original_destination", false)
 			p.access(l, start, spiffeid.ID{}, nil, "deny", "no_original_destination", relay.Result{}, "tcp")
+			return
+		}
+		// The app's socket is connected to the original destination, not
+		// to this listener.
+		if p.refuseCaller(l, app, dst, start) {
 			return
 		}
 		self, err := p.cfg.SVIDs.GetX509SVID()

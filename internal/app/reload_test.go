@@ -102,6 +102,7 @@ func runInProcess(t *testing.T, config string) *inProcess {
 		}
 		select {
 		case code := <-done:
+			done <- code // for the cleanup, which waits for it
 			t.Fatalf("credflow run exited %d:\n%s", code, ip.log.lines(""))
 		default:
 		}
@@ -293,5 +294,27 @@ func TestRunTrustDomainWithoutBundle(t *testing.T) {
 	}
 	if n := len(ip.log.lines(warning)); n != 3 {
 		t.Errorf("%d warnings, want 3 (one, then two after the reload)", n)
+	}
+}
+
+// TestRunWarnsAllowNonLoopback: the sidecar warns at start about each
+// outbound listener with allow_non_loopback, naming it and its address,
+// and about no other.
+func TestRunWarnsAllowNonLoopback(t *testing.T) {
+	addrs := make([]string, 2)
+	for i := range addrs {
+		var err error
+		if addrs[i], err = sidecartest.FreeAddr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ip := runInProcess(t, fmt.Sprintf(`outbound:
+  - {name: wide, listen: %q, upstream: 127.0.0.1:1, expect: [spiffe://example.org/b], allow_non_loopback: true}
+  - {name: local, listen: %q, upstream: 127.0.0.1:1, expect: [spiffe://example.org/b]}
+`, addrs[0], addrs[1]))
+	lines := ip.log.lines("allow_non_loopback")
+	if len(lines) != 1 || !strings.Contains(lines[0], `"level":"WARN"`) || !strings.Contains(lines[0], `"listener":"wide"`) ||
+		!strings.Contains(lines[0], fmt.Sprintf(`"listen":%q`, addrs[0])) {
+		t.Fatalf("allow_non_loopback warnings: %q, want one for listener wide at %s", lines, addrs[0])
 	}
 }

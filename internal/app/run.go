@@ -155,6 +155,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err := p.Listen(); err != nil {
 		return err
 	}
+	warnNonLoopback(cfg, log)
 	adminLn, err := net.Listen("tcp", cfg.Admin)
 	if err != nil {
 		return fmt.Errorf("admin listener %s: %w", cfg.Admin, err)
@@ -293,6 +294,18 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 	return pc
 }
 
+// warnNonLoopback names the outbound listeners that may listen where other
+// hosts can reach them (allow_non_loopback): whatever connects there is
+// relayed with this workload's identity.
+func warnNonLoopback(cfg *config.Config, log *slog.Logger) {
+	for _, out := range cfg.Outbound {
+		if out.AllowNonLoopback {
+			log.Warn("credflow: outbound listener has allow_non_loopback: whoever can reach its address speaks with this workload's identity",
+				slog.String(logkey.Listener, out.Name), slog.String(logkey.Listen, out.Listen))
+		}
+	}
+}
+
 // listeners translates the configured listeners for the proxy.
 func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) {
 	for _, in := range cfg.Inbound {
@@ -301,7 +314,7 @@ func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) 
 	}
 	for _, out := range cfg.Outbound {
 		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture})
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture, Callers: out.Callers})
 	}
 	return ins, outs
 }

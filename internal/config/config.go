@@ -192,6 +192,12 @@ type Outbound struct {
 	HTTP *proxy.OutboundHTTP
 	// Capture is set for a transparent capture listener.
 	Capture *proxy.Capture
+	// Callers are callers.uids: the local users whose connections the
+	// listener takes; empty (the default) is every local process.
+	Callers peercred.Callers
+	// AllowNonLoopback is allow_non_loopback: Listen may be an address
+	// other hosts can reach (default false: loopback only).
+	AllowNonLoopback bool
 }
 
 // file is the YAML shape.
@@ -307,23 +313,47 @@ type file struct {
 				Expect []string `yaml:"expect"`
 			} `yaml:"destinations"`
 		} `yaml:"capture"`
+
+		Callers          callers `yaml:"callers"`
+		AllowNonLoopback bool    `yaml:"allow_non_loopback"`
 	} `yaml:"outbound"`
 }
 
 // tokenEndpoint is token_endpoint in YAML: an address, or a mapping.
 type tokenEndpoint struct {
-	Listen      string `yaml:"listen"`
-	SocketGroup *int64 `yaml:"socket_group"`
-	Callers     struct {
-		UIDs []int64 `yaml:"uids"`
-		GIDs []int64 `yaml:"gids"`
-	} `yaml:"callers"`
-	Audiences []string `yaml:"audiences"`
+	Listen      string   `yaml:"listen"`
+	SocketGroup *int64   `yaml:"socket_group"`
+	Callers     callers  `yaml:"callers"`
+	Audiences   []string `yaml:"audiences"`
 
 	NewAudienceRate  float64 `yaml:"new_audience_rate"`
 	NewAudienceBurst int     `yaml:"new_audience_burst"`
 	MaxAudiences     int     `yaml:"max_audiences"`
 	set              bool
+}
+
+// callers is a listener's callers section in YAML.
+type callers struct {
+	UIDs []int64 `yaml:"uids"`
+	GIDs []int64 `yaml:"gids"`
+}
+
+// parse checks the uids and gids of the callers section at field.
+func (c callers) parse(field string, fail func(field, format string, args ...any)) peercred.Callers {
+	var out peercred.Callers
+	id := func(field string, v int64) uint32 {
+		if v < 0 || v >= int64(peercred.NoID) {
+			fail(field, "%d is not a uid or gid", v)
+		}
+		return uint32(v)
+	}
+	for i, u := range c.UIDs {
+		out.UIDs = append(out.UIDs, id(fmt.Sprintf("%s.uids[%d]", field, i), u))
+	}
+	for i, g := range c.GIDs {
+		out.GIDs = append(out.GIDs, id(fmt.Sprintf("%s.gids[%d]", field, i), g))
+	}
+	return out
 }
 
 // UnmarshalYAML takes "token_endpoint: ADDR" as {listen: ADDR}. Unknown
@@ -394,12 +424,7 @@ func parseTokenEndpoint(t *tokenEndpoint, admin string, edge bool, fail func(fie
 		}
 		te.SocketGroup = int(id("token_endpoint.socket_group", *t.SocketGroup))
 	}
-	for i, u := range t.Callers.UIDs {
-		te.Callers.UIDs = append(te.Callers.UIDs, id(fmt.Sprintf("token_endpoint.callers.uids[%d]", i), u))
-	}
-	for i, g := range t.Callers.GIDs {
-		te.Callers.GIDs = append(te.Callers.GIDs, id(fmt.Sprintf("token_endpoint.callers.gids[%d]", i), g))
-	}
+	te.Callers = t.Callers.parse("token_endpoint.callers", fail)
 	if len(te.Callers.GIDs) > 0 && te.Network != "unix" {
 		fail("token_endpoint.callers.gids", "a TCP caller has no group the kernel can name; use uids, or a unix:// listen address")
 	}
@@ -765,7 +790,14 @@ func Parse(data []byte) (*Config, error) {
 	for i, out := range f.Outbound {
 		field := fmt.Sprintf("outbound[%d]", i)
 		claim(field, out.Name, out.Listen)
-		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream}
+		if !out.AllowNonLoopback && checkAddr(out.Listen, false) == nil && !isLoopback(out.Listen) {
+			fail(field+".listen", "%s is not a loopback address; set allow_non_loopback: true to listen there", out.Listen)
+		}
+		o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, AllowNonLoopback: out.AllowNonLoopback,
+			Callers: out.Callers.parse(field+".callers", fail)}
+		if len(o.Callers.GIDs) > 0 {
+			fail(field+".callers.gids", "a TCP caller has no group the kernel can name; use uids")
+		}
 		if out.Capture != nil {
 			o.Capture = parseCapture(field, out.Capture.Destinations, e)
 			if out.Upstream != "" {
@@ -978,20 +1010,28 @@ func checkAddr(addr string, loopback bool) error {
 	if addr == "" {
 		return errors.New("required")
 	}
-	host, port, err := net.SplitHostPort(addr)
+	_, port, err := net.SplitHostPort(addr)
 	if err != nil {
 		return fmt.Errorf("%q: %v", addr, err)
 	}
 	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
 		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
 	}
-	if loopback {
-		ip := net.ParseIP(host)
-		if host != "localhost" && (ip == nil || !ip.IsLoopback()) {
-			return fmt.Errorf("%q: must be a loopback address (127.0.0.1, [::1] or localhost)", addr)
-		}
+	if loopback && !isLoopback(addr) {
+		return fmt.Errorf("%q: must be a loopback address (127.0.0.1, [::1] or localhost)", addr)
 	}
 	return nil
+}
+
+// isLoopback reports whether the host of the host:port addr is a loopback
+// IP or "localhost".
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
 }
 
 // clash reports whether two listen addresses would collide: the same port

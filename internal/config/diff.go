@@ -9,8 +9,9 @@ import (
 )
 
 // hotReload lists the fields a running sidecar can take from a new file,
-// with list indices written [*]: listener policies, and the routes and
-// token settings of HTTP inbound listeners. Every other field that
+// with list indices written [*]: listener policies, the local callers of
+// outbound listeners, and the routes and token settings of HTTP inbound
+// listeners. Every other field that
 // changed, including fields this list has never heard of, needs a restart.
 var hotReload = []string{
 	"inbound[*].allow",
@@ -25,6 +26,7 @@ var hotReload = []string{
 	"inbound[*].txn_token.require",
 	"inbound[*].txn_token.minters",
 	"outbound[*].expect",
+	"outbound[*].callers.uids",
 	"token_endpoint.callers.uids",
 	"token_endpoint.callers.gids",
 	"token_endpoint.audiences",

@@ -22,6 +22,7 @@ const (
 	Group        = "group"
 	KeyExchange  = "key_exchange"
 	Listener     = "listener"
+	Listen       = "listen" // a listener's configured address
 	Method       = "method"
 	Path         = "path"
 	Proto        = "proto"
