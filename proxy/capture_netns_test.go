@@ -20,6 +20,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/internal/testenv"
 	"github.com/credflow/credflow/proxy"
 )
 
@@ -35,9 +36,7 @@ func inOwnNetns(t *testing.T) bool {
 	if os.Getenv(inNetns) == t.Name() {
 		return true
 	}
-	if os.Getuid() != 0 {
-		t.Fatal("this test makes a network namespace and installs netfilter rules there: it needs root (make test runs as root)")
-	}
+	testenv.NeedsRoot(t, "making a network namespace and installing netfilter rules there")
 	for _, tool := range []string{"unshare", "ip", "iptables", "ip6tables"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Fatalf("%s is missing (make deps installs it): %v", tool, err)

@@ -9,6 +9,7 @@ import (
 
 	"github.com/credflow/credflow/internal/pgtest"
 	"github.com/credflow/credflow/internal/spiretest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // TestE2EServerFailover is F15: two real SPIRE servers share one PostgreSQL
@@ -18,6 +19,8 @@ import (
 // server is stopped: the sidecars keep rotating their SVIDs, which only the
 // second server can now sign, and no request fails.
 func TestE2EServerFailover(t *testing.T) {
+	testenv.NeedsSPIRE(t)
+	testenv.NeedsRoot(t, "running PostgreSQL as its own user and workloads as other uids")
 	ctx := t.Context()
 	pg, err := pgtest.Start(ctx)
 	if err != nil {
