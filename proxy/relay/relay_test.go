@@ -161,18 +161,21 @@ func TestIdleTimeout(t *testing.T) {
 			f := newFixture(t, k)
 			p := f.pair(t)
 			defer p.closeAll()
+			// A byte every 100 ms in one direction keeps the relay open
+			// past its idle timeout (1.5 s of traffic under a 1 s timeout).
+			// The timeout is ten gaps long, so a loaded machine that
+			// delays a write several times over does not end the relay.
+			const idle, writes = time.Second, 15
 			res := relay(t.Context(), p, Options{IdleTimeout: idle})
 			go readAll(p.backend, 10*time.Second) // drains until the relay closes
 
-			// A byte every idle/4 in one direction keeps the relay open
-			// for 4×idle.
 			var last time.Time
-			for range 16 {
+			for range writes {
 				if _, err := p.client.Write([]byte{1}); err != nil {
 					t.Fatalf("write while active: %v", err)
 				}
 				last = time.Now()
-				time.Sleep(idle / 4)
+				time.Sleep(idle / 10)
 			}
 			select {
 			case r := <-res:
@@ -187,8 +190,8 @@ func TestIdleTimeout(t *testing.T) {
 			if quiet < idle {
 				t.Errorf("closed %v after the last byte, want at least %v", quiet, idle)
 			}
-			if r.AToB != 16 {
-				t.Errorf("AToB = %d, want 16", r.AToB)
+			if r.AToB != writes {
+				t.Errorf("AToB = %d, want %d", r.AToB, writes)
 			}
 		})
 	}
