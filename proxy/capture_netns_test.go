@@ -53,6 +53,37 @@ func inOwnNetns(t *testing.T) bool {
 	return false
 }
 
+// The addresses of the namespace's server and app, on its loopback
+// device: startNetnsServer adds them.
+const (
+	server4, app4 = "10.233.0.2", "10.233.0.3"
+	server6, app6 = "fd00:cf6:1::2", "fd00:cf6:1::3"
+)
+
+// startNetnsServer adds the server and app addresses to the namespace's
+// loopback device and starts an inbound listener on [::] (both families)
+// relaying to an echo app, allowing the frontend.
+func startNetnsServer(t *testing.T, ca *testca.CA) *proxy.Proxy {
+	t.Helper()
+	mustExec(t, "ip", "link", "set", "lo", "up")
+	for _, a := range []string{server4 + "/32", app4 + "/32"} {
+		mustExec(t, "ip", "addr", "add", a, "dev", "lo")
+	}
+	for _, a := range []string{server6 + "/128", app6 + "/128"} {
+		mustExec(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
+	}
+	echo, err := sidecartest.Echo(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, _ := startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "[::]:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
+	})
+	return server
+}
+
 func mustExec(t *testing.T, name string, args ...string) {
 	t.Helper()
 	if out, err := exec.Command(name, args...).CombinedOutput(); err != nil {
@@ -74,28 +105,8 @@ func TestCaptureOriginalDestination(t *testing.T) {
 	if !inOwnNetns(t) {
 		return
 	}
-	const (
-		server4, app4 = "10.233.0.2", "10.233.0.3"
-		server6, app6 = "fd00:cf6:1::2", "fd00:cf6:1::3"
-	)
-	mustExec(t, "ip", "link", "set", "lo", "up")
-	for _, a := range []string{server4 + "/32", app4 + "/32"} {
-		mustExec(t, "ip", "addr", "add", a, "dev", "lo")
-	}
-	for _, a := range []string{server6 + "/128", app6 + "/128"} {
-		mustExec(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
-	}
-
 	ca := testca.New(t, td)
-	echo, err := sidecartest.Echo(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, _ := startProxy(t, proxy.Config{
-		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
-		Bundles: x509bundle.NewSet(ca.Bundle()),
-		Inbound: []proxy.Inbound{{Name: "app", Listen: "[::]:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
-	})
+	server := startNetnsServer(t, ca)
 	port := uint16(server.Addr("app").(*net.TCPAddr).Port)
 	backend := policy(t, "spiffe://example.org/backend")
 
@@ -151,27 +162,8 @@ func TestCaptureCallers(t *testing.T) {
 	if !inOwnNetns(t) {
 		return
 	}
-	const (
-		server4, app4 = "10.233.0.2", "10.233.0.3"
-		server6, app6 = "fd00:cf6:1::2", "fd00:cf6:1::3"
-	)
-	mustExec(t, "ip", "link", "set", "lo", "up")
-	for _, a := range []string{server4 + "/32", app4 + "/32"} {
-		mustExec(t, "ip", "addr", "add", a, "dev", "lo")
-	}
-	for _, a := range []string{server6 + "/128", app6 + "/128"} {
-		mustExec(t, "ip", "addr", "add", a, "dev", "lo", "nodad")
-	}
 	ca := testca.New(t, td)
-	echo, err := sidecartest.Echo(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	server, _ := startProxy(t, proxy.Config{
-		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
-		Bundles: x509bundle.NewSet(ca.Bundle()),
-		Inbound: []proxy.Inbound{{Name: "app", Listen: "[::]:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}},
-	})
+	server := startNetnsServer(t, ca)
 	port := fmt.Sprint(server.Addr("app").(*net.TCPAddr).Port)
 	self, other, uid := selfAndOther()
 
