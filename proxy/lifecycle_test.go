@@ -175,19 +175,13 @@ func TestPooledHTTPFollowsExpectAndTrust(t *testing.T) {
 		t.Run(change, func(t *testing.T) {
 			kept, dropped, both := twoAuthorities(t)
 			issuer := newJWTIssuer(t)
-			appLn, err := net.Listen("tcp", "127.0.0.1:0")
-			if err != nil {
-				t.Fatal(err)
-			}
-			srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
-			go srv.Serve(appLn)
-			t.Cleanup(func() { srv.Close() })
+			appAddr := okApp(t)
 			api, _ := route.ParsePath("/api/*")
 			routes := route.Table{Rules: []route.Rule{{Peers: policy(t, front.String()), Methods: []string{"GET"}, Paths: []route.Path{api}}}}
 			in, _ := startProxy(t, proxy.Config{
 				SVIDs:       static{svid: dropped.Issue(t, back)},
 				Bundles:     x509bundle.NewSet(both),
-				Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, front.String()), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
+				Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appAddr, Allow: policy(t, front.String()), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
 				ValidateJWT: issuer.validate,
 			})
 			frontend := &swappable{}
@@ -593,13 +587,7 @@ func TestNoSVIDYet(t *testing.T) {
 func TestMaxConnectionAgeHTTPIsGraceful(t *testing.T) {
 	ca := testca.New(t, td)
 	issuer := newJWTIssuer(t)
-	appLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
-	go srv.Serve(appLn)
-	t.Cleanup(func() { srv.Close() })
+	appAddr := okApp(t)
 	front := spiffeid.RequireFromPath(td, "/frontend")
 	api, _ := route.ParsePath("/api/*")
 	routes := route.Table{Rules: []route.Rule{{Peers: policy(t, front.String()), Methods: []string{"GET"}, Paths: []route.Path{api}}}}
@@ -607,7 +595,7 @@ func TestMaxConnectionAgeHTTPIsGraceful(t *testing.T) {
 	in, inReg := startProxy(t, proxy.Config{
 		SVIDs:              static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
 		Bundles:            bundles,
-		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, front.String()), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
+		Inbound:            []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appAddr, Allow: policy(t, front.String()), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}},
 		ValidateJWT:        issuer.validate,
 		RevalidateInterval: 100 * time.Millisecond,
 		MaxConnectionAge:   time.Second,
@@ -642,4 +630,18 @@ func TestMaxConnectionAgeHTTPIsGraceful(t *testing.T) {
 	if c := m.metric(t, "credflow_connections_closed_total", "reason=max_age"); c != 0 {
 		t.Errorf("%v connections cut at max_age: they should have been wound down", c)
 	}
+}
+
+// okApp serves "ok" over HTTP/1.1 on loopback until the test ends and
+// returns its address.
+func okApp(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().String()
 }
