@@ -123,7 +123,7 @@ func TestE2EOutboundCallers(t *testing.T) {
 		t.Fatalf("HTTP listener, uid %d: curl exit %d, %d %q %q, want 403 caller_not_allowed", uidIntruder, exit, code, reason, body)
 	}
 	// Root is not a caller either.
-	resp, err := http.Get("http://" + outHTTP + "/http/root")
+	resp, err := httpc.Get("http://" + outHTTP + "/http/root")
 	if err != nil {
 		t.Fatal(err)
 	}

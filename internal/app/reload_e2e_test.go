@@ -85,7 +85,7 @@ func TestE2EReloadRoutesAndTrustDomains(t *testing.T) {
 
 	get := func(path string) (int, string) {
 		t.Helper()
-		resp, err := http.Get("http://" + outAddr + path)
+		resp, err := httpc.Get("http://" + outAddr + path)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -93,7 +93,7 @@ func runInProcess(t *testing.T, config string) *inProcess {
 	})
 	deadline := time.Now().Add(20 * time.Second)
 	for {
-		resp, err := http.Get("http://" + admin + "/readyz")
+		resp, err := httpc.Get("http://" + admin + "/readyz")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -276,7 +276,7 @@ func TestRunTrustDomainWithoutBundle(t *testing.T) {
 		t.Errorf("warning: %s", l)
 	}
 	identity := func() string {
-		resp, err := http.Get("http://" + ip.admin + "/debug/identity")
+		resp, err := httpc.Get("http://" + ip.admin + "/debug/identity")
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -260,3 +261,7 @@ func TestIdentityByUID(t *testing.T) {
 		}
 	}
 }
+
+// httpc is the plain-HTTP client of the tests: every request bounded, so
+// a sidecar that never answers fails its test instead of hanging the run.
+var httpc = &http.Client{Timeout: 30 * time.Second}
