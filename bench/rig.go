@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -8,6 +9,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -15,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -137,7 +140,23 @@ type proc struct {
 	name  string
 	cmd   *exec.Cmd
 	admin string // credflow's admin address, for its metrics
+	log   string // the file its output goes to
 	done  chan struct{}
+}
+
+// exited is the error for a process that stopped when it should be
+// running: its exit status and the end of its log, so that a failed run
+// (in CI, where the log directory is gone) says why.
+func (p *proc) exited() error {
+	const tail = 2048
+	b, _ := os.ReadFile(p.log)
+	if len(b) > tail {
+		b = b[len(b)-tail:]
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			b = b[i+1:]
+		}
+	}
+	return fmt.Errorf("bench: %s exited (%v); the end of its log %s:\n%s", p.name, p.cmd.ProcessState, p.log, bytes.TrimSpace(b))
 }
 
 // start runs a program, its output in dir/NAME.log.
@@ -153,7 +172,7 @@ func (r *rig) start(name string, args ...string) (*proc, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("bench: starting %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, log: logf.Name(), done: make(chan struct{})}
 	go func() { cmd.Wait(); close(p.done) }()
 	r.procs = append(r.procs, p)
 	return p, nil
@@ -181,7 +200,7 @@ func (p *proc) waitListening(addr string, timeout time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("bench: %s exited (see its log)", p.name)
+			return p.exited()
 		default:
 		}
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
@@ -199,7 +218,7 @@ func (p *proc) waitReady(timeout time.Duration) error {
 	for time.Now().Before(deadline) {
 		select {
 		case <-p.done:
-			return fmt.Errorf("bench: %s exited (see its log)", p.name)
+			return p.exited()
 		default:
 		}
 		if resp, err := http.Get("http://" + p.admin + "/readyz"); err == nil {
@@ -303,13 +322,79 @@ func (p *proc) metric(name string) (float64, error) {
 
 // freeAddr returns a loopback address with a port free at the time of the
 // call.
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+func freeAddr() (string, error) { return ports.next() }
+
+// ports hands out loopback ports for the processes the harness starts. A
+// port from listening on :0 comes from the ephemeral range, where the
+// kernel also picks the local ports of outgoing connections: with
+// thousands of connections in flight, one of them could take the port
+// between the check and the process's own listen, and two successive :0
+// checks could return the same port. So ports come from below the
+// ephemeral range, are checked free, and are never handed out twice in
+// a run.
+var ports = &portAllocator{}
+
+type portAllocator struct {
+	mu     sync.Mutex
+	cursor int
+	low    int // first port below the ephemeral range that is used
+	high   int // the ephemeral range's first port
+}
+
+// portFloor is the lowest port handed out: below it are well-known and
+// registered services a machine may run.
+const portFloor = 20000
+
+func (a *portAllocator) next() (string, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.high == 0 {
+		a.high = ephemeralLow()
+		a.low = portFloor
+		if a.high-a.low < 1000 {
+			a.low = 0 // no room below the ephemeral range: ask the kernel
+		} else {
+			a.cursor = a.low + rand.IntN(a.high-a.low)
+		}
 	}
-	defer l.Close()
-	return l.Addr().String(), nil
+	if a.low == 0 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", err
+		}
+		defer l.Close()
+		return l.Addr().String(), nil
+	}
+	for range a.high - a.low {
+		port := a.cursor
+		if a.cursor++; a.cursor >= a.high {
+			a.cursor = a.low
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		if l, err := net.Listen("tcp", addr); err == nil {
+			l.Close()
+			return addr, nil
+		}
+	}
+	return "", fmt.Errorf("bench: no free loopback port in %d-%d", a.low, a.high-1)
+}
+
+// ephemeralLow reads the first port of the kernel's ephemeral range,
+// 32768 when it cannot.
+func ephemeralLow() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 32768
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 32768
+	}
+	n, err := strconv.Atoi(f[0])
+	if err != nil {
+		return 32768
+	}
+	return n
 }
 
 // raiseFileLimit lifts this process's descriptor limit (and its children's)
