@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/internal/sidecartest"
 )
 
@@ -40,14 +41,16 @@ func getAs(t *testing.T, ctx context.Context, dir string, uid int, u string) (ex
 }
 
 // TestE2EOutboundCallers: on real SPIRE, the frontend's sidecar (uid 1001)
-// has a TCP and an HTTP outbound listener to the backend, each with
-// callers: {uids: [1001]}. The frontend's uid gets through both; another
-// uid on the same host (1003), root included, is refused with
-// caller_not_allowed: its TCP connection is closed at accept, its HTTP
-// requests are answered 403 with X-Credflow-Reason, never reaching the
-// backend. The refusals are in the access log, with the caller's uid, and
-// in credflow_refusals_total. A reload (SIGHUP) that adds uid 1003 to the
-// TCP listener's callers lets it through.
+// has a TCP and an HTTP outbound listener to the backend whose callers are
+// uid 1001: the TCP listener lists them in the file, the HTTP one takes
+// them from $CREDFLOW_CALLER_UIDS, as an injected sidecar does. The
+// frontend's uid gets through both; another uid on the same host (1003),
+// root included, is refused with caller_not_allowed: its TCP connection is
+// closed at accept, its HTTP requests are answered 403 with
+// X-Credflow-Reason, never reaching the backend. The refusals are in the
+// access log, with the caller's uid, and in credflow_refusals_total. A
+// reload (SIGHUP) that adds uid 1003 to the TCP listener's callers lets it
+// through.
 func TestE2EOutboundCallers(t *testing.T) {
 	s, bin, _ := startWorkloads(t, 0, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend"})
 	ctx := t.Context()
@@ -92,7 +95,10 @@ func TestE2EOutboundCallers(t *testing.T) {
     allow: [spiffe://example.org/frontend]
     routes: [{peers: [spiffe://example.org/frontend], paths: [/*]}]
 `, inTCP, appLn.Addr(), inHTTP, appLn.Addr()))
-	frontend := startSidecar(t, s, bin, uidFrontend, "frontend", common+fmt.Sprintf(`outbound:
+	// The HTTP listener names no callers: it takes the uids the injector
+	// puts in $CREDFLOW_CALLER_UIDS (the pod's containers).
+	frontend, err := sidecartest.StartWrapped(ctx, s, []string{"env", fmt.Sprintf("%s=%d", peercred.EnvCallerUIDs, uidFrontend)},
+		bin, uidFrontend, "frontend", common+fmt.Sprintf(`outbound:
   - name: tcp
     listen: %q
     upstream: %q
@@ -103,8 +109,19 @@ func TestE2EOutboundCallers(t *testing.T) {
     upstream: %q
     protocol: http
     expect: [spiffe://example.org/backend]
-    callers: {uids: [%d]}
-`, outTCP, inTCP, uidFrontend, outHTTP, inHTTP, uidFrontend))
+`, outTCP, inTCP, uidFrontend, outHTTP, inHTTP), 60*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		frontend.Stop(10 * time.Second)
+		if t.Failed() {
+			t.Logf("--- frontend log ---\n%s", frontend.Tail(6000))
+		}
+	})
+	if l := frontend.LogLines("local callers"); len(l) != 1 || !strings.Contains(l[0], `"fields":["outbound[1].callers"]`) {
+		t.Fatalf("start-up log %q, want the callers of outbound[1] from $%s", l, peercred.EnvCallerUIDs)
+	}
 
 	// The frontend's uid: through both listeners.
 	if exit, code, _, body := getAs(t, ctx, s.Dir(), uidFrontend, "http://"+outTCP+"/tcp/allowed"); exit != 0 || code != 200 || body != "peer=" {

@@ -20,6 +20,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
 
 	"github.com/credflow/credflow/internal/app"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/internal/wlapitest"
@@ -316,5 +317,31 @@ func TestRunWarnsAllowNonLoopback(t *testing.T) {
 	if len(lines) != 1 || !strings.Contains(lines[0], `"level":"WARN"`) || !strings.Contains(lines[0], `"listener":"wide"`) ||
 		!strings.Contains(lines[0], fmt.Sprintf(`"listen":%q`, addrs[0])) {
 		t.Fatalf("allow_non_loopback warnings: %q, want one for listener wide at %s", lines, addrs[0])
+	}
+}
+
+// TestCheckCallersFromEnvironment: $CREDFLOW_CALLER_UIDS, which the
+// injector sets, gives the outbound listeners and the token endpoint that
+// list no callers theirs; a listener's own callers win; a value that is
+// not a list of uids is an error naming the variable.
+func TestCheckCallersFromEnvironment(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "credflow.yaml")
+	if err := os.WriteFile(path, []byte(`token_endpoint: {listen: 127.0.0.1:15080, audiences: [spiffe://example.org/backend]}
+outbound:
+  - {name: a, listen: 127.0.0.1:15001, upstream: backend:15006, expect: [spiffe://example.org/backend]}
+  - {name: b, listen: 127.0.0.1:15002, upstream: backend:15006, expect: [spiffe://example.org/backend], callers: {uids: [7]}}
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(peercred.EnvCallerUIDs, "1000,1002")
+	code, stdout, stderr := run(t, "check", "-c", path)
+	want := "callers from $CREDFLOW_CALLER_UIDS (1000,1002): outbound[0].callers, token_endpoint.callers\n"
+	if code != 0 || !strings.Contains(stdout, want) {
+		t.Fatalf("check: %d\n%s\n%s\nwant %q", code, stdout, stderr, want)
+	}
+	t.Setenv(peercred.EnvCallerUIDs, "1000,app")
+	code, _, stderr = run(t, "check", "-c", path)
+	if code == 0 || !strings.Contains(stderr, `$CREDFLOW_CALLER_UIDS: peercred: "app" is not a uid`) {
+		t.Fatalf("check with a bad $%s: %d %s", peercred.EnvCallerUIDs, code, stderr)
 	}
 }

@@ -25,11 +25,31 @@ import (
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/exchange"
 )
+
+// loadConfig reads the configuration file at path and gives the outbound
+// listeners and the token endpoint that list no callers the uids of
+// $CREDFLOW_CALLER_UIDS, when it is set; it returns the fields it set.
+func loadConfig(path string) (*config.Config, []string, error) {
+	c, err := config.Load(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	env := os.Getenv(peercred.EnvCallerUIDs)
+	if env == "" {
+		return c, nil, nil
+	}
+	uids, err := peercred.ParseUIDs(env)
+	if err != nil {
+		return nil, nil, fmt.Errorf("$%s: %w", peercred.EnvCallerUIDs, err)
+	}
+	return c, c.DefaultCallers(peercred.Callers{UIDs: uids}), nil
+}
 
 func configFlag(name, usage string, args []string, stderr io.Writer) (string, error) {
 	var path string
@@ -62,7 +82,7 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if path == "" {
 		return fmt.Errorf("%w: -c FILE is required", errUsage)
 	}
-	c, err := config.Load(path)
+	c, defaulted, err := loadConfig(path)
 	if err != nil {
 		return err
 	}
@@ -74,6 +94,9 @@ func runCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if _, err := fmt.Fprintf(stdout, "%s: valid (%d inbound, %d outbound listeners)\ntrust domains named by policies: %s\n",
 		path, len(c.Inbound), len(c.Outbound), strings.Join(names, ", ")); err != nil {
 		return err
+	}
+	if len(defaulted) > 0 {
+		fmt.Fprintf(stdout, "callers from $%s (%s): %s\n", peercred.EnvCallerUIDs, os.Getenv(peercred.EnvCallerUIDs), strings.Join(defaulted, ", "))
 	}
 	if socket == "" {
 		return nil
@@ -118,11 +141,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	cfg, err := config.Load(path)
+	cfg, defaulted, err := loadConfig(path)
 	if err != nil {
 		return err
 	}
 	log := newLogger(stderr, cfg.LogLevel, cfg.LogFormat)
+	if len(defaulted) > 0 {
+		log.Info("local callers: the uids in $"+peercred.EnvCallerUIDs+" (the pod's containers)",
+			slog.String("uids", os.Getenv(peercred.EnvCallerUIDs)), slog.Any("fields", defaulted))
+	}
 	if cfg.KeyExchange.Requires() {
 		if err := pqc.HybridAvailable(); err != nil {
 			return fmt.Errorf("key_exchange requires hybrid post-quantum groups, but %w", err)
@@ -327,7 +354,7 @@ func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) 
 // invalid, or that changes anything else, is refused as a whole: nothing
 // is applied and the error names every field that needs a restart.
 func reload(path string, cur *config.Config, p *proxy.Proxy, tok *tokenEndpoint) (*config.Config, []string, error) {
-	next, err := config.Load(path)
+	next, _, err := loadConfig(path)
 	if err != nil {
 		return nil, nil, err
 	}

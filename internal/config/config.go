@@ -319,6 +319,28 @@ type file struct {
 	} `yaml:"outbound"`
 }
 
+// DefaultCallers makes d the callers of every outbound listener and of
+// the token endpoint whose configuration lists none, and returns the
+// fields it set. Diff compares the files as written, so defaults applied
+// to both configurations of a reload change nothing there.
+func (c *Config) DefaultCallers(d peercred.Callers) []string {
+	if d.Any() {
+		return nil
+	}
+	var set []string
+	for i := range c.Outbound {
+		if c.Outbound[i].Callers.Any() {
+			c.Outbound[i].Callers = d
+			set = append(set, fmt.Sprintf("outbound[%d].callers", i))
+		}
+	}
+	if c.TokenEndpoint != nil && c.TokenEndpoint.Callers.Any() {
+		c.TokenEndpoint.Callers = d
+		set = append(set, "token_endpoint.callers")
+	}
+	return set
+}
+
 // tokenEndpoint is token_endpoint in YAML: an address, or a mapping.
 type tokenEndpoint struct {
 	Listen      string   `yaml:"listen"`

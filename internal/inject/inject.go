@@ -11,6 +11,11 @@
 // changes nothing. Injected pods carry the label credflow.io/injected:
 // "true", which NetworkPolicies select on.
 //
+// When every container of the pod has a runAsUser (its own or the pod's),
+// the sidecar gets those uids in CREDFLOW_CALLER_UIDS
+// (peercred.EnvCallerUIDs): its outbound listeners and token endpoint then
+// accept only those users, where the configuration names no callers.
+//
 // The injector refuses (allowed=false) what it cannot put in the mesh
 // safely rather than admit it half-meshed: a pod with a container that
 // would run as the sidecar's uid (capture exempts that uid, so its traffic
@@ -30,9 +35,11 @@ import (
 	"log/slog"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/internal/peercred"
 )
 
 // Annotations a pod may carry.
@@ -210,7 +217,7 @@ func Patch(cfg Config, podJSON []byte) ([]Op, Decision, error) {
 	// The capture rules first, then the sidecar: init containers run in
 	// order, and the app containers start after the sidecar's startup
 	// probe passes.
-	inits := []any{c.initContainer(), c.sidecar()}
+	inits := []any{c.initContainer(), c.sidecar(callerUIDs(p))}
 	if len(p.Spec.InitContainers) == 0 {
 		ops = append(ops, Op{"add", "/spec/initContainers", inits})
 	} else {
@@ -422,15 +429,46 @@ func (c Config) initContainer() map[string]any {
 	}
 }
 
-func (c Config) sidecar() map[string]any {
+// callerUIDs returns the uids the pod's containers (its own init
+// containers too) run as, for the sidecar's default callers, or "" when
+// one of them runs as the uid its image names, which the injector does not
+// fetch: then the sidecar keeps its default, every process of the pod.
+func callerUIDs(p pod) string {
+	var uids []int64
+	for _, ct := range slices.Concat(p.Spec.InitContainers, p.Spec.Containers) {
+		switch {
+		case ct.RunAsUser != nil:
+			uids = append(uids, *ct.RunAsUser)
+		case p.Spec.RunAsUser != nil:
+			uids = append(uids, *p.Spec.RunAsUser)
+		default:
+			return ""
+		}
+	}
+	slices.Sort(uids)
+	var list []string
+	for _, u := range slices.Compact(uids) {
+		list = append(list, strconv.FormatInt(u, 10))
+	}
+	return strings.Join(list, ",")
+}
+
+// sidecar is the sidecar container; callers, when not empty, are the uids
+// its outbound listeners and token endpoint accept by default
+// (peercred.EnvCallerUIDs).
+func (c Config) sidecar(callers string) map[string]any {
+	env := []map[string]string{
+		{"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix://" + socketDir + "/spire-agent.sock"},
+	}
+	if callers != "" {
+		env = append(env, map[string]string{"name": peercred.EnvCallerUIDs, "value": callers})
+	}
 	return map[string]any{
 		"name":          SidecarName,
 		"image":         c.Image,
 		"args":          []string{"run", "-c", configDir + "/credflow.yaml"},
 		"restartPolicy": "Always",
-		"env": []map[string]string{
-			{"name": "SPIFFE_ENDPOINT_SOCKET", "value": "unix://" + socketDir + "/spire-agent.sock"},
-		},
+		"env":           env,
 		"ports": []map[string]any{
 			{"name": "credflow-in", "containerPort": 15006, "protocol": "TCP"},
 		},

@@ -9,6 +9,8 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+
+	"github.com/credflow/credflow/internal/peercred"
 )
 
 const plainPod = `{"apiVersion":"v1","kind":"Pod","metadata":{"name":"web","namespace":"shop"},
@@ -349,4 +351,53 @@ func FuzzPatch(f *testing.F) {
 			t.Fatalf("patching the injected pod again: %d ops, %v, %v", len(again), d, err)
 		}
 	})
+}
+
+// sidecarEnv returns the injected sidecar's environment.
+func sidecarEnv(t *testing.T, podJSON string) map[string]string {
+	t.Helper()
+	spec := injected(t, podJSON)["spec"].(map[string]any)
+	for _, c := range spec["initContainers"].([]any) {
+		if c := c.(map[string]any); c["name"] == SidecarName {
+			env := map[string]string{}
+			for _, e := range c["env"].([]any) {
+				e := e.(map[string]any)
+				env[e["name"].(string)] = e["value"].(string)
+			}
+			return env
+		}
+	}
+	t.Fatal("no sidecar")
+	return nil
+}
+
+// The sidecar's default callers are the uids the pod's containers run as,
+// its own init containers included, when every one of them is known from
+// the pod; one container that runs as its image's user leaves the default
+// (every process of the pod).
+func TestPatchCallerUIDs(t *testing.T) {
+	for _, tc := range []struct {
+		name, pod, want string
+	}{
+		{"per container", `{"metadata":{},"spec":{"initContainers":[{"name":"migrate","securityContext":{"runAsUser":1002}}],
+			"containers":[{"name":"web","securityContext":{"runAsUser":1000}},{"name":"worker","securityContext":{"runAsUser":1000}}]}}`, "1000,1002"},
+		{"pod default and override", `{"metadata":{},"spec":{"securityContext":{"runAsUser":2000},
+			"containers":[{"name":"web"},{"name":"admin","securityContext":{"runAsUser":0}}]}}`, "0,2000"},
+		{"one unknown", `{"metadata":{},"spec":{"containers":[{"name":"web","securityContext":{"runAsUser":1000}},{"name":"log"}]}}`, ""},
+		{"none known", plainPod, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, set := sidecarEnv(t, tc.pod)[peercred.EnvCallerUIDs]
+			if got != tc.want || set != (tc.want != "") {
+				t.Fatalf("%s = %q (set %v), want %q", peercred.EnvCallerUIDs, got, set, tc.want)
+			}
+			if tc.want == "" {
+				return
+			}
+			uids, err := peercred.ParseUIDs(got)
+			if err != nil || len(uids) != strings.Count(tc.want, ",")+1 {
+				t.Fatalf("the sidecar cannot read %q: %v %v", got, uids, err)
+			}
+		})
+	}
 }

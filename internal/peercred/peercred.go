@@ -14,6 +14,7 @@ package peercred
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"strconv"
@@ -71,6 +72,27 @@ type Callers struct {
 	// has no gid (Cred.GID is NoID), so GIDs only ever allow unix-socket
 	// callers.
 	GIDs []uint32
+}
+
+// EnvCallerUIDs is the environment variable that gives a sidecar its
+// default callers: uids separated by commas ("1000,1001"). In Kubernetes
+// the injector sets it to the uids of the pod's other containers; the
+// listeners whose configuration names no callers then take those.
+const EnvCallerUIDs = "CREDFLOW_CALLER_UIDS"
+
+// ParseUIDs reads a list of uids separated by commas, as EnvCallerUIDs
+// holds. It refuses an empty list, an empty entry and NoID.
+func ParseUIDs(s string) ([]uint32, error) {
+	var uids []uint32
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		u, err := strconv.ParseUint(f, 10, 32)
+		if err != nil || uint32(u) == NoID {
+			return nil, fmt.Errorf("peercred: %q is not a uid", f)
+		}
+		uids = append(uids, uint32(u))
+	}
+	return uids, nil
 }
 
 // Any reports whether c allows every caller (no uid or gid is listed).

@@ -358,3 +358,17 @@ func TestCallersAllows(t *testing.T) {
 		t.Fatalf("String = %q", s)
 	}
 }
+
+func TestParseUIDs(t *testing.T) {
+	for in, want := range map[string]string{"1000": "[1000]", "0, 1000,1002": "[0 1000 1002]"} {
+		got, err := peercred.ParseUIDs(in)
+		if err != nil || fmt.Sprint(got) != want {
+			t.Errorf("ParseUIDs(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "1000,", "app", "-1", "4294967295", "4294967296", "1000;1001"} {
+		if got, err := peercred.ParseUIDs(bad); err == nil {
+			t.Errorf("ParseUIDs(%q) = %v, want an error", bad, got)
+		}
+	}
+}
