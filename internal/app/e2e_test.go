@@ -458,6 +458,19 @@ func TestE2EReload(t *testing.T) {
 		t.Fatalf("a new connection after an invalid reload: %q, %v", got, err)
 	}
 
+	// Wait until the backend has seen the end of that connection, so that
+	// the open one is the only one the policy change can close (on a
+	// loaded machine the close may still be on its way).
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		n, err := m.backend.Metric(t.Context(), "credflow_active_connections", "direction=inbound")
+		if err == nil && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the backend still holds %v inbound connections (%v), want the open one only", n, err)
+		}
+	}
+
 	// A valid file that allows someone else: the open connection is closed
 	// within the revalidation interval (1s here), new ones are refused.
 	reload(strings.Replace(string(orig), "spiffe://example.org/frontend", "spiffe://example.org/someone-else", 1), "configuration reloaded")
