@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/reason"
 )
 
 // A Source reports why it cannot hand out an identity: here no SPIRE agent
@@ -21,7 +22,7 @@ func ExampleSource_Ready() {
 	go func() { done <- src.Run(ctx) }()
 
 	deadline := time.Now().Add(5 * time.Second)
-	for agent.ReasonOf(src.Ready()) == agent.ReasonStarting && time.Now().Before(deadline) {
+	for agent.ReasonOf(src.Ready()) == reason.Starting && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	fmt.Println(agent.ReasonOf(src.Ready()))

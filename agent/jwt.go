@@ -169,11 +169,11 @@ func (s *Source) fetchJWTSVID(audience string) (*jwtsvid.SVID, error) {
 	defer cancel()
 	svid, err := s.client.FetchJWTSVID(ctx, jwtsvid.Params{Audience: audience})
 	if err != nil {
-		reason := ReasonOf(err)
-		s.cfg.Metrics.apiError("jwt_svid", reason)
+		why := ReasonOf(err)
+		s.cfg.Metrics.apiError("jwt_svid", why)
 		s.log.Warn("agent: JWT-SVID fetch failed",
 			slog.String(logkey.Audience, audience),
-			slog.String(logkey.Reason, string(reason)),
+			slog.String(logkey.Reason, string(why)),
 			slog.String(logkey.Error, err.Error()))
 		return nil, fmt.Errorf("agent: JWT-SVID for audience %q: %w", audience, err)
 	}

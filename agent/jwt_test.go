@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/reason"
 )
 
 // fakeWorkloadAPI serves JWT-SVIDs with a chosen lifetime and counts the
@@ -214,7 +215,7 @@ func TestNewRejectsBadAddress(t *testing.T) {
 }
 
 func TestNotReadyErrorIs(t *testing.T) {
-	err := error(&agent.NotReadyError{Reason: agent.ReasonExpired})
+	err := error(&agent.NotReadyError{Reason: reason.SVIDExpired})
 	if !errors.Is(err, agent.ErrNotReady) {
 		t.Fatal("NotReadyError does not match ErrNotReady")
 	}

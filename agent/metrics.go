@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credflow/credflow/internal/labelcap"
+	"github.com/credflow/credflow/reason"
 )
 
 // maxTrustDomainLabels caps the distinct trust_domain label values; further
@@ -71,7 +72,7 @@ func (m *Metrics) rotated() {
 	}
 }
 
-func (m *Metrics) apiError(watch string, r Reason) {
+func (m *Metrics) apiError(watch string, r reason.Reason) {
 	if m != nil {
 		m.apiErrors.WithLabelValues(watch, string(r)).Inc()
 	}

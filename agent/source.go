@@ -18,6 +18,7 @@ import (
 	grpcbackoff "google.golang.org/grpc/backoff"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/reason"
 )
 
 // Defaults of Config.
@@ -120,8 +121,8 @@ type Source struct {
 	svid       *x509svid.SVID
 	x509       *x509bundle.Set
 	jwt        *jwtbundle.Set
-	lastErr    error  // last X.509 watch error since the last update
-	lastReason Reason // reason last logged, to log once per change
+	lastErr    error         // last X.509 watch error since the last update
+	lastReason reason.Reason // reason last logged, to log once per change
 	changed    chan struct{}
 	running    bool
 	closed     bool
@@ -178,7 +179,7 @@ func New(cfg Config) (*Source, error) {
 // the JWT-SVID cache fresh, until ctx ends. It returns nil when ctx ends,
 // or an error if the Workload API refuses a watch for good. Run may be
 // called once; when it returns, the Source is closed: it hands out nothing
-// and Ready reports ReasonClosed.
+// and Ready reports reason.Closed.
 func (s *Source) Run(ctx context.Context) error {
 	s.mu.Lock()
 	if s.running || s.closed {
@@ -275,7 +276,7 @@ func (s *Source) TrustDomains() []spiffeid.TrustDomain {
 
 // Ready returns nil when the Source holds an unexpired X.509-SVID and has
 // received the JWT bundles (so that it can validate JWT-SVIDs), and a
-// *NotReadyError with a stable Reason otherwise.
+// *NotReadyError with a stable reason.Reason otherwise.
 func (s *Source) Ready() error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -283,7 +284,7 @@ func (s *Source) Ready() error {
 		return err
 	}
 	if s.jwt == nil {
-		return &NotReadyError{Reason: ReasonStarting, Err: errors.New("agent: JWT bundles not received yet")}
+		return &NotReadyError{Reason: reason.Starting, Err: errors.New("agent: JWT bundles not received yet")}
 	}
 	return nil
 }
@@ -291,13 +292,13 @@ func (s *Source) Ready() error {
 func (s *Source) readyLocked(now time.Time) error {
 	switch {
 	case s.closed:
-		return &NotReadyError{Reason: ReasonClosed}
+		return &NotReadyError{Reason: reason.Closed}
 	case s.svid == nil && s.lastErr != nil:
 		return &NotReadyError{Reason: ReasonOf(s.lastErr), Err: s.lastErr}
 	case s.svid == nil:
-		return &NotReadyError{Reason: ReasonStarting}
+		return &NotReadyError{Reason: reason.Starting}
 	case !now.Before(s.svid.Certificates[0].NotAfter):
-		return &NotReadyError{Reason: ReasonExpired, Err: s.lastErr}
+		return &NotReadyError{Reason: reason.SVIDExpired, Err: s.lastErr}
 	}
 	return nil
 }
@@ -399,21 +400,21 @@ func (s *Source) watchError(watch string, err error) {
 	if s.life.Err() != nil {
 		return // shutting down
 	}
-	reason := ReasonOf(err)
-	s.cfg.Metrics.apiError(watch, reason)
+	why := ReasonOf(err)
+	s.cfg.Metrics.apiError(watch, why)
 	level := slog.LevelDebug
 	s.mu.Lock()
 	if watch == "x509" {
 		s.lastErr = err
 	}
-	if reason != s.lastReason {
-		s.lastReason = reason
+	if why != s.lastReason {
+		s.lastReason = why
 		level = slog.LevelWarn
 	}
 	s.mu.Unlock()
 	s.log.Log(context.Background(), level, "agent: Workload API error",
 		slog.String(logkey.Watch, watch),
-		slog.String(logkey.Reason, string(reason)),
+		slog.String(logkey.Reason, string(why)),
 		slog.String(logkey.Error, err.Error()))
 }
 

@@ -15,6 +15,7 @@ import (
 	"github.com/credflow/credflow/agent"
 	"github.com/credflow/credflow/internal/spiretest"
 	"github.com/credflow/credflow/internal/testenv"
+	"github.com/credflow/credflow/reason"
 )
 
 // startSPIRE runs a real SPIRE server and agent for the test.
@@ -97,7 +98,7 @@ func waitReady(t *testing.T, src *agent.Source, timeout time.Duration) {
 	}
 }
 
-func reasonOf(err error) agent.Reason {
+func reasonOf(err error) reason.Reason {
 	var nre *agent.NotReadyError
 	if errors.As(err, &nre) {
 		return nre.Reason
@@ -125,9 +126,9 @@ func TestSourceServesRegisteredWorkload(t *testing.T) {
 
 	// Not registered yet: the agent answers that no identity is issued.
 	deadline := time.Now().Add(20 * time.Second)
-	for reasonOf(src.Ready()) != agent.ReasonNoIdentity {
+	for reasonOf(src.Ready()) != reason.NoIdentity {
 		if time.Now().After(deadline) {
-			t.Fatalf("Ready() = %v, want reason %s", src.Ready(), agent.ReasonNoIdentity)
+			t.Fatalf("Ready() = %v, want reason %s", src.Ready(), reason.NoIdentity)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -300,8 +301,8 @@ func TestSourceExpiryWhileAgentDown(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if r := reasonOf(src.Ready()); r != agent.ReasonExpired {
-		t.Fatalf("Ready() = %v, want reason %s", src.Ready(), agent.ReasonExpired)
+	if r := reasonOf(src.Ready()); r != reason.SVIDExpired {
+		t.Fatalf("Ready() = %v, want reason %s", src.Ready(), reason.SVIDExpired)
 	}
 	if _, err := src.GetX509SVID(); !errors.Is(err, agent.ErrNotReady) {
 		t.Fatalf("GetX509SVID after expiry: err = %v, want ErrNotReady", err)
@@ -332,8 +333,8 @@ func TestSourceStartsBeforeAgent(t *testing.T) {
 	const maxBackoff = 2 * time.Second
 	src, _ := runSource(t, s, agent.Config{MaxBackoff: maxBackoff})
 	time.Sleep(5 * time.Second)
-	if r := reasonOf(src.Ready()); r != agent.ReasonAgentUnavailable {
-		t.Fatalf("Ready() with no agent = %v, want reason %s", src.Ready(), agent.ReasonAgentUnavailable)
+	if r := reasonOf(src.Ready()); r != reason.AgentUnavailable {
+		t.Fatalf("Ready() with no agent = %v, want reason %s", src.Ready(), reason.AgentUnavailable)
 	}
 	if err := s.StartAgent(t.Context()); err != nil {
 		t.Fatal(err)

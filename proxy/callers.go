@@ -14,17 +14,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/relay"
-)
-
-// Refusal reasons of a local caller on an outbound listener.
-const (
-	// ReasonCallerNotAllowed: the uid that owns the app's socket is not one
-	// of Outbound.Callers.
-	ReasonCallerNotAllowed = "caller_not_allowed"
-	// ReasonCallerUnknown: the kernel names no local owner of the app's
-	// socket (it is not of this network namespace, or was closed), so no
-	// caller can be allowed.
-	ReasonCallerUnknown = "caller_unknown"
+	"github.com/credflow/credflow/reason"
 )
 
 // callerOf returns the owner of the client socket of app, a connection an
@@ -44,14 +34,14 @@ func callerOf(app net.Conn, server netip.AddrPort) (peercred.Cred, error) {
 
 // checkCaller decides whether the caller cred (err: not known) may use l
 // under callers. It returns the refusal reason, or "".
-func checkCaller(callers *peercred.Callers, cred peercred.Cred, err error) string {
+func checkCaller(callers *peercred.Callers, cred peercred.Cred, err error) reason.Reason {
 	switch {
 	case callers.Any():
 		return ""
 	case err != nil:
-		return ReasonCallerUnknown
+		return reason.CallerUnknown
 	case !callers.Allows(cred):
-		return ReasonCallerNotAllowed
+		return reason.CallerNotAllowed
 	}
 	return ""
 }
@@ -64,14 +54,14 @@ func (p *Proxy) refuseCaller(l *listener, app net.Conn, server netip.AddrPort, s
 		return false
 	}
 	cred, err := callerOf(app, server)
-	reason := checkCaller(callers, cred, err)
-	if reason == "" {
+	why := checkCaller(callers, cred, err)
+	if why == "" {
 		return false
 	}
 	app.Close()
-	p.m.refused(l.dir, reason, false)
-	p.access(l, start, spiffeid.ID{}, nil, "deny", reason, relay.Result{}, "tcp", callerAttrs(cred, err)...)
-	p.logCallerRefused(l, reason, cred, err)
+	p.m.refused(l.dir, why, false)
+	p.access(l, start, spiffeid.ID{}, nil, "deny", why, relay.Result{}, "tcp", callerAttrs(cred, err)...)
+	p.logCallerRefused(l, why, cred, err)
 	return true
 }
 
@@ -84,8 +74,8 @@ func callerAttrs(cred peercred.Cred, err error) []slog.Attr {
 	return []slog.Attr{slog.Uint64(logkey.UID, uint64(cred.UID))}
 }
 
-func (p *Proxy) logCallerRefused(l *listener, reason string, cred peercred.Cred, err error) {
-	attrs := []any{slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, reason)}
+func (p *Proxy) logCallerRefused(l *listener, why reason.Reason, cred peercred.Cred, err error) {
+	attrs := []any{slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, string(why))}
 	if err != nil {
 		attrs = append(attrs, slog.String(logkey.Error, err.Error()))
 	} else {

@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/credflow/credflow/internal/peercred"
+	"github.com/credflow/credflow/reason"
 )
 
 // TestCheckCaller: a listener without callers takes every connection, even
@@ -19,14 +20,14 @@ func TestCheckCaller(t *testing.T) {
 		callers peercred.Callers
 		cred    peercred.Cred
 		err     error
-		want    string
+		want    reason.Reason
 	}{
 		{"any, known", peercred.Callers{}, tcp, nil, ""},
 		{"any, unknown", peercred.Callers{}, peercred.Cred{}, unknown, ""},
 		{"listed", peercred.Callers{UIDs: []uint32{1001}}, tcp, nil, ""},
-		{"not listed", peercred.Callers{UIDs: []uint32{1002}}, tcp, nil, ReasonCallerNotAllowed},
-		{"unknown", peercred.Callers{UIDs: []uint32{0, 1001}}, peercred.Cred{}, unknown, ReasonCallerUnknown},
-		{"gids only, TCP", peercred.Callers{GIDs: []uint32{1001}}, tcp, nil, ReasonCallerNotAllowed},
+		{"not listed", peercred.Callers{UIDs: []uint32{1002}}, tcp, nil, reason.CallerNotAllowed},
+		{"unknown", peercred.Callers{UIDs: []uint32{0, 1001}}, peercred.Cred{}, unknown, reason.CallerUnknown},
+		{"gids only, TCP", peercred.Callers{GIDs: []uint32{1001}}, tcp, nil, reason.CallerNotAllowed},
 	} {
 		if got := checkCaller(&c.callers, c.cred, c.err); got != c.want {
 			t.Errorf("%s: %q, want %q", c.name, got, c.want)

@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -29,6 +30,7 @@ import (
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/reason"
 )
 
 // Headers the sidecar sets, or strips when they come from outside.
@@ -326,27 +328,27 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			if r.Context().Err() != nil {
 				// The peer went away (stream reset, connection closed):
 				// nobody to answer, and not the app's doing.
-				p.m.refused(l.dir, "client_canceled", true)
+				p.m.refused(l.dir, reason.ClientCanceled, true)
 				return
 			}
 			if errors.Is(err, errUnaskedUpgrade) {
-				p.m.refused(l.dir, "app_bad_upgrade", true)
-				deny(w, r, http.StatusBadGateway, 14, "app_bad_upgrade")
+				p.m.refused(l.dir, reason.AppBadUpgrade, true)
+				deny(w, r, reason.AppBadUpgrade)
 				return
 			}
 			if errors.Is(err, errAppBusy) {
-				p.m.refused(l.dir, "app_busy", true)
-				deny(w, r, http.StatusServiceUnavailable, 14, "app_busy")
+				p.m.refused(l.dir, reason.AppBusy, true)
+				deny(w, r, reason.AppBusy)
 				return
 			}
 			var oe *net.OpError
 			if errors.Is(err, errAppTimeout) || isTimeout(err) && !(errors.As(err, &oe) && oe.Op == "dial") {
-				p.m.refused(l.dir, "app_timeout", true)
-				deny(w, r, http.StatusGatewayTimeout, 4, "app_timeout")
+				p.m.refused(l.dir, reason.AppTimeout, true)
+				deny(w, r, reason.AppTimeout)
 				return
 			}
-			p.m.refused(l.dir, "app_unavailable", true)
-			deny(w, r, http.StatusBadGateway, 14, "app_unavailable")
+			p.m.refused(l.dir, reason.AppUnavailable, true)
+			deny(w, r, reason.AppUnavailable)
 		},
 	}
 	h.srv = &http.Server{
@@ -389,39 +391,39 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	s := h.settings.Load()
 	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
 	if err != nil {
-		deny(w, r, http.StatusForbidden, 7, "invalid_svid")
+		deny(w, r, reason.InvalidSVID)
 		return
 	}
-	refuse := func(status, grpcCode int, reason string) {
-		p.m.refused(l.dir, reason, false)
-		p.httpAccess(l, start, peer, r, "deny", reason, status)
-		deny(w, r, status, grpcCode, reason)
+	refuse := func(why reason.Reason) {
+		p.m.refused(l.dir, why, false)
+		p.httpAccess(l, start, peer, r, "deny", why, why.Info().Status)
+		deny(w, r, why)
 	}
 	if r.ProtoMajor == 2 && r.Header.Get("Host") != "" && !strings.EqualFold(r.Header.Get("Host"), r.Host) {
-		refuse(http.StatusBadRequest, 3, "host_mismatch")
+		refuse(reason.HostMismatch)
 		return
 	}
 	if s.connectionNamesManaged(r.Header) {
-		refuse(http.StatusBadRequest, 3, "bad_connection_header")
+		refuse(reason.BadConnectionHeader)
 		return
 	}
 	path, err := route.Normalize(r.URL.EscapedPath())
 	if err != nil {
-		refuse(http.StatusBadRequest, 3, "bad_path")
+		refuse(reason.BadPath)
 		return
 	}
 	if !s.cfg.Routes.Allows(peer, r.Method, path) {
-		refuse(http.StatusForbidden, 7, "route_denied")
+		refuse(reason.RouteDenied)
 		return
 	}
 	if up, ok := upgradeOf(r.Header); ok && (up == "" || !s.cfg.Routes.AllowsUpgrade(peer, r.Method, path, up)) {
-		refuse(http.StatusForbidden, 7, "upgrade_denied")
+		refuse(reason.UpgradeDenied)
 		return
 	}
 	s.stripLookalikes(r.Header)
 	if s.cfg.RequireJWT {
-		if reason := p.checkJWT(s.cfg.TokenHeader, r, peer); reason != "" {
-			refuse(http.StatusUnauthorized, 16, reason)
+		if why := p.checkJWT(s.cfg.TokenHeader, r, peer); why != "" {
+			refuse(why)
 			return
 		}
 	}
@@ -430,8 +432,8 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	}
 	if s.txn == nil {
 		r.Header.Del(txn.Header)
-	} else if reason := p.checkTxn(s, r); reason != "" {
-		refuse(http.StatusUnauthorized, 16, reason)
+	} else if why := p.checkTxn(s, r); why != "" {
+		refuse(why)
 		return
 	}
 	r.Header.Del(xfcc)
@@ -535,53 +537,53 @@ func (p *Proxy) forward(l *listener, hc *httpConn, rp http.Handler, w http.Respo
 	if n < prematureResetMin || 2*n <= hc.forwarded.Load() || !hc.reset.CompareAndSwap(false, true) {
 		return
 	}
-	p.m.closedBySidecar(l.dir, "rapid_reset")
-	attrs := []any{slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, "rapid_reset")}
+	p.m.closedBySidecar(l.dir, reason.RapidReset)
+	attrs := []any{slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, string(reason.RapidReset))}
 	if hc.c == nil {
 		p.log.Info("proxy: closing app connection", attrs...)
 		hc.nc.Close()
 		return
 	}
-	hc.c.closedBy.Store("rapid_reset")
+	hc.c.closedBy.Store(reason.RapidReset)
 	p.log.Info("proxy: closing connection", append(attrs, slog.String(logkey.PeerID, hc.c.peer.String()))...)
 	hc.c.close()
 }
 
 // checkJWT validates the request's JWT-SVID: audience this workload,
 // subject the mTLS peer. It returns a refusal reason or "".
-func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) string {
+func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) reason.Reason {
 	vals := r.Header.Values(header)
 	if len(vals) == 0 {
-		return "missing_token"
+		return reason.MissingToken
 	}
 	if len(vals) > 1 {
-		return "bad_token" // one token, not a choice of several
+		return reason.BadToken // one token, not a choice of several
 	}
 	tok := vals[0]
 	if strings.EqualFold(header, "Authorization") {
 		var ok bool
 		if tok, ok = cutPrefixFold(tok, "Bearer "); !ok {
-			return "missing_token"
+			return reason.MissingToken
 		}
 	}
 	if len(tok) > maxTokenSize {
-		return "bad_token"
+		return reason.BadToken
 	}
 	self, err := p.cfg.SVIDs.GetX509SVID()
 	if err != nil || p.cfg.ValidateJWT == nil {
-		return "no_identity"
+		return reason.NoIdentity
 	}
 	svid, err := p.cfg.ValidateJWT(tok, self.ID.String())
 	switch {
 	case errors.Is(err, jwt.ErrExpired):
-		return "token_expired"
+		return reason.TokenExpired
 	case errors.Is(err, jwt.ErrNotValidYet) || errors.Is(err, jwt.ErrIssuedInTheFuture):
-		return "token_not_yet_valid"
+		return reason.TokenNotYetValid
 	case err != nil:
-		return "bad_token"
+		return reason.BadToken
 	}
 	if svid.ID != peer {
-		return "token_peer_mismatch"
+		return reason.TokenPeerMismatch
 	}
 	p.m.token("validated")
 	return ""
@@ -596,22 +598,22 @@ func sameTxnVerifier(a, b InboundHTTP) bool {
 
 // checkTxn verifies the request's transaction token, if any, and requires
 // one if so configured. It returns a refusal reason or "".
-func (p *Proxy) checkTxn(h *httpSettings, r *http.Request) string {
+func (p *Proxy) checkTxn(h *httpSettings, r *http.Request) reason.Reason {
 	vals := r.Header.Values(txn.Header)
 	switch {
 	case len(vals) == 0 && h.cfg.RequireTxn:
-		return "txn_missing"
+		return reason.TxnMissing
 	case len(vals) == 0:
 		return ""
 	case len(vals) > 1:
-		return string(txn.ReasonMalformed)
+		return reason.TxnMalformed
 	}
 	self, err := p.cfg.SVIDs.GetX509SVID()
 	if err != nil {
-		return "no_identity"
+		return reason.NoIdentity
 	}
 	if _, _, err := h.txn.Verify(vals[0], self.ID); err != nil {
-		return string(txn.ReasonOf(err))
+		return txn.ReasonOf(err)
 	}
 	p.m.token("txn_verified")
 	return ""
@@ -627,10 +629,16 @@ func cutPrefixFold(s, prefix string) (string, bool) {
 	return s, false
 }
 
-// deny answers a refused request: an HTTP status with the reason, or, for
-// gRPC, status 200 with grpcCode in the trailers.
-func deny(w http.ResponseWriter, r *http.Request, status, grpcCode int, reason string) {
-	w.Header().Set("X-Credflow-Reason", reason)
+// deny answers a refused request with why's HTTP status and the reason,
+// or, for gRPC, status 200 with why's gRPC code in the trailers.
+func deny(w http.ResponseWriter, r *http.Request, why reason.Reason) {
+	denyAs(w, r, why.Info(), why)
+}
+
+// denyAs is deny with the status and code of info: an upstream's refusal
+// of this side's handshake is a 502 to the app, whatever its reason.
+func denyAs(w http.ResponseWriter, r *http.Request, info reason.Info, why reason.Reason) {
+	w.Header().Set("X-Credflow-Reason", string(why))
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/grpc") {
 		// Status in trailers rather than a trailers-only response: a
 		// proxy that flushes the headers first (the outbound sidecar
@@ -638,11 +646,11 @@ func deny(w http.ResponseWriter, r *http.Request, status, grpcCode int, reason s
 		// of the stream and the client would see no status.
 		w.Header().Set("Content-Type", "application/grpc")
 		w.WriteHeader(http.StatusOK)
-		w.Header().Set(http.TrailerPrefix+"Grpc-Status", fmt.Sprint(grpcCode))
-		w.Header().Set(http.TrailerPrefix+"Grpc-Message", "credflow: "+reason)
+		w.Header().Set(http.TrailerPrefix+"Grpc-Status", strconv.Itoa(int(info.Code)))
+		w.Header().Set(http.TrailerPrefix+"Grpc-Message", "credflow: "+string(why))
 		return
 	}
-	http.Error(w, http.StatusText(status)+": "+reason, status)
+	http.Error(w, http.StatusText(info.Status)+": "+string(why), info.Status)
 }
 
 // httpOutbound serves the HTTP side of an outbound listener.
@@ -699,8 +707,8 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			rec, _ := r.Context().Value(outboundRequestKey{}).(*outboundRequest)
 			if r.Context().Err() != nil {
-				p.m.refused(l.dir, "client_canceled", true) // the app went away
-				rec.set("error", "client_canceled", 0, spiffeid.ID{})
+				p.m.refused(l.dir, reason.ClientCanceled, true) // the app went away
+				rec.set("error", reason.ClientCanceled, 0, spiffeid.ID{})
 				return
 			}
 			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
@@ -708,18 +716,18 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			switch {
 			case errors.As(err, &refusal):
 				// Counted once, with its connection, by dialUpstream.
-				rec.set("deny", refusal.reason, http.StatusBadGateway, refusal.peer)
-				deny(w, r, http.StatusBadGateway, 14, refusal.reason)
+				rec.set("deny", refusal.why, http.StatusBadGateway, refusal.peer)
+				denyAs(w, r, reason.UpstreamUnavailable.Info(), refusal.why)
 			case rec.upstream().refusedUs(err):
 				// The upstream refused us after our side of the TLS 1.3
 				// handshake had completed.
 				peer := p.upstreamRefusedUs(l, rec.upstream())
-				rec.set("deny", "peer_refused", http.StatusBadGateway, peer)
-				deny(w, r, http.StatusBadGateway, 14, "peer_refused")
+				rec.set("deny", reason.PeerRefused, http.StatusBadGateway, peer)
+				deny(w, r, reason.PeerRefused)
 			default:
-				p.m.refused(l.dir, "upstream_unavailable", true)
-				rec.set("error", "upstream_unavailable", http.StatusBadGateway, spiffeid.ID{})
-				deny(w, r, http.StatusBadGateway, 14, "upstream_unavailable")
+				p.m.refused(l.dir, reason.UpstreamUnavailable, true)
+				rec.set("error", reason.UpstreamUnavailable, http.StatusBadGateway, spiffeid.ID{})
+				deny(w, r, reason.UpstreamUnavailable)
 			}
 		},
 	}
@@ -733,25 +741,25 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
-			if reason, attrs := p.checkHTTPCaller(l, r); reason != "" {
-				p.m.refused(l.dir, reason, false)
-				rec.set("deny", reason, http.StatusForbidden, spiffeid.ID{})
+			if why, attrs := p.checkHTTPCaller(l, r); why != "" {
+				p.m.refused(l.dir, why, false)
+				rec.set("deny", why, http.StatusForbidden, spiffeid.ID{})
 				rec.extra = attrs
-				deny(w, r, http.StatusForbidden, 7, reason)
+				deny(w, r, why)
 				return
 			}
 			if h.cfg.Exchange {
-				if reason := p.exchange(r, h); reason != "" {
-					p.m.refused(l.dir, reason, false)
-					rec.set("deny", reason, http.StatusUnauthorized, spiffeid.ID{})
-					deny(w, r, http.StatusUnauthorized, 16, reason)
+				if why := p.exchange(r, h); why != "" {
+					p.m.refused(l.dir, why, false)
+					rec.set("deny", why, http.StatusUnauthorized, spiffeid.ID{})
+					deny(w, r, why)
 					return
 				}
 			}
 			if err := p.attachJWT(r, h); err != nil {
-				p.m.refused(l.dir, "no_token", true)
-				rec.set("error", "no_token", http.StatusServiceUnavailable, spiffeid.ID{})
-				deny(w, r, http.StatusServiceUnavailable, 14, "no_token")
+				p.m.refused(l.dir, reason.NoToken, true)
+				rec.set("error", reason.NoToken, http.StatusServiceUnavailable, spiffeid.ID{})
+				deny(w, r, reason.NoToken)
 				return
 			}
 			hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
@@ -777,7 +785,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 // checkHTTPCaller returns the refusal reason of a request on an HTTP
 // outbound listener whose connection's caller l does not allow, or "", and
 // the access-log attributes naming the caller.
-func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) (string, []slog.Attr) {
+func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) (reason.Reason, []slog.Attr) {
 	callers := l.callers.Load()
 	if callers.Any() {
 		return "", nil
@@ -789,11 +797,11 @@ func (p *Proxy) checkHTTPCaller(l *listener, r *http.Request) (string, []slog.At
 	if hc, ok := r.Context().Value(httpConnKey{}).(*httpConn); ok {
 		cred, err = hc.caller.get()
 	}
-	reason := checkCaller(callers, cred, err)
-	if reason != "" {
-		p.logCallerRefused(l, reason, cred, err)
+	why := checkCaller(callers, cred, err)
+	if why != "" {
+		p.logCallerRefused(l, why, cred, err)
 	}
-	return reason, callerAttrs(cred, err)
+	return why, callerAttrs(cred, err)
 }
 
 // outboundRequest is what an HTTP outbound listener learns of one request
@@ -806,7 +814,7 @@ type outboundRequest struct {
 	conn     *upstreamConn
 	peer     spiffeid.ID
 	decision string
-	reason   string
+	why      reason.Reason
 	status   int
 	extra    []slog.Attr // set before the request goes on: the refused caller
 }
@@ -844,21 +852,21 @@ func (o *outboundRequest) responded(p *Proxy, l *listener, resp *http.Response) 
 	o.set("allow", "", resp.StatusCode, peer)
 }
 
-func (o *outboundRequest) set(decision, reason string, status int, peer spiffeid.ID) {
+func (o *outboundRequest) set(decision string, why reason.Reason, status int, peer spiffeid.ID) {
 	if o == nil {
 		return
 	}
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.decision, o.reason, o.status, o.peer = decision, reason, status, peer
+	o.decision, o.why, o.status, o.peer = decision, why, status, peer
 }
 
 // log writes the request's access-log line.
 func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Request) {
 	o.mu.Lock()
-	decision, reason, status, peer, extra := o.decision, o.reason, o.status, o.peer, o.extra
+	decision, why, status, peer, extra := o.decision, o.why, o.status, o.peer, o.extra
 	o.mu.Unlock()
-	p.httpAccess(l, start, peer, r, decision, reason, status, extra...)
+	p.httpAccess(l, start, peer, r, decision, why, status, extra...)
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in
@@ -937,29 +945,29 @@ func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
 
 // exchange replaces the app's external bearer token with a transaction
 // token. It returns a refusal reason or "".
-func (p *Proxy) exchange(r *http.Request, h *httpOutbound) string {
+func (p *Proxy) exchange(r *http.Request, h *httpOutbound) reason.Reason {
 	if p.cfg.Exchanger == nil {
-		return "no_exchanger"
+		return reason.NoExchanger
 	}
 	vals := r.Header.Values("Authorization")
 	if len(vals) > 1 {
-		return string(edge.ReasonMalformed)
+		return reason.ExternalMalformed
 	}
 	external, ok := "", false
 	if len(vals) == 1 {
 		external, ok = cutPrefixFold(vals[0], "Bearer ")
 	}
 	if !ok || external == "" {
-		return string(edge.ReasonMissing)
+		return reason.ExternalMissing
 	}
 	tok, c, err := p.cfg.Exchanger.Exchange(r.Context(), external)
 	if err != nil {
 		var refusal *edge.Error
 		if errors.As(err, &refusal) {
-			return string(refusal.Reason)
+			return refusal.Reason
 		}
 		p.log.Warn("proxy: minting a transaction token failed", slog.String(logkey.Error, err.Error()))
-		return "txn_mint_failed"
+		return reason.TxnMintFailed
 	}
 	if !h.cfg.KeepExternal {
 		r.Header.Del("Authorization")
@@ -996,7 +1004,7 @@ func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
 // is refused or forwarded to the app (status 0: not known yet); outbound,
 // once answered, with the verified upstream as peer. The path logged is
 // the canonical one; no header value is logged.
-func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision, reason string, status int, extra ...slog.Attr) {
+func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *http.Request, decision string, why reason.Reason, status int, extra ...slog.Attr) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
@@ -1010,8 +1018,8 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
 	}
 	attrs = append(attrs, extra...)
-	if reason != "" {
-		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	if why != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, string(why)))
 	}
 	if status != 0 {
 		attrs = append(attrs, slog.Int(logkey.Status, status))
@@ -1055,8 +1063,8 @@ func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState
 	timer.Stop()
 	if !hc.served.Load() && time.Since(start) >= p.cfg.HandshakeTimeout {
 		// Closed by the timer, or by net/http's own header timeout.
-		p.m.refused(l.dir, "header_timeout", false)
-		p.access(l, start, peer, cs, "deny", "header_timeout", relay.Result{}, "http")
+		p.m.refused(l.dir, reason.HeaderTimeout, false)
+		p.access(l, start, peer, cs, "deny", reason.HeaderTimeout, relay.Result{}, "http")
 	}
 	p.mu.Lock()
 	delete(p.conns, c)

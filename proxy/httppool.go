@@ -13,6 +13,7 @@ import (
 
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/reason"
 )
 
 // upstreamPool is an HTTP outbound listener's client to its upstream
@@ -231,13 +232,13 @@ func (uc *upstreamConn) wasConfirmed() bool {
 // made for a reason of policy: this side refused the upstream's identity
 // or key exchange, or the upstream refused this side.
 type upstreamRefusal struct {
-	reason string
-	peer   spiffeid.ID // the refused upstream, if this side refused it
-	err    error
+	why  reason.Reason
+	peer spiffeid.ID // the refused upstream, if this side refused it
+	err  error
 }
 
 func (e *upstreamRefusal) Error() string {
-	return "proxy: upstream connection refused (" + e.reason + "): " + e.err.Error()
+	return "proxy: upstream connection refused (" + string(e.why) + "): " + e.err.Error()
 }
 
 func (e *upstreamRefusal) Unwrap() error { return e.err }
@@ -274,7 +275,7 @@ func (p *Proxy) upstreamResponded(l *listener, uc *upstreamConn) {
 // connection (uc, if known), and returns the upstream's ID if known.
 func (p *Proxy) upstreamRefusedUs(l *listener, uc *upstreamConn) spiffeid.ID {
 	if uc == nil {
-		p.m.refused(l.dir, "peer_refused", false)
+		p.m.refused(l.dir, reason.PeerRefused, false)
 		return spiffeid.ID{}
 	}
 	uc.mu.Lock()
@@ -282,7 +283,7 @@ func (p *Proxy) upstreamRefusedUs(l *listener, uc *upstreamConn) spiffeid.ID {
 	uc.refused = true
 	uc.mu.Unlock()
 	if first {
-		p.m.refused(l.dir, "peer_refused", false)
+		p.m.refused(l.dir, reason.PeerRefused, false)
 	}
 	return uc.peer
 }
@@ -316,11 +317,11 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		counted.Close()
-		fallback := "peer_refused"
+		fallback := reason.PeerRefused
 		if l.kex == pqc.HybridRequired && remoteAlert(err) {
 			// We offered hybrid groups only; a server that fails the
 			// handshake on that has none of them.
-			fallback = string(mtls.ReasonPQRequired)
+			fallback = reason.PQRequired
 		}
 		p.refuse(l, time.Now(), err, fallback, "tcp")
 		// The requests waiting for the connection learn why, when it is
@@ -329,9 +330,9 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 		var r *mtls.Refusal
 		switch {
 		case errors.As(err, &r):
-			return nil, &upstreamRefusal{reason: string(r.Reason), peer: r.Peer, err: err}
+			return nil, &upstreamRefusal{why: r.Reason, peer: r.Peer, err: err}
 		case remoteAlert(err):
-			return nil, &upstreamRefusal{reason: fallback, err: err}
+			return nil, &upstreamRefusal{why: fallback, err: err}
 		}
 		return nil, err
 	}

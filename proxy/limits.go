@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/credflow/credflow/reason"
 )
 
 // fdBudget is how many connections the process's file-descriptor limit
@@ -174,16 +176,16 @@ func (b *budget) release(dir direction) {
 // startHandshake admits a connection from src to its handshake; it returns
 // the reason it is refused ("source_limit", "handshake_limit") or "".
 // Every admission is ended by endHandshake.
-func (b *budget) startHandshake(src netip.Addr) string {
+func (b *budget) startHandshake(src netip.Addr) reason.Reason {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.sources[src] >= b.perSource {
-		return "source_limit"
+		return reason.SourceLimit
 	}
 	select {
 	case b.handshakes <- struct{}{}:
 	default:
-		return "handshake_limit"
+		return reason.HandshakeLimit
 	}
 	b.sources[src]++
 	return ""

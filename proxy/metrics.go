@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credflow/credflow/internal/labelcap"
+	"github.com/credflow/credflow/reason"
 )
 
 // Metrics are the data plane's metrics. A nil *Metrics records nothing.
@@ -136,7 +137,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	return m
 }
 
-func (m *Metrics) refused(dir direction, reason string, isError bool) {
+func (m *Metrics) refused(dir direction, why reason.Reason, isError bool) {
 	if m == nil {
 		return
 	}
@@ -145,17 +146,17 @@ func (m *Metrics) refused(dir direction, reason string, isError bool) {
 		result = "error"
 	}
 	m.conns.WithLabelValues(string(dir), result).Inc()
-	m.refusals.WithLabelValues(string(dir), reason).Inc()
+	m.refusals.WithLabelValues(string(dir), string(why)).Inc()
 }
 
 // TokenEndpointRefused counts a request the token endpoint refused, in
 // credflow_refusals_total{direction="token_endpoint"}. reason is one of the
 // endpoint's fixed reasons.
-func (m *Metrics) TokenEndpointRefused(reason string) {
+func (m *Metrics) TokenEndpointRefused(why reason.Reason) {
 	if m == nil {
 		return
 	}
-	m.refusals.WithLabelValues("token_endpoint", reason).Inc()
+	m.refusals.WithLabelValues("token_endpoint", string(why)).Inc()
 }
 
 func (m *Metrics) handshakeDone(dir direction, seconds float64) {
@@ -203,9 +204,9 @@ func (m *Metrics) finished(dir direction, fromApp, toApp int64) {
 	m.bytes.WithLabelValues(string(dir), "to_app").Add(float64(toApp))
 }
 
-func (m *Metrics) closedBySidecar(dir direction, reason string) {
+func (m *Metrics) closedBySidecar(dir direction, why reason.Reason) {
 	if m != nil {
-		m.closed.WithLabelValues(string(dir), reason).Inc()
+		m.closed.WithLabelValues(string(dir), string(why)).Inc()
 	}
 }
 
@@ -235,9 +236,9 @@ func (m *Metrics) quicRetry() {
 	}
 }
 
-func (m *Metrics) quicFallback(reason string) {
+func (m *Metrics) quicFallback(why reason.Reason) {
 	if m != nil {
-		m.quicFallbacks.WithLabelValues(reason).Inc()
+		m.quicFallbacks.WithLabelValues(string(why)).Inc()
 	}
 }
 

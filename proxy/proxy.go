@@ -46,6 +46,7 @@ import (
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/relay"
+	"github.com/credflow/credflow/reason"
 )
 
 // Defaults of Config.
@@ -303,7 +304,7 @@ type conn struct {
 	notAfter time.Time
 	started  time.Time
 	close    func()
-	closedBy atomic.Value  // string: why the sidecar closed it
+	closedBy atomic.Value  // reason.Reason: why the sidecar closed it
 	expect   *authz.Policy // captured connections: the destination's policy
 
 	// bundle is the bundle the chain last verified against; only the
@@ -468,7 +469,7 @@ func upstreamTrustDomain(expect authz.Policy) spiffeid.TrustDomain {
 // its trust domain.
 func (p *Proxy) checkKeyExchange(cs tls.ConnectionState, peer spiffeid.ID) error {
 	if err := p.cfg.KeyExchange.Check(cs.CurveID, peer.TrustDomain()); err != nil {
-		return &mtls.Refusal{Reason: mtls.ReasonPQRequired, Peer: peer, Err: err}
+		return &mtls.Refusal{Reason: reason.PQRequired, Peer: peer, Err: err}
 	}
 	return nil
 }
@@ -817,8 +818,8 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 			// Out of file descriptors: close the waiting connection with
 			// the spare descriptor, so its client learns at once.
 			if isFDExhausted(err) && p.spare.shed(ln) {
-				p.m.refused(l.dir, "fd_limit", true)
-				p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", "fd_limit", relay.Result{}, "tcp")
+				p.m.refused(l.dir, reason.FDLimit, true)
+				p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", reason.FDLimit, relay.Result{}, "tcp")
 				p.log.Warn("proxy: out of file descriptors; connection closed at accept", slog.String(logkey.Listener, l.name))
 				continue
 			}
@@ -834,16 +835,16 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 		}
 		if !p.slots.take(l.dir) {
 			c.Close()
-			p.refuseAtAccept(l, "limit")
+			p.refuseAtAccept(l, reason.Limit)
 			continue
 		}
 		var src netip.Addr
 		if l.dir == dirInbound {
 			src = sourceOf(c)
-			if reason := p.slots.startHandshake(src); reason != "" {
+			if why := p.slots.startHandshake(src); why != "" {
 				c.Close()
 				p.slots.release(l.dir)
-				p.refuseAtAccept(l, reason)
+				p.refuseAtAccept(l, why)
 				continue
 			}
 			p.m.handshakeStarted()
@@ -875,10 +876,10 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn, ha
 	if err != nil {
 		tc.Close()
 		if !fb.got.Load() && isTimeout(err) {
-			p.refuseAtAccept(l, "first_byte_timeout")
+			p.refuseAtAccept(l, reason.FirstByteTimeout)
 			return
 		}
-		p.refuse(l, start, err, "handshake_failed", "tcp")
+		p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
 		return
 	}
 	peer, notAfter := peerOf(cs)
@@ -889,8 +890,8 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn, ha
 	app, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
 		tc.Close()
-		p.m.refused(l.dir, "app_unavailable", true)
-		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{}, "tcp")
+		p.m.refused(l.dir, reason.AppUnavailable, true)
+		p.access(l, start, peer, cs, "error", reason.AppUnavailable, relay.Result{}, "tcp")
 		p.log.Warn("proxy: app unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
@@ -909,8 +910,8 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		dst, err := capturedTarget(app, l.ln.Addr())
 		if err != nil {
 			app.Close()
-			p.m.refused(l.dir, "no_original_destination", false)
-			p.access(l, start, spiffeid.ID{}, nil, "deny", "no_original_destination", relay.Result{}, "tcp")
+			p.m.refused(l.dir, reason.NoOriginalDestination, false)
+			p.access(l, start, spiffeid.ID{}, nil, "deny", reason.NoOriginalDestination, relay.Result{}, "tcp")
 			return
 		}
 		// The app's socket is connected to the original destination, not
@@ -921,7 +922,7 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 		self, err := p.cfg.SVIDs.GetX509SVID()
 		if err != nil {
 			app.Close()
-			p.m.refused(l.dir, "no_identity", true)
+			p.m.refused(l.dir, reason.NoIdentity, true)
 			return
 		}
 		pol := l.capture.expectFor(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
@@ -941,31 +942,31 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 			// The TLS handshake itself failed: one side refused the
 			// other, and TCP, under the same policy, would fare no better.
 			app.Close()
-			fallback := "peer_refused"
+			fallback := reason.PeerRefused
 			if l.kex == pqc.HybridRequired && te.Remote {
-				fallback = string(mtls.ReasonPQRequired)
+				fallback = reason.PQRequired
 			}
 			p.refuse(l, start, err, fallback, "quic")
 			return
 		}
-		reason := "handshake_failed"
+		why := reason.HandshakeFailed
 		switch {
 		case errors.Is(err, errQUICDown):
-			reason = "recently_failed"
+			why = reason.RecentlyFailed
 		case errors.Is(err, errStreamLimit):
-			reason = "stream_limit"
+			why = reason.StreamLimit
 		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-			reason = "timeout"
+			why = reason.Timeout
 		}
-		p.m.quicFallback(reason)
+		p.m.quicFallback(why)
 		p.log.Debug("proxy: QUIC unavailable, using TCP", slog.String(logkey.Listener, l.name),
-			slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
+			slog.String(logkey.Reason, string(why)), slog.String(logkey.Error, err.Error()))
 	}
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", target)
 	if err != nil {
 		app.Close()
-		p.m.refused(l.dir, "upstream_unavailable", true)
-		p.access(l, start, spiffeid.ID{}, nil, "error", "upstream_unavailable", relay.Result{}, "tcp")
+		p.m.refused(l.dir, reason.UpstreamUnavailable, true)
+		p.access(l, start, spiffeid.ID{}, nil, "error", reason.UpstreamUnavailable, relay.Result{}, "tcp")
 		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
@@ -974,11 +975,11 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	if err != nil {
 		tc.Close()
 		app.Close()
-		fallback := "peer_refused"
+		fallback := reason.PeerRefused
 		if l.kex == pqc.HybridRequired && refusedByPeer(err) {
 			// We offered hybrid groups only; a server that fails the
 			// handshake on that has none of them.
-			fallback = string(mtls.ReasonPQRequired)
+			fallback = reason.PQRequired
 		}
 		p.refuse(l, start, err, fallback, "tcp")
 		return
@@ -987,8 +988,8 @@ func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
 	if expect != nil && !expect.Allows(peer) {
 		tc.Close()
 		app.Close()
-		p.m.refused(l.dir, string(mtls.ReasonUnauthorized), false)
-		p.access(l, start, peer, cs, "deny", string(mtls.ReasonUnauthorized), relay.Result{}, "tcp")
+		p.m.refused(l.dir, reason.Unauthorized, false)
+		p.access(l, start, peer, cs, "deny", reason.Unauthorized, relay.Result{}, "tcp")
 		return
 	}
 	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
@@ -1011,8 +1012,8 @@ func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.
 // refuse records a failed handshake. Our own refusals carry an mtls
 // reason; anything else (the peer refused us, a timeout, garbage) gets
 // fallback.
-func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transport string) {
-	reason := string(mtls.ReasonOf(err))
+func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback reason.Reason, transport string) {
+	why := reason.Of(err)
 	var peer spiffeid.ID
 	var extra []slog.Attr
 	var r *mtls.Refusal
@@ -1025,16 +1026,16 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transp
 		}
 	}
 	switch {
-	case reason != "":
+	case why != "":
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-		reason = "handshake_timeout"
+		why = reason.HandshakeTimeout
 	default:
-		reason = fallback
+		why = fallback
 	}
-	p.m.refused(l.dir, reason, false)
-	p.access(l, start, peer, nil, "deny", reason, relay.Result{}, transport, extra...)
+	p.m.refused(l.dir, why, false)
+	p.access(l, start, peer, nil, "deny", why, relay.Result{}, transport, extra...)
 	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
-		slog.String(logkey.Reason, reason), slog.String(logkey.Error, err.Error()))
+		slog.String(logkey.Reason, string(why)), slog.String(logkey.Error, err.Error()))
 }
 
 // refuseAtAccept records an inbound connection closed before its
@@ -1044,14 +1045,14 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback, transp
 // (Config.AccessLog gets at most refusalLogBurst at once, then
 // refusalLogRate a second) and the log says only now and then that
 // connections are being refused.
-func (p *Proxy) refuseAtAccept(l *listener, reason string) {
-	p.m.refused(l.dir, reason, false)
+func (p *Proxy) refuseAtAccept(l *listener, why reason.Reason) {
+	p.m.refused(l.dir, why, false)
 	if p.refusalLog.Allow() {
-		p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", reason, relay.Result{}, "tcp")
+		p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", why, relay.Result{}, "tcp")
 	}
 	p.refusalWarn.Do(func() {
 		p.log.Warn("proxy: connections refused before their handshake; credflow_refusals_total counts them by reason",
-			slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, reason))
+			slog.String(logkey.Listener, l.name), slog.String(logkey.Reason, string(why)))
 	})
 }
 
@@ -1090,15 +1091,15 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 		// In TLS 1.3 the client's handshake completes before the server
 		// has checked the client certificate; a server that refuses us
 		// says so with an alert on our first read.
-		p.m.refused(l.dir, "peer_refused", false)
-		p.access(l, start, peer, cs, "deny", "peer_refused", res, transport)
+		p.m.refused(l.dir, reason.PeerRefused, false)
+		p.access(l, start, peer, cs, "deny", reason.PeerRefused, res, transport)
 		return
 	}
 	if l.dir == dirOutbound {
 		p.m.established(l.dir, cs) // the peer did not refuse us
 	}
-	reason, _ := c.closedBy.Load().(string)
-	p.access(l, start, peer, cs, "allow", reason, res, transport)
+	why, _ := c.closedBy.Load().(reason.Reason)
+	p.access(l, start, peer, cs, "allow", why, res, transport)
 }
 
 // refusedByPeer reports whether a relay that delivered nothing to the app
@@ -1161,22 +1162,22 @@ func (p *Proxy) revalidateAll(now time.Time) {
 	conns := slices.Collect(maps.Keys(p.conns))
 	p.mu.Unlock()
 	for _, c := range conns {
-		reason := p.recheck(c, now)
-		if reason == "" || !c.closedBy.CompareAndSwap(nil, reason) {
+		why := p.recheck(c, now)
+		if why == "" || !c.closedBy.CompareAndSwap(nil, why) {
 			continue // still good, or already closed
 		}
-		p.m.closedBySidecar(c.l.dir, reason)
+		p.m.closedBySidecar(c.l.dir, why)
 		p.log.Info("proxy: closing connection", slog.String(logkey.Listener, c.l.name),
-			slog.String(logkey.PeerID, c.peer.String()), slog.String(logkey.Reason, reason))
+			slog.String(logkey.PeerID, c.peer.String()), slog.String(logkey.Reason, string(why)))
 		c.close()
 	}
 }
 
 // recheck returns why c must be closed now, or "". It retires c when it
 // reaches MaxConnectionAge and can be wound down.
-func (p *Proxy) recheck(c *conn, now time.Time) string {
+func (p *Proxy) recheck(c *conn, now time.Time) reason.Reason {
 	if !c.allowed() {
-		return "policy_revoked"
+		return reason.PolicyRevoked
 	}
 	if c.chain != nil {
 		b, err := p.cfg.Bundles.GetX509BundleForTrustDomain(c.peer.TrustDomain())
@@ -1184,19 +1185,19 @@ func (p *Proxy) recheck(c *conn, now time.Time) string {
 			// The bundle changed (a Source hands out a new one on every
 			// update) or is gone: verify the chain again, expiry aside.
 			if _, err := mtls.Reverify(c.chain, p.cfg.Bundles, c.eku, now); err != nil {
-				return string(mtls.ReasonUntrusted)
+				return reason.Untrusted
 			}
 			c.bundle = b
 		}
 	}
 	if p.cfg.CloseOnPeerExpiry && !now.Before(c.notAfter) {
-		return "peer_expired"
+		return reason.PeerExpired
 	}
 	if maxAge := p.cfg.MaxConnectionAge; maxAge > 0 {
 		age := now.Sub(c.started)
 		switch {
 		case age >= maxAge+MaxAgeGrace, age >= maxAge && c.retire == nil:
-			return "max_age"
+			return reason.MaxAge
 		case age >= maxAge && c.retiring.CompareAndSwap(false, true):
 			c.retire()
 		}
@@ -1243,7 +1244,7 @@ func (p *Proxy) Policies() map[string][]string {
 
 // access writes the connection's access-log line, with extra attributes
 // after the peer's.
-func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision, reason string, res relay.Result, transport string, extra ...slog.Attr) {
+func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, decision string, why reason.Reason, res relay.Result, transport string, extra ...slog.Attr) {
 	attrs := []slog.Attr{
 		slog.String(logkey.Direction, string(l.dir)),
 		slog.String(logkey.Listener, l.name),
@@ -1256,8 +1257,8 @@ func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.C
 		attrs = append(attrs, slog.String(logkey.PeerID, peer.String()))
 	}
 	attrs = append(attrs, extra...)
-	if reason != "" {
-		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	if why != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, string(why)))
 	}
 	if cs != nil {
 		attrs = append(attrs,

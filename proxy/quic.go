@@ -17,6 +17,7 @@ import (
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/proxy/relay"
+	"github.com/credflow/credflow/reason"
 )
 
 // QUIC carries app connections between sidecars as streams of one QUIC
@@ -172,7 +173,7 @@ func (p *Proxy) listenQUIC(l *listener) error {
 	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
 		err := verify(cs)
 		if err != nil {
-			p.refuse(l, time.Now(), err, "handshake_failed", "quic")
+			p.refuse(l, time.Now(), err, reason.HandshakeFailed, "quic")
 		}
 		return err
 	}
@@ -226,7 +227,7 @@ func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quic.Conn) {
 		if !p.slots.take(l.dir) {
 			s.CancelRead(codeAbort)
 			s.CancelWrite(codeAbort)
-			p.m.refused(l.dir, "limit", false)
+			p.m.refused(l.dir, reason.Limit, false)
 			continue
 		}
 		l.conns.Add(1)
@@ -246,8 +247,8 @@ func (p *Proxy) serveStream(ctx context.Context, l *listener, qc *quic.Conn, cs 
 	if err != nil || (target != "" && target != l.name) {
 		s.CancelRead(codeBadHeader)
 		s.CancelWrite(codeBadHeader)
-		p.m.refused(l.dir, "bad_stream_header", false)
-		p.access(l, start, peer, cs, "deny", "bad_stream_header", relay.Result{}, "quic")
+		p.m.refused(l.dir, reason.BadStreamHeader, false)
+		p.access(l, start, peer, cs, "deny", reason.BadStreamHeader, relay.Result{}, "quic")
 		return
 	}
 	p.m.quicStream(l.dir)
@@ -255,8 +256,8 @@ func (p *Proxy) serveStream(ctx context.Context, l *listener, qc *quic.Conn, cs 
 	if err != nil {
 		s.CancelRead(codeAppDown)
 		s.CancelWrite(codeAppDown)
-		p.m.refused(l.dir, "app_unavailable", true)
-		p.access(l, start, peer, cs, "error", "app_unavailable", relay.Result{}, "quic")
+		p.m.refused(l.dir, reason.AppUnavailable, true)
+		p.access(l, start, peer, cs, "error", reason.AppUnavailable, relay.Result{}, "quic")
 		return
 	}
 	p.relay(ctx, l, start, peer, cs, sc, app, "quic")

@@ -14,6 +14,7 @@
 package edge
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/credflow/credflow/internal/joseheader"
 	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/reason"
 )
 
 // MaxTokenSize bounds the external tokens Validate parses.
@@ -45,44 +47,24 @@ type Issuer struct {
 	Keys *KeySet
 }
 
-// Reason classifies a refused external token. Its values are metric labels.
-type Reason string
-
-// Refusal reasons.
-const (
-	ReasonMissing   Reason = "external_missing"   // no bearer token
-	ReasonMalformed Reason = "external_malformed" // not a compact JWS, or over MaxTokenSize
-	ReasonAlg       Reason = "external_bad_alg"   // an algorithm the issuer may not use, or none
-	ReasonHeader    Reason = "external_bad_header"
-	ReasonIssuer    Reason = "external_unknown_issuer"
-	ReasonKey       Reason = "external_unknown_key"
-	ReasonSignature Reason = "external_bad_signature"
-	ReasonExpired   Reason = "external_expired" // expired, or not yet valid
-	ReasonAudience  Reason = "external_wrong_audience"
-	ReasonClaims    Reason = "external_bad_claims"
-)
-
 // Error is a refusal with its reason.
 type Error struct {
-	Reason Reason
+	Reason reason.Reason
 	Err    error
 }
 
-func (e *Error) Error() string { return "edge: " + string(e.Reason) + ": " + e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
+func (e *Error) Error() string      { return "edge: " + string(e.Reason) + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error      { return e.Err }
+func (e *Error) Why() reason.Reason { return e.Reason }
 
-func refuse(r Reason, format string, args ...any) error {
+func refuse(r reason.Reason, format string, args ...any) error {
 	return &Error{Reason: r, Err: fmt.Errorf(format, args...)}
 }
 
-// ReasonOf returns the reason of a refusal, or ReasonMalformed for any other
+// ReasonOf returns the reason of a refusal, or reason.ExternalMalformed for any other
 // error.
-func ReasonOf(err error) Reason {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Reason
-	}
-	return ReasonMalformed
+func ReasonOf(err error) reason.Reason {
+	return cmp.Or(reason.Of(err), reason.ExternalMalformed)
 }
 
 // Subject is a validated external identity.
@@ -172,10 +154,10 @@ type claims struct {
 // Validate checks an external token and returns its subject.
 func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error) {
 	if token == "" {
-		return nil, refuse(ReasonMissing, "no token")
+		return nil, refuse(reason.ExternalMissing, "no token")
 	}
 	if len(token) > MaxTokenSize {
-		return nil, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxTokenSize)
+		return nil, refuse(reason.ExternalMalformed, "%d bytes, over the %d limit", len(token), MaxTokenSize)
 	}
 	// The header is checked before anything reads it, first against every
 	// algorithm an issuer may be configured with (so none and HMAC are
@@ -186,50 +168,50 @@ func (v *Validator) Validate(ctx context.Context, token string) (*Subject, error
 	}
 	peekTok, err := jwt.ParseSigned(token, v.algs)
 	if err != nil {
-		return nil, refuse(ReasonMalformed, "not a compact JWS")
+		return nil, refuse(reason.ExternalMalformed, "not a compact JWS")
 	}
 	// The issuer picks the keys and the algorithms, so read it before
 	// verifying; nothing is trusted until the signature verifies with that
 	// issuer's key.
 	var peek claims
 	if err := peekTok.UnsafeClaimsWithoutVerification(&peek); err != nil {
-		return nil, refuse(ReasonClaims, "claims do not parse")
+		return nil, refuse(reason.ExternalBadClaims, "claims do not parse")
 	}
 	is := v.issuers[peek.Issuer]
 	if is == nil {
-		return nil, refuse(ReasonIssuer, "issuer is not trusted")
+		return nil, refuse(reason.ExternalUnknownIssuer, "issuer is not trusted")
 	}
 	// From here on, only the issuer's own algorithms: the header, and the
 	// parse whose signature is verified.
 	if !slices.Contains(is.algs, hdr.Alg) {
-		return nil, refuse(ReasonAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
+		return nil, refuse(reason.ExternalBadAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
 	}
 	tok, err := jwt.ParseSigned(token, is.algs)
 	if err != nil {
-		return nil, refuse(ReasonAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
+		return nil, refuse(reason.ExternalBadAlg, "issuer %s does not sign with %s", is.name, hdr.Alg)
 	}
 	key, err := is.keys.Key(ctx, hdr.Kid, string(hdr.Alg))
 	if err != nil {
-		return nil, refuse(ReasonKey, "%v", err)
+		return nil, refuse(reason.ExternalUnknownKey, "%v", err)
 	}
 	var c claims
 	if err := tok.Claims(key.Key, &c); err != nil {
-		return nil, refuse(ReasonSignature, "signature does not verify")
+		return nil, refuse(reason.ExternalBadSignature, "signature does not verify")
 	}
 	now := v.now()
 	switch {
 	case c.Expiry == nil:
-		return nil, refuse(ReasonClaims, "exp is required")
+		return nil, refuse(reason.ExternalBadClaims, "exp is required")
 	case c.Subject == "":
-		return nil, refuse(ReasonClaims, "sub is required")
+		return nil, refuse(reason.ExternalBadClaims, "sub is required")
 	case c.Issuer != is.name:
-		return nil, refuse(ReasonClaims, "iss changed between reads")
+		return nil, refuse(reason.ExternalBadClaims, "iss changed between reads")
 	}
 	if err := c.Claims.ValidateWithLeeway(jwt.Expected{Issuer: is.name, Time: now}, v.leeway); err != nil {
-		return nil, refuse(ReasonExpired, "%v", err)
+		return nil, refuse(reason.ExternalExpired, "%v", err)
 	}
 	if !slices.ContainsFunc(is.audiences, c.Audience.Contains) {
-		return nil, refuse(ReasonAudience, "aud names none of the audiences configured for %s", is.name)
+		return nil, refuse(reason.ExternalWrongAudience, "aud names none of the audiences configured for %s", is.name)
 	}
 	scopes := c.Scp
 	if c.Scope != "" {
@@ -246,11 +228,11 @@ func checkHeader(token string, algs []jose.SignatureAlgorithm) (*joseheader.Head
 	case err == nil:
 		return hdr, nil
 	case errors.Is(err, joseheader.ErrAlgorithm):
-		return nil, refuse(ReasonAlg, "%w", err)
+		return nil, refuse(reason.ExternalBadAlg, "%w", err)
 	case errors.Is(err, joseheader.ErrMember), errors.Is(err, joseheader.ErrType):
-		return nil, refuse(ReasonHeader, "%w", err)
+		return nil, refuse(reason.ExternalBadHeader, "%w", err)
 	default:
-		return nil, refuse(ReasonMalformed, "%w", err)
+		return nil, refuse(reason.ExternalMalformed, "%w", err)
 	}
 }
 

@@ -24,6 +24,7 @@ import (
 	"github.com/go-jose/go-jose/v4"
 
 	"github.com/credflow/credflow/internal/jwstest"
+	"github.com/credflow/credflow/reason"
 )
 
 const issuer = "https://idp.example"
@@ -167,27 +168,27 @@ func TestValidate(t *testing.T) {
 	cases := []struct {
 		name  string
 		token string
-		want  Reason
+		want  reason.Reason
 	}{
-		{"empty", "", ReasonMissing},
-		{"oversized", strings.Repeat("x", MaxTokenSize+1), ReasonMalformed},
-		{"not a JWS", "hello", ReasonMalformed},
-		{"alg none", noneTok, ReasonAlg},
-		{"HS256 keyed with the public key", signJWT(t, jose.HS256, pubDER, "rsa1", nil, claimSet(nil)), ReasonAlg},
-		{"alg the issuer does not use", signJWT(t, jose.PS256, p.key("rsa1"), "rsa1", nil, claimSet(nil)), ReasonAlg},
-		{"expired", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), ReasonExpired},
-		{"not yet valid", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), ReasonExpired},
-		{"no exp", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": nil})), ReasonClaims},
-		{"no sub", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"sub": nil})), ReasonClaims},
-		{"wrong audience", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"aud": "billing"})), ReasonAudience},
-		{"unknown issuer", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"iss": "https://evil.example"})), ReasonIssuer},
-		{"forged: another key, a known kid", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(nil)), ReasonSignature},
-		{"payload changed", parts[0] + "." + base64.RawURLEncoding.EncodeToString(changed) + "." + parts[2], ReasonSignature},
-		{"B14 expired and badly signed: the signature first", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()})), ReasonSignature},
-		{"B16 1 MB of dots", strings.Repeat(".", 1<<20), ReasonMalformed},
-		{"unknown kid", signJWT(t, jose.RS256, other, "rsa9", nil, claimSet(nil)), ReasonKey},
-		{"jku header", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jku": "https://evil.example/jwks"}, claimSet(nil)), ReasonHeader},
-		{"embedded jwk", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jwk": map[string]any{"kty": "oct"}}, claimSet(nil)), ReasonHeader},
+		{"empty", "", reason.ExternalMissing},
+		{"oversized", strings.Repeat("x", MaxTokenSize+1), reason.ExternalMalformed},
+		{"not a JWS", "hello", reason.ExternalMalformed},
+		{"alg none", noneTok, reason.ExternalBadAlg},
+		{"HS256 keyed with the public key", signJWT(t, jose.HS256, pubDER, "rsa1", nil, claimSet(nil)), reason.ExternalBadAlg},
+		{"alg the issuer does not use", signJWT(t, jose.PS256, p.key("rsa1"), "rsa1", nil, claimSet(nil)), reason.ExternalBadAlg},
+		{"expired", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Minute).Unix()})), reason.ExternalExpired},
+		{"not yet valid", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"nbf": time.Now().Add(time.Hour).Unix()})), reason.ExternalExpired},
+		{"no exp", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"exp": nil})), reason.ExternalBadClaims},
+		{"no sub", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"sub": nil})), reason.ExternalBadClaims},
+		{"wrong audience", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"aud": "billing"})), reason.ExternalWrongAudience},
+		{"unknown issuer", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", nil, claimSet(map[string]any{"iss": "https://evil.example"})), reason.ExternalUnknownIssuer},
+		{"forged: another key, a known kid", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(nil)), reason.ExternalBadSignature},
+		{"payload changed", parts[0] + "." + base64.RawURLEncoding.EncodeToString(changed) + "." + parts[2], reason.ExternalBadSignature},
+		{"B14 expired and badly signed: the signature first", signJWT(t, jose.RS256, other, "rsa1", nil, claimSet(map[string]any{"exp": time.Now().Add(-time.Hour).Unix()})), reason.ExternalBadSignature},
+		{"B16 1 MB of dots", strings.Repeat(".", 1<<20), reason.ExternalMalformed},
+		{"unknown kid", signJWT(t, jose.RS256, other, "rsa9", nil, claimSet(nil)), reason.ExternalUnknownKey},
+		{"jku header", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jku": "https://evil.example/jwks"}, claimSet(nil)), reason.ExternalBadHeader},
+		{"embedded jwk", signJWT(t, jose.RS256, p.key("rsa1"), "rsa1", map[string]any{"jwk": map[string]any{"kty": "oct"}}, claimSet(nil)), reason.ExternalBadHeader},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -235,8 +236,8 @@ func TestKeySetURLRefresh(t *testing.T) {
 	p.add("rsa2", rsaKey(t))
 	rotated := signJWT(t, jose.RS256, p.key("rsa2"), "rsa2", nil, claimSet(nil))
 	for range 50 {
-		if _, err := v.Validate(ctx, rotated); ReasonOf(err) != ReasonKey {
-			t.Fatalf("err %v, want %s", err, ReasonKey)
+		if _, err := v.Validate(ctx, rotated); ReasonOf(err) != reason.ExternalUnknownKey {
+			t.Fatalf("err %v, want %s", err, reason.ExternalUnknownKey)
 		}
 	}
 	if hits.Load() != 1 {
@@ -383,15 +384,15 @@ func TestValidateHeaderMembers(t *testing.T) {
 	}
 	cases := []struct {
 		alg, header string
-		want        Reason
+		want        reason.Reason
 	}{
-		{"PS256", `{"alg":"PS256","kid":"rsa1","typ":"JWT","Alg":"RS256"}`, ReasonHeader},
-		{"PS256", `{"Alg":"RS256","alg":"PS256","kid":"rsa1"}`, ReasonHeader},
-		{"RS256", `{"alg":"RS256","kid":"rsa1","KID":"ec1"}`, ReasonHeader},
-		{"RS256", `{"alg":"RS256","kid":"rsa1","JKU":"https://evil.example/jwks"}`, ReasonHeader},
-		{"RS256", `{"alg":"RS256","kid":"rsa1","Jwk":{"kty":"RSA"}}`, ReasonHeader},
-		{"RS256", `{"alg":"RS256","kid":"rsa1","typ":"JWT","tYp":"at+jwt"}`, ReasonHeader},
-		{"PS256", `{"alg":"PS256","kid":"rsa1"}`, ReasonAlg},
+		{"PS256", `{"alg":"PS256","kid":"rsa1","typ":"JWT","Alg":"RS256"}`, reason.ExternalBadHeader},
+		{"PS256", `{"Alg":"RS256","alg":"PS256","kid":"rsa1"}`, reason.ExternalBadHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","KID":"ec1"}`, reason.ExternalBadHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","JKU":"https://evil.example/jwks"}`, reason.ExternalBadHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","Jwk":{"kty":"RSA"}}`, reason.ExternalBadHeader},
+		{"RS256", `{"alg":"RS256","kid":"rsa1","typ":"JWT","tYp":"at+jwt"}`, reason.ExternalBadHeader},
+		{"PS256", `{"alg":"PS256","kid":"rsa1"}`, reason.ExternalBadAlg},
 	}
 	for _, tc := range cases {
 		t.Run(tc.header, func(t *testing.T) {
@@ -437,11 +438,11 @@ func TestKeySetRemovedKeyRefused(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := v.Validate(ctx, old)
-		if ReasonOf(err) == ReasonKey {
+		if ReasonOf(err) == reason.ExternalUnknownKey {
 			break
 		}
 		if err != nil {
-			t.Fatalf("the removed key: %v, want %s", err, ReasonKey)
+			t.Fatalf("the removed key: %v, want %s", err, reason.ExternalUnknownKey)
 		}
 		if time.Now().After(deadline) {
 			t.Fatal("a key removed from the JWKS is still trusted after many refresh intervals")
@@ -527,8 +528,8 @@ func TestKeySetFetchDoesNotBlock(t *testing.T) {
 	}
 	close(release)
 	for range n {
-		if err := <-unknownDone; ReasonOf(err) != ReasonKey {
-			t.Fatalf("unknown key: %v, want %s", err, ReasonKey)
+		if err := <-unknownDone; ReasonOf(err) != reason.ExternalUnknownKey {
+			t.Fatalf("unknown key: %v, want %s", err, reason.ExternalUnknownKey)
 		}
 	}
 	if got := hits.Load(); got != 2 {
@@ -645,8 +646,8 @@ func TestValidateLeeway(t *testing.T) {
 		if _, err := lenient.Validate(ctx, tok); err != nil {
 			t.Errorf("default leeway, 45 s off: %v", err)
 		}
-		if _, err := strict.Validate(ctx, tok); ReasonOf(err) != ReasonExpired {
-			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, ReasonExpired)
+		if _, err := strict.Validate(ctx, tok); ReasonOf(err) != reason.ExternalExpired {
+			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, reason.ExternalExpired)
 		}
 	}
 }

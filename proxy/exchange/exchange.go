@@ -74,6 +74,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/reason"
 )
 
 // Grant and token types of RFC 8693 and the Transaction Tokens draft.
@@ -100,19 +101,6 @@ type Exchanger interface {
 
 // AnyAudience in Config.Audiences allows every audience.
 const AnyAudience = "*"
-
-// Refusal reasons, in the X-Credflow-Reason header and the log. A refused
-// subject token has the edge package's reason (external_expired, ...).
-const (
-	ReasonCallerUnknown      = "caller_unknown"       // the kernel could not say who connected
-	ReasonCallerNotAllowed   = "caller_not_allowed"   // the caller's uid/gid is not in Config.Callers
-	ReasonBadHost            = "bad_host"             // the Host header does not name loopback
-	ReasonAudienceNotAllowed = "audience_not_allowed" // the audience is not in Config.Audiences
-	ReasonInvalidRequest     = "invalid_request"      // a malformed request
-	ReasonUnsupportedGrant   = "unsupported_grant_type"
-	ReasonNoToken            = "no_token"           // the Workload API or the minter did not give a token
-	ReasonRateLimited        = "token_rate_limited" // the caller is past its issuance limits
-)
 
 // maxLoggedAudience bounds the audience written to the log.
 const maxLoggedAudience = 256
@@ -148,7 +136,7 @@ type Config struct {
 	Log *slog.Logger
 	// Refused, if not nil, is called with the reason of each refusal
 	// (credflow_refusals_total).
-	Refused func(reason string)
+	Refused func(reason.Reason)
 
 	// NewAudienceRate is how many audiences the agent has not cached (see
 	// Cache) one caller may ask for per second, in bursts of up to
@@ -167,7 +155,7 @@ type Endpoint struct {
 	tokens   Tokens
 	subjects Exchanger
 	log      *slog.Logger
-	refused  func(string)
+	refused  func(reason.Reason)
 	policy   atomic.Pointer[policy]
 	mux      *http.ServeMux
 	limits   *issuance
@@ -231,16 +219,16 @@ type request struct {
 
 // refuse answers with an RFC 6749 error, the reason in X-Credflow-Reason,
 // and logs and counts the refusal.
-func (q *request) refuse(status int, code, reason, desc string) {
-	q.w.Header().Set("X-Credflow-Reason", reason)
+func (q *request) refuse(status int, code string, why reason.Reason, desc string) {
+	q.w.Header().Set("X-Credflow-Reason", string(why))
 	writeJSON(q.w, status, Error{code, desc})
 	if q.e.refused != nil {
-		q.e.refused(reason)
+		q.e.refused(why)
 	}
-	if reason == ReasonRateLimited && !q.e.limitedLog.Allow() {
+	if why == reason.TokenRateLimited && !q.e.limitedLog.Allow() {
 		return
 	}
-	q.logLine("refused", reason, "")
+	q.logLine("refused", why, "")
 }
 
 // issue answers with a token and logs the issuance (not the token).
@@ -249,7 +237,7 @@ func (q *request) issue(resp Response) {
 	q.logLine("issued", "", resp.IssuedTokenType)
 }
 
-func (q *request) logLine(decision, reason, tokenType string) {
+func (q *request) logLine(decision string, why reason.Reason, tokenType string) {
 	attrs := []slog.Attr{slog.String(logkey.Listener, "token_endpoint"), slog.String(logkey.Decision, decision)}
 	if q.cred != nil {
 		attrs = append(attrs, slog.Uint64(logkey.UID, uint64(q.cred.UID)))
@@ -263,8 +251,8 @@ func (q *request) logLine(decision, reason, tokenType string) {
 	if q.audience != "" {
 		attrs = append(attrs, slog.String(logkey.Audience, q.audience))
 	}
-	if reason != "" {
-		attrs = append(attrs, slog.String(logkey.Reason, reason))
+	if why != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, string(why)))
 	}
 	if tokenType != "" {
 		attrs = append(attrs, slog.String(logkey.TokenType, tokenType))
@@ -277,7 +265,7 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 	q := &request{e: e, w: w}
 	cl, ok := r.Context().Value(callerKey{}).(caller)
 	if !ok || cl.err != nil {
-		q.refuse(http.StatusForbidden, "access_denied", ReasonCallerUnknown, "the token endpoint serves local processes whose user the kernel can name")
+		q.refuse(http.StatusForbidden, "access_denied", reason.CallerUnknown, "the token endpoint serves local processes whose user the kernel can name")
 		return
 	}
 	q.cred = &cl.cred
@@ -301,11 +289,11 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 	}
 	pol := e.policy.Load()
 	if !pol.callers.Allows(cl.cred) {
-		q.refuse(http.StatusForbidden, "access_denied", ReasonCallerNotAllowed, fmt.Sprintf("caller %v is not one of token_endpoint.callers", cl.cred))
+		q.refuse(http.StatusForbidden, "access_denied", reason.CallerNotAllowed, fmt.Sprintf("caller %v is not one of token_endpoint.callers", cl.cred))
 		return
 	}
 	if !LoopbackHost(r.Host) {
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonBadHost, "the Host header must be localhost, 127.0.0.1 or [::1], with or without a port")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.BadHost, "the Host header must be localhost, 127.0.0.1 or [::1], with or without a port")
 		return
 	}
 	if !formOK {
@@ -314,43 +302,43 @@ func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {
 			w.Header().Set("Allow", http.MethodPost)
 			status = http.StatusMethodNotAllowed
 		}
-		q.refuse(status, "invalid_request", ReasonInvalidRequest, formErr)
+		q.refuse(status, "invalid_request", reason.InvalidRequest, formErr)
 		return
 	}
 	switch {
 	case len(form["grant_type"]) != 1:
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one grant_type is required")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "exactly one grant_type is required")
 		return
 	case form.Get("grant_type") != GrantType:
-		q.refuse(http.StatusBadRequest, "unsupported_grant_type", ReasonUnsupportedGrant, "only "+GrantType)
+		q.refuse(http.StatusBadRequest, "unsupported_grant_type", reason.UnsupportedGrant, "only "+GrantType)
 		return
 	case form.Has("subject_token") || form.Has("actor_token"):
 		e.exchangeSubject(q, r)
 		return
 	case len(form["audience"]) != 1 || form.Get("audience") == "":
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one non-empty audience is required")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "exactly one non-empty audience is required")
 		return
 	case form.Has("requested_token_type") && form.Get("requested_token_type") != TokenType:
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "only "+TokenType+" can be issued")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "only "+TokenType+" can be issued")
 		return
 	}
 	aud := form.Get("audience")
 	if !slices.Contains(pol.audiences, aud) && !slices.Contains(pol.audiences, AnyAudience) {
-		q.refuse(http.StatusBadRequest, "invalid_target", ReasonAudienceNotAllowed, "the audience is not one of token_endpoint.audiences")
+		q.refuse(http.StatusBadRequest, "invalid_target", reason.AudienceNotAllowed, "the audience is not one of token_endpoint.audiences")
 		return
 	}
 	cache, ok := e.tokens.(Cache)
 	cached := ok && cache.CachedJWTSVID(aud)
 	if retry, ok := e.limits.admit(cl.cred.UID, aud, cached, time.Now()); !ok {
 		w.Header().Set("Retry-After", strconv.Itoa(max(1, int(math.Ceil(retry.Seconds())))))
-		q.refuse(http.StatusTooManyRequests, "temporarily_unavailable", ReasonRateLimited,
+		q.refuse(http.StatusTooManyRequests, "temporarily_unavailable", reason.TokenRateLimited,
 			"too many audiences not yet issued: see token_endpoint.new_audience_rate and max_audiences")
 		return
 	}
 	svid, err := e.tokens.FetchJWTSVID(r.Context(), aud)
 	if err != nil {
 		e.limits.failed(cl.cred.UID, aud)
-		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", ReasonNoToken, "no JWT-SVID from the Workload API")
+		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", reason.NoToken, "no JWT-SVID from the Workload API")
 		return
 	}
 	e.limits.issued(cl.cred.UID, aud, svid.Expiry)
@@ -367,29 +355,29 @@ func (e *Endpoint) exchangeSubject(q *request, r *http.Request) {
 	form := r.PostForm
 	switch {
 	case e.subjects == nil:
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "subject_token exchange is not configured (no edge section)")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "subject_token exchange is not configured (no edge section)")
 		return
 	case form.Has("actor_token"):
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "actor_token is not supported: the actor is this workload")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "actor_token is not supported: the actor is this workload")
 		return
 	case len(form["subject_token"]) != 1 || form.Get("subject_token") == "":
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "exactly one non-empty subject_token is required")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "exactly one non-empty subject_token is required")
 		return
 	case form.Get("subject_token_type") != TokenType && form.Get("subject_token_type") != AccessTokenType:
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "subject_token_type must be "+TokenType+" or "+AccessTokenType)
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "subject_token_type must be "+TokenType+" or "+AccessTokenType)
 		return
 	case form.Has("requested_token_type") && form.Get("requested_token_type") != TxnTokenType:
-		q.refuse(http.StatusBadRequest, "invalid_request", ReasonInvalidRequest, "a subject_token is exchanged for "+TxnTokenType+" only")
+		q.refuse(http.StatusBadRequest, "invalid_request", reason.InvalidRequest, "a subject_token is exchanged for "+TxnTokenType+" only")
 		return
 	}
 	tok, c, err := e.subjects.Exchange(r.Context(), form.Get("subject_token"))
 	if err != nil {
 		var refusal *edge.Error
 		if errors.As(err, &refusal) {
-			q.refuse(http.StatusBadRequest, "invalid_request", string(refusal.Reason), "subject_token refused: "+string(refusal.Reason))
+			q.refuse(http.StatusBadRequest, "invalid_request", refusal.Reason, "subject_token refused: "+string(refusal.Reason))
 			return
 		}
-		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", ReasonNoToken, "no transaction token could be minted")
+		q.refuse(http.StatusServiceUnavailable, "temporarily_unavailable", reason.NoToken, "no transaction token could be minted")
 		return
 	}
 	q.issue(Response{

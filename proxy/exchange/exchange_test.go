@@ -31,6 +31,7 @@ import (
 	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/exchange"
 	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/reason"
 )
 
 // tokens returns a JWT-SVID of spiffe://example.org/a signed with a key of
@@ -116,10 +117,10 @@ func serve(t *testing.T, cfg exchange.Config, sock string, bare bool) *endpoint 
 	t.Helper()
 	e := &endpoint{log: &syncBuffer{}, client: &http.Client{}}
 	cfg.Log = slog.New(slog.NewJSONHandler(e.log, nil))
-	cfg.Refused = func(r string) {
+	cfg.Refused = func(r reason.Reason) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
-		e.reasons = append(e.reasons, r)
+		e.reasons = append(e.reasons, string(r))
 	}
 	if cfg.Tokens == nil {
 		cfg.Tokens = tokens{}
@@ -235,26 +236,26 @@ func TestCallers(t *testing.T) {
 		name    string
 		callers peercred.Callers
 		sock    string
-		reason  string // "" for a token
+		why     reason.Reason // "" for a token
 	}{
 		{"no callers configured: every local uid", peercred.Callers{}, "", ""},
 		{"tcp, uid listed", peercred.Callers{UIDs: []uint32{self}}, "", ""},
-		{"tcp, uid not listed", peercred.Callers{UIDs: []uint32{self + 1}}, "", exchange.ReasonCallerNotAllowed},
-		{"tcp, gid listed: a TCP caller has no gid", peercred.Callers{GIDs: []uint32{selfGID}}, "", exchange.ReasonCallerNotAllowed},
+		{"tcp, uid not listed", peercred.Callers{UIDs: []uint32{self + 1}}, "", reason.CallerNotAllowed},
+		{"tcp, gid listed: a TCP caller has no gid", peercred.Callers{GIDs: []uint32{selfGID}}, "", reason.CallerNotAllowed},
 		{"unix, uid listed", peercred.Callers{UIDs: []uint32{self}}, sock("u.sock"), ""},
-		{"unix, uid not listed", peercred.Callers{UIDs: []uint32{self + 1}}, sock("n.sock"), exchange.ReasonCallerNotAllowed},
+		{"unix, uid not listed", peercred.Callers{UIDs: []uint32{self + 1}}, sock("n.sock"), reason.CallerNotAllowed},
 		{"unix, gid listed", peercred.Callers{UIDs: []uint32{self + 1}, GIDs: []uint32{selfGID}}, sock("g.sock"), ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			e := serve(t, exchange.Config{Callers: tt.callers, Audiences: []string{audB}}, tt.sock, false)
 			code, out, h := e.post(t, form("audience", audB), nil)
-			if tt.reason == "" {
+			if tt.why == "" {
 				if code != 200 || out["access_token"] == nil {
 					t.Fatalf("%d %v, want a token", code, out)
 				}
-			} else if code != 403 || out["error"] != "access_denied" || h.Get("X-Credflow-Reason") != tt.reason || out["access_token"] != nil {
-				t.Fatalf("%d %v %v, want 403 access_denied %s", code, out, h, tt.reason)
+			} else if code != 403 || out["error"] != "access_denied" || h.Get("X-Credflow-Reason") != string(tt.why) || out["access_token"] != nil {
+				t.Fatalf("%d %v %v, want 403 access_denied %s", code, out, h, tt.why)
 			}
 			lines := e.log.lines(t)
 			if len(lines) != 1 || lines[0]["uid"] != float64(self) || lines[0]["audience"] != audB {
@@ -263,14 +264,14 @@ func TestCallers(t *testing.T) {
 			if tt.sock != "" && (lines[0]["gid"] != float64(selfGID) || lines[0]["pid"] != float64(os.Getpid())) {
 				t.Fatalf("log: %v, want the gid and pid of a unix-socket caller", lines)
 			}
-			if tt.reason != "" && (lines[0]["reason"] != tt.reason || lines[0]["decision"] != "refused" || !slices.Equal(e.refusals(), []string{tt.reason})) {
-				t.Fatalf("log %v, refusals %v: want the reason %s", lines, e.refusals(), tt.reason)
+			if tt.why != "" && (lines[0]["reason"] != string(tt.why) || lines[0]["decision"] != "refused" || !slices.Equal(e.refusals(), []string{string(tt.why)})) {
+				t.Fatalf("log %v, refusals %v: want the reason %s", lines, e.refusals(), tt.why)
 			}
 		})
 	}
 	t.Run("served without ConnContext", func(t *testing.T) {
 		e := serve(t, exchange.Config{Audiences: []string{audB}}, "", true)
-		if code, out, h := e.post(t, form("audience", audB), nil); code != 403 || h.Get("X-Credflow-Reason") != exchange.ReasonCallerUnknown {
+		if code, out, h := e.post(t, form("audience", audB), nil); code != 403 || h.Get("X-Credflow-Reason") != string(reason.CallerUnknown) {
 			t.Fatalf("%d %v, want 403 caller_unknown", code, out)
 		}
 	})
@@ -281,18 +282,18 @@ func TestCallers(t *testing.T) {
 		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 		w := httptest.NewRecorder()
 		ep.ServeHTTP(w, r)
-		if w.Code != 403 || w.Header().Get("X-Credflow-Reason") != exchange.ReasonCallerUnknown || strings.Contains(w.Body.String(), "access_token") {
+		if w.Code != 403 || w.Header().Get("X-Credflow-Reason") != string(reason.CallerUnknown) || strings.Contains(w.Body.String(), "access_token") {
 			t.Fatalf("%d %s, want 403 caller_unknown", w.Code, w.Body)
 		}
 	})
 	t.Run("policy replaced", func(t *testing.T) {
 		e := serve(t, exchange.Config{Audiences: []string{audB}}, "", false)
 		e.ep.SetPolicy(peercred.Callers{UIDs: []uint32{self + 1}}, []string{audB})
-		if code, out, h := e.post(t, form("audience", audB), nil); code != 403 || h.Get("X-Credflow-Reason") != exchange.ReasonCallerNotAllowed {
+		if code, out, h := e.post(t, form("audience", audB), nil); code != 403 || h.Get("X-Credflow-Reason") != string(reason.CallerNotAllowed) {
 			t.Fatalf("%d %v, want 403 caller_not_allowed after SetPolicy", code, out)
 		}
 		e.ep.SetPolicy(peercred.Callers{UIDs: []uint32{self}}, nil)
-		if code, out, h := e.post(t, form("audience", audB), nil); code != 400 || h.Get("X-Credflow-Reason") != exchange.ReasonAudienceNotAllowed {
+		if code, out, h := e.post(t, form("audience", audB), nil); code != 400 || h.Get("X-Credflow-Reason") != string(reason.AudienceNotAllowed) {
 			t.Fatalf("%d %v, want 400 audience_not_allowed after SetPolicy", code, out)
 		}
 	})
@@ -335,10 +336,10 @@ func TestAudiences(t *testing.T) {
 				}
 				return
 			}
-			if code != 400 || out["error"] != "invalid_target" || h.Get("X-Credflow-Reason") != exchange.ReasonAudienceNotAllowed || out["access_token"] != nil {
+			if code != 400 || out["error"] != "invalid_target" || h.Get("X-Credflow-Reason") != string(reason.AudienceNotAllowed) || out["access_token"] != nil {
 				t.Fatalf("%d %v %v, want 400 invalid_target audience_not_allowed", code, out, h)
 			}
-			if l := e.log.lines(t); len(l) != 1 || l[0]["audience"] != tt.aud || l[0]["reason"] != exchange.ReasonAudienceNotAllowed {
+			if l := e.log.lines(t); len(l) != 1 || l[0]["audience"] != tt.aud || l[0]["reason"] != string(reason.AudienceNotAllowed) {
 				t.Fatalf("log %v, want the audience and the reason", l)
 			}
 		})
@@ -371,7 +372,7 @@ func TestHost(t *testing.T) {
 			if tt.ok != (code == 200) {
 				t.Fatalf("Host %q: %d %v", tt.host, code, out)
 			}
-			if !tt.ok && (code != 400 || h.Get("X-Credflow-Reason") != exchange.ReasonBadHost || out["access_token"] != nil) {
+			if !tt.ok && (code != 400 || h.Get("X-Credflow-Reason") != string(reason.BadHost) || out["access_token"] != nil) {
 				t.Fatalf("Host %q: %d %v %v, want 400 bad_host", tt.host, code, out, h)
 			}
 		})
@@ -381,7 +382,7 @@ func TestHost(t *testing.T) {
 		if code, out, _ := u.post(t, form("audience", audB), nil); code != 200 {
 			t.Fatalf("Host localhost on a unix socket: %d %v", code, out)
 		}
-		if code, _, h := u.post(t, form("audience", audB), func(r *http.Request) { r.Host = "evil.example" }); code != 400 || h.Get("X-Credflow-Reason") != exchange.ReasonBadHost {
+		if code, _, h := u.post(t, form("audience", audB), func(r *http.Request) { r.Host = "evil.example" }); code != 400 || h.Get("X-Credflow-Reason") != string(reason.BadHost) {
 			t.Fatalf("Host evil.example on a unix socket: %d", code)
 		}
 	})
@@ -438,7 +439,7 @@ type subjects struct{}
 
 func (subjects) Exchange(_ context.Context, external string) (string, *txn.Claims, error) {
 	if external != "good" {
-		return "", nil, &edge.Error{Reason: edge.ReasonExpired, Err: errors.New("expired")}
+		return "", nil, &edge.Error{Reason: reason.ExternalExpired, Err: errors.New("expired")}
 	}
 	return "txn-token", &txn.Claims{Expiry: jwt.NewNumericDate(time.Now().Add(time.Minute))}, nil
 }
@@ -469,7 +470,7 @@ func TestSubjectTokenExchange(t *testing.T) {
 	}
 	// The caller check applies to subject tokens too.
 	e.ep.SetPolicy(peercred.Callers{UIDs: []uint32{uint32(os.Geteuid()) + 1}}, nil)
-	if code, out, h := e.post(t, form("subject_token", "good", "subject_token_type", exchange.TokenType), nil); code != 403 || h.Get("X-Credflow-Reason") != exchange.ReasonCallerNotAllowed {
+	if code, out, h := e.post(t, form("subject_token", "good", "subject_token_type", exchange.TokenType), nil); code != 403 || h.Get("X-Credflow-Reason") != string(reason.CallerNotAllowed) {
 		t.Fatalf("a subject token from a caller not allowed: %d %v", code, out)
 	}
 }
@@ -483,11 +484,11 @@ func TestLogNeverHoldsTokens(t *testing.T) {
 	e.post(t, form("subject_token", "stale-secret", "subject_token_type", exchange.TokenType), nil)
 	e.post(t, form("audience", "spiffe://example.org/other"), nil)
 	lines := e.log.lines(t)
-	want := []struct{ decision, reason, tokenType string }{
+	want := []struct{ decision, why, tokenType string }{
 		{"issued", "", exchange.TokenType},
 		{"issued", "", exchange.TxnTokenType},
-		{"refused", string(edge.ReasonExpired), ""},
-		{"refused", exchange.ReasonAudienceNotAllowed, ""},
+		{"refused", string(reason.ExternalExpired), ""},
+		{"refused", string(reason.AudienceNotAllowed), ""},
 	}
 	if len(lines) != len(want) {
 		t.Fatalf("%d log lines, want %d: %v", len(lines), len(want), lines)
@@ -495,7 +496,7 @@ func TestLogNeverHoldsTokens(t *testing.T) {
 	for i, w := range want {
 		l := lines[i]
 		if l["msg"] != "token" || l["decision"] != w.decision || l["uid"] != float64(os.Geteuid()) ||
-			(w.reason != "" && l["reason"] != w.reason) || (w.tokenType != "" && l["token_type"] != w.tokenType) {
+			(w.why != "" && l["reason"] != w.why) || (w.tokenType != "" && l["token_type"] != w.tokenType) {
 			t.Errorf("line %d: %v, want %+v", i, l, w)
 		}
 	}

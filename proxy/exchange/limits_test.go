@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
 	"github.com/credflow/credflow/proxy/exchange"
+	"github.com/credflow/credflow/reason"
 )
 
 // agentCache stands for the agent: it counts the fetches that would be a
@@ -68,7 +69,7 @@ func TestTokenIssuanceLimits(t *testing.T) {
 		switch {
 		case code == 200:
 			issued++
-		case code == 429 && h.Get("X-Credflow-Reason") == exchange.ReasonRateLimited && out["error"] == "temporarily_unavailable":
+		case code == 429 && h.Get("X-Credflow-Reason") == string(reason.TokenRateLimited) && out["error"] == "temporarily_unavailable":
 			limited++
 			if s, err := strconv.Atoi(h.Get("Retry-After")); err != nil || s != 1 {
 				t.Fatalf("request %d: Retry-After %q, want 1 (a second at most for the next of 5 a second)", i, h.Get("Retry-After"))
@@ -96,7 +97,7 @@ func TestTokenIssuanceLimits(t *testing.T) {
 	}
 	logged := 0
 	for _, l := range e.log.lines(t) {
-		if l["reason"] == exchange.ReasonRateLimited {
+		if l["reason"] == string(reason.TokenRateLimited) {
 			logged++
 		}
 	}
@@ -105,7 +106,7 @@ func TestTokenIssuanceLimits(t *testing.T) {
 	}
 	counted := 0
 	for _, r := range e.refusals() {
-		if r == exchange.ReasonRateLimited {
+		if r == string(reason.TokenRateLimited) {
 			counted++
 		}
 	}
@@ -129,7 +130,7 @@ func TestTokenAudienceCap(t *testing.T) {
 	}
 	code, _, h := e.post(t, form("audience", "a3"), nil)
 	// The fake's tokens live a minute.
-	if s, err := strconv.Atoi(h.Get("Retry-After")); code != 429 || h.Get("X-Credflow-Reason") != exchange.ReasonRateLimited || err != nil || s < 1 || s > 60 {
+	if s, err := strconv.Atoi(h.Get("Retry-After")); code != 429 || h.Get("X-Credflow-Reason") != string(reason.TokenRateLimited) || err != nil || s < 1 || s > 60 {
 		t.Fatalf("a fourth audience: %d, reason %q, Retry-After %q; want 429, token_rate_limited, 1-60", code, h.Get("X-Credflow-Reason"), h.Get("Retry-After"))
 	}
 	if code, out, _ := e.post(t, form("audience", "a1"), nil); code != 200 {

@@ -25,38 +25,23 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
-)
 
-// Reason is a stable, machine-readable cause of a refused handshake, used
-// as a metric label and a log field.
-type Reason string
-
-// Reasons a peer is refused.
-const (
-	ReasonNoPeerCert   Reason = "no_peer_cert"
-	ReasonInvalidSVID  Reason = "invalid_svid"
-	ReasonBadEKU       Reason = "bad_eku"
-	ReasonUntrusted    Reason = "untrusted"
-	ReasonExpired      Reason = "expired"
-	ReasonNotYetValid  Reason = "not_yet_valid"
-	ReasonUnauthorized Reason = "unauthorized"
-	// ReasonPQRequired: the connection negotiated a classical key
-	// exchange where the policy requires a hybrid post-quantum one.
-	ReasonPQRequired Reason = "pq_required"
-	// ReasonNoSVIDYet: this side has no valid SVID to present, before the
-	// Workload API's first one (or after its own has expired). Not a
-	// refusal of the peer; see ErrNoSVID.
-	ReasonNoSVIDYet Reason = "no_svid_yet"
+	"github.com/credflow/credflow/reason"
 )
 
 // ErrNoSVID is the error a handshake fails with when this side has no valid
-// SVID to present.
-var ErrNoSVID = errors.New("mtls: no SVID to present")
+// SVID to present (reason.NoSVIDYet).
+var ErrNoSVID error = noSVID{}
+
+type noSVID struct{}
+
+func (noSVID) Error() string      { return "mtls: no SVID to present" }
+func (noSVID) Why() reason.Reason { return reason.NoSVIDYet }
 
 // Refusal is the error a handshake fails with when this side refuses the
 // peer.
 type Refusal struct {
-	Reason Reason
+	Reason reason.Reason
 	// Peer is the peer's SPIFFE ID when its chain verified and it was
 	// refused on other grounds (policy, key exchange); zero otherwise.
 	Peer spiffeid.ID
@@ -82,22 +67,15 @@ func (r *Refusal) Error() string {
 
 func (r *Refusal) Unwrap() error { return r.Err }
 
+// Why returns the refusal's reason.
+func (r *Refusal) Why() reason.Reason { return r.Reason }
+
 // Alert is the TLS alert that tells the peer why it was refused (RFC 8446,
-// section 6.2).
+// section 6.2), from the reason's Info; bad_certificate for a reason that
+// names no alert.
 func (r *Refusal) Alert() tls.AlertError {
-	switch r.Reason {
-	case ReasonNoPeerCert:
-		return 116 // certificate_required
-	case ReasonBadEKU:
-		return 43 // unsupported_certificate
-	case ReasonUntrusted:
-		return 48 // unknown_ca
-	case ReasonExpired, ReasonNotYetValid:
-		return 45 // certificate_expired: "expired or not currently valid"
-	case ReasonUnauthorized:
-		return 49 // access_denied
-	case ReasonPQRequired:
-		return 71 // insufficient_security
+	if a := r.Reason.Info().Alert; a != 0 {
+		return tls.AlertError(a)
 	}
 	return 42 // bad_certificate
 }
@@ -113,19 +91,6 @@ func (r *Refusal) As(target any) bool {
 		return true
 	}
 	return false
-}
-
-// ReasonOf returns the refusal reason carried by err, ReasonNoSVIDYet if
-// the handshake failed for want of an SVID of this side's own, or "".
-func ReasonOf(err error) Reason {
-	var r *Refusal
-	switch {
-	case errors.As(err, &r):
-		return r.Reason
-	case errors.Is(err, ErrNoSVID):
-		return ReasonNoSVIDYet
-	}
-	return ""
 }
 
 // Authorizer decides whether a verified peer ID may connect. It is called
@@ -212,7 +177,7 @@ func (c Config) verify(cs tls.ConnectionState, eku x509.ExtKeyUsage, cache *veri
 		return err
 	}
 	if c.Authorize == nil || !c.Authorize(id) {
-		return &Refusal{Reason: ReasonUnauthorized, Peer: id}
+		return &Refusal{Reason: reason.Unauthorized, Peer: id}
 	}
 	if c.VerifyConnection != nil {
 		return c.VerifyConnection(cs, id)
@@ -254,28 +219,28 @@ func Reverify(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.Ext
 // chain is not a refusal.
 func verifyChain(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.ExtKeyUsage, now time.Time, expiry bool) (spiffeid.ID, error) {
 	if len(chain) == 0 {
-		return spiffeid.ID{}, &Refusal{Reason: ReasonNoPeerCert}
+		return spiffeid.ID{}, &Refusal{Reason: reason.NoPeerCert}
 	}
 	leaf := chain[0]
 	id, err := idFromLeaf(leaf)
 	if err != nil {
-		return spiffeid.ID{}, &Refusal{Reason: ReasonInvalidSVID, Err: err}
+		return spiffeid.ID{}, &Refusal{Reason: reason.InvalidSVID, Err: err}
 	}
 	switch {
 	case leaf.IsCA:
-		return id, &Refusal{Reason: ReasonInvalidSVID, Claimed: id, Err: errors.New("leaf is a CA")}
+		return id, &Refusal{Reason: reason.InvalidSVID, Claimed: id, Err: errors.New("leaf is a CA")}
 	case leaf.KeyUsage&(x509.KeyUsageCertSign|x509.KeyUsageCRLSign) != 0:
-		return id, &Refusal{Reason: ReasonInvalidSVID, Claimed: id, Err: errors.New("leaf may sign certificates or CRLs")}
+		return id, &Refusal{Reason: reason.InvalidSVID, Claimed: id, Err: errors.New("leaf may sign certificates or CRLs")}
 	case !hasEKU(leaf, eku):
-		return id, &Refusal{Reason: ReasonBadEKU, Claimed: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
+		return id, &Refusal{Reason: reason.BadEKU, Claimed: id, Err: fmt.Errorf("leaf lacks the %s extended key usage", ekuName(eku))}
 	case now.Add(ClockSkew).Before(leaf.NotBefore):
-		return id, &Refusal{Reason: ReasonNotYetValid, Claimed: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
+		return id, &Refusal{Reason: reason.NotYetValid, Claimed: id, Err: fmt.Errorf("valid from %s", leaf.NotBefore.UTC().Format(time.RFC3339))}
 	case expiry && !now.Before(leaf.NotAfter):
-		return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
+		return id, &Refusal{Reason: reason.Expired, Claimed: id, Err: fmt.Errorf("expired at %s", leaf.NotAfter.UTC().Format(time.RFC3339))}
 	}
 	bundle, err := bundles.GetX509BundleForTrustDomain(id.TrustDomain())
 	if err != nil {
-		return id, &Refusal{Reason: ReasonUntrusted, Claimed: id, Err: err}
+		return id, &Refusal{Reason: reason.Untrusted, Claimed: id, Err: err}
 	}
 	roots := x509.NewCertPool()
 	for _, c := range bundle.X509Authorities() {
@@ -303,11 +268,11 @@ func verifyChain(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.
 		var inv x509.CertificateInvalidError
 		if errors.As(err, &inv) && inv.Reason == x509.Expired {
 			if at.Before(inv.Cert.NotBefore) {
-				return id, &Refusal{Reason: ReasonNotYetValid, Claimed: id, Err: err}
+				return id, &Refusal{Reason: reason.NotYetValid, Claimed: id, Err: err}
 			}
-			return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: err}
+			return id, &Refusal{Reason: reason.Expired, Claimed: id, Err: err}
 		}
-		return id, &Refusal{Reason: ReasonUntrusted, Claimed: id, Err: err}
+		return id, &Refusal{Reason: reason.Untrusted, Claimed: id, Err: err}
 	}
 	if !expiry {
 		return id, nil
@@ -325,7 +290,7 @@ func verifyChain(chain []*x509.Certificate, bundles x509bundle.Source, eku x509.
 			return id, nil
 		}
 	}
-	return id, &Refusal{Reason: ReasonExpired, Claimed: id, Err: fmt.Errorf("%s expired at %s", expired.Subject, expired.NotAfter.UTC().Format(time.RFC3339))}
+	return id, &Refusal{Reason: reason.Expired, Claimed: id, Err: fmt.Errorf("%s expired at %s", expired.Subject, expired.NotAfter.UTC().Format(time.RFC3339))}
 }
 
 // idFromLeaf returns the SPIFFE ID of a leaf that carries exactly one URI

@@ -19,6 +19,7 @@ import (
 
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/reason"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -88,8 +89,8 @@ func TestVerifyCacheFollowsBundleAndExpiry(t *testing.T) {
 	}
 	// The trust domain's root is replaced: the cached result no longer holds.
 	bundles.b.Store(testca.New(t, td).Bundle())
-	if err := handshake(t, cfg, client); mtls.ReasonOf(err) != mtls.ReasonUntrusted {
-		t.Fatalf("after the bundle changed: %v, want %s", err, mtls.ReasonUntrusted)
+	if err := handshake(t, cfg, client); reason.Of(err) != reason.Untrusted {
+		t.Fatalf("after the bundle changed: %v, want %s", err, reason.Untrusted)
 	}
 	// Back to the original root: trusted again, then expired.
 	bundles.b.Store(ca.Bundle())
@@ -97,8 +98,8 @@ func TestVerifyCacheFollowsBundleAndExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Until(client.Certificates[0].NotAfter) + 100*time.Millisecond)
-	if err := handshake(t, cfg, client); mtls.ReasonOf(err) != mtls.ReasonExpired {
-		t.Fatalf("after expiry: %v, want %s", err, mtls.ReasonExpired)
+	if err := handshake(t, cfg, client); reason.Of(err) != reason.Expired {
+		t.Fatalf("after expiry: %v, want %s", err, reason.Expired)
 	}
 }
 
@@ -119,20 +120,20 @@ func TestClockSkew(t *testing.T) {
 		name     string
 		from, to time.Duration // the leaf's validity, from now
 		intermed bool
-		want     mtls.Reason
+		want     reason.Reason
 	}{
 		{"issued 25s ahead", 25 * time.Second, time.Hour, false, ""},
 		{"issued 25s ahead, by an intermediate", 25 * time.Second, time.Hour, true, ""},
 		{"issued 30s behind", -30 * time.Second, time.Hour, false, ""},
-		{"issued 2m ahead", 2 * time.Minute, time.Hour, false, mtls.ReasonNotYetValid},
-		{"expired 5s ago", -time.Hour, -5 * time.Second, false, mtls.ReasonExpired},
+		{"issued 2m ahead", 2 * time.Minute, time.Hour, false, reason.NotYetValid},
+		{"expired 5s ago", -time.Hour, -5 * time.Second, false, reason.Expired},
 	} {
 		opts := []testca.Option{testca.WithValidity(now.Add(c.from), now.Add(c.to))}
 		if c.intermed {
 			opts = append(opts, testca.WithIntermediate())
 		}
 		err := handshake(t, cfg, ca.Issue(t, client, opts...))
-		if got := mtls.ReasonOf(err); got != c.want || (c.want == "") != (err == nil) {
+		if got := reason.Of(err); got != c.want || (c.want == "") != (err == nil) {
 			t.Errorf("%s: %v (reason %q), want %q", c.name, err, got, c.want)
 		}
 	}

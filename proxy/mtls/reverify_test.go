@@ -12,6 +12,7 @@ import (
 
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/reason"
 )
 
 // TestReverify: a chain is checked again against the current bundle, with
@@ -27,21 +28,21 @@ func TestReverify(t *testing.T) {
 	expired := testca.WithValidity(now.Add(-30*time.Minute), now.Add(-time.Second))
 	bundles := x509bundle.NewSet(kept.Bundle())
 	tests := []struct {
-		name   string
-		chain  []*x509.Certificate
-		reason mtls.Reason
+		name  string
+		chain []*x509.Certificate
+		why   reason.Reason
 	}{
 		{"trusted", kept.Issue(t, id).Certificates, ""},
 		{"trusted, expired", kept.Issue(t, id, expired).Certificates, ""},
 		{"trusted, intermediate", kept.Issue(t, id, testca.WithIntermediate()).Certificates, ""},
-		{"authority dropped", dropped.Issue(t, id).Certificates, mtls.ReasonUntrusted},
-		{"authority dropped, expired", dropped.Issue(t, id, expired).Certificates, mtls.ReasonUntrusted},
+		{"authority dropped", dropped.Issue(t, id).Certificates, reason.Untrusted},
+		{"authority dropped, expired", dropped.Issue(t, id, expired).Certificates, reason.Untrusted},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			got, err := mtls.Reverify(tt.chain, bundles, x509.ExtKeyUsageClientAuth, now)
-			if r := mtls.ReasonOf(err); r != tt.reason {
-				t.Fatalf("reason %q, want %q (%v)", r, tt.reason, err)
+			if r := reason.Of(err); r != tt.why {
+				t.Fatalf("reason %q, want %q (%v)", r, tt.why, err)
 			}
 			if err == nil && got != id {
 				t.Fatalf("ID %s, want %s", got, id)
@@ -49,7 +50,7 @@ func TestReverify(t *testing.T) {
 		})
 	}
 	// Verify, for handshakes, still refuses the expired chain.
-	if _, err := mtls.Verify(kept.Issue(t, id, expired).Certificates, bundles, x509.ExtKeyUsageClientAuth, now); mtls.ReasonOf(err) != mtls.ReasonExpired {
+	if _, err := mtls.Verify(kept.Issue(t, id, expired).Certificates, bundles, x509.ExtKeyUsageClientAuth, now); reason.Of(err) != reason.Expired {
 		t.Fatalf("Verify of an expired chain: %v", err)
 	}
 }
@@ -65,19 +66,19 @@ func TestRefusalAlert(t *testing.T) {
 	if !errors.As(err, &r) || !r.Peer.IsZero() || r.Claimed != id {
 		t.Fatalf("an unverified chain: refusal %+v, want only Claimed set", r)
 	}
-	for reason, want := range map[mtls.Reason]tls.AlertError{
-		mtls.ReasonUnauthorized: 49,
-		mtls.ReasonUntrusted:    48,
-		mtls.ReasonExpired:      45,
-		mtls.ReasonPQRequired:   71,
-		mtls.ReasonNoPeerCert:   116,
-		mtls.ReasonInvalidSVID:  42,
+	for why, want := range map[reason.Reason]tls.AlertError{
+		reason.Unauthorized: 49,
+		reason.Untrusted:    48,
+		reason.Expired:      45,
+		reason.PQRequired:   71,
+		reason.NoPeerCert:   116,
+		reason.InvalidSVID:  42,
 	} {
 		// crypto/tls wraps the callback's error next to the alert it sent.
-		wrapped := errors.Join(&mtls.Refusal{Reason: reason}, tls.AlertError(42))
+		wrapped := errors.Join(&mtls.Refusal{Reason: why}, tls.AlertError(42))
 		var got tls.AlertError
 		if !errors.As(wrapped, &got) || got != want {
-			t.Errorf("%s: alert %d, want %d", reason, got, want)
+			t.Errorf("%s: alert %d, want %d", why, got, want)
 		}
 	}
 }

@@ -37,6 +37,7 @@
 package txn
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -58,6 +59,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/joseheader"
+	"github.com/credflow/credflow/reason"
 )
 
 // Header is the HTTP header a transaction token travels in.
@@ -260,44 +262,24 @@ func randomID() string {
 	return hex.EncodeToString(b)
 }
 
-// Reason classifies a refused token. Its values are metric labels.
-type Reason string
-
-// Refusal reasons.
-const (
-	ReasonMalformed  Reason = "txn_malformed"  // not a JWS of the right shape, or over MaxSize
-	ReasonHeader     Reason = "txn_bad_header" // wrong typ or alg, or a header that points elsewhere
-	ReasonChain      Reason = "txn_bad_chain"  // x5c does not verify against the trust bundle
-	ReasonMinter     Reason = "txn_not_minter" // the signer may not mint
-	ReasonSignature  Reason = "txn_bad_signature"
-	ReasonClaims     Reason = "txn_bad_claims" // a required claim is missing or inconsistent
-	ReasonExpired    Reason = "txn_expired"    // expired, not yet valid, or too long-lived
-	ReasonAudience   Reason = "txn_wrong_audience"
-	ReasonReplayed   Reason = "txn_replayed"          // a SingleUse verifier has accepted it before
-	ReasonReplayFull Reason = "txn_replay_cache_full" // a SingleUse verifier's record is full
-)
-
 // Error is a refusal with its reason.
 type Error struct {
-	Reason Reason
+	Reason reason.Reason
 	Err    error
 }
 
-func (e *Error) Error() string { return "txn: " + string(e.Reason) + ": " + e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
+func (e *Error) Error() string      { return "txn: " + string(e.Reason) + ": " + e.Err.Error() }
+func (e *Error) Unwrap() error      { return e.Err }
+func (e *Error) Why() reason.Reason { return e.Reason }
 
-func refuse(r Reason, format string, args ...any) error {
+func refuse(r reason.Reason, format string, args ...any) error {
 	return &Error{Reason: r, Err: fmt.Errorf(format, args...)}
 }
 
-// ReasonOf returns the reason of a refusal from Verify, or ReasonMalformed
-// for any other error.
-func ReasonOf(err error) Reason {
-	var e *Error
-	if errors.As(err, &e) {
-		return e.Reason
-	}
-	return ReasonMalformed
+// ReasonOf returns the reason of a refusal, or reason.TxnMalformed for any other
+// error.
+func ReasonOf(err error) reason.Reason {
+	return cmp.Or(reason.Of(err), reason.TxnMalformed)
 }
 
 // Minters decides whether a workload may mint transaction tokens.
@@ -363,71 +345,71 @@ var txnHeader = joseheader.Policy{Algorithms: signatureAlgs, Type: Type, X5C: tr
 func (v *Verifier) Verify(token string, self spiffeid.ID) (*Claims, spiffeid.ID, error) {
 	var zero spiffeid.ID
 	if len(token) > MaxSize {
-		return nil, zero, refuse(ReasonMalformed, "%d bytes, over the %d limit", len(token), MaxSize)
+		return nil, zero, refuse(reason.TxnMalformed, "%d bytes, over the %d limit", len(token), MaxSize)
 	}
 	h, err := joseheader.Parse(token, txnHeader)
 	if err != nil {
-		return nil, zero, refuse(ReasonHeader, "%w", err)
+		return nil, zero, refuse(reason.TxnBadHeader, "%w", err)
 	}
 	tok, err := jwt.ParseSigned(token, signatureAlgs)
 	if err != nil {
-		return nil, zero, refuse(ReasonHeader, "unparsable, or algorithm not allowed")
+		return nil, zero, refuse(reason.TxnBadHeader, "unparsable, or algorithm not allowed")
 	}
 	if len(h.X5C) == 0 || len(h.X5C) > 8 {
-		return nil, zero, refuse(ReasonHeader, "x5c must hold the signer's chain")
+		return nil, zero, refuse(reason.TxnBadHeader, "x5c must hold the signer's chain")
 	}
 	chain := make([]*x509.Certificate, len(h.X5C))
 	for i, s := range h.X5C {
 		der, err := base64.StdEncoding.DecodeString(s)
 		if err != nil {
-			return nil, zero, refuse(ReasonChain, "x5c[%d] is not base64", i)
+			return nil, zero, refuse(reason.TxnBadChain, "x5c[%d] is not base64", i)
 		}
 		if chain[i], err = x509.ParseCertificate(der); err != nil {
-			return nil, zero, refuse(ReasonChain, "x5c[%d] is not a certificate", i)
+			return nil, zero, refuse(reason.TxnBadChain, "x5c[%d] is not a certificate", i)
 		}
 	}
 	minter, _, err := x509svid.Verify(chain, v.bundles)
 	if err != nil {
-		return nil, zero, refuse(ReasonChain, "%v", err)
+		return nil, zero, refuse(reason.TxnBadChain, "%v", err)
 	}
 	if v.cfg.Minters == nil || !v.cfg.Minters(minter) {
-		return nil, minter, refuse(ReasonMinter, "%s may not mint transaction tokens", minter)
+		return nil, minter, refuse(reason.TxnNotMinter, "%s may not mint transaction tokens", minter)
 	}
 	var c Claims
 	if err := tok.Claims(chain[0].PublicKey, &c); err != nil {
-		return nil, minter, refuse(ReasonSignature, "signature does not verify with the x5c leaf")
+		return nil, minter, refuse(reason.TxnBadSignature, "signature does not verify with the x5c leaf")
 	}
 	switch {
 	case c.Issuer != minter.String():
-		return nil, minter, refuse(ReasonClaims, "iss is not the signer's SPIFFE ID")
+		return nil, minter, refuse(reason.TxnBadClaims, "iss is not the signer's SPIFFE ID")
 	case c.Subject == "" || c.SubjectIs == "" || c.Txn == "" || c.ID == "" || c.Actor.Subject == "":
-		return nil, minter, refuse(ReasonClaims, "sub, sub_iss, act.sub, txn and jti are required")
+		return nil, minter, refuse(reason.TxnBadClaims, "sub, sub_iss, act.sub, txn and jti are required")
 	case c.IssuedAt == nil || c.Expiry == nil:
-		return nil, minter, refuse(ReasonClaims, "iat and exp are required")
+		return nil, minter, refuse(reason.TxnBadClaims, "iat and exp are required")
 	}
 	if _, err := spiffeid.FromString(c.Actor.Subject); err != nil {
-		return nil, minter, refuse(ReasonClaims, "act.sub is not a SPIFFE ID")
+		return nil, minter, refuse(reason.TxnBadClaims, "act.sub is not a SPIFFE ID")
 	}
 	now := v.now()
 	iat, exp := c.IssuedAt.Time(), c.Expiry.Time()
 	switch {
 	case !now.Before(exp.Add(v.cfg.Leeway)):
-		return nil, minter, refuse(ReasonExpired, "expired")
+		return nil, minter, refuse(reason.TxnExpired, "expired")
 	case now.Add(v.cfg.Leeway).Before(iat):
-		return nil, minter, refuse(ReasonExpired, "issued in the future")
+		return nil, minter, refuse(reason.TxnExpired, "issued in the future")
 	case exp.Sub(iat) > MaxTTL || !iat.Before(exp):
-		return nil, minter, refuse(ReasonExpired, "lifetime outside (0, %v]", MaxTTL)
+		return nil, minter, refuse(reason.TxnExpired, "lifetime outside (0, %v]", MaxTTL)
 	}
 	if !c.Audience.Contains(self.String()) && !c.Audience.Contains(self.TrustDomain().IDString()) {
-		return nil, minter, refuse(ReasonAudience, "aud names neither %s nor its trust domain", self)
+		return nil, minter, refuse(reason.TxnWrongAudience, "aud names neither %s nor its trust domain", self)
 	}
 	if v.seen != nil {
 		err := v.seen.add(c.Issuer, c.ID, exp.Add(v.cfg.Leeway), now)
 		switch {
 		case errors.Is(err, errReplayed):
-			return nil, minter, refuse(ReasonReplayed, "jti %s was accepted before", c.ID)
+			return nil, minter, refuse(reason.TxnReplayed, "jti %s was accepted before", c.ID)
 		case errors.Is(err, errFull):
-			return nil, minter, refuse(ReasonReplayFull, "%d unexpired tokens recorded", v.cfg.ReplayCacheSize)
+			return nil, minter, refuse(reason.TxnReplayCacheFull, "%d unexpired tokens recorded", v.cfg.ReplayCacheSize)
 		}
 	}
 	return &c, minter, nil

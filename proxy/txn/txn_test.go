@@ -15,6 +15,7 @@ import (
 
 	"github.com/credflow/credflow/internal/jwstest"
 	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/reason"
 )
 
 var (
@@ -102,23 +103,23 @@ func TestVerifyRefuses(t *testing.T) {
 	cases := []struct {
 		name  string
 		token string
-		want  Reason
+		want  reason.Reason
 	}{
-		{"minted by a workload not allowed to mint", good(middle), ReasonMinter},
-		{"chain from another CA", good(forged), ReasonChain},
-		{"wrong audience", good(elsewhere), ReasonAudience},
-		{"expired", good(expired), ReasonExpired},
-		{"payload changed", tampered, ReasonSignature},
-		{"alg none", unsigned(t, tok), ReasonHeader},
-		{"wrong typ", resign(t, f.ca.Issue(t, edgeID), map[string]any{"typ": "JWT"}, nil), ReasonHeader},
-		{"jku header", resign(t, f.ca.Issue(t, edgeID), map[string]any{"jku": "https://attacker.example/jwks"}, nil), ReasonHeader},
-		{"no x5c", resign(t, f.ca.Issue(t, edgeID), map[string]any{"x5c": nil}, nil), ReasonHeader},
-		{"iss is not the signer", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"iss": middleID.String()}), ReasonClaims},
-		{"no sub", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"sub": nil}), ReasonClaims},
-		{"no exp", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"exp": nil}), ReasonClaims},
-		{"lives too long", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"exp": time.Now().Add(time.Hour).Unix()}), ReasonExpired},
-		{"oversized", strings.Repeat("a", MaxSize+1), ReasonMalformed},
-		{"garbage", "not.a.token", ReasonHeader},
+		{"minted by a workload not allowed to mint", good(middle), reason.TxnNotMinter},
+		{"chain from another CA", good(forged), reason.TxnBadChain},
+		{"wrong audience", good(elsewhere), reason.TxnWrongAudience},
+		{"expired", good(expired), reason.TxnExpired},
+		{"payload changed", tampered, reason.TxnBadSignature},
+		{"alg none", unsigned(t, tok), reason.TxnBadHeader},
+		{"wrong typ", resign(t, f.ca.Issue(t, edgeID), map[string]any{"typ": "JWT"}, nil), reason.TxnBadHeader},
+		{"jku header", resign(t, f.ca.Issue(t, edgeID), map[string]any{"jku": "https://attacker.example/jwks"}, nil), reason.TxnBadHeader},
+		{"no x5c", resign(t, f.ca.Issue(t, edgeID), map[string]any{"x5c": nil}, nil), reason.TxnBadHeader},
+		{"iss is not the signer", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"iss": middleID.String()}), reason.TxnBadClaims},
+		{"no sub", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"sub": nil}), reason.TxnBadClaims},
+		{"no exp", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"exp": nil}), reason.TxnBadClaims},
+		{"lives too long", resign(t, f.ca.Issue(t, edgeID), nil, map[string]any{"exp": time.Now().Add(time.Hour).Unix()}), reason.TxnExpired},
+		{"oversized", strings.Repeat("a", MaxSize+1), reason.TxnMalformed},
+		{"garbage", "not.a.token", reason.TxnBadHeader},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -133,8 +134,8 @@ func TestVerifyRefuses(t *testing.T) {
 	}
 	t.Run("no minters configured", func(t *testing.T) {
 		v := NewVerifier(f.bundles, VerifyConfig{})
-		if _, _, err := v.Verify(good(f.edge), backendID); ReasonOf(err) != ReasonMinter {
-			t.Fatalf("err %v, want %s", err, ReasonMinter)
+		if _, _, err := v.Verify(good(f.edge), backendID); ReasonOf(err) != reason.TxnNotMinter {
+			t.Fatalf("err %v, want %s", err, reason.TxnNotMinter)
 		}
 	})
 }
@@ -282,8 +283,8 @@ func TestVerifyHeaderMembers(t *testing.T) {
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			if got := ReasonOf(err); got != ReasonHeader {
-				t.Fatalf("reason %s (%v), want %s", got, err, ReasonHeader)
+			if got := ReasonOf(err); got != reason.TxnBadHeader {
+				t.Fatalf("reason %s (%v), want %s", got, err, reason.TxnBadHeader)
 			}
 		})
 	}
@@ -302,8 +303,8 @@ func TestVerifyLeeway(t *testing.T) {
 		if _, _, err := f.verifier.Verify(tok, backendID); err != nil {
 			t.Errorf("default leeway, 45 s off: %v", err)
 		}
-		if _, _, err := strict.Verify(tok, backendID); ReasonOf(err) != ReasonExpired {
-			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, ReasonExpired)
+		if _, _, err := strict.Verify(tok, backendID); ReasonOf(err) != reason.TxnExpired {
+			t.Errorf("10 s leeway, 45 s off: %v, want %s", err, reason.TxnExpired)
 		}
 	}
 }
@@ -320,7 +321,7 @@ func TestLifetimeCap(t *testing.T) {
 		t.Errorf("a five-minute lifetime: %v", err)
 	}
 	now := time.Now()
-	for lifetime, want := range map[time.Duration]Reason{5 * time.Minute: "", 6 * time.Minute: ReasonExpired} {
+	for lifetime, want := range map[time.Duration]reason.Reason{5 * time.Minute: "", 6 * time.Minute: reason.TxnExpired} {
 		tok := resign(t, svid, nil, map[string]any{"iat": now.Unix(), "exp": now.Add(lifetime).Unix()})
 		_, _, err := f.verifier.Verify(tok, backendID)
 		if (want == "" && err != nil) || (want != "" && ReasonOf(err) != want) {
@@ -371,8 +372,8 @@ func TestAudience(t *testing.T) {
 			switch {
 			case tc.accept && err != nil:
 				t.Fatalf("refused: %v", err)
-			case !tc.accept && ReasonOf(err) != ReasonAudience:
-				t.Fatalf("err %v, want %s", err, ReasonAudience)
+			case !tc.accept && ReasonOf(err) != reason.TxnWrongAudience:
+				t.Fatalf("err %v, want %s", err, reason.TxnWrongAudience)
 			}
 		})
 	}
@@ -412,7 +413,7 @@ func TestSingleUse(t *testing.T) {
 
 	t1, t2 := mint(), mint()
 	for i, v := range []*Verifier{once, once, other} {
-		if _, _, err := v.Verify(t1, backendID); (i == 1) != (ReasonOf(err) == ReasonReplayed) || (i != 1 && err != nil) {
+		if _, _, err := v.Verify(t1, backendID); (i == 1) != (ReasonOf(err) == reason.TxnReplayed) || (i != 1 && err != nil) {
 			t.Fatalf("presentation %d of the token: %v", i+1, err)
 		}
 	}
@@ -424,14 +425,14 @@ func TestSingleUse(t *testing.T) {
 	if _, _, err := once.Verify(t2, backendID); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := once.Verify(mint(), backendID); ReasonOf(err) != ReasonReplayFull {
-		t.Fatalf("a third token with room for two: %v, want %s", err, ReasonReplayFull)
+	if _, _, err := once.Verify(mint(), backendID); ReasonOf(err) != reason.TxnReplayCacheFull {
+		t.Fatalf("a third token with room for two: %v, want %s", err, reason.TxnReplayCacheFull)
 	}
 	// Once t1 and t2 expire (and the leeway passes), their entries go:
 	// they would be refused as expired anyway.
 	clock = clock.Add(DefaultTTL + jwt.DefaultLeeway + time.Second)
-	if _, _, err := once.Verify(t1, backendID); ReasonOf(err) != ReasonExpired {
-		t.Fatalf("t1 after it expired: %v, want %s", err, ReasonExpired)
+	if _, _, err := once.Verify(t1, backendID); ReasonOf(err) != reason.TxnExpired {
+		t.Fatalf("t1 after it expired: %v, want %s", err, reason.TxnExpired)
 	}
 	t3, t4 := mint(), mint()
 	for _, tok := range []string{t3, t4} {
@@ -439,8 +440,8 @@ func TestSingleUse(t *testing.T) {
 			t.Fatalf("after the first tokens expired: %v", err)
 		}
 	}
-	if _, _, err := once.Verify(t3, backendID); ReasonOf(err) != ReasonReplayed {
-		t.Fatalf("t3 again: %v, want %s", err, ReasonReplayed)
+	if _, _, err := once.Verify(t3, backendID); ReasonOf(err) != reason.TxnReplayed {
+		t.Fatalf("t3 again: %v, want %s", err, reason.TxnReplayed)
 	}
 }
 
@@ -463,8 +464,8 @@ func TestSingleUseConcurrent(t *testing.T) {
 		switch err := <-errs; {
 		case err == nil:
 			accepted++
-		case ReasonOf(err) != ReasonReplayed:
-			t.Errorf("err %v, want %s", err, ReasonReplayed)
+		case ReasonOf(err) != reason.TxnReplayed:
+			t.Errorf("err %v, want %s", err, reason.TxnReplayed)
 		}
 	}
 	if accepted != 1 {
