@@ -71,18 +71,24 @@ type MeshRun struct {
 	BulkBytes  int64        `json:"bulk_bytes"`
 	Handshakes int          `json:"handshakes"`
 	Topologies []string     `json:"topologies"`
+	Scenarios  []string     `json:"scenarios"`
 	Group      string       `json:"group"`  // negotiated by T3's default pair
 	Cipher     string       `json:"cipher"` // idem
 	FileLimit  uint64       `json:"file_limit"`
 	Notes      []string     `json:"notes,omitempty"`
 	Results    []MeshResult `json:"results"`
 	Seconds    float64      `json:"seconds"`
+
+	// Selection is what -topologies and -scenarios narrowed the run to,
+	// empty for everything.
+	Selection string `json:"selection,omitempty"`
 }
 
 // mesh is one run in progress.
 type mesh struct {
 	ctx  context.Context
 	p    Profile
+	sel  Selection
 	r    *rig
 	tops []*topology
 	full []*topology // T3 pairs without resumption
@@ -122,12 +128,33 @@ func cpuOf(t *topology) func() map[string]float64 {
 	}
 }
 
-// RunMesh runs every scenario of profile on every topology, interleaved by
-// repeat, with the processes' output and configuration in dir.
-func RunMesh(ctx context.Context, p Profile, dir string, bins Binaries, log io.Writer) (*MeshRun, error) {
+// MeshConfig is what RunMesh runs.
+type MeshConfig struct {
+	Profile Profile
+	// Dir holds the processes' output and configuration.
+	Dir      string
+	Binaries Binaries
+	// Selection narrows the run to some topologies and scenarios; the
+	// zero value is every one.
+	Selection Selection
+	// Log receives progress and notes; nil discards them.
+	Log io.Writer
+}
+
+// RunMesh runs each selected scenario on each selected topology,
+// interleaved by repeat.
+func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 	start := time.Now()
+	p := c.Profile
+	log := c.Log
+	if log == nil {
+		log = io.Discard
+	}
 	run := &MeshRun{Profile: p.Name, BulkBytes: p.BulkBytes, Handshakes: p.Handshakes, FileLimit: raiseFileLimit(200000)}
-	r, err := newRig(ctx, dir, bins, run.FileLimit)
+	if c.Selection.Topologies != nil || c.Selection.Scenarios != nil {
+		run.Selection = c.Selection.String()
+	}
+	r, err := newRig(ctx, c.Dir, c.Binaries, run.FileLimit)
 	if err != nil {
 		return nil, err
 	}
@@ -136,33 +163,45 @@ func RunMesh(ctx context.Context, p Profile, dir string, bins Binaries, log io.W
 	if err != nil {
 		return nil, err
 	}
-	m := &mesh{ctx: ctx, p: p, r: r, log: log, run: run}
-	if m.tops, err = r.startTopologies(target, m.notef); err != nil {
+	m := &mesh{ctx: ctx, p: p, sel: c.Selection, r: r, log: log, run: run}
+	if m.tops, err = r.startTopologies(target, c.Selection, m.notef); err != nil {
 		return nil, err
 	}
-	if m.full, err = r.fullHandshakePairs(target); err != nil {
-		return nil, err
+	if c.Selection.scenario(scHandshake) {
+		if m.full, err = r.fullHandshakePairs(target, c.Selection); err != nil {
+			return nil, err
+		}
 	}
 	for _, t := range m.tops {
 		run.Topologies = append(run.Topologies, t.name)
 	}
-	if run.Group, run.Cipher, err = r.negotiated(m.find(T3MLKEM)); err != nil {
-		return nil, err
+	// The group and cipher between sidecars, as T3's hybrid pair (or the
+	// first credflow pair selected) negotiates them.
+	for _, t := range append([]*topology{m.find(T3MLKEM)}, m.tops...) {
+		if t != nil && t.link != "" {
+			if run.Group, run.Cipher, err = r.negotiated(t); err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
-	for _, s := range []struct {
-		name string
-		fn   func() error
-	}{
-		{"bulk", m.bulk},
-		{"ping-pong", m.pingPong},
-		{"handshake", m.handshakes},
-		{"rpc", m.rpc},
-		{"rotation", m.rotation},
-		{"scale", m.scale},
-	} {
-		fmt.Fprintf(log, "scenario %s\n", s.name)
-		if err := s.fn(); err != nil {
-			return run, fmt.Errorf("bench: scenario %s: %w", s.name, err)
+	scenarios := map[string]func() error{
+		scBulk:      m.bulk,
+		scPingPong:  m.pingPong,
+		scHandshake: m.handshakes,
+		scRPCHTTP1:  func() error { return m.rpc(kindHTTP1) },
+		scRPCGRPC:   func() error { return m.rpc(kindGRPC) },
+		scRotation:  m.rotation,
+		scScale:     m.scale,
+	}
+	for _, id := range ScenarioIDs {
+		if !c.Selection.scenario(id) {
+			continue
+		}
+		run.Scenarios = append(run.Scenarios, id)
+		fmt.Fprintf(log, "scenario %s\n", id)
+		if err := scenarios[id](); err != nil {
+			return run, fmt.Errorf("bench: scenario %s: %w", id, err)
 		}
 	}
 	run.Seconds = time.Since(start).Seconds()
@@ -284,9 +323,9 @@ func (m *mesh) handshakes() error {
 	return nil
 }
 
-// rpc runs 1 KB HTTP/1.1 requests over 4 and 16 connections and gRPC unary
-// calls, at a fixed rate.
-func (m *mesh) rpc() error {
+// rpc runs, at a fixed rate, 1 KB HTTP/1.1 requests over 4 and 16
+// connections (kind http1) or gRPC unary calls (kind grpc).
+func (m *mesh) rpc(kind string) error {
 	type variant struct {
 		name, kind string
 		conns      int
@@ -294,6 +333,9 @@ func (m *mesh) rpc() error {
 	variants := []variant{{"HTTP/1.1 4 conns", kindHTTP1, 4}, {"HTTP/1.1 16 conns", kindHTTP1, 16}, {"gRPC unary", kindGRPC, 1}}
 	for rep := range m.p.RPCRepeats {
 		for _, v := range variants {
+			if v.kind != kind {
+				continue
+			}
 			for _, t := range m.carrying(v.kind) {
 				res, err := m.rpcOnce(t, v.kind, v.conns, m.p.RPCTime)
 				if err != nil {
@@ -337,6 +379,9 @@ func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (Me
 func (m *mesh) rotation() error {
 	for _, name := range []string{T3MLKEM, T3h} {
 		t := m.find(name)
+		if t == nil {
+			continue
+		}
 		stop := make(chan struct{})
 		rotated := make(chan int, 1)
 		go func() {

@@ -35,7 +35,16 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	topologies := fs.String("topologies", "", "mesh: comma-separated topology ids to run (default all): "+
+		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
+	scenarios := fs.String("scenarios", "", "mesh: comma-separated scenario ids to run (default all): "+
+		strings.Join(ScenarioIDs, ", ")+"; rpc is rpc-http1 and rpc-grpc")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	sel, err := ParseSelection(*topologies, *scenarios)
+	if err != nil {
+		fmt.Fprintln(stderr, "credflow-bench:", err)
 		return 2
 	}
 	names := strings.Split(*scenario, ",")
@@ -102,7 +111,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				break
 			}
 			var run *MeshRun
-			run, err = RunMesh(ctx, p, dir, bins, stderr)
+			run, err = RunMesh(ctx, MeshConfig{Profile: p, Dir: dir, Binaries: bins, Selection: sel, Log: stderr})
 			env.Finish()
 			if err != nil {
 				fmt.Fprintf(stderr, "credflow-bench: processes' logs and configuration kept in %s\n", dir)

@@ -16,6 +16,7 @@ const (
 // topology is one way from the client to the server (BENCH.md's T0–T5).
 type topology struct {
 	name string
+	id   string // the short id of -topologies (T0, T3-X25519, T3h ...)
 	// entry is where the client connects, by traffic kind; a kind that is
 	// missing is not carried (T3h carries HTTP only).
 	entry map[string]string
@@ -56,10 +57,10 @@ const (
 )
 
 // kexGroups are T3's key-exchange variants: the config each side gets.
-var kexGroups = []struct{ name, topology, config string }{
-	{"X25519", T3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
-	{"X25519MLKEM768", T3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
-	{"SecP256r1MLKEM768", T3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
+var kexGroups = []struct{ name, topology, id, config string }{
+	{"X25519", T3X25519, idT3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
+	{"X25519MLKEM768", T3MLKEM, idT3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
+	{"SecP256r1MLKEM768", T3P256MLKEM, idT3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
 }
 
 // startRelay runs the harness's plain relay (io.Copy, which splices on
@@ -106,7 +107,7 @@ func (r *rig) credflow(name, wl, config string) (*proc, error) {
 
 // credflowPair runs an inbound sidecar in front of target and an outbound one
 // in front of it: a topology named name, carrying the given kinds.
-func (r *rig) credflowPair(name string, o pairOpts, target string, kinds ...string) (*topology, error) {
+func (r *rig) credflowPair(name, id string, o pairOpts, target string, kinds ...string) (*topology, error) {
 	inAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -132,7 +133,7 @@ func (r *rig) credflowPair(name string, o pairOpts, target string, kinds ...stri
 		}
 		outCfg += "    protocol: http\n"
 	}
-	t := &topology{name: name, entry: map[string]string{}, link: inAddr}
+	t := &topology{name: name, id: id, entry: map[string]string{}, link: inAddr}
 	for _, k := range kinds {
 		t.entry[k] = outAddr
 	}
@@ -209,74 +210,92 @@ func (r *rig) haproxyPair(target string) (client, server *proc, entry string, er
 	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
 }
 
-// startTopologies starts every topology in front of the server at target.
-// Topologies whose peer binary is not given are skipped with a note.
-func (r *rig) startTopologies(target string, notef func(string, ...any)) ([]*topology, error) {
-	tops := []*topology{{name: T0, entry: allKinds(target)}}
-	relay, addr, err := r.startRelay("relay-1", target)
-	if err != nil {
-		return nil, err
+// startTopologies starts the selected topologies in front of the server at
+// target. Topologies whose peer binary is not given are skipped with a
+// note.
+func (r *rig) startTopologies(target string, sel Selection, notef func(string, ...any)) ([]*topology, error) {
+	var tops []*topology
+	if sel.topology(idT0) {
+		tops = append(tops, &topology{name: T0, id: idT0, entry: allKinds(target)})
 	}
-	tops = append(tops, &topology{name: T1, entry: allKinds(addr), client: relay})
-	second, addr2, err := r.startRelay("relay-2b", target)
-	if err != nil {
-		return nil, err
+	if sel.topology(idT1) {
+		relay, addr, err := r.startRelay("relay-1", target)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T1, id: idT1, entry: allKinds(addr), client: relay})
 	}
-	first, addr1, err := r.startRelay("relay-2a", addr2)
-	if err != nil {
-		return nil, err
+	if sel.topology(idT2) {
+		second, addr2, err := r.startRelay("relay-2b", target)
+		if err != nil {
+			return nil, err
+		}
+		first, addr1, err := r.startRelay("relay-2a", addr2)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T2, id: idT2, entry: allKinds(addr1), client: first, server: second})
 	}
-	tops = append(tops, &topology{name: T2, entry: allKinds(addr1), client: first, server: second})
 	type pair struct {
-		name  string
-		o     pairOpts
-		kinds []string
+		name, id string
+		o        pairOpts
+		kinds    []string
 	}
 	var pairs []pair
 	for _, g := range kexGroups {
-		pairs = append(pairs, pair{g.topology, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}})
+		pairs = append(pairs, pair{g.topology, g.id, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}})
 	}
 	pairs = append(pairs,
-		pair{T3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
+		pair{T3q, idT3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
 		// T3h: the app protocol is per listener (HTTP/1.1 or h2c), so one
 		// pair each.
-		pair{T3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
-		pair{T3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+		pair{T3h, idT3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
+		pair{T3hGRPC, idT3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
 	)
 	for _, pr := range pairs {
-		t, err := r.credflowPair(pr.name, pr.o, target, pr.kinds...)
+		if !sel.topology(pr.id) {
+			continue
+		}
+		t, err := r.credflowPair(pr.name, pr.id, pr.o, target, pr.kinds...)
 		if err != nil {
 			return nil, err
 		}
 		tops = append(tops, t)
 	}
-	if r.bins.Ghostunnel != "" {
-		c, s, entry, err := r.ghostunnelPair(target)
-		if err != nil {
-			return nil, err
+	if sel.topology(idT4) {
+		if r.bins.Ghostunnel != "" {
+			c, s, entry, err := r.ghostunnelPair(target)
+			if err != nil {
+				return nil, err
+			}
+			tops = append(tops, &topology{name: T4, id: idT4, entry: allKinds(entry), client: c, server: s})
+		} else {
+			notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
 		}
-		tops = append(tops, &topology{name: T4, entry: allKinds(entry), client: c, server: s})
-	} else {
-		notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
 	}
-	if r.bins.HAProxy != "" {
-		c, s, entry, err := r.haproxyPair(target)
-		if err != nil {
-			return nil, err
+	if sel.topology(idT5) {
+		if r.bins.HAProxy != "" {
+			c, s, entry, err := r.haproxyPair(target)
+			if err != nil {
+				return nil, err
+			}
+			tops = append(tops, &topology{name: T5, id: idT5, entry: allKinds(entry), client: c, server: s})
+		} else {
+			notef("T5 skipped: no haproxy binary (apt-get install haproxy)")
 		}
-		tops = append(tops, &topology{name: T5, entry: allKinds(entry), client: c, server: s})
-	} else {
-		notef("T5 skipped: no haproxy binary (apt-get install haproxy)")
 	}
 	return tops, nil
 }
 
-// fullHandshakePairs starts T3 pairs with resumption off, one per group,
-// for the handshake scenario.
-func (r *rig) fullHandshakePairs(target string) ([]*topology, error) {
+// fullHandshakePairs starts T3 pairs with resumption off, one per selected
+// group, for the handshake scenario.
+func (r *rig) fullHandshakePairs(target string, sel Selection) ([]*topology, error) {
 	var tops []*topology
 	for _, g := range kexGroups {
-		t, err := r.credflowPair(g.topology, pairOpts{name: "t3full-" + g.name, extra: g.config, noResumption: true}, target, kindTCP)
+		if !sel.topology(g.id) {
+			continue
+		}
+		t, err := r.credflowPair(g.topology, g.id+"-full", pairOpts{name: "t3full-" + g.name, extra: g.config, noResumption: true}, target, kindTCP)
 		if err != nil {
 			return nil, err
 		}
