@@ -137,6 +137,10 @@ type MeshConfig struct {
 	// Selection narrows the run to some topologies and scenarios; the
 	// zero value is every one.
 	Selection Selection
+	// ProfileDir, if set, receives CPU and allocation profiles of the
+	// credflow sidecars per scenario (see profiler); they then run with
+	// debug: {pprof: true}.
+	ProfileDir string
 	// Log receives progress and notes; nil discards them.
 	Log io.Writer
 }
@@ -159,6 +163,13 @@ func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 		return nil, err
 	}
 	defer r.stopAll()
+	var prof *profiler
+	if c.ProfileDir != "" {
+		if prof, err = newProfiler(c.ProfileDir, log); err != nil {
+			return nil, err
+		}
+		r.pprof = true
+	}
 	target, err := startServer(ctx)
 	if err != nil {
 		return nil, err
@@ -185,14 +196,21 @@ func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 			break
 		}
 	}
-	scenarios := map[string]func() error{
-		scBulk:      m.bulk,
-		scPingPong:  m.pingPong,
-		scHandshake: m.handshakes,
-		scRPCHTTP1:  func() error { return m.rpc(kindHTTP1) },
-		scRPCGRPC:   func() error { return m.rpc(kindGRPC) },
-		scRotation:  m.rotation,
-		scScale:     m.scale,
+	if prof != nil {
+		m.notef("CPU and allocation profiles of the sidecars in %s: their figures include the profiling's cost", c.ProfileDir)
+	}
+	// Each scenario, and the topologies it runs on.
+	scenarios := map[string]struct {
+		run  func() error
+		tops func() []*topology
+	}{
+		scBulk:      {m.bulk, func() []*topology { return m.carrying(kindTCP) }},
+		scPingPong:  {m.pingPong, func() []*topology { return m.carrying(kindTCP) }},
+		scHandshake: {m.handshakes, func() []*topology { return append(m.carrying(kindTCP), m.full...) }},
+		scRPCHTTP1:  {func() error { return m.rpc(kindHTTP1) }, func() []*topology { return m.carrying(kindHTTP1) }},
+		scRPCGRPC:   {func() error { return m.rpc(kindGRPC) }, func() []*topology { return m.carrying(kindGRPC) }},
+		scRotation:  {m.rotation, func() []*topology { return m.findAll(rotationTopologies) }},
+		scScale:     {m.scale, func() []*topology { return m.findAll(scaleTopologies) }},
 	}
 	for _, id := range ScenarioIDs {
 		if !c.Selection.scenario(id) {
@@ -200,7 +218,14 @@ func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 		}
 		run.Scenarios = append(run.Scenarios, id)
 		fmt.Fprintf(log, "scenario %s\n", id)
-		if err := scenarios[id](); err != nil {
+		sc := scenarios[id]
+		stop := func() {}
+		if prof != nil {
+			stop = prof.start(ctx, id, sc.tops())
+		}
+		err := sc.run()
+		stop()
+		if err != nil {
 			return run, fmt.Errorf("bench: scenario %s: %w", id, err)
 		}
 	}
@@ -215,6 +240,17 @@ func (m *mesh) find(name string) *topology {
 		}
 	}
 	return nil
+}
+
+// findAll returns the topologies of names that run.
+func (m *mesh) findAll(names []string) []*topology {
+	var out []*topology
+	for _, name := range names {
+		if t := m.find(name); t != nil {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // carrying returns the topologies that carry kind.
@@ -374,14 +410,14 @@ func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (Me
 	return MeshResult{Topology: t.name, Figures: f}, nil
 }
 
+// rotationTopologies are the topologies the rotation scenario runs on.
+var rotationTopologies = []string{T3MLKEM, T3h}
+
 // rotation runs HTTP/1.1 RPCs through the credflow pairs while both
 // identities get new SVIDs every RotationEvery: no request may fail.
 func (m *mesh) rotation() error {
-	for _, name := range []string{T3MLKEM, T3h} {
-		t := m.find(name)
-		if t == nil {
-			continue
-		}
+	for _, t := range m.findAll(rotationTopologies) {
+		name := t.name
 		stop := make(chan struct{})
 		rotated := make(chan int, 1)
 		go func() {
@@ -413,6 +449,9 @@ func (m *mesh) rotation() error {
 	return nil
 }
 
+// scaleTopologies are the topologies the scale scenario runs on.
+var scaleTopologies = []string{T3MLKEM, T4, T5}
+
 // scale holds idle connections through each encrypting topology and
 // measures each side's memory per connection.
 func (m *mesh) scale() error {
@@ -424,14 +463,10 @@ func (m *mesh) scale() error {
 				"(no CAP_SYS_RESOURCE), so %d were held instead", n, 2*n+100, m.run.FileLimit, fit)
 			n = fit
 		}
-		for _, name := range []string{T3MLKEM, T4, T5} {
-			t := m.find(name)
-			if t == nil {
-				continue
-			}
+		for _, t := range m.findAll(scaleTopologies) {
 			res, err := m.scaleOnce(t, n)
 			if err != nil {
-				return fmt.Errorf("%s %d: %w", name, n, err)
+				return fmt.Errorf("%s %d: %w", t.name, n, err)
 			}
 			m.add(res)
 		}

@@ -37,6 +37,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	topologies := fs.String("topologies", "", "mesh: comma-separated topology ids to run (default all): "+
 		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
+	profileDir := fs.String("profile-dir", "", "mesh: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
+		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof (the sidecars run with debug: {pprof: true})")
 	scenarios := fs.String("scenarios", "", "mesh: comma-separated scenario ids to run (default all): "+
 		strings.Join(ScenarioIDs, ", ")+"; rpc is rpc-http1 and rpc-grpc")
 	if err := fs.Parse(args); err != nil {
@@ -111,7 +113,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				break
 			}
 			var run *MeshRun
-			run, err = RunMesh(ctx, MeshConfig{Profile: p, Dir: dir, Binaries: bins, Selection: sel, Log: stderr})
+			run, err = RunMesh(ctx, MeshConfig{Profile: p, Dir: dir, Binaries: bins, Selection: sel, ProfileDir: *profileDir, Log: stderr})
 			env.Finish()
 			if err != nil {
 				fmt.Fprintf(stderr, "credflow-bench: processes' logs and configuration kept in %s\n", dir)

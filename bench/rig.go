@@ -44,6 +44,8 @@ type rig struct {
 	wlClient, wlServer *wlapitest.Server
 	procs              []*proc
 	fileLimit          uint64
+	// pprof turns on the sidecars' profiles (debug: {pprof: true}).
+	pprof bool
 }
 
 // Binaries are the programs the harness runs as processes.

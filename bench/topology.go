@@ -93,6 +93,9 @@ func (r *rig) credflow(name, wl, config string) (*proc, error) {
 		return nil, err
 	}
 	cfg := fmt.Sprintf("workload_api: %s\nadmin: %q\nlog: {level: warn}\nlimits: {max_connections: 100000}\n", wl, admin) + config
+	if r.pprof {
+		cfg += "debug: {pprof: true}\n"
+	}
 	path := r.path(name + ".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
