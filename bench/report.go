@@ -30,7 +30,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
 	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")
 	ghostunnelBin := fs.String("ghostunnel", "bin/ghostunnel", "mesh: the ghostunnel binary (T4); empty skips T4")
-	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5); empty skips T5")
+	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5, T5h); empty skips them")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")

@@ -20,11 +20,12 @@ const (
 	idT3hGRPC      = "T3h-grpc"
 	idT4           = "T4"
 	idT5           = "T5"
+	idT5h          = "T5h"
 	topologyGroupT = "T3" // the three T3 key-exchange variants
 )
 
 // TopologyIDs lists the mesh's topologies by id, in the order they run.
-var TopologyIDs = []string{idT0, idT1, idT2, idT3X25519, idT3MLKEM, idT3P256MLKEM, idT3q, idT3h, idT3hGRPC, idT4, idT5}
+var TopologyIDs = []string{idT0, idT1, idT2, idT3X25519, idT3MLKEM, idT3P256MLKEM, idT3q, idT3h, idT3hGRPC, idT4, idT5, idT5h}
 
 // Scenario ids: the mesh's scenarios, in the order they run. rpc-http1 is
 // 1 KB HTTP/1.1 at a fixed rate (4 and 16 connections), rpc-grpc gRPC

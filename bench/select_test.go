@@ -16,7 +16,7 @@ func TestParseSelection(t *testing.T) {
 		selected, notSelected  string // a topology id each, checked with Selection.topology
 		scenario, notScenarios string // a scenario id each
 	}{
-		{name: "empty is everything", selected: idT5, scenario: scScale},
+		{name: "empty is everything", selected: idT5h, scenario: scScale},
 		{name: "lists, in run order", topologies: "T3h,T0", scenarios: "rpc-grpc,bulk",
 			wantTops: []string{idT0, idT3h}, wantScens: []string{scBulk, scRPCGRPC},
 			selected: idT3h, notSelected: idT3hGRPC, scenario: scRPCGRPC, notScenarios: scRPCHTTP1},

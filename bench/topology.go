@@ -54,6 +54,7 @@ const (
 	T3hGRPC     = "T3h credflow HTTP/2 (gRPC app)"
 	T4          = "T4 ghostunnel"
 	T5          = "T5 HAProxy"
+	T5h         = "T5h HAProxy HTTP/2"
 )
 
 // kexGroups are T3's key-exchange variants: the config each side gets.
@@ -176,10 +177,14 @@ func (r *rig) ghostunnelPair(target string) (client, server *proc, entry string,
 	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
 }
 
-// haproxyPair runs two HAProxy processes in TCP mode, TLS 1.3 with the same
-// certificates. HAProxy verifies the peer's chain against the CA but has no
-// SPIFFE ID check.
-func (r *rig) haproxyPair(target string) (client, server *proc, entry string, err error) {
+// haproxyPair runs two HAProxy processes, TLS 1.3 between them with the
+// same certificates. HAProxy verifies the peer's chain against the CA but
+// has no SPIFFE ID check. In TCP mode (T5) they relay bytes; in HTTP mode
+// (T5h, http set) each parses the requests, HTTP/1.1 on the client's and
+// the app's side and HTTP/2 between them (ALPN h2), the client side's
+// connections to the other shared by its clients' requests (http-reuse
+// always), as credflow's HTTP mode pools its own.
+func (r *rig) haproxyPair(target string, http bool) (client, server *proc, entry string, err error) {
 	srvAddr, err := freeAddr()
 	if err != nil {
 		return nil, nil, "", err
@@ -188,26 +193,31 @@ func (r *rig) haproxyPair(target string) (client, server *proc, entry string, er
 	if err != nil {
 		return nil, nil, "", err
 	}
+	name, mode, alpn, reuse := "haproxy", "tcp", "", ""
+	if http {
+		name, mode, alpn, reuse = "haproxy-http", "http", " alpn h2", "  http-reuse always\n"
+	}
 	// maxconn: HAProxy reserves two descriptors per connection and
 	// refuses to start if the limit cannot hold them.
-	common := fmt.Sprintf("global\n  maxconn %d\n  log stderr local0 err\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
-		(r.fileLimit-200)/2)
-	srvCfg := common + fmt.Sprintf("frontend tls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n  default_backend app\n"+
-		"backend app\n  server app %s\n", srvAddr, r.path("server.pem"), r.path("ca.pem"), target)
+	common := fmt.Sprintf("global\n  maxconn %d\n  log stderr local0 err\ndefaults\n  mode %s\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
+		(r.fileLimit-200)/2, mode)
+	srvCfg := common + fmt.Sprintf("frontend tls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3%s\n  default_backend app\n"+
+		"backend app\n  server app %s\n", srvAddr, r.path("server.pem"), r.path("ca.pem"), alpn, target)
 	cliCfg := common + fmt.Sprintf("frontend plain\n  bind %s\n  default_backend up\n"+
-		"backend up\n  server up %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n", cliAddr, srvAddr, r.path("client.pem"), r.path("ca.pem"))
-	for name, cfg := range map[string]string{"haproxy-server.cfg": srvCfg, "haproxy-client.cfg": cliCfg} {
-		if err := os.WriteFile(r.path(name), []byte(cfg), 0o644); err != nil {
+		"backend up\n%s  server up %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3%s\n",
+		cliAddr, reuse, srvAddr, r.path("client.pem"), r.path("ca.pem"), alpn)
+	for file, cfg := range map[string]string{name + "-server.cfg": srvCfg, name + "-client.cfg": cliCfg} {
+		if err := os.WriteFile(r.path(file), []byte(cfg), 0o644); err != nil {
 			return nil, nil, "", err
 		}
 	}
-	if server, err = r.start("haproxy-server", r.bins.HAProxy, "-db", "-f", r.path("haproxy-server.cfg")); err != nil {
+	if server, err = r.start(name+"-server", r.bins.HAProxy, "-db", "-f", r.path(name+"-server.cfg")); err != nil {
 		return nil, nil, "", err
 	}
 	if err := server.waitListening(srvAddr, 10*time.Second); err != nil {
 		return nil, nil, "", err
 	}
-	if client, err = r.start("haproxy-client", r.bins.HAProxy, "-db", "-f", r.path("haproxy-client.cfg")); err != nil {
+	if client, err = r.start(name+"-client", r.bins.HAProxy, "-db", "-f", r.path(name+"-client.cfg")); err != nil {
 		return nil, nil, "", err
 	}
 	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
@@ -276,16 +286,27 @@ func (r *rig) startTopologies(target string, sel Selection, notef func(string, .
 			notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
 		}
 	}
-	if sel.topology(idT5) {
-		if r.bins.HAProxy != "" {
-			c, s, entry, err := r.haproxyPair(target)
-			if err != nil {
-				return nil, err
-			}
-			tops = append(tops, &topology{name: T5, id: idT5, entry: allKinds(entry), client: c, server: s})
-		} else {
-			notef("T5 skipped: no haproxy binary (apt-get install haproxy)")
+	for _, h := range []struct {
+		id, name string
+		http     bool
+	}{{idT5, T5, false}, {idT5h, T5h, true}} {
+		if !sel.topology(h.id) {
+			continue
 		}
+		if r.bins.HAProxy == "" {
+			notef("%s skipped: no haproxy binary (apt-get install haproxy)", h.id)
+			continue
+		}
+		c, s, entry, err := r.haproxyPair(target, h.http)
+		if err != nil {
+			return nil, err
+		}
+		t := &topology{name: h.name, id: h.id, entry: allKinds(entry), client: c, server: s}
+		if h.http {
+			// Like T3h: HTTP/1.1 from the client and to the app.
+			t.entry = map[string]string{kindHTTP1: entry}
+		}
+		tops = append(tops, t)
 	}
 	return tops, nil
 }
