@@ -386,6 +386,13 @@ func (m *mesh) rpc(kind string) error {
 }
 
 func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (MeshResult, error) {
+	// The JWT-SVIDs the inbound sidecar validated: one per request where
+	// it requires them (T3h-jwt).
+	const validated = `credflow_jwt_tokens_total{op="validated"}`
+	var validated0 float64
+	if t.server != nil && t.server.admin != "" {
+		validated0, _ = t.server.metric(validated)
+	}
 	cpu := cpuOf(t)
 	var (
 		lat    latencies
@@ -406,6 +413,11 @@ func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (Me
 	for side, s := range cpu() {
 		f["cpu_us_per_req."+side] = s / n * 1e6
 		f["vcpu_per_1000rps."+side] = s / d.Seconds() * 1000 / float64(m.p.RPCRate)
+	}
+	if t.server != nil && t.server.admin != "" {
+		if v, err := t.server.metric(validated); err == nil {
+			f["jwt_validated"] = v - validated0
+		}
 	}
 	return MeshResult{Topology: t.name, Figures: f}, nil
 }

@@ -26,7 +26,7 @@ func TestParseSelection(t *testing.T) {
 		{name: "rpc is both RPC scenarios", scenarios: "rpc", wantScens: []string{scRPCHTTP1, scRPCGRPC}, notScenarios: scBulk},
 		{name: "case, spaces, repeats and empty items", topologies: " t3H , T5,,T3h", scenarios: "Ping-Pong,",
 			wantTops: []string{idT3h, idT5}, wantScens: []string{scPingPong}},
-		{name: "the gRPC variant", topologies: "T3h-grpc", wantTops: []string{idT3hGRPC}, notSelected: idT3h},
+		{name: "the gRPC and JWT variants", topologies: "T3h-jwt,T3h-grpc", wantTops: []string{idT3hGRPC, idT3hJWT}, notSelected: idT3h},
 		{name: "unknown topology", topologies: "T3,T6", wantErr: `unknown topology "T6"; valid: T0, T1, T2, T3-X25519,`},
 		{name: "unknown scenario", scenarios: "rpc-http2", wantErr: `unknown scenario "rpc-http2"; valid: bulk, ping-pong, handshake, rpc-http1, rpc-grpc, rotation, scale; or rpc (rpc-http1, rpc-grpc)`},
 	} {

@@ -52,6 +52,7 @@ const (
 	T3q         = "T3q credflow QUIC"
 	T3h         = "T3h credflow HTTP/2"
 	T3hGRPC     = "T3h credflow HTTP/2 (gRPC app)"
+	T3hJWT      = "T3h credflow HTTP/2, jwt.require"
 	T4          = "T4 ghostunnel"
 	T5          = "T5 HAProxy"
 	T5h         = "T5h HAProxy HTTP/2"
@@ -85,6 +86,7 @@ type pairOpts struct {
 	quic         bool
 	http         bool // protocol http on both; appProtocol h2c for gRPC
 	h2c          bool
+	jwtRequire   bool // the inbound verifies each request's JWT-SVID
 	noResumption bool
 }
 
@@ -134,6 +136,9 @@ func (r *rig) credflowPair(name, id string, o pairOpts, target string, kinds ...
 		inCfg += "    protocol: http\n    routes: [{peers: [spiffe://bench.example/client], paths: [/*]}]\n"
 		if o.h2c {
 			inCfg += "    app_protocol: h2c\n"
+		}
+		if o.jwtRequire {
+			inCfg += "    jwt: {require: true}\n"
 		}
 		outCfg += "    protocol: http\n"
 	}
@@ -264,6 +269,9 @@ func (r *rig) startTopologies(target string, sel Selection, notef func(string, .
 		// pair each.
 		pair{T3h, idT3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
 		pair{T3hGRPC, idT3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+		// T3h-jwt: T3h with the JWT-SVID the outbound attaches to each
+		// request (audience: the server's ID) verified by the inbound.
+		pair{T3hJWT, idT3hJWT, pairOpts{name: "t3h-jwt", http: true, jwtRequire: true}, []string{kindHTTP1}},
 	)
 	for _, pr := range pairs {
 		if !sel.topology(pr.id) {
