@@ -25,7 +25,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	scenario := fs.String("scenario", "pq", "scenarios to run, comma-separated: kex (handshake cost per key-exchange group), "+
 		"kem (KEM primitives, Go against circl), tokens (ES256 against ML-DSA-65 tokens), "+
 		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars, in process), "+
-		"mesh (T0-T5 as processes: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
+		"mesh (T0-T5h as processes, narrowed by -topologies and -scenarios: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
 		"pq is the first four")
 	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
 	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")

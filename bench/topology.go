@@ -13,7 +13,8 @@ const (
 	kindGRPC  = "grpc"  // gRPC over h2c
 )
 
-// topology is one way from the client to the server (BENCH.md's T0–T5).
+// topology is one way from the client to the server (BENCH.md's T0–T5, and
+// T5h).
 type topology struct {
 	name string
 	id   string // the short id of -topologies (T0, T3-X25519, T3h ...)
