@@ -131,19 +131,23 @@ $(GHOSTUNNEL): bench/ghostunnel/go.mod bench/ghostunnel/go.sum | deps
 		github.com/ghostunnel/ghostunnel
 	@touch $(GHOSTUNNEL)
 
-## bench-deps: HAProxy (the T5 peer) from Debian, when missing.
+## bench-deps: HAProxy (the T5 and T5h peer) from Debian, when missing.
 bench-deps: deps
 	@command -v haproxy >/dev/null 2>&1 || { echo "installing haproxy"; \
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy; }
 
-## bench: the mesh benchmark, full profile (T0-T5; bulk, RPC latency, ping-pong, handshakes,
+## bench: the mesh benchmark, full profile (T0-T5h; bulk, RPC latency, ping-pong, handshakes,
 ## connection scale, rotation; about 12 minutes here); writes bench/results/mesh.{md,jsonl} and the charts.
 bench: build ghostunnel bench-deps
 	$(GO) run ./cmd/credflow-bench -scenario mesh -profile full -out bench/results
 
 ## bench-short: the same scenarios, short (about 2 minutes); prints the table, writes under bin/.
+## BENCH_ARGS narrows or profiles it, e.g. BENCH_ARGS='-topologies T3h,T3h-jwt,T5h -scenarios rpc-http1
+## -profile-dir bin/profiles' (topology ids T0 T1 T2 T3 T3q T3h T3h-grpc T3h-jwt T4 T5 T5h; scenario ids
+## bulk ping-pong handshake rpc-http1 rpc-grpc rotation scale; bench/README.md).
+BENCH_ARGS ?=
 bench-short: build ghostunnel bench-deps
-	$(GO) run ./cmd/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short
+	$(GO) run ./cmd/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short $(BENCH_ARGS)
 
 ## bench-pq: handshake cost per key-exchange group, KEM primitives, token signatures;
 ## writes bench/results/{kex,kem,tokens}.{md,jsonl}.

@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"fmt"
 	"image/color"
 	"strings"
 
@@ -12,7 +11,8 @@ import (
 
 // MeshCharts draws the run's headline figures as SVG bar charts with gonum
 // plot: bulk throughput and added p99 latency per topology. It returns the
-// files' contents by name.
+// files' contents by name; a chart whose figures the run did not measure
+// (a run narrowed by -topologies or -scenarios) is left out.
 func MeshCharts(run *MeshRun) (map[string][]byte, error) {
 	out := map[string][]byte{}
 	bulk, err := barChart(run, "Bulk, one stream up (Gbit/s, higher is better)", "Gbit/s",
@@ -23,7 +23,9 @@ func MeshCharts(run *MeshRun) (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out["mesh-bulk.svg"] = bulk
+	if bulk != nil {
+		out["mesh-bulk.svg"] = bulk
+	}
 	p0, ok0 := run.figure("rpc", "HTTP/1.1 4 conns", T0, "p99_us")
 	lat, err := barChart(run, "1 KB HTTP/1.1 at 1000 rps: p99 added over T0 (µs, lower is better)", "µs",
 		func(t string) (float64, bool) {
@@ -33,10 +35,13 @@ func MeshCharts(run *MeshRun) (map[string][]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	out["mesh-latency.svg"] = lat
+	if lat != nil {
+		out["mesh-latency.svg"] = lat
+	}
 	return out, nil
 }
 
+// barChart draws value for each topology that has one; nil when none has.
 func barChart(run *MeshRun, title, unit string, value func(topology string) (float64, bool)) ([]byte, error) {
 	var (
 		names          []string
@@ -57,7 +62,7 @@ func barChart(run *MeshRun, title, unit string, value func(topology string) (flo
 		}
 	}
 	if len(names) == 0 {
-		return nil, fmt.Errorf("bench: nothing to chart for %q", title)
+		return nil, nil
 	}
 	p := plot.New()
 	p.Title.Text = title

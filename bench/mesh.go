@@ -71,18 +71,24 @@ type MeshRun struct {
 	BulkBytes  int64        `json:"bulk_bytes"`
 	Handshakes int          `json:"handshakes"`
 	Topologies []string     `json:"topologies"`
+	Scenarios  []string     `json:"scenarios"`
 	Group      string       `json:"group"`  // negotiated by T3's default pair
 	Cipher     string       `json:"cipher"` // idem
 	FileLimit  uint64       `json:"file_limit"`
 	Notes      []string     `json:"notes,omitempty"`
 	Results    []MeshResult `json:"results"`
 	Seconds    float64      `json:"seconds"`
+
+	// Selection is what -topologies and -scenarios narrowed the run to,
+	// empty for everything.
+	Selection string `json:"selection,omitempty"`
 }
 
 // mesh is one run in progress.
 type mesh struct {
 	ctx  context.Context
 	p    Profile
+	sel  Selection
 	r    *rig
 	tops []*topology
 	full []*topology // T3 pairs without resumption
@@ -122,47 +128,105 @@ func cpuOf(t *topology) func() map[string]float64 {
 	}
 }
 
-// RunMesh runs every scenario of profile on every topology, interleaved by
-// repeat, with the processes' output and configuration in dir.
-func RunMesh(ctx context.Context, p Profile, dir string, bins Binaries, log io.Writer) (*MeshRun, error) {
+// MeshConfig is what RunMesh runs.
+type MeshConfig struct {
+	Profile Profile
+	// Dir holds the processes' output and configuration.
+	Dir      string
+	Binaries Binaries
+	// Selection narrows the run to some topologies and scenarios; the
+	// zero value is every one.
+	Selection Selection
+	// ProfileDir, if set, receives CPU and allocation profiles of the
+	// credflow sidecars per scenario (see profiler); they then run with
+	// debug: {pprof: true}.
+	ProfileDir string
+	// Log receives progress and notes; nil discards them.
+	Log io.Writer
+}
+
+// RunMesh runs each selected scenario on each selected topology,
+// interleaved by repeat.
+func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 	start := time.Now()
+	p := c.Profile
+	log := c.Log
+	if log == nil {
+		log = io.Discard
+	}
 	run := &MeshRun{Profile: p.Name, BulkBytes: p.BulkBytes, Handshakes: p.Handshakes, FileLimit: raiseFileLimit(200000)}
-	r, err := newRig(ctx, dir, bins, run.FileLimit)
+	if c.Selection.Topologies != nil || c.Selection.Scenarios != nil {
+		run.Selection = c.Selection.String()
+	}
+	r, err := newRig(ctx, c.Dir, c.Binaries, run.FileLimit)
 	if err != nil {
 		return nil, err
 	}
 	defer r.stopAll()
+	var prof *profiler
+	if c.ProfileDir != "" {
+		if prof, err = newProfiler(c.ProfileDir, log); err != nil {
+			return nil, err
+		}
+		r.pprof = true
+	}
 	target, err := startServer(ctx)
 	if err != nil {
 		return nil, err
 	}
-	m := &mesh{ctx: ctx, p: p, r: r, log: log, run: run}
-	if m.tops, err = r.startTopologies(target, m.notef); err != nil {
+	m := &mesh{ctx: ctx, p: p, sel: c.Selection, r: r, log: log, run: run}
+	if m.tops, err = r.startTopologies(target, c.Selection, m.notef); err != nil {
 		return nil, err
 	}
-	if m.full, err = r.fullHandshakePairs(target); err != nil {
-		return nil, err
+	if c.Selection.scenario(scHandshake) {
+		if m.full, err = r.fullHandshakePairs(target, c.Selection); err != nil {
+			return nil, err
+		}
 	}
 	for _, t := range m.tops {
 		run.Topologies = append(run.Topologies, t.name)
 	}
-	if run.Group, run.Cipher, err = r.negotiated(m.find(T3MLKEM)); err != nil {
-		return nil, err
+	// The group and cipher between sidecars, as T3's hybrid pair (or the
+	// first credflow pair selected) negotiates them.
+	for _, t := range append([]*topology{m.find(T3MLKEM)}, m.tops...) {
+		if t != nil && t.link != "" {
+			if run.Group, run.Cipher, err = r.negotiated(t); err != nil {
+				return nil, err
+			}
+			break
+		}
 	}
-	for _, s := range []struct {
-		name string
-		fn   func() error
+	if prof != nil {
+		m.notef("CPU and allocation profiles of the sidecars in %s: their figures include the profiling's cost", c.ProfileDir)
+	}
+	// Each scenario, and the topologies it runs on.
+	scenarios := map[string]struct {
+		run  func() error
+		tops func() []*topology
 	}{
-		{"bulk", m.bulk},
-		{"ping-pong", m.pingPong},
-		{"handshake", m.handshakes},
-		{"rpc", m.rpc},
-		{"rotation", m.rotation},
-		{"scale", m.scale},
-	} {
-		fmt.Fprintf(log, "scenario %s\n", s.name)
-		if err := s.fn(); err != nil {
-			return run, fmt.Errorf("bench: scenario %s: %w", s.name, err)
+		scBulk:      {m.bulk, func() []*topology { return m.carrying(kindTCP) }},
+		scPingPong:  {m.pingPong, func() []*topology { return m.carrying(kindTCP) }},
+		scHandshake: {m.handshakes, func() []*topology { return append(m.carrying(kindTCP), m.full...) }},
+		scRPCHTTP1:  {func() error { return m.rpc(kindHTTP1) }, func() []*topology { return m.carrying(kindHTTP1) }},
+		scRPCGRPC:   {func() error { return m.rpc(kindGRPC) }, func() []*topology { return m.carrying(kindGRPC) }},
+		scRotation:  {m.rotation, func() []*topology { return m.findAll(rotationTopologies) }},
+		scScale:     {m.scale, func() []*topology { return m.findAll(scaleTopologies) }},
+	}
+	for _, id := range ScenarioIDs {
+		if !c.Selection.scenario(id) {
+			continue
+		}
+		run.Scenarios = append(run.Scenarios, id)
+		fmt.Fprintf(log, "scenario %s\n", id)
+		sc := scenarios[id]
+		stop := func() {}
+		if prof != nil {
+			stop = prof.start(ctx, id, sc.tops())
+		}
+		err := sc.run()
+		stop()
+		if err != nil {
+			return run, fmt.Errorf("bench: scenario %s: %w", id, err)
 		}
 	}
 	run.Seconds = time.Since(start).Seconds()
@@ -176,6 +240,17 @@ func (m *mesh) find(name string) *topology {
 		}
 	}
 	return nil
+}
+
+// findAll returns the topologies of names that run.
+func (m *mesh) findAll(names []string) []*topology {
+	var out []*topology
+	for _, name := range names {
+		if t := m.find(name); t != nil {
+			out = append(out, t)
+		}
+	}
+	return out
 }
 
 // carrying returns the topologies that carry kind.
@@ -284,9 +359,9 @@ func (m *mesh) handshakes() error {
 	return nil
 }
 
-// rpc runs 1 KB HTTP/1.1 requests over 4 and 16 connections and gRPC unary
-// calls, at a fixed rate.
-func (m *mesh) rpc() error {
+// rpc runs, at a fixed rate, 1 KB HTTP/1.1 requests over 4 and 16
+// connections (kind http1) or gRPC unary calls (kind grpc).
+func (m *mesh) rpc(kind string) error {
 	type variant struct {
 		name, kind string
 		conns      int
@@ -294,6 +369,9 @@ func (m *mesh) rpc() error {
 	variants := []variant{{"HTTP/1.1 4 conns", kindHTTP1, 4}, {"HTTP/1.1 16 conns", kindHTTP1, 16}, {"gRPC unary", kindGRPC, 1}}
 	for rep := range m.p.RPCRepeats {
 		for _, v := range variants {
+			if v.kind != kind {
+				continue
+			}
 			for _, t := range m.carrying(v.kind) {
 				res, err := m.rpcOnce(t, v.kind, v.conns, m.p.RPCTime)
 				if err != nil {
@@ -308,6 +386,13 @@ func (m *mesh) rpc() error {
 }
 
 func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (MeshResult, error) {
+	// The JWT-SVIDs the inbound sidecar validated: one per request where
+	// it requires them (T3h-jwt).
+	const validated = `credflow_jwt_tokens_total{op="validated"}`
+	var validated0 float64
+	if t.server != nil && t.server.admin != "" {
+		validated0, _ = t.server.metric(validated)
+	}
 	cpu := cpuOf(t)
 	var (
 		lat    latencies
@@ -329,14 +414,22 @@ func (m *mesh) rpcOnce(t *topology, kind string, conns int, d time.Duration) (Me
 		f["cpu_us_per_req."+side] = s / n * 1e6
 		f["vcpu_per_1000rps."+side] = s / d.Seconds() * 1000 / float64(m.p.RPCRate)
 	}
+	if t.server != nil && t.server.admin != "" {
+		if v, err := t.server.metric(validated); err == nil {
+			f["jwt_validated"] = v - validated0
+		}
+	}
 	return MeshResult{Topology: t.name, Figures: f}, nil
 }
+
+// rotationTopologies are the topologies the rotation scenario runs on.
+var rotationTopologies = []string{T3MLKEM, T3h}
 
 // rotation runs HTTP/1.1 RPCs through the credflow pairs while both
 // identities get new SVIDs every RotationEvery: no request may fail.
 func (m *mesh) rotation() error {
-	for _, name := range []string{T3MLKEM, T3h} {
-		t := m.find(name)
+	for _, t := range m.findAll(rotationTopologies) {
+		name := t.name
 		stop := make(chan struct{})
 		rotated := make(chan int, 1)
 		go func() {
@@ -368,6 +461,9 @@ func (m *mesh) rotation() error {
 	return nil
 }
 
+// scaleTopologies are the topologies the scale scenario runs on.
+var scaleTopologies = []string{T3MLKEM, T4, T5}
+
 // scale holds idle connections through each encrypting topology and
 // measures each side's memory per connection.
 func (m *mesh) scale() error {
@@ -379,14 +475,10 @@ func (m *mesh) scale() error {
 				"(no CAP_SYS_RESOURCE), so %d were held instead", n, 2*n+100, m.run.FileLimit, fit)
 			n = fit
 		}
-		for _, name := range []string{T3MLKEM, T4, T5} {
-			t := m.find(name)
-			if t == nil {
-				continue
-			}
+		for _, t := range m.findAll(scaleTopologies) {
 			res, err := m.scaleOnce(t, n)
 			if err != nil {
-				return fmt.Errorf("%s %d: %w", name, n, err)
+				return fmt.Errorf("%s %d: %w", t.name, n, err)
 			}
 			m.add(res)
 		}

@@ -186,10 +186,13 @@ func MeshTable(env *Environment, run *MeshRun) string {
 		"Topologies interleaved within each repeat. Median over repeats, (min–max) where they differ. ")
 	fmt.Fprintf(&b, "Between credflow sidecars: %s, %s. Run time %.0f s.\n\n", run.Group, run.Cipher, run.Seconds)
 	writeEnv(&b, env)
+	if run.Selection != "" {
+		fmt.Fprintf(&b, "- selected (-topologies, -scenarios): %s\n", run.Selection)
+	}
 	for _, n := range run.Notes {
 		fmt.Fprintf(&b, "- note: %s\n", n)
 	}
-	if len(run.Notes) > 0 {
+	if len(run.Notes) > 0 || run.Selection != "" {
 		b.WriteString("\n")
 	}
 	b.WriteString("## Targets (BENCH.md)\n\n| figure | target | measured | |\n|---|---|---|---|\n")

@@ -25,17 +25,28 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	scenario := fs.String("scenario", "pq", "scenarios to run, comma-separated: kex (handshake cost per key-exchange group), "+
 		"kem (KEM primitives, Go against circl), tokens (ES256 against ML-DSA-65 tokens), "+
 		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars, in process), "+
-		"mesh (T0-T5 as processes: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
+		"mesh (T0-T5h as processes, narrowed by -topologies and -scenarios: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
 		"pq is the first four")
 	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
 	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")
 	ghostunnelBin := fs.String("ghostunnel", "bin/ghostunnel", "mesh: the ghostunnel binary (T4); empty skips T4")
-	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5); empty skips T5")
+	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5, T5h); empty skips them")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
+	topologies := fs.String("topologies", "", "mesh: comma-separated topology ids to run (default all): "+
+		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
+	profileDir := fs.String("profile-dir", "", "mesh: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
+		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof (the sidecars run with debug: {pprof: true})")
+	scenarios := fs.String("scenarios", "", "mesh: comma-separated scenario ids to run (default all): "+
+		strings.Join(ScenarioIDs, ", ")+"; rpc is rpc-http1 and rpc-grpc")
 	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	sel, err := ParseSelection(*topologies, *scenarios)
+	if err != nil {
+		fmt.Fprintln(stderr, "credflow-bench:", err)
 		return 2
 	}
 	names := strings.Split(*scenario, ",")
@@ -102,7 +113,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				break
 			}
 			var run *MeshRun
-			run, err = RunMesh(ctx, p, dir, bins, stderr)
+			run, err = RunMesh(ctx, MeshConfig{Profile: p, Dir: dir, Binaries: bins, Selection: sel, ProfileDir: *profileDir, Log: stderr})
 			env.Finish()
 			if err != nil {
 				fmt.Fprintf(stderr, "credflow-bench: processes' logs and configuration kept in %s\n", dir)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdsa"
+	"crypto/elliptic"
+	crand "crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
@@ -44,6 +46,8 @@ type rig struct {
 	wlClient, wlServer *wlapitest.Server
 	procs              []*proc
 	fileLimit          uint64
+	// pprof turns on the sidecars' profiles (debug: {pprof: true}).
+	pprof bool
 }
 
 // Binaries are the programs the harness runs as processes.
@@ -82,6 +86,15 @@ func newRig(ctx context.Context, dir string, bins Binaries, fileLimit uint64) (*
 	if r.wlServer, err = wlapitest.Start(ctx, filepath.Join(dir, "server.sock"), server, r.bundle); err != nil {
 		return nil, err
 	}
+	// One JWT authority for the trust domain, as one SPIRE server is: the
+	// inbound sidecar of T3h-jwt validates the JWT-SVIDs the outbound
+	// one gets.
+	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	r.wlClient.SetJWTKey(jwtKey)
+	r.wlServer.SetJWTKey(jwtKey)
 	return r, nil
 }
 

@@ -13,9 +13,11 @@ const (
 	kindGRPC  = "grpc"  // gRPC over h2c
 )
 
-// topology is one way from the client to the server (BENCH.md's T0–T5).
+// topology is one way from the client to the server (BENCH.md's T0–T5, and
+// T5h).
 type topology struct {
 	name string
+	id   string // the short id of -topologies (T0, T3-X25519, T3h ...)
 	// entry is where the client connects, by traffic kind; a kind that is
 	// missing is not carried (T3h carries HTTP only).
 	entry map[string]string
@@ -51,15 +53,17 @@ const (
 	T3q         = "T3q credflow QUIC"
 	T3h         = "T3h credflow HTTP/2"
 	T3hGRPC     = "T3h credflow HTTP/2 (gRPC app)"
+	T3hJWT      = "T3h credflow HTTP/2, jwt.require"
 	T4          = "T4 ghostunnel"
 	T5          = "T5 HAProxy"
+	T5h         = "T5h HAProxy HTTP/2"
 )
 
 // kexGroups are T3's key-exchange variants: the config each side gets.
-var kexGroups = []struct{ name, topology, config string }{
-	{"X25519", T3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
-	{"X25519MLKEM768", T3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
-	{"SecP256r1MLKEM768", T3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
+var kexGroups = []struct{ name, topology, id, config string }{
+	{"X25519", T3X25519, idT3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
+	{"X25519MLKEM768", T3MLKEM, idT3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
+	{"SecP256r1MLKEM768", T3P256MLKEM, idT3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
 }
 
 // startRelay runs the harness's plain relay (io.Copy, which splices on
@@ -83,6 +87,7 @@ type pairOpts struct {
 	quic         bool
 	http         bool // protocol http on both; appProtocol h2c for gRPC
 	h2c          bool
+	jwtRequire   bool // the inbound verifies each request's JWT-SVID
 	noResumption bool
 }
 
@@ -92,6 +97,9 @@ func (r *rig) credflow(name, wl, config string) (*proc, error) {
 		return nil, err
 	}
 	cfg := fmt.Sprintf("workload_api: %s\nadmin: %q\nlog: {level: warn}\nlimits: {max_connections: 100000}\n", wl, admin) + config
+	if r.pprof {
+		cfg += "debug: {pprof: true}\n"
+	}
 	path := r.path(name + ".yaml")
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
@@ -106,7 +114,7 @@ func (r *rig) credflow(name, wl, config string) (*proc, error) {
 
 // credflowPair runs an inbound sidecar in front of target and an outbound one
 // in front of it: a topology named name, carrying the given kinds.
-func (r *rig) credflowPair(name string, o pairOpts, target string, kinds ...string) (*topology, error) {
+func (r *rig) credflowPair(name, id string, o pairOpts, target string, kinds ...string) (*topology, error) {
 	inAddr, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -130,9 +138,12 @@ func (r *rig) credflowPair(name string, o pairOpts, target string, kinds ...stri
 		if o.h2c {
 			inCfg += "    app_protocol: h2c\n"
 		}
+		if o.jwtRequire {
+			inCfg += "    jwt: {require: true}\n"
+		}
 		outCfg += "    protocol: http\n"
 	}
-	t := &topology{name: name, entry: map[string]string{}, link: inAddr}
+	t := &topology{name: name, id: id, entry: map[string]string{}, link: inAddr}
 	for _, k := range kinds {
 		t.entry[k] = outAddr
 	}
@@ -172,10 +183,14 @@ func (r *rig) ghostunnelPair(target string) (client, server *proc, entry string,
 	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
 }
 
-// haproxyPair runs two HAProxy processes in TCP mode, TLS 1.3 with the same
-// certificates. HAProxy verifies the peer's chain against the CA but has no
-// SPIFFE ID check.
-func (r *rig) haproxyPair(target string) (client, server *proc, entry string, err error) {
+// haproxyPair runs two HAProxy processes, TLS 1.3 between them with the
+// same certificates. HAProxy verifies the peer's chain against the CA but
+// has no SPIFFE ID check. In TCP mode (T5) they relay bytes; in HTTP mode
+// (T5h, http set) each parses the requests, HTTP/1.1 on the client's and
+// the app's side and HTTP/2 between them (ALPN h2), the client side's
+// connections to the other shared by its clients' requests (http-reuse
+// always), as credflow's HTTP mode pools its own.
+func (r *rig) haproxyPair(target string, http bool) (client, server *proc, entry string, err error) {
 	srvAddr, err := freeAddr()
 	if err != nil {
 		return nil, nil, "", err
@@ -184,99 +199,136 @@ func (r *rig) haproxyPair(target string) (client, server *proc, entry string, er
 	if err != nil {
 		return nil, nil, "", err
 	}
+	name, mode, alpn, reuse := "haproxy", "tcp", "", ""
+	if http {
+		name, mode, alpn, reuse = "haproxy-http", "http", " alpn h2", "  http-reuse always\n"
+	}
 	// maxconn: HAProxy reserves two descriptors per connection and
 	// refuses to start if the limit cannot hold them.
-	common := fmt.Sprintf("global\n  maxconn %d\n  log stderr local0 err\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
-		(r.fileLimit-200)/2)
-	srvCfg := common + fmt.Sprintf("frontend tls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n  default_backend app\n"+
-		"backend app\n  server app %s\n", srvAddr, r.path("server.pem"), r.path("ca.pem"), target)
+	common := fmt.Sprintf("global\n  maxconn %d\n  log stderr local0 err\ndefaults\n  mode %s\n  timeout connect 5s\n  timeout client 1h\n  timeout server 1h\n",
+		(r.fileLimit-200)/2, mode)
+	srvCfg := common + fmt.Sprintf("frontend tls\n  bind %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3%s\n  default_backend app\n"+
+		"backend app\n  server app %s\n", srvAddr, r.path("server.pem"), r.path("ca.pem"), alpn, target)
 	cliCfg := common + fmt.Sprintf("frontend plain\n  bind %s\n  default_backend up\n"+
-		"backend up\n  server up %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3\n", cliAddr, srvAddr, r.path("client.pem"), r.path("ca.pem"))
-	for name, cfg := range map[string]string{"haproxy-server.cfg": srvCfg, "haproxy-client.cfg": cliCfg} {
-		if err := os.WriteFile(r.path(name), []byte(cfg), 0o644); err != nil {
+		"backend up\n%s  server up %s ssl crt %s ca-file %s verify required ssl-min-ver TLSv1.3%s\n",
+		cliAddr, reuse, srvAddr, r.path("client.pem"), r.path("ca.pem"), alpn)
+	for file, cfg := range map[string]string{name + "-server.cfg": srvCfg, name + "-client.cfg": cliCfg} {
+		if err := os.WriteFile(r.path(file), []byte(cfg), 0o644); err != nil {
 			return nil, nil, "", err
 		}
 	}
-	if server, err = r.start("haproxy-server", r.bins.HAProxy, "-db", "-f", r.path("haproxy-server.cfg")); err != nil {
+	if server, err = r.start(name+"-server", r.bins.HAProxy, "-db", "-f", r.path(name+"-server.cfg")); err != nil {
 		return nil, nil, "", err
 	}
 	if err := server.waitListening(srvAddr, 10*time.Second); err != nil {
 		return nil, nil, "", err
 	}
-	if client, err = r.start("haproxy-client", r.bins.HAProxy, "-db", "-f", r.path("haproxy-client.cfg")); err != nil {
+	if client, err = r.start(name+"-client", r.bins.HAProxy, "-db", "-f", r.path(name+"-client.cfg")); err != nil {
 		return nil, nil, "", err
 	}
 	return client, server, cliAddr, client.waitListening(cliAddr, 10*time.Second)
 }
 
-// startTopologies starts every topology in front of the server at target.
-// Topologies whose peer binary is not given are skipped with a note.
-func (r *rig) startTopologies(target string, notef func(string, ...any)) ([]*topology, error) {
-	tops := []*topology{{name: T0, entry: allKinds(target)}}
-	relay, addr, err := r.startRelay("relay-1", target)
-	if err != nil {
-		return nil, err
+// startTopologies starts the selected topologies in front of the server at
+// target. Topologies whose peer binary is not given are skipped with a
+// note.
+func (r *rig) startTopologies(target string, sel Selection, notef func(string, ...any)) ([]*topology, error) {
+	var tops []*topology
+	if sel.topology(idT0) {
+		tops = append(tops, &topology{name: T0, id: idT0, entry: allKinds(target)})
 	}
-	tops = append(tops, &topology{name: T1, entry: allKinds(addr), client: relay})
-	second, addr2, err := r.startRelay("relay-2b", target)
-	if err != nil {
-		return nil, err
+	if sel.topology(idT1) {
+		relay, addr, err := r.startRelay("relay-1", target)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T1, id: idT1, entry: allKinds(addr), client: relay})
 	}
-	first, addr1, err := r.startRelay("relay-2a", addr2)
-	if err != nil {
-		return nil, err
+	if sel.topology(idT2) {
+		second, addr2, err := r.startRelay("relay-2b", target)
+		if err != nil {
+			return nil, err
+		}
+		first, addr1, err := r.startRelay("relay-2a", addr2)
+		if err != nil {
+			return nil, err
+		}
+		tops = append(tops, &topology{name: T2, id: idT2, entry: allKinds(addr1), client: first, server: second})
 	}
-	tops = append(tops, &topology{name: T2, entry: allKinds(addr1), client: first, server: second})
 	type pair struct {
-		name  string
-		o     pairOpts
-		kinds []string
+		name, id string
+		o        pairOpts
+		kinds    []string
 	}
 	var pairs []pair
 	for _, g := range kexGroups {
-		pairs = append(pairs, pair{g.topology, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}})
+		pairs = append(pairs, pair{g.topology, g.id, pairOpts{name: "t3-" + g.name, extra: g.config}, []string{kindTCP, kindHTTP1, kindGRPC}})
 	}
 	pairs = append(pairs,
-		pair{T3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
+		pair{T3q, idT3q, pairOpts{name: "t3q", quic: true}, []string{kindTCP, kindHTTP1, kindGRPC}},
 		// T3h: the app protocol is per listener (HTTP/1.1 or h2c), so one
 		// pair each.
-		pair{T3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
-		pair{T3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+		pair{T3h, idT3h, pairOpts{name: "t3h", http: true}, []string{kindHTTP1}},
+		pair{T3hGRPC, idT3hGRPC, pairOpts{name: "t3h-grpc", http: true, h2c: true}, []string{kindGRPC}},
+		// T3h-jwt: T3h with the JWT-SVID the outbound attaches to each
+		// request (audience: the server's ID) verified by the inbound.
+		pair{T3hJWT, idT3hJWT, pairOpts{name: "t3h-jwt", http: true, jwtRequire: true}, []string{kindHTTP1}},
 	)
 	for _, pr := range pairs {
-		t, err := r.credflowPair(pr.name, pr.o, target, pr.kinds...)
+		if !sel.topology(pr.id) {
+			continue
+		}
+		t, err := r.credflowPair(pr.name, pr.id, pr.o, target, pr.kinds...)
 		if err != nil {
 			return nil, err
 		}
 		tops = append(tops, t)
 	}
-	if r.bins.Ghostunnel != "" {
-		c, s, entry, err := r.ghostunnelPair(target)
-		if err != nil {
-			return nil, err
+	if sel.topology(idT4) {
+		if r.bins.Ghostunnel != "" {
+			c, s, entry, err := r.ghostunnelPair(target)
+			if err != nil {
+				return nil, err
+			}
+			tops = append(tops, &topology{name: T4, id: idT4, entry: allKinds(entry), client: c, server: s})
+		} else {
+			notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
 		}
-		tops = append(tops, &topology{name: T4, entry: allKinds(entry), client: c, server: s})
-	} else {
-		notef("T4 skipped: no ghostunnel binary (make ghostunnel)")
 	}
-	if r.bins.HAProxy != "" {
-		c, s, entry, err := r.haproxyPair(target)
+	for _, h := range []struct {
+		id, name string
+		http     bool
+	}{{idT5, T5, false}, {idT5h, T5h, true}} {
+		if !sel.topology(h.id) {
+			continue
+		}
+		if r.bins.HAProxy == "" {
+			notef("%s skipped: no haproxy binary (apt-get install haproxy)", h.id)
+			continue
+		}
+		c, s, entry, err := r.haproxyPair(target, h.http)
 		if err != nil {
 			return nil, err
 		}
-		tops = append(tops, &topology{name: T5, entry: allKinds(entry), client: c, server: s})
-	} else {
-		notef("T5 skipped: no haproxy binary (apt-get install haproxy)")
+		t := &topology{name: h.name, id: h.id, entry: allKinds(entry), client: c, server: s}
+		if h.http {
+			// Like T3h: HTTP/1.1 from the client and to the app.
+			t.entry = map[string]string{kindHTTP1: entry}
+		}
+		tops = append(tops, t)
 	}
 	return tops, nil
 }
 
-// fullHandshakePairs starts T3 pairs with resumption off, one per group,
-// for the handshake scenario.
-func (r *rig) fullHandshakePairs(target string) ([]*topology, error) {
+// fullHandshakePairs starts T3 pairs with resumption off, one per selected
+// group, for the handshake scenario.
+func (r *rig) fullHandshakePairs(target string, sel Selection) ([]*topology, error) {
 	var tops []*topology
 	for _, g := range kexGroups {
-		t, err := r.credflowPair(g.topology, pairOpts{name: "t3full-" + g.name, extra: g.config, noResumption: true}, target, kindTCP)
+		if !sel.topology(g.id) {
+			continue
+		}
+		t, err := r.credflowPair(g.topology, g.id+"-full", pairOpts{name: "t3full-" + g.name, extra: g.config, noResumption: true}, target, kindTCP)
 		if err != nil {
 			return nil, err
 		}

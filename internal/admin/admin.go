@@ -9,13 +9,18 @@
 //	                  that no bundle is held for, the key-exchange policy
 //	                  and the connections by negotiated group, as JSON;
 //	                  never key material
+//	/debug/pprof/     net/http/pprof's profiles, only when Deps.Pprof is
+//	                  set (debug: {pprof: true}); 404 otherwise
 //
-// Nothing here changes state.
+// Nothing here changes state. The handlers are registered on the admin's
+// own mux: net/http/pprof's registration on http.DefaultServeMux, which
+// importing it makes, is served by no listener of the sidecar.
 package admin
 
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,6 +46,10 @@ type Deps struct {
 	// PolicyTrustDomainsWithoutBundle returns the trust domains named by
 	// policies whose bundles are not held; nil means none.
 	PolicyTrustDomainsWithoutBundle func() []string
+	// Pprof serves net/http/pprof's handlers under /debug/pprof/ (GET
+	// only; the profiles, the index, cmdline, symbol lookups by GET and
+	// the execution trace). Default false: those paths answer 404.
+	Pprof bool
 }
 
 // Handler returns the admin HTTP handler.
@@ -60,6 +69,15 @@ func Handler(d Deps) http.Handler {
 	mux.HandleFunc("GET /debug/identity", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, identity(d))
 	})
+	if d.Pprof {
+		// Index serves the named profiles too (/debug/pprof/heap, allocs,
+		// goroutine, ...).
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	return mux
 }
 

@@ -90,3 +90,46 @@ func TestIdentityTrustDomainsWithoutBundle(t *testing.T) {
 		})
 	}
 }
+
+// TestPprof: /debug/pprof/ exists only when Deps.Pprof is set; then it
+// serves net/http/pprof's profiles, by GET only.
+func TestPprof(t *testing.T) {
+	paths := []string{"/debug/pprof/", "/debug/pprof/heap", "/debug/pprof/allocs", "/debug/pprof/goroutine?debug=1",
+		"/debug/pprof/cmdline", "/debug/pprof/symbol", "/debug/pprof/profile?seconds=1", "/debug/pprof/trace?seconds=0.1"}
+	for _, on := range []bool{false, true} {
+		t.Run(map[bool]string{false: "off", true: "on"}[on], func(t *testing.T) {
+			h := admin.Handler(admin.Deps{
+				Gatherer:         prometheus.NewRegistry(),
+				SVIDs:            noSVID{},
+				TrustDomains:     func() []spiffeid.TrustDomain { return nil },
+				Ready:            func() error { return nil },
+				Policies:         func() map[string][]string { return nil },
+				KeyExchange:      func() string { return "hybrid-preferred" },
+				NegotiatedGroups: func() map[string]int64 { return nil },
+				Pprof:            on,
+			})
+			for _, p := range paths {
+				rec := httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, p, nil))
+				want := http.StatusNotFound
+				if on {
+					want = http.StatusOK
+				}
+				if rec.Code != want {
+					t.Errorf("GET %s: %d, want %d", p, rec.Code, want)
+				}
+				if on && strings.HasPrefix(p, "/debug/pprof/profile") && !strings.HasPrefix(rec.Body.String(), "\x1f\x8b") {
+					t.Errorf("GET %s: not a gzipped profile", p)
+				}
+				rec = httptest.NewRecorder()
+				h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, p, nil))
+				if want == http.StatusOK {
+					want = http.StatusMethodNotAllowed
+				}
+				if rec.Code != want {
+					t.Errorf("POST %s: %d, want %d", p, rec.Code, want)
+				}
+			}
+		})
+	}
+}

@@ -216,6 +216,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			KeyExchange:                     p.KeyExchange().String,
 			NegotiatedGroups:                p.NegotiatedGroups,
 			PolicyTrustDomainsWithoutBundle: bundles.missing,
+			Pprof:                           cfg.Pprof,
 			Ready: func() error {
 				if p.Draining() {
 					return errors.New("draining")
@@ -228,6 +229,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	go adminSrv.Serve(adminLn)
 	defer adminSrv.Close()
+	if cfg.Pprof {
+		log.Warn("credflow: debug.pprof is on: the admin listener serves profiles under /debug/pprof/ "+
+			"(CPU, heap, goroutine stacks, the command line) to whoever can reach it",
+			slog.String(logkey.Admin, adminLn.Addr().String()))
+	}
 	var tok *tokenEndpoint
 	if cfg.TokenEndpoint != nil {
 		if tok, err = startTokenEndpoint(cfg.TokenEndpoint, exchange.Config{Tokens: src, Subjects: subjectExchanger(exchanger),

@@ -123,6 +123,10 @@ type Config struct {
 	QUICIdleTimeout      time.Duration
 	QUICHandshakeRate    float64
 
+	// Pprof is debug.pprof: serve net/http/pprof's profiles under
+	// /debug/pprof/ on the admin listener. Default false (404 there).
+	Pprof bool
+
 	// raw is the file as decoded, for Diff.
 	raw *file
 }
@@ -232,6 +236,9 @@ type file struct {
 	JWT struct {
 		Leeway duration `yaml:"leeway"`
 	} `yaml:"jwt"`
+	Debug struct {
+		Pprof bool `yaml:"pprof"`
+	} `yaml:"debug"`
 	KeyExchange struct {
 		Mode         string            `yaml:"mode"`
 		Groups       []string          `yaml:"groups"`
@@ -600,6 +607,7 @@ func Parse(data []byte) (*Config, error) {
 		Revalidate:       f.Timeouts.Revalidate.or(DefaultRevalidate),
 		MaxConnections:   f.Limits.MaxConnections,
 		NoResumption:     f.TLS.SessionResumption != nil && !*f.TLS.SessionResumption,
+		Pprof:            f.Debug.Pprof,
 	}
 	c.MaxConnectionAge = f.Timeouts.MaxConnectionAge.or(0)
 	c.CloseOnPeerExpiry = f.Timeouts.CloseOnPeerExpiry

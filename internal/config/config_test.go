@@ -206,6 +206,43 @@ func TestParseSessionResumption(t *testing.T) {
 	}
 }
 
+// TestParseDebugPprof: debug.pprof is off unless the file turns it on;
+// it is not a field a running sidecar takes from a reload.
+func TestParseDebugPprof(t *testing.T) {
+	for _, tc := range []struct {
+		name, file string
+		want       bool
+	}{
+		{"absent", valid, false},
+		{"off", valid + "debug: {pprof: false}\n", false},
+		{"on", valid + "debug: {pprof: true}\n", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := config.Parse([]byte(tc.file))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if c.Pprof != tc.want {
+				t.Errorf("Pprof = %v, want %v", c.Pprof, tc.want)
+			}
+		})
+	}
+	if _, err := config.Parse([]byte(valid + "debug: {prof: true}\n")); err == nil || !strings.Contains(err.Error(), "debug.prof: unknown field (did you mean pprof?)") {
+		t.Errorf("a typo'd debug field: %v", err)
+	}
+	off, err := config.Parse([]byte(valid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	on, err := config.Parse([]byte(valid + "debug: {pprof: true}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hot, restart := config.Diff(off, on); len(hot) != 0 || !cmp.Equal(restart, []string{"debug.pprof"}) {
+		t.Errorf("Diff: hot %v, restart %v; want debug.pprof to need a restart", hot, restart)
+	}
+}
+
 func TestParseCapture(t *testing.T) {
 	const file = `
 outbound:

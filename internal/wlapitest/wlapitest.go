@@ -1,7 +1,7 @@
 // Package wlapitest serves a stand-in SPIFFE Workload API on a unix socket:
 // one X.509-SVID and its bundle, streamed to every client, replaced on
-// demand (a rotation), and JWT-SVIDs signed by its own ES256 key, published
-// in the JWT bundle. The benchmark harness uses it to run the sidecar as a
+// demand (a rotation), and JWT-SVIDs signed by its own ES256 key (or one
+// shared with another stand-in), published in the JWT bundle. The benchmark harness uses it to run the sidecar as a
 // process with the same certificates as the peers it is compared with;
 // everything that claims SPIRE behaviour runs the real SPIRE instead.
 package wlapitest
@@ -37,9 +37,8 @@ type Server struct {
 	grpc *grpc.Server
 	addr string
 
-	jwtKey *ecdsa.PrivateKey
-
 	mu      sync.Mutex
+	jwtKey  *ecdsa.PrivateKey
 	svid    *x509svid.SVID
 	bundle  *x509bundle.Bundle
 	changed chan struct{} // closed and replaced on every SetSVID
@@ -82,6 +81,23 @@ func (s *Server) SetSVID(svid *x509svid.SVID, bundle *x509bundle.Bundle) {
 	}
 	close(s.changed)
 	s.changed = make(chan struct{})
+}
+
+// SetJWTKey makes key the JWT signing key: the one JWT-SVIDs are signed
+// with and the JWT bundle holds. Give two stand-ins the same key for
+// either's workload to validate the other's JWT-SVIDs, as workloads of
+// one SPIRE server do. Call it before clients connect: the JWT bundle is
+// sent once per watch.
+func (s *Server) SetJWTKey(key *ecdsa.PrivateKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.jwtKey = key
+}
+
+func (s *Server) key() *ecdsa.PrivateKey {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.jwtKey
 }
 
 func (s *Server) current() (*x509svid.SVID, *x509bundle.Bundle, <-chan struct{}) {
@@ -145,7 +161,7 @@ const jwtKeyID = "wlapitest"
 // FetchJWTBundles sends the JWT bundle: the stand-in's signing key.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	_, bundle, _ := s.current()
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: s.jwtKey.Public(), KeyID: jwtKeyID, Use: "jwt-svid"}}})
+	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: s.key().Public(), KeyID: jwtKeyID, Use: "jwt-svid"}}})
 	if err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
@@ -163,7 +179,7 @@ func (s *Server) FetchJWTSVID(_ context.Context, req *workload.JWTSVIDRequest) (
 		return nil, status.Error(codes.InvalidArgument, "wlapitest: audience required")
 	}
 	svid, _, _ := s.current()
-	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: s.jwtKey},
+	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: s.key()},
 		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", jwtKeyID))
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
