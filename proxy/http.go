@@ -370,6 +370,15 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	return h
 }
 
+// requestPeer is the peer of an inbound request: the ID read from its
+// connection's certificate once, at the handshake that verified it.
+func requestPeer(hc *httpConn, r *http.Request) (spiffeid.ID, error) {
+	if hc != nil && hc.c != nil && !hc.c.peer.IsZero() {
+		return hc.c.peer, nil
+	}
+	return x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
+}
+
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -390,7 +399,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		}
 	}
 	s := h.settings.Load()
-	peer, err := x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
+	peer, err := requestPeer(hc, r)
 	if err != nil {
 		deny(w, r, reason.InvalidSVID)
 		return
