@@ -78,9 +78,9 @@ stress: deps spire
 SOAK_DURATION ?= 30m
 soak: deps spire
 	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '$(SOAK_PROXY_TESTS)' ./proxy/
-	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '^TestE2EAgentOutage$$' ./internal/app/
+	CREDFLOW_SOAK=1 $(GO) test -count=1 -timeout 30m -run '^TestE2EAgentOutage$$' ./e2e/
 	CREDFLOW_SOAK_DURATION=$(SOAK_DURATION) CREDFLOW_SOAK_OUT=$(CURDIR)/docs/soak \
-		$(GO) test -count=1 -timeout 90m -run '^TestE2ESoak$$' -v ./internal/app/
+		$(GO) test -count=1 -timeout 90m -run '^TestE2ESoak$$' -v ./e2e/
 
 SOAK_PROXY_TESTS := ^(TestHandshakeStorm|TestAbuse.*|TestQUICAbuse|TestMetricSeriesBounded)$$
 
@@ -108,11 +108,11 @@ lint:
 ## fuzz-short: each fuzz target for a fixed number of executions (seeds in testdata/fuzz).
 ## Counts, not durations: with a -fuzztime duration, Go 1.26's fuzzing coordinator can report
 ## "context deadline exceeded" at the deadline without any failing input (golang/go#75804).
-FUZZ_TARGETS := ./agent/register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
+FUZZ_TARGETS := ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
-	./proxy/txn:FuzzVerify ./proxy/edge:FuzzValidate ./proxy:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
-	./internal/inject:FuzzPatch ./proxy/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
-	./proxy/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
+	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
+	./internal/inject:FuzzPatch ./token/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
+	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
 FUZZ_EXECS ?= 50000
 
 fuzz-short:

@@ -26,11 +26,11 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/authz"
-	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
-	"github.com/credflow/credflow/proxy/txn"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // Headers the sidecar sets, or strips when they come from outside.

@@ -22,9 +22,9 @@ import (
 
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy"
-	"github.com/credflow/credflow/proxy/edge"
 	"github.com/credflow/credflow/proxy/route"
-	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // testIDP is an external identity provider: one ES256 key, its JWKS in a

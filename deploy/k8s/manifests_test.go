@@ -24,9 +24,9 @@ import (
 	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 
-	"github.com/credflow/credflow/agent/register"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/inject"
+	"github.com/credflow/credflow/register"
 )
 
 // clusterSPIFFEID is spire-controller-manager's ClusterSPIFFEID, the fields

@@ -12,8 +12,8 @@ import (
 
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
-	"github.com/credflow/credflow/proxy/edge"
-	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // newExchanger builds the edge exchange of a configuration. A JWKS file must

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 
-	"github.com/credflow/credflow/agent/register"
+	"github.com/credflow/credflow/register"
 )
 
 // defaultServerSocket is the SPIRE server's default admin API socket.

@@ -26,6 +26,18 @@ import (
 	"github.com/credflow/credflow/internal/wlapitest"
 )
 
+// httpc is the plain-HTTP client of the tests: every request bounded, so
+// a sidecar that never answers fails its test instead of hanging the run.
+var httpc = &http.Client{Timeout: 30 * time.Second}
+
+// run runs the credflow command line in-process.
+func run(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errOut bytes.Buffer
+	code = app.Run(t.Context(), args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
 // syncBuffer is a bytes.Buffer safe for a logger and a test at once.
 type syncBuffer struct {
 	mu sync.Mutex

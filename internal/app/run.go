@@ -28,8 +28,8 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
-	"github.com/credflow/credflow/proxy/edge"
-	"github.com/credflow/credflow/proxy/exchange"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/exchange"
 )
 
 // loadConfig reads the configuration file at path and gives the outbound

@@ -13,7 +13,7 @@ import (
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
-	"github.com/credflow/credflow/proxy/exchange"
+	"github.com/credflow/credflow/token/exchange"
 )
 
 // The agent's JWT-SVID cache tells the endpoint which audiences cost the

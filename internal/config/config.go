@@ -29,10 +29,10 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
-	"github.com/credflow/credflow/proxy/edge"
-	"github.com/credflow/credflow/proxy/exchange"
 	"github.com/credflow/credflow/proxy/route"
-	"github.com/credflow/credflow/proxy/txn"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/exchange"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // MaxSize bounds the configuration file.

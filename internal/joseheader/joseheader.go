@@ -1,7 +1,7 @@
 // Package joseheader checks the protected header of a compact JWS before
 // any other code reads it. It is the one header check of every token the
-// sidecar validates: JWT-SVIDs (agent), external tokens (proxy/edge) and
-// transaction tokens (proxy/txn).
+// sidecar validates: JWT-SVIDs (agent), external tokens (token/edge) and
+// transaction tokens (token/txn).
 //
 // The header is parsed strictly, so that every reader of it sees the same
 // members: a member named twice, also in another case ({"alg":"PS256",

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
-	"github.com/credflow/credflow/agent/register"
+	"github.com/credflow/credflow/register"
 )
 
 func mustParse(t *testing.T, s string) *register.File {

@@ -1,4 +1,4 @@
-package app_test
+package e2e_test
 
 import (
 	"bytes"
@@ -16,10 +16,10 @@ import (
 	entryv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/entry/v1"
 	"github.com/spiffe/spire-api-sdk/proto/spire/api/types"
 
-	"github.com/credflow/credflow/agent/register"
 	"github.com/credflow/credflow/internal/app"
 	"github.com/credflow/credflow/internal/spiretest"
 	"github.com/credflow/credflow/internal/testenv"
+	"github.com/credflow/credflow/register"
 )
 
 func startSPIRE(t *testing.T) *spiretest.SPIRE {

@@ -10,8 +10,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 
-	"github.com/credflow/credflow/proxy/exchange"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token/exchange"
 )
 
 // agentCache stands for the agent: it counts the fetches that would be a

@@ -72,9 +72,9 @@ import (
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
-	"github.com/credflow/credflow/proxy/edge"
-	"github.com/credflow/credflow/proxy/txn"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // Grant and token types of RFC 8693 and the Transaction Tokens draft.

@@ -28,10 +28,10 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/credflow/credflow/internal/peercred"
-	"github.com/credflow/credflow/proxy/edge"
-	"github.com/credflow/credflow/proxy/exchange"
-	"github.com/credflow/credflow/proxy/txn"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token/edge"
+	"github.com/credflow/credflow/token/exchange"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // tokens returns a JWT-SVID of spiffe://example.org/a signed with a key of

@@ -26,8 +26,8 @@ import (
 	"github.com/go-jose/go-jose/v4/jwt"
 
 	"github.com/credflow/credflow/internal/joseheader"
-	"github.com/credflow/credflow/proxy/txn"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token/txn"
 )
 
 // MaxTokenSize bounds the external tokens Validate parses.

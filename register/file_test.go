@@ -7,7 +7,7 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 
-	"github.com/credflow/credflow/agent/register"
+	"github.com/credflow/credflow/register"
 )
 
 const validFile = `
