@@ -22,13 +22,17 @@ APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 
-.PHONY: all build spire ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build bench-bin spire ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
 ## build: the credflow binary, into bin/credflow.
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN)/credflow ./cmd/credflow
+
+## bench-bin: the benchmark harness, a module of its own (bench/go.mod), into bin/credflow-bench.
+bench-bin:
+	$(GO) -C bench build -o $(abspath $(BIN))/credflow-bench ./cmd/credflow-bench
 
 ## spire: spire-server and spire-agent v1.13.3, built from the module pinned
 ## in deploy/spire (go.mod/go.sum), reused while present.
@@ -48,10 +52,12 @@ deps:
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(APT_PACKAGES); \
 	fi
 	$(GO) mod download
+	$(GO) -C bench mod download
 
 ## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
 test: deps spire lint
 	$(GO) test -race -count=1 -timeout 30m ./...
+	$(GO) -C bench test -race -count=1 ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...
 	$(MAKE) --no-print-directory fuzz-short
 
@@ -59,6 +65,7 @@ test: deps spire lint
 ## Tests that need root or the real SPIRE skip here; under CI=true such a skip is a failure.
 test-short:
 	$(GO) test -short -count=1 ./...
+	$(GO) -C bench test -short -count=1 ./...
 
 ## stress: make test STRESS_RUNS times in a row with stress-ng --cpu 2 running beside it; the
 ## suite must not depend on an idle machine.
@@ -84,8 +91,9 @@ soak: deps spire
 
 SOAK_PROXY_TESTS := ^(TestHandshakeStorm|TestAbuse.*|TestQUICAbuse|TestMetricSeriesBounded)$$
 
-## vulncheck: govulncheck over both modules, against the Go vulnerability database built from
-## the golang.org/x/vulndb version pinned in tools/vulncheck (vuln.go.dev is not reachable here);
+## vulncheck: govulncheck over the three modules (the sidecar, bench, deploy/k8s), against the Go
+## vulnerability database built from the golang.org/x/vulndb version pinned in tools/vulncheck
+## (vuln.go.dev is not reachable here);
 ## then over the image's binary (-mode=binary): built as the Dockerfile builds it, with the
 ## toolchain above (TestToolchainPinned keeps the two equal), so the scan covers the standard
 ## library the image ships.
@@ -94,6 +102,7 @@ vulncheck: | deps
 		$(GO) build -o $(abspath $(BIN))/indexdb golang.org/x/vulndb/cmd/indexdb
 	rm -rf $(BIN)/vulndb && $(BIN)/indexdb -vulns "$$(cd tools/vulncheck && $(GO) list -m -f '{{.Dir}}' golang.org/x/vulndb)/data/osv" -out $(BIN)/vulndb
 	$(BIN)/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
+	cd bench && $(abspath $(BIN))/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
 	cd deploy/k8s && $(abspath $(BIN))/govulncheck -db "file://$(abspath $(BIN))/vulndb" ./...
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "-w $(LDFLAGS)" -o $(BIN)/credflow-image ./cmd/credflow
 	$(GO) version $(BIN)/credflow-image
@@ -104,6 +113,7 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './bin/*')); \
 	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) -C bench vet ./...
 
 ## fuzz-short: each fuzz target for a fixed number of executions (seeds in testdata/fuzz).
 ## Counts, not durations: with a -fuzztime duration, Go 1.26's fuzzing coordinator can report
@@ -138,25 +148,25 @@ bench-deps: deps
 
 ## bench: the mesh benchmark, full profile (T0-T5h; bulk, RPC latency, ping-pong, handshakes,
 ## connection scale, rotation; about 12 minutes here); writes bench/results/mesh.{md,jsonl} and the charts.
-bench: build ghostunnel bench-deps
-	$(GO) run ./cmd/credflow-bench -scenario mesh -profile full -out bench/results
+bench: build bench-bin ghostunnel bench-deps
+	$(BIN)/credflow-bench -scenario mesh -profile full -out bench/results
 
 ## bench-short: the same scenarios, short (about 2 minutes); prints the table, writes under bin/.
 ## BENCH_ARGS narrows or profiles it, e.g. BENCH_ARGS='-topologies T3h,T3h-jwt,T5h -scenarios rpc-http1
 ## -profile-dir bin/profiles' (topology ids T0 T1 T2 T3 T3q T3h T3h-grpc T3h-jwt T4 T5 T5h; scenario ids
 ## bulk ping-pong handshake rpc-http1 rpc-grpc rotation scale; bench/README.md).
 BENCH_ARGS ?=
-bench-short: build ghostunnel bench-deps
-	$(GO) run ./cmd/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short $(BENCH_ARGS)
+bench-short: build bench-bin ghostunnel bench-deps
+	$(BIN)/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short $(BENCH_ARGS)
 
 ## bench-pq: handshake cost per key-exchange group, KEM primitives, token signatures;
 ## writes bench/results/{kex,kem,tokens}.{md,jsonl}.
-bench-pq:
-	$(GO) run ./cmd/credflow-bench -scenario pq -n 300 -repeats 5 -out bench/results
+bench-pq: bench-bin
+	$(BIN)/credflow-bench -scenario pq -n 300 -repeats 5 -out bench/results
 
 ## bench-quic: TCP against QUIC between sidecars (T3, T3q, with T0); writes bench/results/transport.{md,jsonl}.
-bench-quic:
-	$(GO) run ./cmd/credflow-bench -scenario transport -n 300 -repeats 5 -out bench/results
+bench-quic: bench-bin
+	$(BIN)/credflow-bench -scenario transport -n 300 -repeats 5 -out bench/results
 
 ## demo: see README.
 demo: build spire

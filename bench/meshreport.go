@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/credflow/credflow/internal/hostenv"
 )
 
 // summary is the median and spread of one figure over repeats.
@@ -178,7 +180,7 @@ func (run *MeshRun) targets() []target {
 
 // MeshTable renders a run as Markdown: the environment, the targets with
 // what was measured, then each scenario's medians.
-func MeshTable(env *Environment, run *MeshRun) string {
+func MeshTable(env *hostenv.Environment, run *MeshRun) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Mesh benchmark (%s profile)\n\n", run.Profile)
 	b.WriteString("Client, sidecars or peers, and server on loopback; the sidecars, relays and peers are separate processes, " +

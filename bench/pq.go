@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credflow/credflow/internal/hostenv"
 	"github.com/credflow/credflow/pqc/mldsatoken"
 )
 
@@ -211,7 +212,7 @@ func RunTokens(n, repeats int) ([]OpResult, error) {
 }
 
 // OpTable renders operation results as Markdown.
-func OpTable(title, intro string, env *Environment, rs []OpResult) string {
+func OpTable(title, intro string, env *hostenv.Environment, rs []OpResult) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# %s\n\n%s\n\n", title, intro)
 	writeEnv(&b, env)
@@ -226,7 +227,7 @@ func OpTable(title, intro string, env *Environment, rs []OpResult) string {
 	return b.String()
 }
 
-func writeEnv(b *strings.Builder, env *Environment) {
+func writeEnv(b *strings.Builder, env *hostenv.Environment) {
 	fmt.Fprintf(b, "Environment: %s, %d CPUs, GOMAXPROCS %d, kernel %s, %s, tcp_available_ulp %q, "+
 		"cpu pressure avg10 %.2f → %.2f%s, %s.\n\n",
 		env.CPU, env.NumCPU, env.GOMAXPROCS, env.Kernel, env.GoVersion, env.ULP,

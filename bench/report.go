@@ -11,6 +11,8 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+
+	"github.com/credflow/credflow/internal/hostenv"
 )
 
 // Main runs the benchmark command line: scenarios by name, results written
@@ -73,7 +75,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		defer pprof.StopCPUProfile()
 	}
 	for _, name := range names {
-		env := CaptureEnvironment()
+		env := hostenv.Capture()
 		var (
 			results any
 			table   string
@@ -186,13 +188,13 @@ func findBinaries(credflow, ghostunnel, haproxy string) (Binaries, error) {
 	return b, nil
 }
 
-func writeResults(dir, name string, env *Environment, results any, table string) error {
+func writeResults(dir, name string, env *hostenv.Environment, results any, table string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	line, err := json.Marshal(struct {
-		Env     *Environment `json:"environment"`
-		Results any          `json:"results"`
+		Env     *hostenv.Environment `json:"environment"`
+		Results any                  `json:"results"`
 	}{env, results})
 	if err != nil {
 		return err
@@ -213,7 +215,7 @@ func writeResults(dir, name string, env *Environment, results any, table string)
 
 // KexTable renders the handshake results as Markdown, with the BENCH.md
 // targets and whether they are met.
-func KexTable(env *Environment, sums []KexSummary, n, repeats int) string {
+func KexTable(env *hostenv.Environment, sums []KexSummary, n, repeats int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Handshake cost per key-exchange group\n\n")
 	fmt.Fprintf(&b, "Mutual TLS 1.3 as the sidecar makes it (proxy/mtls: ECDSA P-256 SVIDs, verification and\n"+
@@ -249,7 +251,7 @@ func KexTable(env *Environment, sums []KexSummary, n, repeats int) string {
 }
 
 // QUICTable renders the QUIC Initial counts as Markdown.
-func QUICTable(env *Environment, rs []QUICInitialResult) string {
+func QUICTable(env *hostenv.Environment, rs []QUICInitialResult) string {
 	var b strings.Builder
 	b.WriteString("# QUIC: client Initial datagrams per handshake, by key-exchange group\n\n" +
 		"Ten mutual-TLS QUIC handshakes (quic-go, the sidecar's TLS configurations) per group over loopback UDP; " +

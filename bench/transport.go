@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/credflow/credflow/internal/hostenv"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
 )
@@ -209,7 +210,7 @@ func connectLatency(addr string, conns int) ([]float64, error) {
 
 // TransportTable renders the transport results as Markdown: medians over
 // repeats, with ratios against T3 (TCP) in the same run.
-func TransportTable(env *Environment, rs []TransportResult, bulkBytes int64, conns, repeats int) string {
+func TransportTable(env *hostenv.Environment, rs []TransportResult, bulkBytes int64, conns, repeats int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Transports: TCP against QUIC between sidecars\n\n"+
 		"In process over loopback: a client, an outbound sidecar, an inbound sidecar and a server. Bulk: one stream of "+

@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/credflow/credflow/bench"
+	"github.com/credflow/credflow/internal/hostenv"
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/spiretest"
 )
@@ -58,7 +58,7 @@ func TestE2ESoak(t *testing.T) {
 	sampleEvery := min(max(duration/30, 5*time.Second), time.Minute)
 	churnEvery := min(max(duration/10, 15*time.Second), 2*time.Minute)
 	warmup := min(duration/4, 5*time.Minute)
-	env := bench.CaptureEnvironment()
+	env := hostenv.Capture()
 
 	s, bin, _ := startWorkloadsOn(t, spiretest.Options{JWTSVIDTTL: time.Minute}, 20*time.Second,
 		map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidWorker: "/worker"})
@@ -305,7 +305,7 @@ func soakVerdicts(samples []soakSample, warmup float64, sidecars []*sidecartest.
 
 // writeSoak writes the run's samples (soak.jsonl) and a summary
 // (soak.md).
-func writeSoak(dir string, env *bench.Environment, duration time.Duration, samples []soakSample, verdicts []soakVerdict) error {
+func writeSoak(dir string, env *hostenv.Environment, duration time.Duration, samples []soakSample, verdicts []soakVerdict) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}

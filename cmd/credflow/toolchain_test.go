@@ -10,10 +10,10 @@ import (
 // TestToolchainPinned: the image is built with the toolchain the tests and
 // govulncheck run with. The Go version the Dockerfile's build stage uses
 // (its GOTOOLCHAIN, else its golang image's tag) equals the toolchain line
-// of go.mod and deploy/k8s/go.mod and the Makefile's GOTOOLCHAIN; every
-// base image is pinned by digest; make vulncheck scans a binary built with
-// the Dockerfile's flags; and the build context leaves out build output
-// and VCS data.
+// of go.mod, bench/go.mod and deploy/k8s/go.mod and the Makefile's
+// GOTOOLCHAIN; every base image is pinned by digest; make vulncheck scans
+// a binary built with the Dockerfile's flags; and the build context leaves
+// out build output and VCS data.
 func TestToolchainPinned(t *testing.T) {
 	read := func(path string) string {
 		t.Helper()
@@ -36,6 +36,7 @@ func TestToolchainPinned(t *testing.T) {
 	docker := read("../../Dockerfile")
 	got := map[string]string{
 		"deploy/k8s/go.mod":      one("deploy/k8s/go.mod", read("../../deploy/k8s/go.mod"), `(?m)^toolchain (go[0-9.]+)$`),
+		"bench/go.mod":           one("bench/go.mod", read("../../bench/go.mod"), `(?m)^toolchain (go[0-9.]+)$`),
 		"Makefile's GOTOOLCHAIN": one("Makefile", makefile, `(?m)^export GOTOOLCHAIN := (\S+)$`),
 	}
 

@@ -1,8 +1,7 @@
-// Package bench is CredentialFlow's benchmark harness. Every figure is
-// measured on loopback in one run, with the baseline measured in the same
-// run, repeated and reported as the median with its spread, and written with
-// the environment it came from (see Environment).
-package bench
+// Package hostenv records the machine a measurement came from (CPU,
+// kernel, Go version, CPU pressure before and after), for the benchmark
+// harness and the soak test, whose results carry it.
+package hostenv
 
 import (
 	"os"
@@ -30,9 +29,9 @@ type Environment struct {
 	Noisy          bool    `json:"noisy"`
 }
 
-// CaptureEnvironment reads the environment at the start of a run; call
-// Finish at its end.
-func CaptureEnvironment() *Environment {
+// Capture reads the environment at the start of a run; call Finish at its
+// end.
+func Capture() *Environment {
 	return &Environment{
 		Time:           time.Now().UTC(),
 		CPU:            cpuModel(),
