@@ -44,21 +44,10 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/defaults"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
-)
-
-// Defaults of Config.
-const (
-	DefaultHandshakeTimeout    = 10 * time.Second
-	DefaultDialTimeout         = 5 * time.Second
-	DefaultIdleTimeout         = time.Hour
-	DefaultMaxConnections      = 10000
-	DefaultMaxHandshakes       = 256
-	DefaultHandshakesPerSource = 32
-	DefaultFirstByteTimeout    = 2 * time.Second
-	DefaultRevalidateInterval  = 5 * time.Second
 )
 
 // refusalLogRate and refusalLogBurst bound the access-log lines of
@@ -78,11 +67,11 @@ func withBudgetDefaults(cfg Config) Config {
 		cfg.OutboundReserve = cfg.MaxConnections / 10
 	}
 	if cfg.MaxHandshakes <= 0 {
-		cfg.MaxHandshakes = DefaultMaxHandshakes
+		cfg.MaxHandshakes = defaults.MaxHandshakes
 	}
 	cfg.MaxHandshakes = min(cfg.MaxHandshakes, cfg.MaxConnections-cfg.OutboundReserve)
 	if cfg.HandshakesPerSource <= 0 {
-		cfg.HandshakesPerSource = DefaultHandshakesPerSource
+		cfg.HandshakesPerSource = defaults.HandshakesPerSource
 	}
 	cfg.HandshakesPerSource = min(cfg.HandshakesPerSource, cfg.MaxHandshakes)
 	return cfg
@@ -358,14 +347,14 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.SVIDs == nil || cfg.Bundles == nil {
 		return nil, errors.New("proxy: SVIDs and Bundles sources are required")
 	}
-	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, DefaultHandshakeTimeout)
-	cfg.DialTimeout = orDefault(cfg.DialTimeout, DefaultDialTimeout)
-	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, DefaultIdleTimeout)
-	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, DefaultRevalidateInterval)
+	cfg.HandshakeTimeout = orDefault(cfg.HandshakeTimeout, defaults.HandshakeTimeout)
+	cfg.DialTimeout = orDefault(cfg.DialTimeout, defaults.DialTimeout)
+	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaults.IdleTimeout)
+	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, defaults.RevalidateInterval)
 	cfg.QUIC.HandshakeTimeout = orDefault(cfg.QUIC.HandshakeTimeout, DefaultQUICHandshakeTimeout)
-	cfg.FirstByteTimeout = min(orDefault(cfg.FirstByteTimeout, DefaultFirstByteTimeout), cfg.HandshakeTimeout)
+	cfg.FirstByteTimeout = min(orDefault(cfg.FirstByteTimeout, defaults.FirstByteTimeout), cfg.HandshakeTimeout)
 	if cfg.MaxConnections <= 0 {
-		cfg.MaxConnections = DefaultMaxConnections
+		cfg.MaxConnections = defaults.MaxConnections
 	}
 	discard := slog.New(slog.DiscardHandler)
 	log := cmpOr(cfg.Logger, discard)

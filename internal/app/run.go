@@ -343,13 +343,56 @@ func warnNonLoopback(cfg *config.Config, log *slog.Logger) {
 func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) {
 	for _, in := range cfg.Inbound {
 		ins = append(ins, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
-			QUICListen: in.QUICListen, HTTP: in.HTTP})
+			QUICListen: in.QUICListen, HTTP: inboundHTTP(in.HTTP)})
 	}
 	for _, out := range cfg.Outbound {
 		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
-			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: out.HTTP, Capture: out.Capture, Callers: out.Callers})
+			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: outboundHTTP(out.HTTP),
+			Capture: captureDestinations(out.Capture), Callers: out.Callers})
 	}
 	return ins, outs
+}
+
+// inboundHTTP translates an inbound listener's protocol: http settings.
+func inboundHTTP(h *config.InboundHTTP) *proxy.InboundHTTP {
+	if h == nil {
+		return nil
+	}
+	return &proxy.InboundHTTP{
+		Routes:                h.Routes,
+		RequireJWT:            h.RequireJWT,
+		TokenHeader:           h.TokenHeader,
+		PassJWT:               h.PassJWT,
+		AppH2C:                h.AppH2C,
+		TxnMinters:            h.TxnMinters,
+		RequireTxn:            h.RequireTxn,
+		TxnLeeway:             h.TxnLeeway,
+		TxnSingleUse:          h.TxnSingleUse,
+		ResponseHeaderTimeout: h.ResponseHeaderTimeout,
+		AppConnections:        h.AppConnections,
+		MaxConcurrentStreams:  h.MaxConcurrentStreams,
+	}
+}
+
+// outboundHTTP translates an outbound listener's protocol: http settings.
+func outboundHTTP(h *config.OutboundHTTP) *proxy.OutboundHTTP {
+	if h == nil {
+		return nil
+	}
+	return &proxy.OutboundHTTP{JWTAudience: h.JWTAudience, TokenHeader: h.TokenHeader, Pool: h.Pool,
+		Exchange: h.Exchange, KeepExternal: h.KeepExternal}
+}
+
+// captureDestinations translates a capture listener's destinations.
+func captureDestinations(c *config.Capture) *proxy.Capture {
+	if c == nil {
+		return nil
+	}
+	pc := &proxy.Capture{}
+	for _, d := range c.Destinations {
+		pc.Destinations = append(pc.Destinations, proxy.Destination{Prefix: d.Prefix, Port: d.Port, Host: d.Host, Expect: d.Expect})
+	}
+	return pc
 }
 
 // reload applies the configuration file at path to the running proxy p,

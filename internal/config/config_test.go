@@ -10,9 +10,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/internal/config"
+	"github.com/credflow/credflow/proxy/defaults"
 )
 
 const valid = `
+version: 1
 workload_api: unix:///run/spire/agent.sock
 admin: 127.0.0.1:15000
 log: {level: debug, format: text}
@@ -35,7 +37,7 @@ func TestParseValid(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HandshakeTimeout != 3*time.Second || c.DrainTimeout != time.Minute || c.IdleTimeout != config.DefaultIdleTimeout ||
+	if c.HandshakeTimeout != 3*time.Second || c.DrainTimeout != time.Minute || c.IdleTimeout != defaults.IdleTimeout ||
 		c.MaxConnections != 50 || c.LogLevel != "debug" || c.LogFormat != "text" {
 		t.Fatalf("parsed %+v", c)
 	}
@@ -62,6 +64,7 @@ func TestParseErrors(t *testing.T) {
 		{"empty allow", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: []\n", "inbound[0].allow: at least one"},
 		{"app not on loopback", "inbound:\n  - name: app\n    listen: :1\n    app: 10.0.0.1:2\n    allow: [spiffe://a]\n", "inbound[0].app"},
 		{"admin not on loopback", in("admin: 0.0.0.0:15000\n"), "admin:"},
+		{"a file format from the future", in("version: 2\n"), "version: 2 is not a version this credflow reads (1)"},
 		{"admin on a pod IP", in("admin: 10.1.2.3:15000\n"), "admin:"},
 		{"token endpoint not on loopback", in("token_endpoint: 0.0.0.0:15080\n"), "token_endpoint.listen:"},
 		{"app_response_timeout on a TCP listener", "inbound:\n  - name: app\n    listen: :1\n    app: 127.0.0.1:2\n    allow: [spiffe://a]\n    app_response_timeout: 5s\n", "need protocol: http"},

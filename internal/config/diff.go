@@ -14,6 +14,7 @@ import (
 // listeners. Every other field that
 // changed, including fields this list has never heard of, needs a restart.
 var hotReload = []string{
+	"version", // one version is read; writing it down changes nothing
 	"inbound[*].allow",
 	"inbound[*].routes[*].peers",
 	"inbound[*].routes[*].methods",

@@ -27,6 +27,7 @@ import (
 
 	"github.com/credflow/credflow/internal/joseheader"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token"
 	"github.com/credflow/credflow/token/txn"
 )
 
@@ -90,23 +91,15 @@ type trusted struct {
 	keys      *KeySet
 }
 
-// asymmetric are the algorithms an issuer may be configured with: HMAC
-// and none are never accepted, whatever the configuration says.
-var asymmetric = []jose.SignatureAlgorithm{
-	jose.RS256, jose.RS384, jose.RS512,
-	jose.PS256, jose.PS384, jose.PS512,
-	jose.ES256, jose.ES384, jose.ES512,
-	jose.EdDSA,
-}
-
-// CheckAlgorithm reports whether name is an algorithm an issuer may be
-// configured with.
-func CheckAlgorithm(name string) error {
-	if !slices.Contains(asymmetric, jose.SignatureAlgorithm(name)) {
-		return fmt.Errorf("edge: %q is not an asymmetric JWS algorithm (RS*, PS*, ES*, EdDSA)", name)
+// asymmetric are token.Algorithms as go-jose names them: the algorithms an
+// issuer may be configured with.
+var asymmetric = func() []jose.SignatureAlgorithm {
+	algs := make([]jose.SignatureAlgorithm, len(token.Algorithms))
+	for i, a := range token.Algorithms {
+		algs[i] = jose.SignatureAlgorithm(a)
 	}
-	return nil
-}
+	return algs
+}()
 
 // NewValidator returns a validator for issuers, which must have distinct
 // Issuer values, audiences and keys. leeway is the clock skew tolerated on
@@ -133,8 +126,8 @@ func NewValidator(issuers []Issuer, leeway time.Duration) (*Validator, error) {
 		}
 		in := &trusted{name: is.Issuer, audiences: is.Audiences, keys: is.Keys}
 		for _, a := range is.Algorithms {
-			if err := CheckAlgorithm(a); err != nil {
-				return nil, err
+			if err := token.CheckAlgorithm(a); err != nil {
+				return nil, fmt.Errorf("edge: %w", err)
 			}
 			in.algs = append(in.algs, jose.SignatureAlgorithm(a))
 		}

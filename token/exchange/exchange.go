@@ -73,6 +73,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token"
 	"github.com/credflow/credflow/token/edge"
 	"github.com/credflow/credflow/token/txn"
 )
@@ -100,7 +101,7 @@ type Exchanger interface {
 }
 
 // AnyAudience in Config.Audiences allows every audience.
-const AnyAudience = "*"
+const AnyAudience = token.AnyAudience
 
 // maxLoggedAudience bounds the audience written to the log.
 const maxLoggedAudience = 256

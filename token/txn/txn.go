@@ -60,6 +60,7 @@ import (
 
 	"github.com/credflow/credflow/internal/joseheader"
 	"github.com/credflow/credflow/reason"
+	"github.com/credflow/credflow/token"
 )
 
 // Header is the HTTP header a transaction token travels in.
@@ -73,10 +74,9 @@ const (
 	// DefaultTTL is a token's lifetime when MintConfig.TTL is zero.
 	DefaultTTL = time.Minute
 	// MaxTTL is the longest lifetime a Minter mints and a Verifier
-	// accepts. A transaction token covers the call graph of one external
-	// request; five minutes is room for a slow one, and bounds how long a
-	// token copied from a log or a compromised hop can be replayed.
-	MaxTTL = 5 * time.Minute
+	// accepts (token.MaxTxnTTL, where the rule is declared for the
+	// configuration too).
+	MaxTTL = token.MaxTxnTTL
 	// DefaultReplayCacheSize bounds a SingleUse verifier's record of the
 	// tokens it accepted when VerifyConfig.ReplayCacheSize is zero.
 	DefaultReplayCacheSize = 100_000
@@ -122,7 +122,7 @@ type MintConfig struct {
 	// Audiences is the aud claim: SPIFFE IDs of workloads (the next
 	// hops), each of which accepts the token and no other does, or a
 	// trust domain ("spiffe://example.org"), every workload of which
-	// accepts it. Default the minter's trust domain. See CheckAudiences.
+	// accepts it. Default the minter's trust domain. See token.CheckTxnAudiences.
 	Audiences []string
 	// Scopes are the scopes a token may carry: the external scopes are
 	// narrowed to these. None means no scope is passed on.
@@ -145,38 +145,11 @@ func NewMinter(svids x509svid.Source, cfg MintConfig) (*Minter, error) {
 		return nil, fmt.Errorf("txn: lifetime %v is outside (0, %v]", cfg.TTL, MaxTTL)
 	}
 	if len(cfg.Audiences) > 0 {
-		if err := CheckAudiences(cfg.Audiences); err != nil {
-			return nil, err
+		if err := token.CheckTxnAudiences(cfg.Audiences); err != nil {
+			return nil, fmt.Errorf("txn: %w", err)
 		}
 	}
 	return &Minter{cfg: cfg, svid: svids, now: time.Now}, nil
-}
-
-// CheckAudiences reports whether auds is an audience a minter may use: one
-// or more distinct SPIFFE IDs, of workloads or trust domains, and no
-// workload together with its own trust domain (which would let every
-// workload in it accept the token anyway).
-func CheckAudiences(auds []string) error {
-	if len(auds) == 0 {
-		return errors.New("txn: an audience needs at least one SPIFFE ID")
-	}
-	ids := make([]spiffeid.ID, len(auds))
-	for i, a := range auds {
-		id, err := spiffeid.FromString(a)
-		if err != nil {
-			return fmt.Errorf("txn: audience %q is not a SPIFFE ID: %w", a, err)
-		}
-		if slices.Contains(ids[:i], id) {
-			return fmt.Errorf("txn: audience %q is named twice", a)
-		}
-		ids[i] = id
-	}
-	for _, id := range ids {
-		if id.Path() != "" && slices.Contains(ids, id.TrustDomain().ID()) {
-			return fmt.Errorf("txn: audience names %s and its trust domain, which every workload in it accepts", id)
-		}
-	}
-	return nil
 }
 
 // Mint returns a signed transaction token and its claims.

@@ -1,0 +1,611 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"net"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"golang.org/x/net/http/httpguts"
+	"gopkg.in/yaml.v3"
+
+	"github.com/credflow/credflow/internal/peercred"
+	"github.com/credflow/credflow/pqc"
+	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/defaults"
+	"github.com/credflow/credflow/proxy/route"
+	"github.com/credflow/credflow/token"
+)
+
+// validator checks a decoded file section by section. Each method owns
+// the rules of one section and names the field path of every problem it
+// finds; all problems are collected, none stops the others.
+type validator struct {
+	fail func(field, format string, args ...any)
+	// names maps listener names to the field that took them; ports maps
+	// listen addresses to theirs.
+	names, ports map[string]string
+}
+
+// version checks the file format's version: absent or Version.
+func (v *validator) version(n int) {
+	if n != 0 && n != Version {
+		v.fail("version", "%d is not a version this credflow reads (%d)", n, Version)
+	}
+}
+
+// process checks the settings of the process: admin, log, drain, debug.
+func (v *validator) process(c *Config, f *file) {
+	c.WorkloadAPI = f.WorkloadAPI
+	c.Admin = cmpOr(f.Admin, DefaultAdmin)
+	c.LogLevel = cmpOr(f.Log.Level, DefaultLogLevel)
+	c.LogFormat = cmpOr(f.Log.Format, DefaultLogFormat)
+	c.DrainTimeout = f.Timeouts.Drain.or(DefaultDrainTimeout)
+	c.Pprof = f.Debug.Pprof
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		v.fail("log.level", "%q is not debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "json", "text":
+	default:
+		v.fail("log.format", "%q is not json or text", c.LogFormat)
+	}
+	if err := checkAddr(c.Admin, true); err != nil {
+		v.fail("admin", "%v", err)
+	}
+}
+
+// connections checks the data plane's timeouts, connection budget and
+// session resumption.
+func (v *validator) connections(c *Config, f *file) {
+	t, l := f.Timeouts, f.Limits
+	c.HandshakeTimeout = t.Handshake.or(defaults.HandshakeTimeout)
+	c.DialTimeout = t.Dial.or(defaults.DialTimeout)
+	c.IdleTimeout = t.Idle.or(defaults.IdleTimeout)
+	c.Revalidate = t.Revalidate.or(defaults.RevalidateInterval)
+	c.MaxConnectionAge = t.MaxConnectionAge.or(0)
+	c.CloseOnPeerExpiry = t.CloseOnPeerExpiry
+	c.NoResumption = f.TLS.SessionResumption != nil && !*f.TLS.SessionResumption
+	c.FirstByteTimeout = t.FirstByte.or(defaults.FirstByteTimeout)
+	if c.FirstByteTimeout > c.HandshakeTimeout {
+		v.fail("timeouts.first_byte", "%s is longer than timeouts.handshake (%s), which bounds the whole handshake", c.FirstByteTimeout, c.HandshakeTimeout)
+	}
+	switch c.MaxConnections = l.MaxConnections; {
+	case c.MaxConnections == 0:
+		c.MaxConnections = defaults.MaxConnections
+	case c.MaxConnections < 0:
+		v.fail("limits.max_connections", "must be positive")
+	}
+	c.OutboundReserve, c.MaxHandshakes, c.HandshakesPerSource = l.OutboundReserve, l.MaxHandshakes, l.HandshakesPerSource
+	switch {
+	case c.OutboundReserve < 0:
+		v.fail("limits.outbound_reserve", "must be positive (0 or absent: a tenth of max_connections)")
+	case c.OutboundReserve > 0 && c.OutboundReserve >= c.MaxConnections:
+		v.fail("limits.outbound_reserve", "%d leaves no slot of max_connections (%d) for inbound connections", c.OutboundReserve, c.MaxConnections)
+	}
+	if c.MaxHandshakes < 0 {
+		v.fail("limits.max_handshakes", "must be positive (0 or absent: %d)", defaults.MaxHandshakes)
+	}
+	if c.HandshakesPerSource < 0 {
+		v.fail("limits.handshakes_per_source", "must be positive (0 or absent: %d)", defaults.HandshakesPerSource)
+	}
+}
+
+// keyExchange checks the key-exchange policy.
+func (v *validator) keyExchange(c *Config, f fileKeyExch) {
+	var err error
+	if c.KeyExchange.Mode, err = pqc.ParseMode(f.Mode); err != nil {
+		v.fail("key_exchange.mode", "%v", err)
+	}
+	for i, g := range f.Groups {
+		id, err := pqc.ParseGroup(g)
+		if err != nil {
+			v.fail(fmt.Sprintf("key_exchange.groups[%d]", i), "%v", err)
+			continue
+		}
+		c.KeyExchange.Groups = append(c.KeyExchange.Groups, id)
+	}
+	for name, mode := range f.TrustDomains {
+		field := "key_exchange.trust_domains." + name
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil {
+			v.fail(field, "%v", err)
+			continue
+		}
+		m, err := pqc.ParseMode(mode)
+		if err != nil {
+			v.fail(field, "%v", err)
+			continue
+		}
+		if c.KeyExchange.Overrides == nil {
+			c.KeyExchange.Overrides = map[spiffeid.TrustDomain]pqc.Mode{}
+		}
+		c.KeyExchange.Overrides[td] = m
+	}
+}
+
+// jwt checks the leeway every token validation uses.
+func (v *validator) jwt(c *Config, f fileJWT) {
+	if c.JWTLeeway = f.Leeway.or(MaxJWTLeeway); c.JWTLeeway > MaxJWTLeeway {
+		v.fail("jwt.leeway", "%v is over the %v limit", c.JWTLeeway, MaxJWTLeeway)
+	}
+}
+
+// quic checks the QUIC limits.
+func (v *validator) quic(c *Config, f fileQUIC) {
+	c.QUICMaxStreams, c.QUICHandshakeTimeout, c.QUICIdleTimeout = f.MaxStreams, f.HandshakeTimeout.or(0), f.IdleTimeout.or(0)
+	if c.QUICHandshakeRate = f.HandshakeRate; c.QUICHandshakeRate < 0 {
+		v.fail("quic.handshake_rate", "must be positive")
+	}
+	if c.QUICMaxStreams < 0 {
+		v.fail("quic.max_streams", "must be positive")
+	}
+}
+
+// tokenEndpoint checks the token_endpoint section.
+func (v *validator) tokenEndpoint(t *tokenEndpoint, admin string, edge bool) *TokenEndpoint {
+	fail := v.fail
+	te := &TokenEndpoint{SocketGroup: -1, Audiences: t.Audiences}
+	if path, ok := strings.CutPrefix(t.Listen, "unix://"); ok {
+		te.Network, te.Address = "unix", path
+		switch {
+		case !strings.HasPrefix(path, "/"):
+			fail("token_endpoint.listen", "%q: the socket path must be absolute (unix:///run/credflow/token.sock)", t.Listen)
+		case len(path) > 107:
+			fail("token_endpoint.listen", "%q: a unix socket path is at most 107 bytes", t.Listen)
+		}
+	} else {
+		te.Network, te.Address = "tcp", t.Listen
+		if err := checkAddr(t.Listen, true); err != nil {
+			fail("token_endpoint.listen", "%v (or unix:///path/to.sock)", err)
+		} else if clash(t.Listen, admin) {
+			fail("token_endpoint.listen", "%s clashes with admin (%s)", t.Listen, admin)
+		}
+	}
+	if t.SocketGroup != nil {
+		if te.Network != "unix" {
+			fail("token_endpoint.socket_group", "only applies to a unix:// listen address")
+		}
+		te.SocketGroup = int(v.localID("token_endpoint.socket_group", *t.SocketGroup))
+	}
+	te.Callers = v.callers("token_endpoint.callers", t.Callers)
+	if len(te.Callers.GIDs) > 0 && te.Network != "unix" {
+		fail("token_endpoint.callers.gids", "a TCP caller has no group the kernel can name; use uids, or a unix:// listen address")
+	}
+	for i, a := range t.Audiences {
+		if a == "" {
+			fail(fmt.Sprintf("token_endpoint.audiences[%d]", i), "empty")
+		}
+	}
+	te.NewAudienceRate, te.NewAudienceBurst, te.MaxAudiences = t.NewAudienceRate, t.NewAudienceBurst, t.MaxAudiences
+	if t.NewAudienceRate < 0 || math.IsNaN(t.NewAudienceRate) || math.IsInf(t.NewAudienceRate, 0) {
+		fail("token_endpoint.new_audience_rate", "must be a positive number of audiences a second (or absent, for the default)")
+	}
+	if t.NewAudienceBurst < 0 {
+		fail("token_endpoint.new_audience_burst", "must be positive (or absent, for the default)")
+	}
+	if t.MaxAudiences < 0 {
+		fail("token_endpoint.max_audiences", "must be positive (or absent, for the default)")
+	}
+	if len(t.Audiences) == 0 && !edge {
+		fail("token_endpoint.audiences", "required: the audiences this workload's JWT-SVIDs may be issued for "+
+			"(token_endpoint: {listen: %s, audiences: [spiffe://example.org/backend]}; %q allows every audience)",
+			cmpOr(t.Listen, "127.0.0.1:15080"), token.AnyAudience)
+	}
+	return te
+}
+
+// callers checks the uids and gids of the callers section at field.
+func (v *validator) callers(field string, c callers) peercred.Callers {
+	var out peercred.Callers
+	for i, u := range c.UIDs {
+		out.UIDs = append(out.UIDs, v.localID(fmt.Sprintf("%s.uids[%d]", field, i), u))
+	}
+	for i, g := range c.GIDs {
+		out.GIDs = append(out.GIDs, v.localID(fmt.Sprintf("%s.gids[%d]", field, i), g))
+	}
+	return out
+}
+
+// localID checks a uid or gid.
+func (v *validator) localID(field string, id int64) uint32 {
+	if id < 0 || id >= int64(peercred.NoID) {
+		v.fail(field, "%d is not a uid or gid", id)
+	}
+	return uint32(id)
+}
+
+// edge checks the edge section: the external issuers and the minting
+// policy of transaction tokens.
+func (v *validator) edge(f *fileEdge, leeway time.Duration) *Edge {
+	fail := v.fail
+	e := &Edge{Leeway: leeway, TxnTTL: f.TxnToken.TTL.or(0), Scopes: f.TxnToken.Scopes, KeepExternal: f.KeepExternal}
+	if len(f.Issuers) == 0 {
+		fail("edge.issuers", "at least one external issuer is required")
+	}
+	seen := map[string]bool{}
+	for i, is := range f.Issuers {
+		field := fmt.Sprintf("edge.issuers[%d]", i)
+		switch {
+		case is.Issuer == "":
+			fail(field+".issuer", "required (the exact iss of its tokens)")
+		case seen[is.Issuer]:
+			fail(field+".issuer", "%q is configured twice", is.Issuer)
+		}
+		seen[is.Issuer] = true
+		if len(is.Audiences) == 0 || slices.Contains(is.Audiences, "") {
+			fail(field+".audiences", "at least one non-empty audience is required; the audience check is never skipped")
+		}
+		for j, a := range is.Algorithms {
+			if err := token.CheckAlgorithm(a); err != nil {
+				fail(fmt.Sprintf("%s.algorithms[%d]", field, j), "%v", err)
+			}
+		}
+		switch {
+		case (is.JWKSFile == "") == (is.JWKSURL == ""):
+			fail(field, "exactly one of jwks_file and jwks_url is required")
+		case is.JWKSURL != "" && !strings.HasPrefix(is.JWKSURL, "https://"):
+			fail(field+".jwks_url", "%q is not an https:// URL", is.JWKSURL)
+		case is.JWKSCAFile != "" && is.JWKSURL == "":
+			fail(field+".jwks_ca_file", "only applies to jwks_url")
+		}
+		e.Issuers = append(e.Issuers, Issuer{Issuer: is.Issuer, Audiences: is.Audiences, Algorithms: is.Algorithms,
+			JWKSFile: is.JWKSFile, JWKSURL: is.JWKSURL, JWKSCAFile: is.JWKSCAFile, JWKSRefresh: is.JWKSRefresh.or(0)})
+	}
+	if e.TxnTTL > token.MaxTxnTTL {
+		fail("edge.txn_token.ttl", "%v is over the %v limit", e.TxnTTL, token.MaxTxnTTL)
+	}
+	if aud := f.TxnToken.Audience; aud != nil {
+		if err := token.CheckTxnAudiences(aud); err != nil {
+			fail("edge.txn_token.audience", "%v", err)
+		}
+		e.TxnAudiences = aud
+	}
+	return e
+}
+
+// claimAdmin reserves the admin and token endpoint addresses, which no
+// listener may take.
+func (v *validator) claimAdmin(c *Config) {
+	if c.Admin != "" {
+		v.ports[c.Admin] = "admin"
+	}
+	if te := c.TokenEndpoint; te != nil && te.Network == "tcp" {
+		v.ports[te.Address] = "token_endpoint"
+	}
+}
+
+// listener checks a listener's name (required, unique) and listen address
+// (valid, clashing with no other).
+func (v *validator) listener(field, name, listen string) {
+	if name == "" {
+		v.fail(field+".name", "required")
+	} else if prev, dup := v.names[name]; dup {
+		v.fail(field+".name", "%q is also the name of %s", name, prev)
+	} else {
+		v.names[name] = field
+	}
+	if err := checkAddr(listen, false); err != nil {
+		v.fail(field+".listen", "%v", err)
+		return
+	}
+	for addr, prev := range v.ports {
+		if clash(addr, listen) {
+			v.fail(field+".listen", "%s clashes with %s (%s)", listen, prev, addr)
+		}
+	}
+	v.ports[listen] = field + ".listen"
+}
+
+// inbound checks an inbound listener.
+func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration) Inbound {
+	v.listener(field, in.Name, in.Listen)
+	if err := checkAddr(in.App, true); err != nil {
+		v.fail(field+".app", "%v", err)
+	}
+	ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: v.policy(field+".allow", in.Allow), QUICListen: in.QUIC}
+	if in.QUIC != "" {
+		if err := checkAddr(in.QUIC, false); err != nil {
+			v.fail(field+".quic_listen", "%v", err)
+		}
+	}
+	switch in.Protocol {
+	case "", "tcp":
+		if len(in.Routes) > 0 || in.JWT.Require || in.AppProtocol != "" || in.TxnToken.Require || len(in.TxnToken.Minters) > 0 ||
+			in.TxnToken.SingleUse || in.AppResponseTimeout.set || in.AppConnections != 0 || in.MaxConcurrentStreams != 0 {
+			v.fail(field+".protocol", "routes, jwt, txn_token, app_protocol, app_response_timeout, app_connections and max_concurrent_streams need protocol: http")
+		}
+	case "http":
+		ib.HTTP = v.inboundHTTP(field, in, leeway)
+	default:
+		v.fail(field+".protocol", "%q is not tcp or http", in.Protocol)
+	}
+	return ib
+}
+
+// inboundHTTP checks the protocol: http settings of an inbound listener.
+func (v *validator) inboundHTTP(field string, in *fileInbound, leeway time.Duration) *InboundHTTP {
+	fail := v.fail
+	h := &InboundHTTP{RequireJWT: in.JWT.Require, TokenHeader: in.JWT.Header, PassJWT: in.JWT.Pass,
+		ResponseHeaderTimeout: in.AppResponseTimeout.timeout(), AppConnections: in.AppConnections,
+		MaxConcurrentStreams: in.MaxConcurrentStreams, TxnLeeway: leeway}
+	if in.AppConnections < 0 {
+		fail(field+".app_connections", "must be positive")
+	}
+	switch {
+	case in.MaxConcurrentStreams < 0:
+		fail(field+".max_concurrent_streams", "must be positive")
+	case in.MaxConcurrentStreams > math.MaxInt32:
+		fail(field+".max_concurrent_streams", "at most %d", math.MaxInt32)
+	}
+	h.Routes.CaseInsensitive = in.CaseInsensitivePaths
+	switch in.AppProtocol {
+	case "", "http1":
+	case "h2c":
+		h.AppH2C = true
+	default:
+		fail(field+".app_protocol", "%q is not http1 or h2c", in.AppProtocol)
+	}
+	if len(in.Routes) == 0 {
+		fail(field+".routes", "protocol http denies every request without a route")
+	}
+	for j, r := range in.Routes {
+		h.Routes.Rules = append(h.Routes.Rules, v.route(fmt.Sprintf("%s.routes[%d]", field, j), r, h.AppH2C))
+	}
+	if len(in.TxnToken.Minters) > 0 {
+		h.TxnMinters = v.policy(field+".txn_token.minters", in.TxnToken.Minters)
+	} else if in.TxnToken.Require {
+		fail(field+".txn_token.minters", "require: true needs the workloads allowed to mint")
+	} else if in.TxnToken.SingleUse {
+		fail(field+".txn_token.minters", "single_use: true needs the workloads allowed to mint")
+	}
+	h.RequireTxn, h.TxnSingleUse = in.TxnToken.Require, in.TxnToken.SingleUse
+	if in.QUIC != "" {
+		fail(field+".quic_listen", "QUIC carries protocol tcp only")
+	}
+	return h
+}
+
+// route checks one route of an HTTP inbound listener.
+func (v *validator) route(field string, r fileRoute, h2c bool) route.Rule {
+	rule := route.Rule{Peers: v.policy(field+".peers", r.Peers)}
+	for _, m := range r.Methods {
+		if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
+			v.fail(field+".methods", "%q is not an upper-case HTTP method", m)
+		}
+		rule.Methods = append(rule.Methods, m)
+	}
+	if len(r.Paths) == 0 {
+		v.fail(field+".paths", "at least one path (exact, or a prefix ending in /*) is required")
+	}
+	for k, ps := range r.Paths {
+		pth, err := route.ParsePath(ps)
+		if err != nil {
+			v.fail(fmt.Sprintf("%s.paths[%d]", field, k), "%v", err)
+			continue
+		}
+		rule.Paths = append(rule.Paths, pth)
+	}
+	if len(r.Upgrade) > 0 && h2c {
+		v.fail(field+".upgrade", "needs app_protocol http1: an HTTP/2 connection to the app cannot switch protocols")
+	}
+	for k, up := range r.Upgrade {
+		if err := checkUpgrade(up); err != nil {
+			v.fail(fmt.Sprintf("%s.upgrade[%d]", field, k), "%v", err)
+		}
+		rule.Upgrade = append(rule.Upgrade, up)
+	}
+	return rule
+}
+
+// outbound checks an outbound listener.
+func (v *validator) outbound(field string, out *fileOutbound, edge *Edge) Outbound {
+	fail := v.fail
+	v.listener(field, out.Name, out.Listen)
+	if !out.AllowNonLoopback && checkAddr(out.Listen, false) == nil && !isLoopback(out.Listen) {
+		fail(field+".listen", "%s is not a loopback address; set allow_non_loopback: true to listen there", out.Listen)
+	}
+	o := Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, AllowNonLoopback: out.AllowNonLoopback,
+		Callers: v.callers(field+".callers", out.Callers)}
+	if len(o.Callers.GIDs) > 0 {
+		fail(field+".callers.gids", "a TCP caller has no group the kernel can name; use uids")
+	}
+	if out.Capture != nil {
+		o.Capture = v.capture(field, out.Capture)
+		if out.Upstream != "" {
+			fail(field+".upstream", "a capture listener sends each connection to its original destination; remove upstream")
+		}
+		if out.Protocol != "" && out.Protocol != "tcp" || out.Transport != "" && out.Transport != "tcp" {
+			fail(field+".capture", "capture carries protocol tcp over transport tcp only")
+		}
+		if len(out.Expect) > 0 {
+			o.Expect = v.policy(field+".expect", out.Expect)
+		}
+		return o
+	}
+	if err := checkAddr(out.Upstream, false); err != nil {
+		fail(field+".upstream", "%v", err)
+	}
+	o.Expect = v.policy(field+".expect", out.Expect)
+	switch out.Transport {
+	case "", "tcp":
+		if out.QUIC != "" || out.Target != "" {
+			fail(field+".quic_upstream", "set, but transport is not quic")
+		}
+	case "quic":
+		o.QUICUpstream, o.QUICTarget = cmpOr(out.QUIC, out.Upstream), out.Target
+		if err := checkAddr(o.QUICUpstream, false); err != nil {
+			fail(field+".quic_upstream", "%v", err)
+		}
+		if len(o.QUICTarget) > 255 {
+			fail(field+".quic_target", "longer than 255 bytes")
+		}
+	default:
+		fail(field+".transport", "%q is not tcp or quic", out.Transport)
+	}
+	switch out.Protocol {
+	case "", "tcp":
+		if out.JWTAudience != "" || out.Pool != 0 || out.TokenHeader != "" || out.Exchange {
+			fail(field+".protocol", "jwt_audience, token_header, pool and exchange need protocol: http")
+		}
+	case "http":
+		if out.Pool < 0 {
+			fail(field+".pool", "must be positive")
+		}
+		if o.QUICUpstream != "" {
+			fail(field+".transport", "QUIC carries protocol tcp only")
+		}
+		o.HTTP = &OutboundHTTP{JWTAudience: out.JWTAudience, TokenHeader: out.TokenHeader, Pool: out.Pool, Exchange: out.Exchange}
+		if out.Exchange {
+			if edge == nil {
+				fail(field+".exchange", "needs an edge section with the external issuers")
+			} else {
+				o.HTTP.KeepExternal = edge.KeepExternal
+			}
+		}
+	default:
+		fail(field+".protocol", "%q is not tcp or http", out.Protocol)
+	}
+	return o
+}
+
+// capture checks a capture listener's destinations.
+func (v *validator) capture(field string, f *fileCapture) *Capture {
+	fail := v.fail
+	c := &Capture{}
+	for j, d := range f.Destinations {
+		df := fmt.Sprintf("%s.capture.destinations[%d]", field, j)
+		var dst Destination
+		if d.CIDR != "" {
+			p, err := netip.ParsePrefix(d.CIDR)
+			if err != nil {
+				fail(df+".cidr", "%q is not a CIDR such as 10.96.0.0/12 or fd00:10:96::/112", d.CIDR)
+			}
+			dst.Prefix = p.Masked()
+		}
+		if d.Port < 0 || d.Port > 65535 {
+			fail(df+".port", "%d is not a port", d.Port)
+		}
+		dst.Port = uint16(d.Port)
+		if d.Host != "" {
+			if strings.ContainsAny(d.Host, " /:") || len(d.Host) > 253 {
+				fail(df+".host", "%q is not a host name", d.Host)
+			}
+			dst.Host = strings.TrimSuffix(d.Host, ".")
+		}
+		if d.CIDR == "" && d.Port == 0 && d.Host == "" {
+			fail(df, "a cidr, a port, a host or a combination is required")
+		}
+		dst.Expect = v.policy(df+".expect", d.Expect)
+		c.Destinations = append(c.Destinations, dst)
+	}
+	return c
+}
+
+// policy parses a list of SPIFFE ID patterns, naming each bad entry.
+func (v *validator) policy(field string, patterns []string) authz.Policy {
+	if len(patterns) == 0 {
+		v.fail(field, "at least one SPIFFE ID, trust domain or prefix is required")
+		return authz.Policy{}
+	}
+	bad := false
+	for i, s := range patterns {
+		if _, err := authz.ParsePattern(s); err != nil {
+			v.fail(fmt.Sprintf("%s[%d]", field, i), "%v", err)
+			bad = true
+		}
+	}
+	if bad {
+		return authz.Policy{}
+	}
+	pol, err := authz.ParsePolicy(patterns)
+	if err != nil {
+		v.fail(field, "%v", err)
+	}
+	return pol
+}
+
+// knownKeys refuses a key of the mapping n that is not one of keys.
+func knownKeys(n *yaml.Node, field string, keys ...string) error {
+	if n.Kind != yaml.MappingNode {
+		return nil // the decoder reports the wrong kind
+	}
+	for i := 0; i < len(n.Content); i += 2 {
+		if k := n.Content[i]; !slices.Contains(keys, k.Value) {
+			return fmt.Errorf("line %d: field %s not found in %s (known: %s)", k.Line, k.Value, field, strings.Join(keys, ", "))
+		}
+	}
+	return nil
+}
+
+func cmpOr(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
+}
+
+// checkUpgrade checks a protocol a route lets requests switch to: one
+// protocol token as an Upgrade header carries it ("websocket", or a
+// name/version pair), and never h2c, whose HTTP/2 connection to the app
+// would carry requests no route has seen.
+func checkUpgrade(up string) error {
+	name, version, versioned := strings.Cut(up, "/")
+	if !httpguts.ValidHeaderFieldName(name) || versioned && !httpguts.ValidHeaderFieldName(version) {
+		return fmt.Errorf("%q is not a protocol such as websocket", up)
+	}
+	if strings.EqualFold(name, "h2c") {
+		return errors.New("h2c is never forwarded: its HTTP/2 connection to the app would carry requests no route has seen")
+	}
+	return nil
+}
+
+// checkAddr checks a host:port address with a numeric port; with loopback
+// set, the host must be a loopback IP or "localhost".
+func checkAddr(addr string, loopback bool) error {
+	if addr == "" {
+		return errors.New("required")
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("%q: %v", addr, err)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("%q: port %q is not a number from 0 to 65535", addr, port)
+	}
+	if loopback && !isLoopback(addr) {
+		return fmt.Errorf("%q: must be a loopback address (127.0.0.1, [::1] or localhost)", addr)
+	}
+	return nil
+}
+
+// isLoopback reports whether the host of the host:port addr is a loopback
+// IP or "localhost".
+func isLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	ip := net.ParseIP(host)
+	return host == "localhost" || ip != nil && ip.IsLoopback()
+}
+
+// clash reports whether two listen addresses would collide: the same port
+// (other than 0) on the same host, or on a wildcard host.
+func clash(a, b string) bool {
+	ha, pa, _ := net.SplitHostPort(a)
+	hb, pb, _ := net.SplitHostPort(b)
+	if pa != pb || pa == "0" {
+		return false
+	}
+	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
+	return ha == hb || wild(ha) || wild(hb)
+}
