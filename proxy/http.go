@@ -10,7 +10,6 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/http/httputil"
-	"net/textproto"
 	"slices"
 	"strconv"
 	"strings"
@@ -18,10 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
-	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
@@ -29,7 +26,6 @@ import (
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/reason"
-	"github.com/credflow/credflow/token/edge"
 	"github.com/credflow/credflow/token/txn"
 )
 
@@ -97,6 +93,10 @@ type InboundHTTP struct {
 	// and a stream past it is reset. Zero selects
 	// DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams int
+	// Filters run on every request after the listener's own (shape,
+	// route, JWT-SVID, transaction token), in order, before it is
+	// forwarded to the app; the first refusal answers the request.
+	Filters []Filter
 }
 
 // Defaults of InboundHTTP.
@@ -155,6 +155,10 @@ type OutboundHTTP struct {
 	// KeepExternal forwards the external token too (the JWT-SVID then goes
 	// in TokenHeader); by default it is dropped.
 	KeepExternal bool
+	// Filters run on every request after the listener's own (local
+	// caller, edge exchange, JWT-SVID), in order, before it is forwarded
+	// upstream; the first refusal answers the request.
+	Filters []Filter
 }
 
 // Exchanger exchanges an external token for a transaction token
@@ -265,8 +269,9 @@ var errUnaskedUpgrade = errors.New("proxy: the app switched protocols unasked")
 
 // httpSettings is the request policy of an HTTP inbound listener.
 type httpSettings struct {
-	cfg InboundHTTP
-	txn *txn.Verifier // nil: transaction tokens are stripped
+	cfg     InboundHTTP
+	txn     *txn.Verifier // nil: transaction tokens are stripped
+	filters pipeline
 }
 
 // newHTTPSettings makes the request policy of cfg. prev, the settings it
@@ -279,14 +284,14 @@ func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettin
 		cfg.TokenHeader = "Authorization"
 	}
 	s := &httpSettings{cfg: cfg}
-	if prev != nil && prev.txn != nil && sameTxnVerifier(prev.cfg, cfg) {
+	switch {
+	case prev != nil && prev.txn != nil && sameTxnVerifier(prev.cfg, cfg):
 		s.txn = prev.txn
-		return s
-	}
-	if len(cfg.TxnMinters.Patterns()) > 0 {
+	case len(cfg.TxnMinters.Patterns()) > 0:
 		s.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway,
 			SingleUse: cfg.TxnSingleUse})
 	}
+	s.filters = p.inboundPipeline(s)
 	return s
 }
 
@@ -370,15 +375,6 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	return h
 }
 
-// requestPeer is the peer of an inbound request: the ID read from its
-// connection's certificate once, at the handshake that verified it.
-func requestPeer(hc *httpConn, r *http.Request) (spiffeid.ID, error) {
-	if hc != nil && hc.c != nil && !hc.c.peer.IsZero() {
-		return hc.c.peer, nil
-	}
-	return x509svid.IDFromCert(r.TLS.PeerCertificates[0]) // verified in VerifyConnection
-}
-
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
@@ -404,131 +400,17 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		deny(w, r, reason.InvalidSVID)
 		return
 	}
-	refuse := func(why reason.Reason) {
-		p.m.refused(l.dir, why, false)
-		p.httpAccess(l, start, peer, r, "deny", why, why.Info().Status)
+	req := &Request{HTTP: r, Listener: l.name, Peer: peer}
+	if why := s.filters.run(req); why != "" {
+		isError := why.Info().Status >= 500
+		p.m.refused(l.dir, why, isError)
+		p.httpAccess(l, start, peer, r, decisionOf(isError), why, why.Info().Status, req.Attrs...)
 		deny(w, r, why)
-	}
-	if r.ProtoMajor == 2 && r.Header.Get("Host") != "" && !strings.EqualFold(r.Header.Get("Host"), r.Host) {
-		refuse(reason.HostMismatch)
 		return
 	}
-	if s.connectionNamesManaged(r.Header) {
-		refuse(reason.BadConnectionHeader)
-		return
-	}
-	path, err := route.Normalize(r.URL.EscapedPath())
-	if err != nil {
-		refuse(reason.BadPath)
-		return
-	}
-	if !s.cfg.Routes.Allows(peer, r.Method, path) {
-		refuse(reason.RouteDenied)
-		return
-	}
-	if up, ok := upgradeOf(r.Header); ok && (up == "" || !s.cfg.Routes.AllowsUpgrade(peer, r.Method, path, up)) {
-		refuse(reason.UpgradeDenied)
-		return
-	}
-	s.stripLookalikes(r.Header)
-	if s.cfg.RequireJWT {
-		if why := p.checkJWT(s.cfg.TokenHeader, r, peer); why != "" {
-			refuse(why)
-			return
-		}
-	}
-	if !s.cfg.PassJWT {
-		r.Header.Del(s.cfg.TokenHeader)
-	}
-	if s.txn == nil {
-		r.Header.Del(txn.Header)
-	} else if why := p.checkTxn(s, r); why != "" {
-		refuse(why)
-		return
-	}
-	r.Header.Del(xfcc)
-	r.Header.Del(PeerHeader) // set by Rewrite
-	// The path forwarded is the canonical one that was authorized; with
-	// RawPath empty it goes out escaped one way only (url.URL's), which
-	// the app decodes back to exactly that path.
-	r.URL.Path, r.URL.RawPath = path, ""
-	r = r.WithContext(context.WithValue(r.Context(), peerKey{}, peer))
-	p.httpAccess(l, start, peer, r, "allow", "", 0)
+	r = req.HTTP.WithContext(context.WithValue(req.HTTP.Context(), peerKey{}, peer))
+	p.httpAccess(l, start, peer, r, "allow", "", 0, req.Attrs...)
 	p.forward(l, hc, h.proxy, w, r, start)
-}
-
-// foldHeader folds a header name as CGI, WSGI, Rack and PHP do when they
-// turn it into HTTP_<NAME>: without case, "_" read as "-". Names that fold
-// alike are one header to such an app, though two to net/http.
-func foldHeader(name string) string {
-	return strings.ReplaceAll(strings.ToLower(name), "_", "-")
-}
-
-// managedHeader reports whether the folded name is one the listener sets,
-// verifies or strips: the X-Credflow- namespace (the peer header, the
-// token header outbound sidecars use), Authorization, Txn-Token,
-// X-Forwarded-Client-Cert and the configured token header.
-func (h *httpSettings) managedHeader(folded string) bool {
-	switch folded {
-	case "authorization", "txn-token", "x-forwarded-client-cert", foldHeader(h.cfg.TokenHeader):
-		return true
-	}
-	return strings.HasPrefix(folded, "x-credflow-")
-}
-
-// connectionNamesManaged reports whether a Connection header names a
-// managed header. Such a request is refused rather than cleaned: the
-// headers Connection names are removed on the way to the app, so it asks
-// the sidecar to drop a header it verified (a token) or to forward
-// unverified what it would have stripped; no client has a reason to.
-func (h *httpSettings) connectionNamesManaged(hdr http.Header) bool {
-	for _, v := range hdr["Connection"] {
-		for name := range strings.SplitSeq(v, ",") {
-			if h.managedHeader(foldHeader(textproto.TrimString(name))) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// stripLookalikes deletes the headers that fold to a managed name but are
-// not the one spelling the listener verifies, and every other header of
-// the X-Credflow- namespace: an app behind CGI, WSGI, Rack or PHP reads
-// X_Credflow_Peer_Id or Txn_Token as the managed header. They are stripped
-// rather than refused, as a spoofed X-Credflow-Peer-Id is replaced, and as
-// proxies that drop underscored names do (nginx): nothing of them reaches
-// the app, and clients that send stray headers keep working.
-// Authorization, Txn-Token and the token header, spelled as net/http
-// spells them, are verified or stripped by the caller.
-func (h *httpSettings) stripLookalikes(hdr http.Header) {
-	keep := func(name string) bool {
-		return name == "Authorization" || name == txn.Header || name == http.CanonicalHeaderKey(h.cfg.TokenHeader)
-	}
-	for name := range hdr {
-		if h.managedHeader(foldHeader(name)) && !keep(name) {
-			delete(hdr, name)
-		}
-	}
-}
-
-// upgradeOf returns the protocol a request asks to switch to (Upgrade, or
-// an HTTP/2 extended CONNECT's :protocol) and whether it asks for any. A
-// list of protocols, or several headers, gives "": the app would choose,
-// so it is refused like a protocol no route allows. h2c is never allowed:
-// the HTTP/2 connection it opens to the app would carry requests that no
-// route has seen.
-func upgradeOf(hdr http.Header) (string, bool) {
-	vals := slices.Concat(hdr.Values("Upgrade"), hdr.Values(":protocol"))
-	if len(vals) == 0 {
-		return "", false
-	}
-	up := textproto.TrimString(vals[0])
-	name, _, _ := strings.Cut(up, "/")
-	if len(vals) > 1 || strings.Contains(up, ",") || strings.EqualFold(textproto.TrimString(name), "h2c") {
-		return "", true
-	}
-	return up, true
 }
 
 // forward serves r with rp and counts it towards its connection's
@@ -559,84 +441,11 @@ func (p *Proxy) forward(l *listener, hc *httpConn, rp http.Handler, w http.Respo
 	hc.c.close()
 }
 
-// checkJWT validates the request's JWT-SVID: audience this workload,
-// subject the mTLS peer. It returns a refusal reason or "".
-func (p *Proxy) checkJWT(header string, r *http.Request, peer spiffeid.ID) reason.Reason {
-	vals := r.Header.Values(header)
-	if len(vals) == 0 {
-		return reason.MissingToken
-	}
-	if len(vals) > 1 {
-		return reason.BadToken // one token, not a choice of several
-	}
-	tok := vals[0]
-	if strings.EqualFold(header, "Authorization") {
-		var ok bool
-		if tok, ok = cutPrefixFold(tok, "Bearer "); !ok {
-			return reason.MissingToken
-		}
-	}
-	if len(tok) > maxTokenSize {
-		return reason.BadToken
-	}
-	self, err := p.cfg.SVIDs.GetX509SVID()
-	if err != nil || p.cfg.ValidateJWT == nil {
-		return reason.NoIdentity
-	}
-	svid, err := p.cfg.ValidateJWT(tok, self.ID.String())
-	switch {
-	case errors.Is(err, jwt.ErrExpired):
-		return reason.TokenExpired
-	case errors.Is(err, jwt.ErrNotValidYet) || errors.Is(err, jwt.ErrIssuedInTheFuture):
-		return reason.TokenNotYetValid
-	case err != nil:
-		return reason.BadToken
-	}
-	if svid.ID != peer {
-		return reason.TokenPeerMismatch
-	}
-	p.m.token("validated")
-	return ""
-}
-
 // sameTxnVerifier reports whether a and b configure the same
 // transaction-token verifier.
 func sameTxnVerifier(a, b InboundHTTP) bool {
 	return slices.Equal(a.TxnMinters.Patterns(), b.TxnMinters.Patterns()) &&
 		a.TxnLeeway == b.TxnLeeway && a.TxnSingleUse == b.TxnSingleUse
-}
-
-// checkTxn verifies the request's transaction token, if any, and requires
-// one if so configured. It returns a refusal reason or "".
-func (p *Proxy) checkTxn(h *httpSettings, r *http.Request) reason.Reason {
-	vals := r.Header.Values(txn.Header)
-	switch {
-	case len(vals) == 0 && h.cfg.RequireTxn:
-		return reason.TxnMissing
-	case len(vals) == 0:
-		return ""
-	case len(vals) > 1:
-		return reason.TxnMalformed
-	}
-	self, err := p.cfg.SVIDs.GetX509SVID()
-	if err != nil {
-		return reason.NoIdentity
-	}
-	if _, _, err := h.txn.Verify(vals[0], self.ID); err != nil {
-		return txn.ReasonOf(err)
-	}
-	p.m.token("txn_verified")
-	return ""
-}
-
-// maxTokenSize bounds the JWT-SVIDs the sidecar parses.
-const maxTokenSize = 16 << 10
-
-func cutPrefixFold(s, prefix string) (string, bool) {
-	if len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix) {
-		return s[len(prefix):], true
-	}
-	return s, false
 }
 
 // copyBuffers lends the reverse proxies their body-copy buffers. Without
@@ -661,6 +470,16 @@ func (b *bufferPool) Put(buf []byte) {
 		buf = buf[:copyBufferSize]
 		b.p.Put(&buf)
 	}
+}
+
+// decisionOf is the access-log decision of a refused request: "error"
+// when the sidecar failed it (a 5xx reason: no token to attach, say),
+// "deny" when its caller did.
+func decisionOf(isError bool) string {
+	if isError {
+		return "error"
+	}
+	return "deny"
 }
 
 // deny answers a refused request with why's HTTP status and the reason,
@@ -693,6 +512,7 @@ type httpOutbound struct {
 	srv      *http.Server
 	pool     *upstreamPool
 	audience string
+	filters  pipeline
 }
 
 // pool is c.Pool or its default.
@@ -712,6 +532,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	if h.audience == "" && !expectOne.IsZero() {
 		h.audience = expectOne.String()
 	}
+	h.filters = p.outboundPipeline(l, h)
 	tlsConf := l.tls.Clone()
 	tlsConf.NextProtos = []string{"h2"}
 	h.pool = newUpstreamPool(func(g *poolGen) *http.Transport {
@@ -776,27 +597,17 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
-			if why, attrs := p.checkHTTPCaller(l, r); why != "" {
-				p.m.refused(l.dir, why, false)
-				rec.set("deny", why, http.StatusForbidden, spiffeid.ID{})
-				rec.extra = attrs
+			req := &Request{HTTP: r, Listener: l.name}
+			why := h.filters.run(req)
+			rec.extra = req.Attrs
+			if why != "" {
+				isError := why.Info().Status >= 500
+				p.m.refused(l.dir, why, isError)
+				rec.set(decisionOf(isError), why, why.Info().Status, spiffeid.ID{})
 				deny(w, r, why)
 				return
 			}
-			if h.cfg.Exchange {
-				if why := p.exchange(r, h); why != "" {
-					p.m.refused(l.dir, why, false)
-					rec.set("deny", why, http.StatusUnauthorized, spiffeid.ID{})
-					deny(w, r, why)
-					return
-				}
-			}
-			if err := p.attachJWT(r, h); err != nil {
-				p.m.refused(l.dir, reason.NoToken, true)
-				rec.set("error", reason.NoToken, http.StatusServiceUnavailable, spiffeid.ID{})
-				deny(w, r, reason.NoToken)
-				return
-			}
+			r = req.HTTP
 			hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
 			p.forward(l, hc, rp, w, r, start)
 		}),
@@ -976,63 +787,6 @@ func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
 		cancel(nil)
 	}
 	return resp, err
-}
-
-// exchange replaces the app's external bearer token with a transaction
-// token. It returns a refusal reason or "".
-func (p *Proxy) exchange(r *http.Request, h *httpOutbound) reason.Reason {
-	if p.cfg.Exchanger == nil {
-		return reason.NoExchanger
-	}
-	vals := r.Header.Values("Authorization")
-	if len(vals) > 1 {
-		return reason.ExternalMalformed
-	}
-	external, ok := "", false
-	if len(vals) == 1 {
-		external, ok = cutPrefixFold(vals[0], "Bearer ")
-	}
-	if !ok || external == "" {
-		return reason.ExternalMissing
-	}
-	tok, c, err := p.cfg.Exchanger.Exchange(r.Context(), external)
-	if err != nil {
-		var refusal *edge.Error
-		if errors.As(err, &refusal) {
-			return refusal.Reason
-		}
-		p.log.Warn("proxy: minting a transaction token failed", slog.String(logkey.Error, err.Error()))
-		return reason.TxnMintFailed
-	}
-	if !h.cfg.KeepExternal {
-		r.Header.Del("Authorization")
-	}
-	r.Header.Set(txn.Header, tok)
-	p.m.token("minted")
-	p.log.Debug("proxy: transaction token minted", slog.String(logkey.Txn, c.Txn), slog.String(logkey.TokenID, c.ID))
-	return ""
-}
-
-// attachJWT adds this workload's JWT-SVID for the upstream's audience: in
-// Authorization when the app set none, else in the configured header.
-func (p *Proxy) attachJWT(r *http.Request, h *httpOutbound) error {
-	if h.audience == "" {
-		return nil
-	}
-	if p.cfg.Tokens == nil {
-		return errors.New("proxy: no token source")
-	}
-	svid, err := p.cfg.Tokens.FetchJWTSVID(r.Context(), h.audience)
-	if err != nil {
-		return err
-	}
-	if r.Header.Get("Authorization") == "" {
-		r.Header.Set("Authorization", "Bearer "+svid.Marshal())
-	} else {
-		r.Header.Set(h.cfg.TokenHeader, svid.Marshal())
-	}
-	p.m.token("attached")
-	return nil
 }
 
 // httpAccess writes the access-log line of one request: inbound, when it

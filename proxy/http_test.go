@@ -92,6 +92,13 @@ type httpPair struct {
 
 func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 	t.Helper()
+	return startHTTPPairWith(t, app, nil, nil)
+}
+
+// startHTTPPairWith is startHTTPPair with extra filters on the inbound and
+// the outbound listener.
+func startHTTPPairWith(t *testing.T, app http.Handler, inFilters, outFilters []proxy.Filter) *httpPair {
+	t.Helper()
 	ca := testca.New(t, td)
 	issuer := newJWTIssuer(t)
 	appLn, err := net.Listen("tcp", "127.0.0.1:0")
@@ -105,7 +112,7 @@ func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 	api, _ := route.ParsePath("/api/*")
 	routes := route.Table{Rules: []route.Rule{{Peers: policy(t, "spiffe://example.org/frontend"), Methods: []string{"GET", "POST"}, Paths: []route.Path{api}}}}
 	bundles := x509bundle.NewSet(ca.Bundle())
-	inCfg := proxy.Inbound{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true}}
+	inCfg := proxy.Inbound{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, "spiffe://example.org"), HTTP: &proxy.InboundHTTP{Routes: routes, RequireJWT: true, Filters: inFilters}}
 	inP, inReg := startProxy(t, proxy.Config{
 		SVIDs:       static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
 		Bundles:     bundles,
@@ -116,7 +123,7 @@ func startHTTPPair(t *testing.T, app http.Handler) *httpPair {
 	outP, outReg := startProxy(t, proxy.Config{
 		SVIDs:    static{svid: ca.Issue(t, front)},
 		Bundles:  bundles,
-		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: inP.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend"), HTTP: &proxy.OutboundHTTP{}}},
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: inP.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend"), HTTP: &proxy.OutboundHTTP{Filters: outFilters}}},
 		Tokens:   source{j: issuer, id: front},
 	})
 	return &httpPair{outAddr: outP.Addr("up").String(), inAddr: inP.Addr("app").String(),
