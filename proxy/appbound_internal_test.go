@@ -103,7 +103,7 @@ func newPipeRig(t *testing.T) *pipeRig {
 	}
 	r := &pipeRig{p: p, l: p.listeners[0], app: &pipeApp{},
 		peer: &tls.ConnectionState{PeerCertificates: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")).Certificates}}
-	r.l.httpIn.app.DialContext = r.app.dial
+	r.l.httpIn().app.DialContext = r.app.dial
 	return r
 }
 
@@ -115,7 +115,7 @@ func (r *pipeRig) serve(path string) (rec *httptest.ResponseRecorder, done <-cha
 	ch := make(chan struct{})
 	r.wg.Go(func() {
 		defer close(ch)
-		r.p.serveInboundHTTP(r.l, r.l.httpIn, rec, req)
+		r.p.serveInboundHTTP(r.l, r.l.httpIn(), rec, req)
 	})
 	return rec, ch
 }
@@ -124,7 +124,7 @@ func (r *pipeRig) serve(path string) (rec *httptest.ResponseRecorder, done <-cha
 func (r *pipeRig) stop() {
 	r.app.close()
 	r.wg.Wait()
-	r.l.httpIn.app.CloseIdleConnections()
+	r.l.httpIn().app.CloseIdleConnections()
 }
 
 // answeredAt checks, on the fake clock, that done is closed at d from now

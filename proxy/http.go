@@ -538,7 +538,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 	h.pool = newUpstreamPool(func(g *poolGen) *http.Transport {
 		return &http.Transport{
 			DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-				return p.dialUpstream(ctx, l, tlsConf, g)
+				return p.dialUpstream(ctx, l, h, tlsConf, g)
 			},
 			ForceAttemptHTTP2: true,
 			MaxConnsPerHost:   cfg.Pool,
@@ -827,7 +827,8 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 // timeout (HandshakeTimeout) or it is closed with the reason
 // "header_timeout": net/http bounds HTTP/1 request headers itself, but not
 // an HTTP/2 connection that never completes a header block.
-func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState, peer spiffeid.ID, notAfter time.Time) {
+func (p *Proxy) serveHTTPConn(l *listener, h *httpInbound, tc *tls.Conn, cs *tls.ConnectionState) {
+	peer, _ := peerOf(cs)
 	c := p.newConn(l, cs, func() { tc.Close() })
 	c.retire = func() {} // from now on responses ask the client to close (serveInboundHTTP)
 	p.mu.Lock()
@@ -837,14 +838,14 @@ func (p *Proxy) serveHTTPConn(l *listener, tc *tls.Conn, cs *tls.ConnectionState
 	p.m.started(l.dir)
 	p.m.established(l.dir, cs)
 	hc := &httpConn{c: c, closed: make(chan struct{})}
-	l.httpIn.track(tc, hc)
+	h.track(tc, hc)
 	start := time.Now()
 	timer := time.AfterFunc(p.cfg.HandshakeTimeout, func() {
 		if !hc.served.Load() {
 			tc.Close()
 		}
 	})
-	if !l.httpIn.ln.give(tc) {
+	if !h.ln.give(tc) {
 		tc.Close()
 		close(hc.closed)
 	}

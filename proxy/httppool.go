@@ -305,7 +305,7 @@ func (p *Proxy) upstreamClosed(l *listener, uc *upstreamConn) {
 // first expiry. The connection is tracked like any other: closed when the
 // upstream no longer matches expect or its chain no longer verifies, and
 // retired at MaxConnectionAge.
-func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config, g *poolGen) (net.Conn, error) {
+func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, conf *tls.Config, g *poolGen) (net.Conn, error) {
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
 		return nil, err // counted per request by the ErrorHandler
@@ -343,10 +343,10 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, conf *tls.Config,
 	g.expires(end)
 	uc := &upstreamConn{cs: cs, closed: make(chan struct{})}
 	uc.peer, _ = peerOf(cs)
-	l.httpOut.pool.conns.Store(tc, uc)
+	h.pool.conns.Store(tc, uc)
 	// Tracked for revalidation (policy, trust, age) while open.
 	c := p.newConn(l, cs, func() { tc.Close() })
-	c.retire = func() { l.httpOut.pool.retire(g) }
+	c.retire = func() { h.pool.retire(g) }
 	p.track(c)
 	counted.onClose = func() {
 		p.untrack(c)

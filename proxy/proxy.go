@@ -266,19 +266,8 @@ type listener struct {
 	tls    *tls.Config
 	kex    pqc.Mode // outbound: the key-exchange mode towards the upstream
 	ln     net.Listener
-	twin   net.Listener // capture: the other family's loopback address (listenCapture)
 	conns  sync.WaitGroup
-
-	quicAddr     string      // inbound: UDP address
-	quicSrv      *quicServer // inbound, once bound
-	quicUpstream string      // outbound: UDP address
-	quicTarget   string
-	quicPool     *quicPool // outbound, once bound
-
-	httpIn  *httpInbound
-	httpOut *httpOutbound
-
-	capture *Capture // outbound: transparent capture
+	mode   mode // what the listener does with its socket (modes.go)
 
 	callers atomic.Pointer[peercred.Callers] // outbound: the local users allowed
 }
@@ -400,13 +389,13 @@ func New(cfg Config) (*Proxy, error) {
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
 		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
-		l.quicAddr = in.QUICListen
+		l.mode = &tcpInbound{quicAddr: in.QUICListen}
 		if in.HTTP != nil {
 			if in.QUICListen != "" {
 				return nil, fmt.Errorf("proxy: listener %q: HTTP over QUIC is not supported", in.Name)
 			}
 			l.tls.NextProtos = []string{"h2", "http/1.1"}
-			l.httpIn = p.newHTTPInbound(l, *in.HTTP)
+			l.mode = p.newHTTPInbound(l, *in.HTTP)
 		}
 	}
 	for _, out := range cfg.Outbound {
@@ -422,7 +411,6 @@ func New(cfg Config) (*Proxy, error) {
 			if out.QUICUpstream != "" || out.HTTP != nil {
 				return nil, fmt.Errorf("proxy: listener %q: capture carries plain TCP over TCP only", out.Name)
 			}
-			l.capture = out.Capture
 			authorize = func(spiffeid.ID) bool { return true }
 		}
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: authorize, VerifyConnection: p.checkKeyExchange}.Client()
@@ -432,13 +420,17 @@ func New(cfg Config) (*Proxy, error) {
 		td := upstreamTrustDomain(out.Expect)
 		l.tls.CurvePreferences = kex.ClientGroups(td)
 		l.kex = kex.ModeFor(td)
-		l.quicUpstream, l.quicTarget = out.QUICUpstream, out.QUICTarget
-		if out.HTTP != nil {
+		switch {
+		case out.Capture != nil:
+			l.mode = &captureOutbound{capture: out.Capture}
+		case out.HTTP != nil:
 			if out.QUICUpstream != "" {
 				return nil, fmt.Errorf("proxy: listener %q: HTTP over QUIC is not supported", out.Name)
 			}
 			exact, _ := out.Expect.ExactID()
-			l.httpOut = p.newHTTPOutbound(l, *out.HTTP, exact)
+			l.mode = p.newHTTPOutbound(l, *out.HTTP, exact)
+		default:
+			l.mode = &tcpOutbound{quicUpstream: out.QUICUpstream, quicTarget: out.QUICTarget}
 		}
 	}
 	return p, nil
@@ -488,28 +480,8 @@ func (p *Proxy) Listen() (err error) {
 		}
 	}()
 	for _, l := range p.listeners {
-		var ln net.Listener
-		if l.capture != nil {
-			ln, l.twin, err = listenCapture(l.addr)
-		} else {
-			ln, err = net.Listen("tcp", l.addr)
-		}
-		if err != nil {
+		if err := l.mode.bind(p, l); err != nil {
 			return fmt.Errorf("proxy: listener %q: %w", l.name, err)
-		}
-		l.ln = ln
-		if l.httpIn != nil {
-			l.httpIn.ln = newChanListener(ln.Addr())
-		}
-		switch {
-		case l.quicAddr != "":
-			if err := p.listenQUIC(l); err != nil {
-				return err
-			}
-		case l.quicUpstream != "":
-			if l.quicPool, err = p.newQUICPool(l, l.quicUpstream, l.quicTarget); err != nil {
-				return err
-			}
 		}
 	}
 	return nil
@@ -522,23 +494,7 @@ func (p *Proxy) closeListeners() {
 		if l.ln != nil {
 			l.ln.Close()
 		}
-		if l.twin != nil {
-			l.twin.Close()
-		}
-		if l.quicSrv != nil {
-			l.quicSrv.close()
-		}
-		if l.quicPool != nil {
-			l.quicPool.close()
-		}
-		if l.httpIn != nil {
-			l.httpIn.srv.Close()
-			l.httpIn.ln.Close()
-		}
-		if l.httpOut != nil {
-			l.httpOut.srv.Close()
-			l.httpOut.pool.closeIdle()
-		}
+		l.mode.close()
 	}
 }
 
@@ -546,8 +502,8 @@ func (p *Proxy) closeListeners() {
 // QUIC side, or nil.
 func (p *Proxy) QUICAddr(name string) net.Addr {
 	for _, l := range p.listeners {
-		if l.name == name && l.quicSrv != nil {
-			return l.quicSrv.tr.Conn.LocalAddr()
+		if m, ok := l.mode.(*tcpInbound); ok && l.name == name && m.quic != nil {
+			return m.quic.tr.Conn.LocalAddr()
 		}
 	}
 	return nil
@@ -597,7 +553,8 @@ func (p *Proxy) SetHTTP(name string, cfg InboundHTTP) error {
 	if err := checkHTTP(l, cfg); err != nil {
 		return err
 	}
-	l.httpIn.settings.Store(p.newHTTPSettings(cfg, l.httpIn.settings.Load()))
+	h := l.httpIn()
+	h.settings.Store(p.newHTTPSettings(cfg, h.settings.Load()))
 	return nil
 }
 
@@ -642,9 +599,9 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		}
 		differ(l, "Listen", l.addr, in.Listen)
 		differ(l, "App", l.target, in.App)
-		differ(l, "QUICListen", l.quicAddr, in.QUICListen)
-		differ(l, "HTTP", fmt.Sprint(l.httpIn != nil), fmt.Sprint(in.HTTP != nil))
-		if l.httpIn != nil && in.HTTP != nil {
+		differ(l, "QUICListen", l.quicListen(), in.QUICListen)
+		differ(l, "HTTP", fmt.Sprint(l.httpIn() != nil), fmt.Sprint(in.HTTP != nil))
+		if l.httpIn() != nil && in.HTTP != nil {
 			if err := checkHTTP(l, *in.HTTP); err != nil {
 				errs = append(errs, err)
 			}
@@ -657,19 +614,20 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		}
 		differ(l, "Listen", l.addr, out.Listen)
 		differ(l, "Upstream", l.target, out.Upstream)
-		differ(l, "QUICUpstream", l.quicUpstream, out.QUICUpstream)
-		differ(l, "QUICTarget", l.quicTarget, out.QUICTarget)
-		differ(l, "HTTP", fmt.Sprint(l.httpOut != nil), fmt.Sprint(out.HTTP != nil))
-		differ(l, "Capture", fmt.Sprint(l.capture != nil), fmt.Sprint(out.Capture != nil))
+		quicUpstream, quicTarget := l.quicUpstream()
+		differ(l, "QUICUpstream", quicUpstream, out.QUICUpstream)
+		differ(l, "QUICTarget", quicTarget, out.QUICTarget)
+		differ(l, "HTTP", fmt.Sprint(l.httpOut() != nil), fmt.Sprint(out.HTTP != nil))
+		differ(l, "Capture", fmt.Sprint(l.captures()), fmt.Sprint(out.Capture != nil))
 		// What New derived from Expect: the key-exchange mode towards the
 		// upstream's trust domain, and the audience of the JWT-SVIDs sent.
 		differ(l, "the key-exchange mode Expect selects", string(l.kex), string(p.cfg.KeyExchange.ModeFor(upstreamTrustDomain(out.Expect))))
-		if l.httpOut != nil && l.httpOut.cfg.JWTAudience == "" {
+		if h := l.httpOut(); h != nil && h.cfg.JWTAudience == "" {
 			aud := ""
 			if id, ok := out.Expect.ExactID(); ok {
 				aud = id.String()
 			}
-			differ(l, "the JWT-SVID audience Expect selects", l.httpOut.audience, aud)
+			differ(l, "the JWT-SVID audience Expect selects", h.audience, aud)
 		}
 	}
 	for _, l := range p.listeners {
@@ -683,8 +641,8 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 	for _, in := range in {
 		l := p.listener(in.Name)
 		l.policy.Store(&in.Allow)
-		if in.HTTP != nil {
-			l.httpIn.settings.Store(p.newHTTPSettings(*in.HTTP, l.httpIn.settings.Load()))
+		if h := l.httpIn(); in.HTTP != nil {
+			h.settings.Store(p.newHTTPSettings(*in.HTTP, h.settings.Load()))
 		}
 	}
 	for _, out := range out {
@@ -711,11 +669,11 @@ func (p *Proxy) listener(name string) *listener {
 
 // checkHTTP checks that cfg can replace the request policy of l.
 func checkHTTP(l *listener, cfg InboundHTTP) error {
-	if l.httpIn == nil {
+	if l.httpIn() == nil {
 		return fmt.Errorf("proxy: listener %q is not an HTTP inbound listener", l.name)
 	}
 	cfg = cfg.withDefaults()
-	cur := l.httpIn.settings.Load().cfg
+	cur := l.httpIn().settings.Load().cfg
 	switch {
 	case cfg.AppH2C != cur.AppH2C:
 		return fmt.Errorf("proxy: listener %q: AppH2C is fixed at start", l.name)
@@ -735,26 +693,12 @@ func checkHTTP(l *listener, cfg InboundHTTP) error {
 func (p *Proxy) Serve(ctx context.Context) error {
 	for _, l := range p.listeners {
 		if l.ln == nil {
-			return fmt.Errorf("proxy: listener %q is not bound; call Listen", l.name)
+			return errNotBound(l)
 		}
 	}
 	var wg sync.WaitGroup
 	for _, l := range p.listeners {
-		switch {
-		case l.httpOut != nil:
-			wg.Go(func() { l.httpOut.srv.Serve(l.ln) })
-		case l.httpIn != nil:
-			wg.Go(func() { l.httpIn.srv.Serve(l.httpIn.ln) })
-			wg.Go(func() { p.accept(ctx, l, l.ln) })
-		default:
-			wg.Go(func() { p.accept(ctx, l, l.ln) })
-			if l.twin != nil {
-				wg.Go(func() { p.accept(ctx, l, l.twin) })
-			}
-		}
-		if l.quicSrv != nil {
-			wg.Go(func() { p.acceptQUIC(ctx, l) })
-		}
+		l.mode.serve(ctx, p, l, &wg)
 	}
 	wg.Go(func() { p.revalidate(ctx) })
 	<-ctx.Done()
@@ -777,12 +721,7 @@ func (p *Proxy) Drain(ctx context.Context) error {
 	for _, l := range p.listeners {
 		if l.dir == dirInbound {
 			l.ln.Close()
-			if l.quicSrv != nil {
-				l.quicSrv.ln.Close() // no new QUIC connections; new streams are refused
-			}
-			if l.httpIn != nil {
-				wg.Go(func() { l.httpIn.srv.Shutdown(ctx) }) // in-flight requests finish
-			}
+			l.mode.drain(ctx, &wg)
 			wg.Go(l.conns.Wait)
 		}
 	}
@@ -841,13 +780,14 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 		l.conns.Add(1)
 		p.wg.Go(func() {
 			defer func() { p.slots.release(l.dir); l.conns.Done() }()
-			if l.dir == dirInbound {
-				p.handleInbound(ctx, l, c, func() {
+			switch m := l.mode.(type) {
+			case inboundMode:
+				p.handleInbound(ctx, l, m, c, func() {
 					p.slots.endHandshake(src)
 					p.m.handshakeEnded()
 				})
-			} else {
-				p.handleOutbound(ctx, l, c)
+			case outboundMode:
+				m.serveApp(ctx, p, l, c, time.Now())
 			}
 		})
 	}
@@ -855,7 +795,7 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 
 // handleInbound serves an inbound connection; handshaken is called once
 // its handshake has ended, well or not.
-func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn, handshaken func()) {
+func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, raw net.Conn, handshaken func()) {
 	start := time.Now()
 	fb := &firstByteConn{Conn: raw}
 	raw.SetReadDeadline(start.Add(p.cfg.FirstByteTimeout))
@@ -871,118 +811,7 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, raw net.Conn, ha
 		p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
 		return
 	}
-	peer, notAfter := peerOf(cs)
-	if l.httpIn != nil {
-		p.serveHTTPConn(l, tc, cs, peer, notAfter)
-		return
-	}
-	app, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
-	if err != nil {
-		tc.Close()
-		p.m.refused(l.dir, reason.AppUnavailable, true)
-		p.access(l, start, peer, cs, "error", reason.AppUnavailable, relay.Result{}, "tcp")
-		p.log.Warn("proxy: app unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
-		return
-	}
-	// a = the peer (TLS), b = the app: AToB is to_app, BToA from_app.
-	p.relay(ctx, l, start, peer, cs, tc, app, "tcp")
-}
-
-func (p *Proxy) handleOutbound(ctx context.Context, l *listener, app net.Conn) {
-	start := time.Now()
-	target := l.target
-	var expect *authz.Policy
-	if l.capture == nil && p.refuseCaller(l, app, netip.AddrPort{}, start) {
-		return
-	}
-	if l.capture != nil {
-		dst, err := capturedTarget(app, l.ln.Addr())
-		if err != nil {
-			app.Close()
-			p.m.refused(l.dir, reason.NoOriginalDestination, false)
-			p.access(l, start, spiffeid.ID{}, nil, "deny", reason.NoOriginalDestination, relay.Result{}, "tcp")
-			return
-		}
-		// The app's socket is connected to the original destination, not
-		// to this listener.
-		if p.refuseCaller(l, app, dst, start) {
-			return
-		}
-		self, err := p.cfg.SVIDs.GetX509SVID()
-		if err != nil {
-			app.Close()
-			p.m.refused(l.dir, reason.NoIdentity, true)
-			return
-		}
-		pol := l.capture.expectFor(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
-		target, expect = dst.String(), &pol
-		ctx = context.WithValue(ctx, expectKey{}, expect)
-	}
-	if l.quicPool != nil {
-		sc, pc, err := l.quicPool.open(ctx)
-		if err == nil {
-			peer, _ := peerOf(&pc.cs)
-			p.relay(ctx, l, start, peer, &pc.cs, app, sc, "quic")
-			l.quicPool.release(pc)
-			return
-		}
-		var te *quic.TransportError
-		if errors.As(err, &te) && te.ErrorCode.IsCryptoError() {
-			// The TLS handshake itself failed: one side refused the
-			// other, and TCP, under the same policy, would fare no better.
-			app.Close()
-			fallback := reason.PeerRefused
-			if l.kex == pqc.HybridRequired && te.Remote {
-				fallback = reason.PQRequired
-			}
-			p.refuse(l, start, err, fallback, "quic")
-			return
-		}
-		why := reason.HandshakeFailed
-		switch {
-		case errors.Is(err, errQUICDown):
-			why = reason.RecentlyFailed
-		case errors.Is(err, errStreamLimit):
-			why = reason.StreamLimit
-		case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
-			why = reason.Timeout
-		}
-		p.m.quicFallback(why)
-		p.log.Debug("proxy: QUIC unavailable, using TCP", slog.String(logkey.Listener, l.name),
-			slog.String(logkey.Reason, string(why)), slog.String(logkey.Error, err.Error()))
-	}
-	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", target)
-	if err != nil {
-		app.Close()
-		p.m.refused(l.dir, reason.UpstreamUnavailable, true)
-		p.access(l, start, spiffeid.ID{}, nil, "error", reason.UpstreamUnavailable, relay.Result{}, "tcp")
-		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
-		return
-	}
-	tc := tls.Client(relay.Batching(raw), l.tls)
-	cs, err := p.handshake(ctx, l, tc)
-	if err != nil {
-		tc.Close()
-		app.Close()
-		fallback := reason.PeerRefused
-		if l.kex == pqc.HybridRequired && refusedByPeer(err) {
-			// We offered hybrid groups only; a server that fails the
-			// handshake on that has none of them.
-			fallback = reason.PQRequired
-		}
-		p.refuse(l, start, err, fallback, "tcp")
-		return
-	}
-	peer, _ := peerOf(cs)
-	if expect != nil && !expect.Allows(peer) {
-		tc.Close()
-		app.Close()
-		p.m.refused(l.dir, reason.Unauthorized, false)
-		p.access(l, start, peer, cs, "deny", reason.Unauthorized, relay.Result{}, "tcp")
-		return
-	}
-	// a = the app, b = the peer (TLS): AToB is from_app, BToA to_app.
-	p.relay(ctx, l, start, peer, cs, app, tc, "tcp")
+	m.serveConn(ctx, p, l, tc, cs, start)
 }
 
 func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.ConnectionState, error) {
@@ -1128,9 +957,7 @@ func (p *Proxy) revalidate(ctx context.Context) {
 		}
 		p.revalidateAll(time.Now())
 		for _, l := range p.listeners {
-			if l.httpOut != nil {
-				l.httpOut.pool.sweep()
-			}
+			l.mode.swept()
 		}
 	}
 }

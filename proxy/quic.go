@@ -153,10 +153,12 @@ type quicServer struct {
 	ln   *quic.Listener
 }
 
-func (p *Proxy) listenQUIC(l *listener) error {
-	udp, err := net.ListenPacket("udp", l.quicAddr)
+// listenQUIC binds an inbound listener's QUIC side on the UDP address
+// addr.
+func (p *Proxy) listenQUIC(l *listener, addr string) (*quicServer, error) {
+	udp, err := net.ListenPacket("udp", addr)
 	if err != nil {
-		return fmt.Errorf("proxy: listener %q QUIC: %w", l.name, err)
+		return nil, fmt.Errorf("QUIC: %w", err)
 	}
 	gate := newRateGate(cmp.Or(p.cfg.QUIC.HandshakeRate, DefaultQUICHandshakeRate))
 	tr := &quic.Transport{Conn: udp, VerifySourceAddress: func(net.Addr) bool {
@@ -180,10 +182,9 @@ func (p *Proxy) listenQUIC(l *listener) error {
 	ln, err := tr.Listen(tlsConf, p.cfg.QUIC.config())
 	if err != nil {
 		udp.Close()
-		return fmt.Errorf("proxy: listener %q QUIC: %w", l.name, err)
+		return nil, fmt.Errorf("QUIC: %w", err)
 	}
-	l.quicSrv = &quicServer{addr: l.quicAddr, tr: tr, ln: ln}
-	return nil
+	return &quicServer{addr: addr, tr: tr, ln: ln}, nil
 }
 
 func (q *quicServer) close() {
@@ -192,9 +193,9 @@ func (q *quicServer) close() {
 }
 
 // acceptQUIC accepts QUIC connections on an inbound listener.
-func (p *Proxy) acceptQUIC(ctx context.Context, l *listener) {
+func (p *Proxy) acceptQUIC(ctx context.Context, l *listener, srv *quicServer) {
 	for {
-		qc, err := l.quicSrv.ln.Accept(ctx)
+		qc, err := srv.ln.Accept(ctx)
 		if err != nil {
 			if ctx.Err() == nil && !errors.Is(err, quic.ErrServerClosed) {
 				p.log.Warn("proxy: QUIC accept failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
