@@ -14,6 +14,11 @@
 // with a bounded exponential backoff, and reports why it is not ready through
 // [Source.Ready].
 //
+// A [JWTValidator] validates the JWT-SVIDs of callers; a
+// [JWTValidationCache] verifies the signature of each token once and
+// rechecks, on every later use, its times and that the key that signed it
+// is still in the JWT bundle.
+//
 // Subpackage register reconciles declared workload identities with the SPIRE
 // server API.
 package agent

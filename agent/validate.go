@@ -49,6 +49,13 @@ type JWTValidator struct {
 // no audience, an empty expected audience is an error here, and so is a
 // token whose aud claim is missing or holds only empty strings.
 func (v JWTValidator) Validate(token, audience string) (*jwtsvid.SVID, error) {
+	return v.validate(token, audience, nil)
+}
+
+// validate is Validate. If pin is not nil, the signature is verified with
+// the one key that v.Bundles held for the token's kid when go-spiffe asked
+// for the bundle, and pin records that key (see pinnedKey).
+func (v JWTValidator) validate(token, audience string, pin *pinnedKey) (*jwtsvid.SVID, error) {
 	if audience == "" {
 		return nil, ErrNoAudience
 	}
@@ -58,10 +65,16 @@ func (v JWTValidator) Validate(token, audience string) (*jwtsvid.SVID, error) {
 	// The one header check of every token (internal/joseheader): the
 	// JWT-SVID algorithms only, no key or key location in the token
 	// (jwk, jku, x5u, x5c), no crit, no member named twice in any case.
-	if _, err := joseheader.Parse(token, svidHeader); err != nil {
+	hdr, err := joseheader.Parse(token, svidHeader)
+	if err != nil {
 		return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 	}
-	svid, err := jwtsvid.ParseAndValidate(token, v.Bundles, []string{audience})
+	var bundles jwtbundle.Source = v.Bundles
+	if pin != nil {
+		pin.bundles, pin.kid = v.Bundles, hdr.Kid
+		bundles = pin
+	}
+	svid, err := jwtsvid.ParseAndValidate(token, bundles, []string{audience})
 	if err != nil {
 		// The time checks run after the signature's, with go-jose's
 		// minute of leeway. go-spiffe turns jwt.ErrExpired into text;
@@ -76,12 +89,21 @@ func (v JWTValidator) Validate(token, audience string) (*jwtsvid.SVID, error) {
 	if !slices.Contains(svid.Audience, audience) {
 		return nil, ErrNoAudience
 	}
-	if v.Leeway > 0 && v.Leeway < jwt.DefaultLeeway {
-		if err := checkTimes(svid.Claims, v.Leeway, time.Now()); err != nil {
+	if leeway := v.leeway(); leeway < jwt.DefaultLeeway {
+		if err := checkTimes(svid.Claims, leeway, time.Now()); err != nil {
 			return nil, fmt.Errorf("agent: invalid JWT-SVID: %w", err)
 		}
 	}
 	return svid, nil
+}
+
+// leeway is the clock skew Validate tolerates: Leeway if it is set and
+// under jwt.DefaultLeeway, else jwt.DefaultLeeway.
+func (v JWTValidator) leeway() time.Duration {
+	if v.Leeway > 0 && v.Leeway < jwt.DefaultLeeway {
+		return v.Leeway
+	}
+	return jwt.DefaultLeeway
 }
 
 // checkTimes checks the exp, nbf and iat of verified claims with leeway.

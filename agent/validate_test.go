@@ -29,7 +29,7 @@ type keyset struct {
 	bundles *jwtbundle.Set
 }
 
-func newKeyset(t *testing.T) keyset {
+func newKeyset(t testing.TB) keyset {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +40,7 @@ func newKeyset(t *testing.T) keyset {
 }
 
 // sign builds a JWS with the given extra headers and claims.
-func sign(t *testing.T, alg jose.SignatureAlgorithm, key any, headers map[jose.HeaderKey]any, claims map[string]any) string {
+func sign(t testing.TB, alg jose.SignatureAlgorithm, key any, headers map[jose.HeaderKey]any, claims map[string]any) string {
 	t.Helper()
 	opts := &jose.SignerOptions{}
 	for k, v := range headers {

@@ -18,7 +18,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credflow/credflow/agent"
@@ -293,6 +292,9 @@ func subjectExchanger(x *edge.Exchanger) exchange.Exchanger {
 }
 
 func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *proxy.Metrics) proxy.Config {
+	// One cache of validated JWT-SVIDs for the process: a caller sends one
+	// token for minutes, and its signature is verified once.
+	jwts := &agent.JWTValidationCache{Validator: agent.JWTValidator{Bundles: src, Leeway: cfg.JWTLeeway}}
 	pc := proxy.Config{
 		SVIDs:               src,
 		Bundles:             src,
@@ -315,13 +317,11 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 			IdleTimeout:      cfg.QUICIdleTimeout,
 			HandshakeRate:    cfg.QUICHandshakeRate,
 		},
-		Logger:    log,
-		AccessLog: log,
-		Metrics:   m,
-		Tokens:    src,
-		ValidateJWT: func(token, audience string) (*jwtsvid.SVID, error) {
-			return agent.JWTValidator{Bundles: src, Leeway: cfg.JWTLeeway}.Validate(token, audience)
-		},
+		Logger:      log,
+		AccessLog:   log,
+		Metrics:     m,
+		Tokens:      src,
+		ValidateJWT: jwts.Validate,
 	}
 	pc.Inbound, pc.Outbound = listeners(cfg)
 	return pc
