@@ -147,9 +147,11 @@ bench-deps: deps
 		apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends haproxy; }
 
 ## bench: the mesh benchmark, full profile (T0-T5h; bulk, RPC latency, ping-pong, handshakes,
-## connection scale, rotation; about 12 minutes here); writes bench/results/mesh.{md,jsonl} and the charts.
+## connection scale, rotation; about 12 minutes here), then a short profiled pass of the T3 and T3h
+## pairs (about 2 minutes; profiles in bin/bench-profiles) whose top costs the results name;
+## writes bench/results/mesh.{md,jsonl} and the charts.
 bench: build bench-bin ghostunnel bench-deps
-	$(BIN)/credflow-bench -scenario mesh -profile full -out bench/results
+	$(BIN)/credflow-bench -scenario mesh -profile full -profile-pass $(BIN)/bench-profiles -out bench/results
 
 ## bench-short: the same scenarios, short (about 2 minutes); prints the table, writes under bin/.
 ## BENCH_ARGS narrows or profiles it, e.g. BENCH_ARGS='-topologies T3h,T3h-jwt,T5h -scenarios rpc-http1

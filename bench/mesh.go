@@ -82,6 +82,10 @@ type MeshRun struct {
 	// Selection is what -topologies and -scenarios narrowed the run to,
 	// empty for everything.
 	Selection string `json:"selection,omitempty"`
+
+	// Profiles summarize the sidecars' profiles, when -profile-dir was
+	// given (summarizeProfiles).
+	Profiles []ProfileSummary `json:"profiles,omitempty"`
 }
 
 // mesh is one run in progress.
@@ -227,6 +231,18 @@ func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 		stop()
 		if err != nil {
 			return run, fmt.Errorf("bench: scenario %s: %w", id, err)
+		}
+	}
+	if prof != nil {
+		names := map[string]string{}
+		for _, t := range append(m.tops, m.full...) {
+			names[t.id] = t.name
+		}
+		if run.Profiles, err = summarizeProfiles(c.ProfileDir, names); err != nil {
+			m.notef("summarizing the profiles: %v", err)
+		}
+		for i, s := range run.Profiles {
+			run.Profiles[i].Requests = run.requests(s.Scenario)[s.Topology]
 		}
 	}
 	run.Seconds = time.Since(start).Seconds()

@@ -167,6 +167,33 @@ func (run *MeshRun) targets() []target {
 	}
 	add("rotation under load", "0 failed requests", fmt.Sprintf("%.0f failed of %.0f", failed, requests), okr, okr && failed == 0)
 
+	// The L7 path against HAProxy, per sidecar (the busier of the two),
+	// and its tail latency against L4's at the same load.
+	perSidecar := func(variant, topology string) (float64, bool) {
+		c, ok1 := get("rpc", variant, topology, "vcpu_per_1000rps.client")
+		s, ok2 := get("rpc", variant, topology, "vcpu_per_1000rps.server")
+		return max(c, s), ok1 && ok2
+	}
+	for _, v := range []struct{ variant, l7 string }{{rpcV, T3h}, {"HTTP/1.1 16 conns", T3h}, {"gRPC unary", T3hGRPC}} {
+		h, okh := perSidecar(v.variant, v.l7)
+		l4, okl4 := perSidecar(v.variant, T5)
+		add("L7: T3h vCPU per 1000 rps per sidecar vs T5 HAProxy L4 ("+v.variant+")", "≤ 1.0×",
+			fmt.Sprintf("%.2f× (%.3f against %.3f)", h/l4, h, l4), okh && okl4, h <= l4)
+		if v.l7 == T3h { // T5h carries HTTP/1.1 only
+			l7, okl7 := perSidecar(v.variant, T5h)
+			add("L7: T3h vCPU per 1000 rps per sidecar vs T5h HAProxy mode http ("+v.variant+")", "≤ 1.0×",
+				fmt.Sprintf("%.2f× (%.3f against %.3f)", h/l7, h, l7), okh && okl7, h <= l7)
+		}
+		ph, ok1 := get("rpc", v.variant, v.l7, "p99_us")
+		p3, ok2 := get("rpc", v.variant, T3MLKEM, "p99_us")
+		add("L7: T3h p99 vs T3 at the same load ("+v.variant+")", "≤ 1.2×",
+			fmt.Sprintf("%.2f× (%.0f against %.0f µs)", ph/p3, ph, p3), ok1 && ok2, ph <= 1.2*p3)
+	}
+	t3v, okt3 := perSidecar(rpcV, T3MLKEM)
+	t5v, okt5 := perSidecar(rpcV, T5)
+	add("L4: T3 vCPU per 1000 rps per sidecar vs T5 HAProxy ("+rpcV+")", "≤ 1.0×",
+		fmt.Sprintf("%.2f× (%.3f against %.3f)", t3v/t5v, t3v, t5v), okt3 && okt5, t3v <= t5v)
+
 	q, okq := get("bulk", bulkV, T3q, "gbit_s")
 	add("QUIC bulk vs T3", "≥ 0.5×", fmt.Sprintf("%.2f× (%.2f against %.2f Gbit/s)", q/t3, q, t3), okq && ok3, q >= 0.5*t3)
 	qh, okqh := get("handshake", "as configured", T3q, "quic_handshakes")
@@ -206,6 +233,9 @@ func MeshTable(env *hostenv.Environment, run *MeshRun) string {
 		fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.figure, t.goal, t.measured, verdict)
 	}
 	b.WriteString("\n")
+	if len(run.Profiles) > 0 {
+		b.WriteString("Where the sidecars' CPU and allocations go, from their profiles: the last section. What was tried for the targets not met: bench/README.md.\n\n")
+	}
 	run.table(&b, "Bulk", "bulk", fmt.Sprintf("%d MiB per run in 128 KiB writes, split across the streams. CPU-s per GB moved, per process.", run.BulkBytes>>20), []column{
 		{"Gbit/s", "gbit_s", "%.2f", true},
 		{"CPU-s/GB client side", "cpu_s_per_gb.client", "%.2f", false},
@@ -251,5 +281,6 @@ func MeshTable(env *hostenv.Environment, run *MeshRun) string {
 		{"rotations", "rotations", "%.0f", false},
 		{"p99 µs", "p99_us", "%.0f", false},
 	})
+	run.writeProfiles(&b)
 	return b.String()
 }

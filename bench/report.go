@@ -41,6 +41,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
 	profileDir := fs.String("profile-dir", "", "mesh: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
 		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof (the sidecars run with debug: {pprof: true})")
+	profilePass := fs.String("profile-pass", "", "mesh: after the measured run, a short run of "+strings.Join(profilePassTopologies, ", ")+
+		" over "+strings.Join(profiledScenarios, ", ")+" with profiles written to DIR, summarized in the results: the figures come from the run "+
+		"without profiling, where the time goes from this one")
 	scenarios := fs.String("scenarios", "", "mesh: comma-separated scenario ids to run (default all): "+
 		strings.Join(ScenarioIDs, ", ")+"; rpc is rpc-http1 and rpc-grpc")
 	if err := fs.Parse(args); err != nil {
@@ -122,6 +125,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 				break
 			}
 			os.RemoveAll(dir)
+			if *profilePass != "" {
+				if err = profiledPass(ctx, run, bins, *profilePass, stderr); err != nil {
+					break
+				}
+			}
 			results, table = run, MeshTable(env, run)
 			if *out != "" {
 				var charts map[string][]byte
