@@ -195,6 +195,9 @@ func cpuShares(p *profile.Profile) (total float64, costs []Share, flat map[strin
 	under := make([]float64, len(costClasses))
 	flat = map[string]float64{}
 	for _, smp := range p.Sample {
+		if inStack(smp, profilers) {
+			continue
+		}
 		v := float64(smp.Value[i])
 		total += v
 		if name := leaf(smp); name != "" {
@@ -223,6 +226,9 @@ func allocShares(p *profile.Profile) (bytes, objects float64, byFn map[string]fl
 	}
 	byFn = map[string]float64{}
 	for _, smp := range p.Sample {
+		if inStack(smp, profilers) {
+			continue
+		}
 		bytes += float64(smp.Value[bi])
 		objects += float64(smp.Value[oi])
 		if name := leaf(smp); name != "" {
@@ -231,6 +237,10 @@ func allocShares(p *profile.Profile) (bytes, objects float64, byFn map[string]fl
 	}
 	return bytes, objects, byFn
 }
+
+// profilers are the functions of the profiling itself: the samples taken
+// under them are left out, so the summaries describe the sidecar's work.
+var profilers = prefixed("runtime/pprof.", "net/http/pprof.")
 
 // leaf is the function a sample was taken in.
 func leaf(smp *profile.Sample) string {
@@ -274,6 +284,7 @@ func (run *MeshRun) writeProfiles(b *strings.Builder) {
 	}
 	b.WriteString("## Where the sidecars' CPU and allocations go (profiles)\n\n")
 	b.WriteString("From the CPU and allocation profiles of each credflow sidecar taken over the whole scenario (-profile-dir). " +
+		"The profiling's own samples (under runtime/pprof and net/http/pprof) are left out. " +
 		"A cost class's share is the part of the sidecar's CPU samples with one of its functions on the stack: classes overlap " +
 		"(allocation is part of the reverse proxy's share, say), so a column does not add up to 100%.\n\n")
 	for _, sc := range profiledScenarios {

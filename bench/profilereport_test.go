@@ -64,10 +64,13 @@ func TestSummarizeProfiles(t *testing.T) {
 		"runtime.mallocgc;net/http/httputil.(*ReverseProxy).ServeHTTP": {3, 300},
 		// 20% in the garbage collector.
 		"runtime.scanobject;runtime.gcBgMarkWorker": {2, 200},
+		// The profiler's own work is left out.
+		"compress/flate.(*compressor).write;runtime/pprof.(*profileBuilder).flush": {9, 900},
 	}))
 	writeProfileFile(t, base+".allocs.pprof", stacks([]string{"alloc_objects", "alloc_space"}, map[string][]int64{
 		"net/http.Header.Clone;net/http/httputil.(*ReverseProxy).ServeHTTP": {300, 30000},
-		"bufio.NewReaderSize": {100, 10000},
+		"bufio.NewReaderSize":                           {100, 10000},
+		"compress/flate.NewWriter;net/http/pprof.Index": {100, 90000},
 	}))
 	// An outbound profile that does not parse is an error, not a silent
 	// gap; a missing one is skipped.
