@@ -7,9 +7,12 @@ package logkey
 
 // Attribute keys, in alphabetical order.
 const (
-	Admin        = "admin"
-	Audience     = "audience"
-	Config       = "config"
+	Admin    = "admin"
+	Audience = "audience"
+	Config   = "config"
+	// Credential names a credential source (never its value).
+	Credential   = "credential"
+	Failures     = "failures"
 	Changed      = "changed"
 	Fields       = "fields"
 	Signal       = "signal"

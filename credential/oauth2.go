@@ -1,0 +1,219 @@
+package credential
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// The ways an OAuth2 source authenticates the workload: never with a
+// client secret of its own, always with a JWT-SVID the sidecar fetches for
+// the token endpoint's audience.
+const (
+	// GrantJWTBearer sends the JWT-SVID as the assertion of an RFC 7523
+	// JWT bearer grant.
+	GrantJWTBearer = "jwt-bearer"
+	// ClientAssertionSPIFFE runs the client credentials grant with the
+	// JWT-SVID as client assertion of type jwt-spiffe
+	// (draft-ietf-oauth-spiffe-client-auth).
+	ClientAssertionSPIFFE = "client-assertion-spiffe"
+)
+
+// OAuth2 protocol names.
+const (
+	grantTypeJWTBearer   = "urn:ietf:params:oauth:grant-type:jwt-bearer"
+	assertionTypeSPIFFE  = "urn:ietf:params:oauth:client-assertion-type:jwt-spiffe"
+	maxTokenResponse     = 64 << 10 // bytes of a token endpoint's answer
+	maxTokenErrorExcerpt = 200      // bytes of an error field repeated in an error
+	tokenTypeBearer      = "bearer"
+)
+
+// OAuth2 is a Source of access tokens from an OAuth 2.0 authorization
+// server's token endpoint, the workload authenticated by its JWT-SVID.
+//
+// The token request is written here rather than with golang.org/x/oauth2:
+// that package has no grant that sends an assertion obtained elsewhere
+// (its jwt package signs its own with a private key), and the response
+// rules the sidecar needs (a size cap, expires_in required, bearer only,
+// an error that never repeats the body's tokens) are a few lines.
+type OAuth2 struct {
+	// TokenURL is the token endpoint, https unless it is on loopback.
+	TokenURL string
+	// Method is GrantJWTBearer or ClientAssertionSPIFFE.
+	Method string
+	// ClientID, if set, is sent as client_id (some servers need one with
+	// the jwt-bearer grant).
+	ClientID string
+	// Scopes, Audience and Resource are asked for, when set.
+	Scopes   []string
+	Audience string
+	Resource string
+	// Assertion returns a JWT-SVID for audience (the token URL unless
+	// AssertionAudience is set).
+	Assertion         func(ctx context.Context, audience string) (string, error)
+	AssertionAudience string
+	// Client sends the request; it carries the TLS settings (roots or a
+	// CA file, never verification off). Default http.DefaultClient.
+	Client *http.Client
+}
+
+// tokenResponse is RFC 6749 section 5.1.
+type tokenResponse struct {
+	AccessToken string          `json:"access_token"`
+	TokenType   string          `json:"token_type"`
+	ExpiresIn   json.RawMessage `json:"expires_in"`
+}
+
+// tokenError is RFC 6749 section 5.2.
+type tokenError struct {
+	Error       string `json:"error"`
+	Description string `json:"error_description"`
+}
+
+// Fetch asks the token endpoint for an access token.
+func (o *OAuth2) Fetch(ctx context.Context) (Credential, error) {
+	aud := o.AssertionAudience
+	if aud == "" {
+		aud = o.TokenURL
+	}
+	assertion, err := o.Assertion(ctx, aud)
+	if err != nil {
+		return Credential{}, fmt.Errorf("JWT-SVID for %s: %w", aud, err)
+	}
+	form := url.Values{}
+	switch o.Method {
+	case GrantJWTBearer:
+		form.Set("grant_type", grantTypeJWTBearer)
+		form.Set("assertion", assertion)
+	case ClientAssertionSPIFFE:
+		form.Set("grant_type", "client_credentials")
+		form.Set("client_assertion_type", assertionTypeSPIFFE)
+		form.Set("client_assertion", assertion)
+	default:
+		return Credential{}, fmt.Errorf("unknown method %q", o.Method)
+	}
+	if o.ClientID != "" {
+		form.Set("client_id", o.ClientID)
+	}
+	if len(o.Scopes) > 0 {
+		form.Set("scope", strings.Join(o.Scopes, " "))
+	}
+	if o.Audience != "" {
+		form.Set("audience", o.Audience)
+	}
+	if o.Resource != "" {
+		form.Set("resource", o.Resource)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, o.TokenURL, strings.NewReader(form.Encode()))
+	if err != nil {
+		return Credential{}, err
+	}
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Accept", "application/json")
+	client := o.Client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	start := time.Now()
+	resp, err := client.Do(req)
+	if err != nil {
+		return Credential{}, fmt.Errorf("token endpoint: %w", scrubURLError(err))
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxTokenResponse+1))
+	if err != nil {
+		return Credential{}, fmt.Errorf("token endpoint: reading the answer: %w", err)
+	}
+	if len(body) > maxTokenResponse {
+		return Credential{}, fmt.Errorf("token endpoint: answer larger than %d bytes", maxTokenResponse)
+	}
+	if resp.StatusCode != http.StatusOK {
+		return Credential{}, fmt.Errorf("token endpoint: %s%s", resp.Status, describeTokenError(body))
+	}
+	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt != "application/json" {
+		return Credential{}, fmt.Errorf("token endpoint: answer of type %q, want application/json", mt)
+	}
+	return parseToken(body, start)
+}
+
+// parseToken reads a successful token response; the token's life counts
+// from when the request was sent.
+func parseToken(body []byte, sent time.Time) (Credential, error) {
+	var tr tokenResponse
+	if err := json.Unmarshal(body, &tr); err != nil {
+		return Credential{}, errors.New("token endpoint: the answer is not a JSON token response")
+	}
+	if tr.AccessToken == "" {
+		return Credential{}, errors.New("token endpoint: the answer has no access_token")
+	}
+	if !strings.EqualFold(tr.TokenType, tokenTypeBearer) {
+		return Credential{}, fmt.Errorf("token endpoint: token_type %q, want Bearer", excerpt(tr.TokenType))
+	}
+	if len(tr.ExpiresIn) == 0 || string(tr.ExpiresIn) == "null" {
+		return Credential{}, errors.New("token endpoint: the answer has no expires_in: the token's life is unknown")
+	}
+	var secs float64
+	if err := json.Unmarshal(tr.ExpiresIn, &secs); err != nil {
+		// Some servers send it as a string.
+		var s string
+		if json.Unmarshal(tr.ExpiresIn, &s) != nil {
+			return Credential{}, errors.New("token endpoint: expires_in is not a number")
+		}
+		if _, err := fmt.Sscanf(s, "%g", &secs); err != nil {
+			return Credential{}, errors.New("token endpoint: expires_in is not a number")
+		}
+	}
+	if secs < 1 || secs > 366*24*3600 {
+		return Credential{}, fmt.Errorf("token endpoint: expires_in %g s is out of range", secs)
+	}
+	v, err := NewSecret(tr.AccessToken)
+	if err != nil {
+		return Credential{}, fmt.Errorf("token endpoint: access_token: %w", err)
+	}
+	return Credential{Value: v, Expires: sent.Add(time.Duration(secs * float64(time.Second)))}, nil
+}
+
+// describeTokenError names an error answer's error code and description,
+// cut short; never more of the body.
+func describeTokenError(body []byte) string {
+	var te tokenError
+	if json.Unmarshal(body, &te) != nil || te.Error == "" {
+		return ""
+	}
+	s := ": " + excerpt(te.Error)
+	if te.Description != "" {
+		s += " (" + excerpt(te.Description) + ")"
+	}
+	return s
+}
+
+// excerpt cuts s short and drops bytes that do not print.
+func excerpt(s string) string {
+	s = strings.Map(func(r rune) rune {
+		if r < 0x20 || r == 0x7f {
+			return -1
+		}
+		return r
+	}, s)
+	if len(s) > maxTokenErrorExcerpt {
+		s = s[:maxTokenErrorExcerpt] + "..."
+	}
+	return s
+}
+
+// scrubURLError drops the URL from a *url.Error: the request's form is
+// not in it, but a token URL may carry a query the operator set.
+func scrubURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return fmt.Errorf("%s: %w", ue.Op, ue.Err)
+	}
+	return err
+}

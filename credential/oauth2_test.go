@@ -1,0 +1,129 @@
+package credential
+
+import (
+	"context"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+const svid = "eyJhbGciOiJFUzI1NiJ9.svid-claims.svid-signature" // stands in for a JWT-SVID
+
+// tokenServer answers the token requests with handler, after checking
+// the form the source sent for method.
+func tokenServer(t *testing.T, method string, handler func(w http.ResponseWriter)) *httptest.Server {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := r.ParseForm(); err != nil {
+			t.Errorf("form: %v", err)
+		}
+		want := map[string]string{"scope": "payments:read payments:write", "client_id": "spiffe://example.org/frontend"}
+		switch method {
+		case GrantJWTBearer:
+			want["grant_type"], want["assertion"] = grantTypeJWTBearer, svid
+		case ClientAssertionSPIFFE:
+			want["grant_type"], want["client_assertion_type"], want["client_assertion"] = "client_credentials", assertionTypeSPIFFE, svid
+		}
+		for k, v := range want {
+			if got := r.PostForm.Get(k); got != v {
+				t.Errorf("%s: %s = %q, want %q", method, k, got, v)
+			}
+		}
+		if r.PostForm.Has("client_secret") {
+			t.Error("a client secret was sent")
+		}
+		handler(w)
+	}))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+func oauth2Source(url, method string) *OAuth2 {
+	return &OAuth2{
+		TokenURL: url + "/oauth2/token", Method: method, ClientID: "spiffe://example.org/frontend",
+		Scopes: []string{"payments:read", "payments:write"},
+		Assertion: func(_ context.Context, aud string) (string, error) {
+			if !strings.HasSuffix(aud, "/oauth2/token") {
+				return "", errors.New("wrong audience " + aud)
+			}
+			return svid, nil
+		},
+	}
+}
+
+func jsonAnswer(status int, body string) func(http.ResponseWriter) {
+	return func(w http.ResponseWriter) {
+		w.Header().Set("Content-Type", "application/json; charset=utf-8")
+		w.WriteHeader(status)
+		w.Write([]byte(body))
+	}
+}
+
+// TestOAuth2Token: both methods send the JWT-SVID as the only proof and
+// read the token and its life.
+func TestOAuth2Token(t *testing.T) {
+	for _, method := range []string{GrantJWTBearer, ClientAssertionSPIFFE} {
+		srv := tokenServer(t, method, jsonAnswer(200, `{"access_token":"at-1","token_type":"bearer","expires_in":3599,"scope":"payments:read"}`))
+		before := time.Now()
+		cred, err := oauth2Source(srv.URL, method).Fetch(t.Context())
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		if cred.Value.Reveal() != "at-1" || cred.Expires.Before(before.Add(3599*time.Second)) || cred.Expires.After(time.Now().Add(3599*time.Second)) {
+			t.Errorf("%s: got %q expiring %v", method, cred.Value.Reveal(), cred.Expires)
+		}
+	}
+}
+
+// TestOAuth2BadAnswers: every answer the sidecar cannot use is an error
+// naming the problem, and no error repeats a token or the assertion.
+func TestOAuth2BadAnswers(t *testing.T) {
+	for name, c := range map[string]struct {
+		answer func(http.ResponseWriter)
+		want   string
+	}{
+		"500":              {jsonAnswer(500, `{"error":"server_error"}`), "500 Internal Server Error: server_error"},
+		"refused":          {jsonAnswer(400, `{"error":"invalid_grant","error_description":"assertion expired\r\nX: y"}`), "invalid_grant (assertion expiredX: y)"},
+		"garbage":          {jsonAnswer(200, `{"access_token": "at-`), "not a JSON token response"},
+		"not JSON":         {func(w http.ResponseWriter) { w.Header().Set("Content-Type", "text/html"); w.Write([]byte("<html>")) }, `"text/html"`},
+		"no expires_in":    {jsonAnswer(200, `{"access_token":"at-2","token_type":"Bearer"}`), "no expires_in"},
+		"zero expires_in":  {jsonAnswer(200, `{"access_token":"at-2","token_type":"Bearer","expires_in":0}`), "out of range"},
+		"no token":         {jsonAnswer(200, `{"token_type":"Bearer","expires_in":60}`), "no access_token"},
+		"not bearer":       {jsonAnswer(200, `{"access_token":"at-2","token_type":"DPoP","expires_in":60}`), `token_type "DPoP"`},
+		"token with CR/LF": {jsonAnswer(200, `{"access_token":"at-2\r\nX-Evil: 1","token_type":"Bearer","expires_in":60}`), "not allowed in an HTTP header"},
+		"oversized":        {jsonAnswer(200, `{"access_token":"`+strings.Repeat("a", maxTokenResponse)+`"}`), "larger than"},
+	} {
+		srv := tokenServer(t, GrantJWTBearer, c.answer)
+		_, err := oauth2Source(srv.URL, GrantJWTBearer).Fetch(t.Context())
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%s: got %v, want an error with %q", name, err, c.want)
+			continue
+		}
+		if strings.Contains(err.Error(), "at-2") || strings.Contains(err.Error(), svid) {
+			t.Errorf("%s: the error holds a token: %v", name, err)
+		}
+	}
+}
+
+// TestOAuth2Unreachable: a token endpoint that is down or too slow fails
+// within the caller's deadline.
+func TestOAuth2Unreachable(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) {}))
+	url := srv.URL
+	srv.Close()
+	if _, err := oauth2Source(url, GrantJWTBearer).Fetch(t.Context()); err == nil || !strings.Contains(err.Error(), "connection refused") {
+		t.Errorf("endpoint down: %v", err)
+	}
+
+	release := make(chan struct{})
+	slow := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-release }))
+	defer slow.Close()
+	defer close(release)
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := oauth2Source(slow.URL, GrantJWTBearer).Fetch(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("slow endpoint: %v, want the deadline", err)
+	}
+}
