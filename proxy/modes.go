@@ -17,6 +17,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
@@ -250,12 +251,12 @@ func (h *httpOutbound) swept() { h.pool.sweep() }
 // each to its original destination, expecting there the identities its
 // destination rules name.
 type captureOutbound struct {
-	capture *Capture
-	twin    net.Listener // the other family's loopback address (listenCapture)
+	capture *capture.Capture
+	twin    net.Listener // the other family's loopback address (capture.Listen)
 }
 
 func (m *captureOutbound) bind(_ *Proxy, l *listener) (err error) {
-	l.ln, m.twin, err = listenCapture(l.addr)
+	l.ln, m.twin, err = capture.Listen(l.addr)
 	return err
 }
 
@@ -277,7 +278,7 @@ func (m *captureOutbound) close() {
 func (m *captureOutbound) swept() {}
 
 func (m *captureOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, app net.Conn, start time.Time) {
-	dst, err := capturedTarget(app, l.ln.Addr())
+	dst, err := capture.Target(app, l.ln.Addr())
 	if err != nil {
 		app.Close()
 		p.m.refused(l.dir, reason.NoOriginalDestination, false)
@@ -295,7 +296,7 @@ func (m *captureOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, a
 		p.m.refused(l.dir, reason.NoIdentity, true)
 		return
 	}
-	pol := m.capture.expectFor(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
+	pol := m.capture.Expect(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
 	p.originate(context.WithValue(ctx, expectKey{}, &pol), l, app, dst.String(), &pol, start)
 }
 

@@ -44,6 +44,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/defaults"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/relay"
@@ -114,7 +115,7 @@ type Outbound struct {
 	HTTP *OutboundHTTP
 	// Capture, if set, makes the listener transparent: Upstream is ignored
 	// and each connection goes to its original destination.
-	Capture *Capture
+	Capture *capture.Capture
 	// Callers are the local users whose connections the listener takes,
 	// by the uid that owns the app's socket as the kernel reports it
 	// (peercred; for a captured connection, the socket connected to its
