@@ -28,6 +28,7 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/capture"
+	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/token/edge"
 	"github.com/credflow/credflow/token/exchange"
 )
@@ -312,7 +313,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		CloseOnPeerExpiry:   cfg.CloseOnPeerExpiry,
 		KeyExchange:         cfg.KeyExchange,
 		NoResumption:        cfg.NoResumption,
-		QUIC: proxy.QUICLimits{
+		QUIC: quicmux.Limits{
 			MaxStreams:       cfg.QUICMaxStreams,
 			HandshakeTimeout: cfg.QUICHandshakeTimeout,
 			IdleTimeout:      cfg.QUICIdleTimeout,
