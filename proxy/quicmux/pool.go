@@ -289,4 +289,5 @@ func (p *Pool) Close() {
 	p.stop()
 	p.tr.Close()
 	p.wg.Wait()
+	p.tr.Conn.Close() // quic-go leaves a socket it was given open
 }

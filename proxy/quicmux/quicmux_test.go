@@ -301,3 +301,16 @@ func TestServerRetry(t *testing.T) {
 		t.Fatal("three connections at once past a rate of one a second, and no Retry")
 	}
 }
+
+// TestServerCloseFreesPort: once a Server is closed, its UDP address can be
+// bound again (a proxy restarted in the same process takes it back).
+func TestServerCloseFreesPort(t *testing.T) {
+	r := newRig(t, quicmux.Limits{}, nil)
+	addr := r.srv.Addr().String()
+	r.srv.Close()
+	c, err := net.ListenPacket("udp", addr)
+	if err != nil {
+		t.Fatalf("%s after Close: %v", addr, err)
+	}
+	c.Close()
+}

@@ -84,8 +84,10 @@ func (s *Server) Accept(ctx context.Context) (*Conn, error) {
 // StopAccepting takes no new connection; established ones keep working.
 func (s *Server) StopAccepting() { s.ln.Close() }
 
-// Close closes the server and every connection it accepted.
+// Close closes the server, every connection it accepted and its UDP
+// socket (quic-go leaves a socket it was given open).
 func (s *Server) Close() {
 	s.ln.Close()
 	s.tr.Close()
+	s.udp.Close()
 }
