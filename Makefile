@@ -120,7 +120,7 @@ lint:
 ## "context deadline exceeded" at the deadline without any failing input (golang/go#75804).
 FUZZ_TARGETS := ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
-	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
+	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy/quicmux:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
 	./internal/inject:FuzzPatch ./token/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
 	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
 FUZZ_EXECS ?= 50000

@@ -11,6 +11,7 @@ import (
 
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/capture"
 )
 
 // TestCaptureListensOnBothLoopbacks: the capture rules redirect IPv4 to
@@ -30,7 +31,7 @@ func TestCaptureListensOnBothLoopbacks(t *testing.T) {
 			p, reg := startProxy(t, proxy.Config{
 				SVIDs:    static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
 				Bundles:  x509bundle.NewSet(ca.Bundle()),
-				Outbound: []proxy.Outbound{{Name: "capture", Listen: c.listen, Capture: &proxy.Capture{}}},
+				Outbound: []proxy.Outbound{{Name: "capture", Listen: c.listen, Capture: &capture.Capture{}}},
 			})
 			port := strconv.Itoa(p.Addr("capture").(*net.TCPAddr).Port)
 			for i, addr := range []string{p.Addr("capture").String(), net.JoinHostPort(c.other, port)} {

@@ -22,6 +22,7 @@ import (
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/internal/testenv"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/capture"
 )
 
 // inNetns marks the test binary re-run inside a network namespace of its
@@ -115,8 +116,8 @@ func TestCaptureOriginalDestination(t *testing.T) {
 			p, reg := startProxy(t, proxy.Config{
 				SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
 				Bundles: x509bundle.NewSet(ca.Bundle()),
-				Outbound: []proxy.Outbound{{Name: "capture", Listen: listen, Expect: policy(t, "spiffe://example.org/nobody"), Capture: &proxy.Capture{
-					Destinations: []proxy.Destination{
+				Outbound: []proxy.Outbound{{Name: "capture", Listen: listen, Expect: policy(t, "spiffe://example.org/nobody"), Capture: &capture.Capture{
+					Destinations: []capture.Destination{
 						{Prefix: netip.MustParsePrefix(server6 + "/128"), Port: port, Expect: backend},
 						{Prefix: netip.MustParsePrefix(server4 + "/32"), Port: port, Expect: backend},
 					},
@@ -182,7 +183,7 @@ func TestCaptureCallers(t *testing.T) {
 				Bundles:   x509bundle.NewSet(ca.Bundle()),
 				AccessLog: acc.logger(),
 				Outbound: []proxy.Outbound{{Name: "capture", Listen: "127.0.0.1:0", Expect: policy(t, "spiffe://example.org/backend"),
-					Capture: &proxy.Capture{}, Callers: x.callers}},
+					Capture: &capture.Capture{}, Callers: x.callers}},
 			})
 			capPort := fmt.Sprint(p.Addr("capture").(*net.TCPAddr).Port)
 			mustExec(t, "iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-s", app4, "-j", "REDIRECT", "--to-ports", capPort)

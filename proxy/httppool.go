@@ -21,10 +21,10 @@ import (
 // carries two certificates that expire, the SVID it presented and the
 // peer's, and the peer closes it once ours has expired, failing whatever
 // request is on it. So connections are replaced ahead of time, as QUIC
-// connections are (renewAt): a transport takes new requests until the
-// renewal point of the first of its connections; then a fresh transport
-// (new connections, current certificates) takes over, and the old one's
-// connections close as they fall idle.
+// connections are (quicmux.Pool): a transport takes new requests until the
+// renewal point (renewAt) of the first of its connections; then a fresh
+// transport (new connections, current certificates) takes over, and the
+// old one's connections close as they fall idle.
 type upstreamPool struct {
 	build func(g *poolGen) *http.Transport
 	conns sync.Map // *tls.Conn -> *upstreamConn, until closedKeep after it closed
@@ -353,6 +353,17 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, 
 		p.upstreamClosed(l, uc)
 	}
 	return tc, nil
+}
+
+// renewPercent is the share of a pooled connection's lifetime after which
+// it is replaced; the same as for QUIC connections.
+const renewPercent = 80
+
+// renewAt is when a connection should be replaced: after renewPercent of
+// the time left until end, the first expiry of our certificate and the
+// peer's, so that no request starts on a connection close to being cut.
+func renewAt(end, now time.Time) time.Time {
+	return now.Add(end.Sub(now) * renewPercent / 100)
 }
 
 // expires lowers the renewal point to that of a connection whose first

@@ -24,6 +24,7 @@ import (
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/route"
 )
 
@@ -420,7 +421,7 @@ func TestQUICRefusalAlerts(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			cfg := clientConfig(tt.svid)
-			cfg.NextProtos = []string{proxy.ALPN}
+			cfg.NextProtos = []string{quicmux.ALPN}
 			cfg.CurvePreferences = tt.curves
 			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
 			defer cancel()

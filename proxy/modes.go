@@ -17,6 +17,8 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/capture"
+	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
@@ -65,7 +67,7 @@ func bindTCP(l *listener) (err error) {
 // with a QUIC address, the streams of QUIC connections too.
 type tcpInbound struct {
 	quicAddr string
-	quic     *quicServer // once bound
+	quic     *quicmux.Server // once bound
 }
 
 func (m *tcpInbound) bind(p *Proxy, l *listener) (err error) {
@@ -87,13 +89,13 @@ func (m *tcpInbound) serve(ctx context.Context, p *Proxy, l *listener, wg *sync.
 
 func (m *tcpInbound) drain(context.Context, *sync.WaitGroup) {
 	if m.quic != nil {
-		m.quic.ln.Close() // no new QUIC connections; new streams are refused
+		m.quic.StopAccepting() // no new QUIC connections; new streams are refused
 	}
 }
 
 func (m *tcpInbound) close() {
 	if m.quic != nil {
-		m.quic.close()
+		m.quic.Close()
 	}
 }
 
@@ -151,7 +153,7 @@ func (h *httpInbound) serveConn(_ context.Context, p *Proxy, l *listener, tc *tl
 // upstream and it answers, else over TCP.
 type tcpOutbound struct {
 	quicUpstream, quicTarget string
-	quic                     *quicPool // once bound
+	quic                     *quicmux.Pool // once bound
 }
 
 func (m *tcpOutbound) bind(p *Proxy, l *listener) (err error) {
@@ -172,7 +174,7 @@ func (m *tcpOutbound) drain(context.Context, *sync.WaitGroup) {}
 
 func (m *tcpOutbound) close() {
 	if m.quic != nil {
-		m.quic.close()
+		m.quic.Close()
 	}
 }
 
@@ -191,12 +193,12 @@ func (m *tcpOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, app n
 // relayQUIC relays app over a stream of the QUIC pool and reports whether
 // it is done with app: false when QUIC is unavailable and TCP should be
 // tried.
-func (p *Proxy) relayQUIC(ctx context.Context, l *listener, pool *quicPool, app net.Conn, start time.Time) bool {
-	sc, pc, err := pool.open(ctx)
+func (p *Proxy) relayQUIC(ctx context.Context, l *listener, pool *quicmux.Pool, app net.Conn, start time.Time) bool {
+	s, err := pool.Open(ctx)
 	if err == nil {
-		peer, _ := peerOf(&pc.cs)
-		p.relay(ctx, l, start, peer, &pc.cs, app, sc, "quic")
-		pool.release(pc)
+		cs := s.Conn().TLS()
+		peer, _ := peerOf(cs)
+		p.relay(ctx, l, start, peer, cs, app, s, "quic") // closing s gives its place on the connection back
 		return true
 	}
 	var te *quic.TransportError
@@ -213,9 +215,9 @@ func (p *Proxy) relayQUIC(ctx context.Context, l *listener, pool *quicPool, app 
 	}
 	why := reason.HandshakeFailed
 	switch {
-	case errors.Is(err, errQUICDown):
+	case errors.Is(err, quicmux.ErrRecentlyFailed):
 		why = reason.RecentlyFailed
-	case errors.Is(err, errStreamLimit):
+	case errors.Is(err, quicmux.ErrStreamLimit):
 		why = reason.StreamLimit
 	case errors.Is(err, context.DeadlineExceeded) || isTimeout(err):
 		why = reason.Timeout
@@ -250,12 +252,12 @@ func (h *httpOutbound) swept() { h.pool.sweep() }
 // each to its original destination, expecting there the identities its
 // destination rules name.
 type captureOutbound struct {
-	capture *Capture
-	twin    net.Listener // the other family's loopback address (listenCapture)
+	capture *capture.Capture
+	twin    net.Listener // the other family's loopback address (capture.Listen)
 }
 
 func (m *captureOutbound) bind(_ *Proxy, l *listener) (err error) {
-	l.ln, m.twin, err = listenCapture(l.addr)
+	l.ln, m.twin, err = capture.Listen(l.addr)
 	return err
 }
 
@@ -277,7 +279,7 @@ func (m *captureOutbound) close() {
 func (m *captureOutbound) swept() {}
 
 func (m *captureOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, app net.Conn, start time.Time) {
-	dst, err := capturedTarget(app, l.ln.Addr())
+	dst, err := capture.Target(app, l.ln.Addr())
 	if err != nil {
 		app.Close()
 		p.m.refused(l.dir, reason.NoOriginalDestination, false)
@@ -295,7 +297,7 @@ func (m *captureOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, a
 		p.m.refused(l.dir, reason.NoIdentity, true)
 		return
 	}
-	pol := m.capture.expectFor(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
+	pol := m.capture.Expect(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
 	p.originate(context.WithValue(ctx, expectKey{}, &pol), l, app, dst.String(), &pol, start)
 }
 

@@ -44,8 +44,10 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/defaults"
 	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
@@ -89,7 +91,7 @@ type Inbound struct {
 	App    string       // the app's address, e.g. "127.0.0.1:8080"
 	Allow  authz.Policy // the peers allowed in
 	// QUICListen, if set, is a UDP address on which the listener also
-	// accepts QUIC from peer sidecars (see ALPN and the stream header).
+	// accepts QUIC from peer sidecars (package quicmux has the protocol).
 	QUICListen string
 	// HTTP, if set, makes the listener HTTP-aware (routes, tokens).
 	HTTP *InboundHTTP
@@ -114,7 +116,7 @@ type Outbound struct {
 	HTTP *OutboundHTTP
 	// Capture, if set, makes the listener transparent: Upstream is ignored
 	// and each connection goes to its original destination.
-	Capture *Capture
+	Capture *capture.Capture
 	// Callers are the local users whose connections the listener takes,
 	// by the uid that owns the app's socket as the kernel reports it
 	// (peercred; for a captured connection, the socket connected to its
@@ -147,7 +149,7 @@ type Config struct {
 	NoResumption bool
 
 	// QUIC sets the limits of QUIC connections.
-	QUIC QUICLimits
+	QUIC quicmux.Limits
 
 	// Tokens mints JWT-SVIDs for HTTP outbound listeners; ValidateJWT
 	// validates them on HTTP inbound listeners that require them.
@@ -340,7 +342,6 @@ func New(cfg Config) (*Proxy, error) {
 	cfg.DialTimeout = orDefault(cfg.DialTimeout, defaults.DialTimeout)
 	cfg.IdleTimeout = orDefault(cfg.IdleTimeout, defaults.IdleTimeout)
 	cfg.RevalidateInterval = orDefault(cfg.RevalidateInterval, defaults.RevalidateInterval)
-	cfg.QUIC.HandshakeTimeout = orDefault(cfg.QUIC.HandshakeTimeout, DefaultQUICHandshakeTimeout)
 	cfg.FirstByteTimeout = min(orDefault(cfg.FirstByteTimeout, defaults.FirstByteTimeout), cfg.HandshakeTimeout)
 	if cfg.MaxConnections <= 0 {
 		cfg.MaxConnections = defaults.MaxConnections
@@ -503,7 +504,7 @@ func (p *Proxy) closeListeners() {
 func (p *Proxy) QUICAddr(name string) net.Addr {
 	for _, l := range p.listeners {
 		if m, ok := l.mode.(*tcpInbound); ok && l.name == name && m.quic != nil {
-			return m.quic.tr.Conn.LocalAddr()
+			return m.quic.Addr()
 		}
 	}
 	return nil

@@ -20,6 +20,7 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/capture"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -420,7 +421,7 @@ func TestCaptureWithoutOriginalDestination(t *testing.T) {
 	p, reg := startProxy(t, proxy.Config{
 		SVIDs:    static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))},
 		Bundles:  x509bundle.NewSet(ca.Bundle()),
-		Outbound: []proxy.Outbound{{Name: "capture", Listen: "127.0.0.1:0", Capture: &proxy.Capture{}}},
+		Outbound: []proxy.Outbound{{Name: "capture", Listen: "127.0.0.1:0", Capture: &capture.Capture{}}},
 	})
 	c, err := net.Dial("tcp", p.Addr("capture").String())
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 	"github.com/quic-go/quic-go"
 
 	"github.com/credflow/credflow/internal/testca"
-	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/quicmux"
 )
 
 // settleGoroutines waits up to 10 s for the goroutine count to fall to at
@@ -109,7 +109,7 @@ func TestQUICAbuse(t *testing.T) {
 	runtime.GC() // buffers in sync.Pools live through one collection
 	floodHeap := heapInUse()
 	// (2) Handshakes without a client certificate.
-	noCert := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{proxy.ALPN}}
+	noCert := &tls.Config{MinVersion: tls.VersionTLS13, InsecureSkipVerify: true, NextProtos: []string{quicmux.ALPN}}
 	refused := 0
 	for range 50 * scale {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)

@@ -18,6 +18,7 @@ import (
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/quicmux"
 )
 
 // quicPair is an inbound proxy with TCP and QUIC in front of an echo app,
@@ -76,7 +77,7 @@ func startQUICPair(t *testing.T, ca *testca.CA, o quicOpts) *quicPair {
 		Bundles:     bundles,
 		Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, o.allow), QUICListen: "127.0.0.1:0"}},
 		KeyExchange: o.inKex,
-		QUIC:        proxy.QUICLimits{MaxStreams: o.maxStreams},
+		QUIC:        quicmux.Limits{MaxStreams: o.maxStreams},
 	})
 	qp := &quicPair{in: &inbound{p: inP, reg: inReg, addr: inP.Addr("app").String()}, inTCP: inP.Addr("app").String(), inQUIC: inP.QUICAddr("app").String()}
 	upstream := qp.inQUIC
@@ -89,7 +90,7 @@ func startQUICPair(t *testing.T, ca *testca.CA, o quicOpts) *quicPair {
 		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: qp.inTCP, Expect: policy(t, "spiffe://example.org/backend"),
 			QUICUpstream: upstream}},
 		KeyExchange: o.outKex,
-		QUIC:        proxy.QUICLimits{HandshakeTimeout: o.handshake},
+		QUIC:        quicmux.Limits{HandshakeTimeout: o.handshake},
 	})
 	qp.out = &inbound{p: outP, reg: outReg}
 	qp.outAddr = outP.Addr("up").String()

@@ -27,6 +27,8 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/capture"
+	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/token/edge"
 	"github.com/credflow/credflow/token/exchange"
 )
@@ -311,7 +313,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		CloseOnPeerExpiry:   cfg.CloseOnPeerExpiry,
 		KeyExchange:         cfg.KeyExchange,
 		NoResumption:        cfg.NoResumption,
-		QUIC: proxy.QUICLimits{
+		QUIC: quicmux.Limits{
 			MaxStreams:       cfg.QUICMaxStreams,
 			HandshakeTimeout: cfg.QUICHandshakeTimeout,
 			IdleTimeout:      cfg.QUICIdleTimeout,
@@ -384,13 +386,13 @@ func outboundHTTP(h *config.OutboundHTTP) *proxy.OutboundHTTP {
 }
 
 // captureDestinations translates a capture listener's destinations.
-func captureDestinations(c *config.Capture) *proxy.Capture {
+func captureDestinations(c *config.Capture) *capture.Capture {
 	if c == nil {
 		return nil
 	}
-	pc := &proxy.Capture{}
+	pc := &capture.Capture{}
 	for _, d := range c.Destinations {
-		pc.Destinations = append(pc.Destinations, proxy.Destination{Prefix: d.Prefix, Port: d.Port, Host: d.Host, Expect: d.Expect})
+		pc.Destinations = append(pc.Destinations, capture.Destination{Prefix: d.Prefix, Port: d.Port, Host: d.Host, Expect: d.Expect})
 	}
 	return pc
 }

@@ -228,7 +228,7 @@ type Capture struct {
 }
 
 // Destination maps original destinations to the identities expected
-// there (proxy.Destination documents the matching).
+// there (capture.Destination, in proxy/capture, documents the matching).
 type Destination struct {
 	Prefix netip.Prefix
 	Port   uint16

@@ -1,4 +1,4 @@
-package proxy
+package capture
 
 import (
 	"context"
@@ -19,10 +19,10 @@ func mustPolicy(t *testing.T, p ...string) authz.Policy {
 	return pol
 }
 
-// TestCaptureExpectFor: destinations match by network, port and host name
+// TestExpect: destinations match by network, port and host name
 // (first match wins); otherwise the listener's policy, otherwise the own
 // trust domain.
-func TestCaptureExpectFor(t *testing.T) {
+func TestExpect(t *testing.T) {
 	lookups := 0
 	c := &Capture{
 		Destinations: []Destination{
@@ -53,7 +53,7 @@ func TestCaptureExpectFor(t *testing.T) {
 		{"10.96.1.1:9090", mustPolicy(t, "spiffe://example.org/ns/prod/*"), "spiffe://example.org/ns/prod/*"},
 		{"192.0.2.1:80", authz.Policy{}, "spiffe://example.org"},
 	} {
-		got := c.expectFor(ctx, netip.MustParseAddrPort(tc.dst), tc.fallback, self).Patterns()
+		got := c.Expect(ctx, netip.MustParseAddrPort(tc.dst), tc.fallback, self).Patterns()
 		if len(got) != 1 || got[0] != tc.want {
 			t.Errorf("%s: %v, want %s", tc.dst, got, tc.want)
 		}

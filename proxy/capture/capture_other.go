@@ -1,6 +1,6 @@
 //go:build !linux
 
-package proxy
+package capture
 
 import (
 	"net"
@@ -9,5 +9,5 @@ import (
 
 // originalDst is Linux-only: transparent capture relies on netfilter.
 func originalDst(net.Conn) (netip.AddrPort, error) {
-	return netip.AddrPort{}, errNoOriginalDst
+	return netip.AddrPort{}, ErrNoOriginalDst
 }

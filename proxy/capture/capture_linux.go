@@ -1,4 +1,4 @@
-package proxy
+package capture
 
 import (
 	"encoding/binary"
@@ -26,11 +26,11 @@ const (
 func originalDst(c net.Conn) (netip.AddrPort, error) {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return netip.AddrPort{}, errNoOriginalDst
+		return netip.AddrPort{}, ErrNoOriginalDst
 	}
 	local, ok := tc.LocalAddr().(*net.TCPAddr)
 	if !ok {
-		return netip.AddrPort{}, errNoOriginalDst
+		return netip.AddrPort{}, ErrNoOriginalDst
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
@@ -53,12 +53,12 @@ func originalDst(c net.Conn) (netip.AddrPort, error) {
 		return netip.AddrPort{}, err
 	}
 	if serr != nil {
-		return netip.AddrPort{}, fmt.Errorf("%w: %v", errNoOriginalDst, serr)
+		return netip.AddrPort{}, fmt.Errorf("%w: %v", ErrNoOriginalDst, serr)
 	}
 	// The port is in network byte order in both sockaddrs.
 	if is6 {
 		if sa6.Family != syscall.AF_INET6 {
-			return netip.AddrPort{}, fmt.Errorf("%w: address family %d", errNoOriginalDst, sa6.Family)
+			return netip.AddrPort{}, fmt.Errorf("%w: address family %d", ErrNoOriginalDst, sa6.Family)
 		}
 		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&sa6.Port))[:])
 		// Unmap: an IPv4-mapped destination is matched against IPv4

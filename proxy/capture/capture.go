@@ -1,4 +1,10 @@
-package proxy
+// Package capture is the data plane's side of transparent capture: the
+// netfilter rules `credflow init` installs (internal/capture) redirect the
+// pod's outbound TCP to a capture listener, and this package binds that
+// listener on both loopback addresses (Listen), reads each redirected
+// connection's original destination (Target) and chooses the server
+// identities expected there (Capture). The proxy relays the connection.
+package capture
 
 import (
 	"context"
@@ -21,8 +27,7 @@ import (
 // connection goes to its original destination (SO_ORIGINAL_DST, or
 // IP6T_SO_ORIGINAL_DST for IPv6) over mTLS. Those rules send IPv4 to
 // 127.0.0.1 and IPv6 to ::1 at the listener's port: a capture listener on
-// either loopback address also listens on the other one (see
-// listenCapture).
+// either loopback address also listens on the other one (see Listen).
 // The server identity expected there is the first Destination that
 // matches (by network, port and host name); when none does, the listener's Expect policy, and when that is
 // empty, any identity in this workload's own trust domain. That last
@@ -61,13 +66,16 @@ type Destination struct {
 	Expect authz.Policy
 }
 
-// errNoOriginalDst reports a connection that was not redirected to the
+// ErrNoOriginalDst reports a connection that was not redirected to the
 // capture listener (the app connected to it directly), or whose original
 // destination is the listener itself.
-var errNoOriginalDst = errors.New("proxy: no original destination")
+var ErrNoOriginalDst = errors.New("capture: no original destination")
 
-// expectFor returns the policy for a captured connection to dst.
-func (c *Capture) expectFor(ctx context.Context, dst netip.AddrPort, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
+// Expect returns the server identities expected at dst, the original
+// destination of a captured connection: those of the first Destination
+// that matches; else fallback, the listener's policy, when it has
+// patterns; else any identity in the trust domain self.
+func (c *Capture) Expect(ctx context.Context, dst netip.AddrPort, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
 	for _, d := range c.Destinations {
 		if (!d.Prefix.IsValid() || d.Prefix.Contains(dst.Addr())) && (d.Port == 0 || d.Port == dst.Port()) &&
 			(d.Host == "" || slices.Contains(c.lookup(ctx, d.Host), dst.Addr().Unmap())) {
@@ -116,23 +124,25 @@ func (c *Capture) lookup(ctx context.Context, host string) []netip.Addr {
 	return addrs
 }
 
-// capturedTarget returns the original destination of a redirected
-// connection, refusing one that points back at the listener.
-func capturedTarget(c net.Conn, listen net.Addr) (netip.AddrPort, error) {
+// Target returns the original destination of c, a connection accepted on
+// the capture listener whose address is listen. It fails with
+// ErrNoOriginalDst for a connection that was not redirected, or whose
+// original destination is the listener itself.
+func Target(c net.Conn, listen net.Addr) (netip.AddrPort, error) {
 	dst, err := originalDst(c)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	if la, ok := listen.(*net.TCPAddr); ok && int(dst.Port()) == la.Port && (la.IP.IsUnspecified() || la.IP.Equal(dst.Addr().AsSlice())) {
-		return netip.AddrPort{}, errNoOriginalDst
+		return netip.AddrPort{}, ErrNoOriginalDst
 	}
 	if local, ok := c.LocalAddr().(*net.TCPAddr); ok && local.AddrPort() == dst {
-		return netip.AddrPort{}, errNoOriginalDst
+		return netip.AddrPort{}, ErrNoOriginalDst
 	}
 	return dst, nil
 }
 
-// listenCapture binds a capture listener at addr and, when that is a
+// Listen binds a capture listener at addr and, when that is a
 // loopback address, the other family's loopback address at the same port:
 // `credflow init` redirects the pod's outbound IPv4 to 127.0.0.1 and its
 // IPv6 to ::1 (REDIRECT sends a connection made on the host to the loopback
@@ -142,7 +152,7 @@ func capturedTarget(c net.Conn, listen net.Addr) (netip.AddrPort, error) {
 // available on this host (no ::1 where IPv6 is disabled, so there is no
 // IPv6 to capture); any other failure to bind it is an error, since
 // whatever holds that port would receive the pod's traffic in clear.
-func listenCapture(addr string) (ln, twin net.Listener, err error) {
+func Listen(addr string) (ln, twin net.Listener, err error) {
 	for attempt := 0; ; attempt++ {
 		ln, err := net.Listen("tcp", addr)
 		if err != nil {
