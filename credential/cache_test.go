@@ -261,8 +261,10 @@ func TestInvalidate(t *testing.T) {
 // fetch past Timeout are failures, never served.
 func TestBadAnswers(t *testing.T) {
 	for name, answer := range map[string]func(int64) (Credential, error){
-		"empty":   func(int64) (Credential, error) { return Credential{Expires: time.Now().Add(time.Hour)}, nil },
-		"expired": func(int64) (Credential, error) { return Credential{Value: Secret{v: "t"}, Expires: time.Now().Add(-time.Second)}, nil },
+		"empty": func(int64) (Credential, error) { return Credential{Expires: time.Now().Add(time.Hour)}, nil },
+		"expired": func(int64) (Credential, error) {
+			return Credential{Value: Secret{v: "t"}, Expires: time.Now().Add(-time.Second)}, nil
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) {
