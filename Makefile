@@ -21,8 +21,9 @@ APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
+HYDRA := $(BIN)/hydra
 
-.PHONY: all build bench-bin spire ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
 
 all: build
 
@@ -44,6 +45,16 @@ $(SPIRE_BINS) &: deploy/spire/go.mod deploy/spire/go.sum | deps
 		github.com/spiffe/spire/cmd/spire-server github.com/spiffe/spire/cmd/spire-agent
 	@touch $(SPIRE_BINS)
 
+## hydra: Ory Hydra v2.3.0, the OAuth 2.0 authorization server of the credential-injection tests
+## and the demo, built from the module pinned in deploy/hydra (with SQLite, for its in-memory
+## database: cgo), reused while present.
+hydra: $(HYDRA)
+
+$(HYDRA): deploy/hydra/go.mod deploy/hydra/go.sum | deps
+	@echo "building Hydra from deploy/hydra (several minutes the first time on two cores)"
+	cd deploy/hydra && CGO_ENABLED=1 $(GO) build -trimpath -tags sqlite,json1 -o ../../$(BIN)/hydra github.com/ory/hydra/v2
+	@touch $(HYDRA)
+
 ## deps: Debian packages, installed only when a command is missing.
 deps:
 	@missing=; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
@@ -55,7 +66,7 @@ deps:
 	$(GO) -C bench mod download
 
 ## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
-test: deps spire lint
+test: deps spire hydra lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	$(GO) -C bench test -race -count=1 ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...

@@ -3,6 +3,7 @@ package spiretest
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
@@ -17,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	bundlev1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/bundle/v1"
 	localauthorityv1 "github.com/spiffe/spire-api-sdk/proto/spire/api/server/localauthority/v1"
 )
 
@@ -297,4 +299,32 @@ func sleepCtx(ctx context.Context, d time.Duration) error {
 	case <-time.After(d):
 		return nil
 	}
+}
+
+// JWTKey is a JWT signing key of the trust domain's bundle.
+type JWTKey struct {
+	KeyID  string
+	Public crypto.PublicKey
+}
+
+// JWTKeys returns the JWT signing keys of the server's bundle, as an
+// authorization server or a secret store that trusts the trust domain's
+// JWT-SVIDs is configured with them.
+func (s *SPIRE) JWTKeys(ctx context.Context) ([]JWTKey, error) {
+	b, err := bundlev1.NewBundleClient(s.conn).GetBundle(ctx, &bundlev1.GetBundleRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("spiretest: bundle: %w", err)
+	}
+	var keys []JWTKey
+	for _, a := range b.JwtAuthorities {
+		pub, err := x509.ParsePKIXPublicKey(a.PublicKey)
+		if err != nil {
+			return nil, fmt.Errorf("spiretest: JWT authority %s: %w", a.KeyId, err)
+		}
+		keys = append(keys, JWTKey{KeyID: a.KeyId, Public: pub})
+	}
+	if len(keys) == 0 {
+		return nil, errors.New("spiretest: the bundle has no JWT authority")
+	}
+	return keys, nil
 }

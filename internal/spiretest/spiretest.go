@@ -46,6 +46,10 @@ type Options struct {
 	// BinDir holds spire-server and spire-agent. Default: bin/ at the root
 	// of the credflow module that contains the working directory.
 	BinDir string
+	// JWTIssuer, if set, is the server's jwt_issuer: the iss claim of the
+	// JWT-SVIDs it signs (an authorization server's jwt-bearer grant
+	// requires one).
+	JWTIssuer string
 	// Logf, if set, receives progress lines (t.Logf in tests).
 	Logf func(format string, args ...any)
 	// Datastore is a PostgreSQL connection string for the servers'
@@ -260,7 +264,7 @@ func (s *SPIRE) serverConf(dir string, port int) string {
   ca_ttl = %q
   default_x509_svid_ttl = %q
   default_jwt_svid_ttl = %q
-%s}
+%s%s}
 plugins {
   DataStore "sql" {
     plugin_data {
@@ -277,8 +281,15 @@ plugins {
   }
 }
 `, port, filepath.Join(s.dir, dir, "api.sock"), s.td.Name(), filepath.Join(s.dir, dir, "data"),
-		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL, s.federationConf(), datastore,
+		s.opts.CATTL, s.opts.X509SVIDTTL, s.opts.JWTSVIDTTL, s.jwtIssuerConf(), s.federationConf(), datastore,
 		filepath.Join(s.dir, dir, "data", "keys.json"))
+}
+
+func (s *SPIRE) jwtIssuerConf() string {
+	if s.opts.JWTIssuer == "" {
+		return ""
+	}
+	return fmt.Sprintf("  jwt_issuer = %q\n", s.opts.JWTIssuer)
 }
 
 func (s *SPIRE) writeConfigs(agentPort int) error {
