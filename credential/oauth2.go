@@ -8,6 +8,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -79,6 +80,9 @@ type tokenError struct {
 
 // Fetch asks the token endpoint for an access token.
 func (o *OAuth2) Fetch(ctx context.Context) (Credential, error) {
+	if err := checkTokenURL(o.TokenURL); err != nil {
+		return Credential{}, err
+	}
 	aud := o.AssertionAudience
 	if aud == "" {
 		aud = o.TokenURL
@@ -141,6 +145,25 @@ func (o *OAuth2) Fetch(ctx context.Context) (Credential, error) {
 		return Credential{}, fmt.Errorf("token endpoint: answer of type %q, want application/json", mt)
 	}
 	return parseToken(body, start)
+}
+
+// checkTokenURL refuses a token endpoint the assertion would reach in
+// clear over a network: https, or http on a loopback address only.
+func checkTokenURL(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("token URL: %w", err)
+	}
+	switch {
+	case u.Scheme == "https" && u.Host != "":
+		return nil
+	case u.Scheme == "http":
+		if ip, err := netip.ParseAddr(u.Hostname()); err == nil && ip.IsLoopback() {
+			return nil
+		}
+		return fmt.Errorf("token URL %s://%s: http only to a loopback address; use https", u.Scheme, u.Host)
+	}
+	return fmt.Errorf("token URL: scheme %q, want https", u.Scheme)
 }
 
 // parseToken reads a successful token response; the token's life counts

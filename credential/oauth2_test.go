@@ -127,3 +127,27 @@ func TestOAuth2Unreachable(t *testing.T) {
 		t.Errorf("slow endpoint: %v, want the deadline", err)
 	}
 }
+
+// TestOAuth2TokenURL: the assertion goes only over https, or plain http
+// to a loopback address.
+func TestOAuth2TokenURL(t *testing.T) {
+	for raw, ok := range map[string]bool{
+		"https://auth.example.com/oauth2/token": true,
+		"http://127.0.0.1:4444/oauth2/token":    true,
+		"http://[::1]:4444/oauth2/token":        true,
+		"http://auth.example.com/oauth2/token":  false,
+		"http://10.0.0.5/oauth2/token":          false,
+		"ftp://auth.example.com/token":          false,
+		"https:///token":                        false,
+	} {
+		if err := checkTokenURL(raw); (err == nil) != ok {
+			t.Errorf("%s: %v, want allowed=%v", raw, err, ok)
+		}
+	}
+	called := false
+	o := oauth2Source("http://auth.example.com", GrantJWTBearer)
+	o.Assertion = func(context.Context, string) (string, error) { called = true; return svid, nil }
+	if _, err := o.Fetch(t.Context()); err == nil || called {
+		t.Errorf("a plain-http endpoint off loopback: %v, assertion fetched: %v", err, called)
+	}
+}
