@@ -36,6 +36,15 @@ type Request struct {
 	// Attrs are attributes a filter adds to the request's access-log line
 	// (the local caller it refused, say).
 	Attrs []slog.Attr
+
+	responded []func(*http.Response)
+}
+
+// OnResponse asks, on an outbound or egress listener, that f see the
+// upstream's response to the request before it goes to the app (a
+// credential filter learns of a 401 so). f must not read the body.
+func (r *Request) OnResponse(f func(*http.Response)) {
+	r.responded = append(r.responded, f)
 }
 
 // A Filter is one step of a listener's request pipeline, with one job: it

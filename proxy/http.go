@@ -557,6 +557,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		ModifyResponse: func(resp *http.Response) error {
 			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {
 				rec.responded(p, l, resp)
+				rec.respond(resp)
 			}
 			return nil
 		},
@@ -599,7 +600,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			req := &Request{HTTP: r, Listener: l.name}
 			why := h.filters.run(req)
-			rec.extra = req.Attrs
+			rec.extra, rec.hooks = req.Attrs, req.responded
 			if why != "" {
 				isError := why.Info().Status >= 500
 				p.m.refused(l.dir, why, isError)
@@ -663,10 +664,20 @@ type outboundRequest struct {
 	why      reason.Reason
 	status   int
 	extra    []slog.Attr // set before the request goes on: the refused caller
+	// responded are the filters' Request.OnResponse functions, set before
+	// the request goes on.
+	hooks []func(*http.Response)
 }
 
 // outboundRequestKey is the context key of a request's *outboundRequest.
 type outboundRequestKey struct{}
+
+// respond runs the filters' Request.OnResponse functions.
+func (o *outboundRequest) respond(resp *http.Response) {
+	for _, f := range o.hooks {
+		f(resp)
+	}
+}
 
 func (o *outboundRequest) gotConn(info httptrace.GotConnInfo) {
 	uc := o.h.pool.conn(info.Conn)

@@ -24,8 +24,8 @@ import (
 )
 
 // mode is what a listener does with its socket, one type per listener
-// mode: tcpInbound, httpInbound, tcpOutbound, httpOutbound and
-// captureOutbound. The Proxy does, once for all of them, what they share:
+// mode: tcpInbound, httpInbound, tcpOutbound, httpOutbound, httpEgress
+// and captureOutbound. The Proxy does, once for all of them, what they share:
 // accepting under the connection budget, the mTLS handshake, tracking and
 // revalidation, the access log and the metrics.
 type mode interface {
@@ -364,6 +364,11 @@ func (l *listener) httpIn() *httpInbound {
 func (l *listener) httpOut() *httpOutbound {
 	h, _ := l.mode.(*httpOutbound)
 	return h
+}
+
+func (l *listener) egress() bool {
+	_, ok := l.mode.(*httpEgress)
+	return ok
 }
 
 func (l *listener) captures() bool {

@@ -117,6 +117,11 @@ type Outbound struct {
 	// Capture, if set, makes the listener transparent: Upstream is ignored
 	// and each connection goes to its original destination.
 	Capture *capture.Capture
+	// Egress, if set, makes the listener the app's way to an external
+	// HTTPS API at Upstream (host:port), a server outside the mesh: Expect
+	// is not used, the server's certificate is verified as a web client
+	// verifies it.
+	Egress *Egress
 	// Callers are the local users whose connections the listener takes,
 	// by the uid that owns the app's socket as the kernel reports it
 	// (peercred; for a captured connection, the socket connected to its
@@ -409,7 +414,7 @@ func New(cfg Config) (*Proxy, error) {
 		if out.Capture != nil {
 			// The identity expected depends on the destination: the
 			// handshake verifies the chain, handleOutbound the identity.
-			if out.QUICUpstream != "" || out.HTTP != nil {
+			if out.QUICUpstream != "" || out.HTTP != nil || out.Egress != nil {
 				return nil, fmt.Errorf("proxy: listener %q: capture carries plain TCP over TCP only", out.Name)
 			}
 			authorize = func(spiffeid.ID) bool { return true }
@@ -424,6 +429,13 @@ func New(cfg Config) (*Proxy, error) {
 		switch {
 		case out.Capture != nil:
 			l.mode = &captureOutbound{capture: out.Capture}
+		case out.Egress != nil:
+			if out.QUICUpstream != "" || out.HTTP != nil {
+				return nil, fmt.Errorf("proxy: listener %q: egress is HTTP over TCP to an external server; it takes no HTTP or QUIC settings", out.Name)
+			}
+			if l.mode, err = p.newHTTPEgress(l, *out.Egress); err != nil {
+				return nil, err
+			}
 		case out.HTTP != nil:
 			if out.QUICUpstream != "" {
 				return nil, fmt.Errorf("proxy: listener %q: HTTP over QUIC is not supported", out.Name)
@@ -620,6 +632,7 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		differ(l, "QUICTarget", quicTarget, out.QUICTarget)
 		differ(l, "HTTP", fmt.Sprint(l.httpOut() != nil), fmt.Sprint(out.HTTP != nil))
 		differ(l, "Capture", fmt.Sprint(l.captures()), fmt.Sprint(out.Capture != nil))
+		differ(l, "Egress", fmt.Sprint(l.egress()), fmt.Sprint(out.Egress != nil))
 		// What New derived from Expect: the key-exchange mode towards the
 		// upstream's trust domain, and the audience of the JWT-SVIDs sent.
 		differ(l, "the key-exchange mode Expect selects", string(l.kex), string(p.cfg.KeyExchange.ModeFor(upstreamTrustDomain(out.Expect))))

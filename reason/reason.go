@@ -123,6 +123,14 @@ const (
 	TxnMintFailed      Reason = "txn_mint_failed"       // this side could not mint one
 )
 
+// Credentials the sidecar injects on egress listeners.
+const (
+	CredentialUnavailable Reason = "credential_unavailable" // no valid credential to inject
+	AppCredential         Reason = "app_credential"         // the app sent a credential where the sidecar injects one
+	UpstreamUntrusted     Reason = "upstream_untrusted"     // an external server whose certificate does not verify
+	TraceRefused          Reason = "trace_refused"          // a TRACE request, which would echo the injected credential
+)
+
 // The local token endpoint.
 const (
 	BadHost            Reason = "bad_host"        // a Host header that is not loopback
@@ -234,6 +242,11 @@ var table = map[Reason]Info{
 	TokenNotYetValid:  unauth,
 	TokenPeerMismatch: unauth,
 	NoToken:           unavailable,
+
+	CredentialUnavailable: unavailable,
+	AppCredential:         forbidden,
+	UpstreamUntrusted:     badGateway,
+	TraceRefused:          {Status: http.StatusMethodNotAllowed, Code: codes.Unimplemented},
 
 	ExternalMissing:       unauth,
 	ExternalMalformed:     unauth,

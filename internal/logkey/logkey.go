@@ -37,6 +37,7 @@ const (
 	Resumed      = "resumed"
 	TLSVersion   = "tls_version"
 	Transport    = "transport"
+	Upstream     = "upstream" // an external API's host:port, on an egress listener
 	Backoff      = "backoff"
 	Entry        = "entry"
 	Error        = "error"
