@@ -98,7 +98,7 @@ type held struct {
 
 // Stats count what a Cache did since it started.
 type Stats struct {
-	Hits     uint64 // Get answered from memory
+	Hits     uint64 // Get answered from memory, without waiting for a fetch
 	Fetches  uint64 // fetches that succeeded
 	Failures uint64 // fetches that failed
 }
@@ -124,6 +124,9 @@ type State struct {
 	Expires      time.Time `json:"expires,omitzero"`
 	FailingSince time.Time `json:"failing_since,omitzero"`
 	LastError    string    `json:"last_error,omitempty"`
+	// Usable reports whether Get answers from memory now: a credential is
+	// held and valid (a refresh or a failing one may be under way).
+	Usable bool `json:"usable"`
 	Stats
 }
 
@@ -168,8 +171,7 @@ func (c *Cache) Get(ctx context.Context) (Credential, error) {
 			return Credential{}, ctx.Err()
 		}
 		c.mu.Lock()
-		if c.cur.servable(c.clock()) {
-			c.stats.Hits++
+		if c.cur.servable(c.clock()) { // a wait for a fetch is not a hit
 			cred := c.cur.Credential
 			c.mu.Unlock()
 			return cred, nil
@@ -361,6 +363,7 @@ func (c *Cache) State() State {
 	}
 	if c.cur != nil {
 		s.Version, s.Fetched, s.Expires = c.cur.Version, c.cur.fetched, c.cur.Expires
+		s.Usable = c.cur.servable(c.clock())
 	}
 	switch {
 	case c.inflight != nil:

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
 )
 
 // source is a Source the tests script: each fetch returns the next
@@ -362,4 +364,40 @@ func TestFile(t *testing.T) {
 	if _, err := (File{Path: dir}).Fetch(t.Context()); err == nil {
 		t.Error("a directory was read as a credential")
 	}
+}
+
+// TestCollector: the metrics follow the cache's counters and its
+// credential's remaining life, and hold no value.
+func TestCollector(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		src := &source{answer: token(t, time.Hour)}
+		c := &Cache{Name: "api", Source: src}
+		col := &Collector{Caches: []*Cache{c}}
+		for range 3 {
+			if _, err := c.Get(t.Context()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(10 * time.Minute)
+		const want = `
+# HELP credflow_credential_cache_hits_total Requests given a credential from memory, by credential source.
+# TYPE credflow_credential_cache_hits_total counter
+credflow_credential_cache_hits_total{credential="api"} 2
+# HELP credflow_credential_fetch_failures_total Fetches from a credential source that failed, by credential source.
+# TYPE credflow_credential_fetch_failures_total counter
+credflow_credential_fetch_failures_total{credential="api"} 0
+# HELP credflow_credential_fetches_total Credentials fetched from their source, by credential source.
+# TYPE credflow_credential_fetches_total counter
+credflow_credential_fetches_total{credential="api"} 1
+# HELP credflow_credential_remaining_seconds Seconds until the credential held expires, by credential source; absent for a credential with no expiry or none held.
+# TYPE credflow_credential_remaining_seconds gauge
+credflow_credential_remaining_seconds{credential="api"} 3000
+# HELP credflow_credential_usable 1 if the source has a credential it injects now, else 0 (requests that need it are answered 503).
+# TYPE credflow_credential_usable gauge
+credflow_credential_usable{credential="api"} 1
+`
+		if err := testutil.CollectAndCompare(col, strings.NewReader(want)); err != nil {
+			t.Error(err)
+		}
+	})
 }
