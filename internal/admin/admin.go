@@ -9,6 +9,9 @@
 //	                  that no bundle is held for, the key-exchange policy
 //	                  and the connections by negotiated group, as JSON;
 //	                  never key material
+//	/debug/credentials each credential source's state (fresh, refreshing,
+//	                  failing since, expires at, version, counters), as
+//	                  JSON; never a value
 //	/debug/pprof/     net/http/pprof's profiles, only when Deps.Pprof is
 //	                  set (debug: {pprof: true}); 404 otherwise
 //
@@ -27,6 +30,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+
+	"github.com/credflow/credflow/credential"
 )
 
 // Deps is what the admin endpoints read.
@@ -46,6 +51,9 @@ type Deps struct {
 	// PolicyTrustDomainsWithoutBundle returns the trust domains named by
 	// policies whose bundles are not held; nil means none.
 	PolicyTrustDomainsWithoutBundle func() []string
+	// Credentials returns the state of each credential source, without
+	// values; nil means none is configured.
+	Credentials func() []credential.State
 	// Pprof serves net/http/pprof's handlers under /debug/pprof/ (GET
 	// only; the profiles, the index, cmdline, symbol lookups by GET and
 	// the execution trace). Default false: those paths answer 404.
@@ -68,6 +76,13 @@ func Handler(d Deps) http.Handler {
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.Gatherer, promhttp.HandlerOpts{}))
 	mux.HandleFunc("GET /debug/identity", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, identity(d))
+	})
+	mux.HandleFunc("GET /debug/credentials", func(w http.ResponseWriter, _ *http.Request) {
+		states := []credential.State{}
+		if d.Credentials != nil {
+			states = d.Credentials()
+		}
+		writeJSON(w, map[string]any{"credentials": states})
 	})
 	if d.Pprof {
 		// Index serves the named profiles too (/debug/pprof/heap, allocs,

@@ -3,10 +3,8 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
-	"os"
 
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
@@ -25,13 +23,9 @@ func newExchanger(ctx context.Context, c *config.Edge, svids x509svid.Source, m 
 	for _, is := range c.Issuers {
 		kc := edge.KeySetConfig{File: is.JWKSFile, URL: is.JWKSURL, Refresh: is.JWKSRefresh, OnRefresh: m.Refreshed}
 		if is.JWKSCAFile != "" {
-			pem, err := os.ReadFile(is.JWKSCAFile)
+			roots, err := loadRoots(is.JWKSCAFile)
 			if err != nil {
 				return nil, fmt.Errorf("edge issuer %s: %w", is.Issuer, err)
-			}
-			roots := x509.NewCertPool()
-			if !roots.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("edge issuer %s: %s holds no PEM certificate", is.Issuer, is.JWKSCAFile)
 			}
 			kc.TLS = &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}
 		}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,6 +22,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/credential"
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
@@ -168,7 +170,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		return err
 	}
 	pm := proxy.NewMetrics(reg)
+	creds, err := newCredentials(ctx, cfg, src, log)
+	if err != nil {
+		return err
+	}
+	if len(creds.caches) > 0 {
+		reg.MustRegister(&credential.Collector{Caches: creds.caches})
+	}
 	pc := proxyConfig(cfg, src, log, pm)
+	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
 	var exchanger *edge.Exchanger
 	if cfg.Edge != nil {
 		if exchanger, err = newExchanger(ctx, cfg.Edge, src, edge.NewMetrics(reg), log); err != nil {
@@ -202,6 +212,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
+	creds.run(srcCtx)
 	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
 	bundlesDone := make(chan struct{})
 	go func() { defer close(bundlesDone); bundles.run(srcCtx, src.Changed) }()
@@ -217,6 +228,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			KeyExchange:                     p.KeyExchange().String,
 			NegotiatedGroups:                p.NegotiatedGroups,
 			PolicyTrustDomainsWithoutBundle: bundles.missing,
+			Credentials:                     creds.states,
 			Pprof:                           cfg.Pprof,
 			Ready: func() error {
 				if p.Draining() {
@@ -325,7 +337,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		Tokens:      src,
 		ValidateJWT: jwts.Validate,
 	}
-	pc.Inbound, pc.Outbound = listeners(cfg)
+	pc.Inbound, pc.Outbound = listeners(cfg, nil)
 	return pc
 }
 
@@ -341,8 +353,10 @@ func warnNonLoopback(cfg *config.Config, log *slog.Logger) {
 	}
 }
 
-// listeners translates the configured listeners for the proxy.
-func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) {
+// listeners translates the configured listeners for the proxy, with the
+// egress listeners' settings built by newCredentials; without them (a
+// reload, which cannot change them) an egress listener is marked as one.
+func listeners(cfg *config.Config, egress map[string]*proxy.Egress) (ins []proxy.Inbound, outs []proxy.Outbound) {
 	for _, in := range cfg.Inbound {
 		ins = append(ins, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
 			QUICListen: in.QUICListen, HTTP: inboundHTTP(in.HTTP)})
@@ -351,6 +365,9 @@ func listeners(cfg *config.Config) (ins []proxy.Inbound, outs []proxy.Outbound) 
 		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,
 			QUICUpstream: out.QUICUpstream, QUICTarget: out.QUICTarget, HTTP: outboundHTTP(out.HTTP),
 			Capture: captureDestinations(out.Capture), Callers: out.Callers})
+		if out.Egress != nil {
+			outs[len(outs)-1].Egress = cmp.Or(egress[out.Name], &proxy.Egress{})
+		}
 	}
 	return ins, outs
 }
@@ -417,7 +434,7 @@ func reload(path string, cur *config.Config, p *proxy.Proxy, tok *tokenEndpoint)
 		}
 		return nil, nil, fmt.Errorf("%s %s a restart; nothing was applied", strings.Join(restart, ", "), verb)
 	}
-	if err := p.Apply(listeners(next)); err != nil {
+	if err := p.Apply(listeners(next, nil)); err != nil {
 		return nil, nil, err
 	}
 	if tok != nil && next.TokenEndpoint != nil {

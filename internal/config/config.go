@@ -91,6 +91,9 @@ type Config struct {
 	Inbound  []Inbound
 	Outbound []Outbound
 
+	// Credentials are the credential sources egress listeners inject.
+	Credentials []Credential
+
 	// KeyExchange is the key-exchange policy (default hybrid-preferred).
 	KeyExchange pqc.Policy
 	// NoResumption is tls.session_resumption: false.
@@ -204,6 +207,8 @@ type Outbound struct {
 	HTTP *OutboundHTTP
 	// Capture is set for a transparent capture listener.
 	Capture *Capture
+	// Egress is set for a listener to an external HTTPS API.
+	Egress *Egress
 	// Callers are callers.uids: the local users whose connections the
 	// listener takes; empty (the default) is every local process.
 	Callers peercred.Callers
@@ -220,6 +225,63 @@ type OutboundHTTP struct {
 	Pool         int
 	Exchange     bool
 	KeepExternal bool
+}
+
+// Egress is an egress listener's settings (proxy.Egress documents them):
+// the external server's name and CA file (empty: the system roots), and the
+// credentials injected.
+type Egress struct {
+	ServerName string
+	CAFile     string
+	Inject     []Injection
+}
+
+// The places of an injected credential (credential.Place).
+const (
+	PlaceBearer = "bearer"
+	PlaceBasic  = "basic"
+	PlaceHeader = "header"
+	PlaceQuery  = "query"
+)
+
+// Injection is one rule of an egress listener (credential.Rule documents
+// it): the credential, its place, the path prefixes covered.
+type Injection struct {
+	Credential string
+	Place      string
+	Name       string
+	Paths      []string
+	RefuseApp  bool
+	Optional   bool
+}
+
+// The ways an oauth2 credential authenticates the workload
+// (credential.GrantJWTBearer and credential.ClientAssertionSPIFFE).
+const (
+	AuthJWTBearer             = "jwt-bearer"
+	AuthClientAssertionSPIFFE = "client-assertion-spiffe"
+)
+
+// Credential is a credential source: exactly one of OAuth2 and File.
+type Credential struct {
+	Name   string
+	OAuth2 *OAuth2
+	File   string
+	// Refresh is how often a credential with no expiry is read again, and
+	// Timeout bounds one fetch; 0 selects credential.Cache's defaults.
+	Refresh, Timeout time.Duration
+}
+
+// OAuth2 is an oauth2 credential source (credential.OAuth2 documents it).
+type OAuth2 struct {
+	TokenURL          string
+	Auth              string
+	ClientID          string
+	Scopes            []string
+	Audience          string
+	Resource          string
+	AssertionAudience string
+	CAFile            string
 }
 
 // Capture is a transparent capture listener's destinations.
@@ -302,9 +364,13 @@ func Parse(data []byte) (*Config, error) {
 	for i := range f.Inbound {
 		c.Inbound = append(c.Inbound, v.inbound(fmt.Sprintf("inbound[%d]", i), &f.Inbound[i], c.JWTLeeway))
 	}
+	for i := range f.Credentials {
+		c.Credentials = append(c.Credentials, v.credential(fmt.Sprintf("credentials[%d]", i), &f.Credentials[i]))
+	}
 	for i := range f.Outbound {
 		c.Outbound = append(c.Outbound, v.outbound(fmt.Sprintf("outbound[%d]", i), &f.Outbound[i], c.Edge))
 	}
+	v.credentialsUsed(c)
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		v.fail("inbound", "no inbound or outbound listener is configured")

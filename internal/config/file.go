@@ -11,21 +11,22 @@ import (
 // named type; walk checks a document against these types before it is
 // decoded, and Diff compares two of them field by field.
 type file struct {
-	Version       int            `yaml:"version"`
-	WorkloadAPI   string         `yaml:"workload_api"`
-	Admin         string         `yaml:"admin"`
-	TokenEndpoint tokenEndpoint  `yaml:"token_endpoint"`
-	Log           fileLog        `yaml:"log"`
-	Timeouts      fileTimeouts   `yaml:"timeouts"`
-	Limits        fileLimits     `yaml:"limits"`
-	TLS           fileTLS        `yaml:"tls"`
-	JWT           fileJWT        `yaml:"jwt"`
-	Debug         fileDebug      `yaml:"debug"`
-	KeyExchange   fileKeyExch    `yaml:"key_exchange"`
-	Edge          *fileEdge      `yaml:"edge"`
-	QUIC          fileQUIC       `yaml:"quic"`
-	Inbound       []fileInbound  `yaml:"inbound"`
-	Outbound      []fileOutbound `yaml:"outbound"`
+	Version       int              `yaml:"version"`
+	WorkloadAPI   string           `yaml:"workload_api"`
+	Admin         string           `yaml:"admin"`
+	TokenEndpoint tokenEndpoint    `yaml:"token_endpoint"`
+	Log           fileLog          `yaml:"log"`
+	Timeouts      fileTimeouts     `yaml:"timeouts"`
+	Limits        fileLimits       `yaml:"limits"`
+	TLS           fileTLS          `yaml:"tls"`
+	JWT           fileJWT          `yaml:"jwt"`
+	Debug         fileDebug        `yaml:"debug"`
+	KeyExchange   fileKeyExch      `yaml:"key_exchange"`
+	Edge          *fileEdge        `yaml:"edge"`
+	QUIC          fileQUIC         `yaml:"quic"`
+	Inbound       []fileInbound    `yaml:"inbound"`
+	Outbound      []fileOutbound   `yaml:"outbound"`
+	Credentials   []fileCredential `yaml:"credentials"`
 }
 
 type fileLog struct {
@@ -152,6 +153,7 @@ type fileOutbound struct {
 	Exchange    bool   `yaml:"exchange"`
 
 	Capture *fileCapture `yaml:"capture"`
+	Egress  *fileEgress  `yaml:"egress"`
 
 	Callers          callers `yaml:"callers"`
 	AllowNonLoopback bool    `yaml:"allow_non_loopback"`
@@ -273,4 +275,42 @@ func (l *stringList) UnmarshalYAML(n *yaml.Node) error {
 	}
 	*l = v
 	return nil
+}
+
+type fileEgress struct {
+	ServerName string       `yaml:"server_name"`
+	CAFile     string       `yaml:"ca_file"`
+	Inject     []fileInject `yaml:"inject"`
+}
+
+type fileInject struct {
+	Credential    string   `yaml:"credential"`
+	As            string   `yaml:"as"`
+	Name          string   `yaml:"name"`
+	Paths         []string `yaml:"paths"`
+	AppCredential string   `yaml:"app_credential"`
+	Optional      bool     `yaml:"optional"`
+}
+
+type fileCredential struct {
+	Name    string          `yaml:"name"`
+	OAuth2  *fileOAuth2     `yaml:"oauth2"`
+	File    *fileSecretFile `yaml:"file"`
+	Refresh duration        `yaml:"refresh"`
+	Timeout duration        `yaml:"timeout"`
+}
+
+type fileOAuth2 struct {
+	TokenURL          string   `yaml:"token_url"`
+	Auth              string   `yaml:"auth"`
+	ClientID          string   `yaml:"client_id"`
+	Scopes            []string `yaml:"scopes"`
+	Audience          string   `yaml:"audience"`
+	Resource          string   `yaml:"resource"`
+	AssertionAudience string   `yaml:"assertion_audience"`
+	CAFile            string   `yaml:"ca_file"`
+}
+
+type fileSecretFile struct {
+	Path string `yaml:"path"`
 }

@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,6 +32,8 @@ type validator struct {
 	// names maps listener names to the field that took them; ports maps
 	// listen addresses to theirs.
 	names, ports map[string]string
+	// credentials maps credential names to the field that took them.
+	credentials map[string]string
 }
 
 // version checks the file format's version: absent or Version.
@@ -418,6 +421,10 @@ func (v *validator) outbound(field string, out *fileOutbound, edge *Edge) Outbou
 	if len(o.Callers.GIDs) > 0 {
 		fail(field+".callers.gids", "a TCP caller has no group the kernel can name; use uids")
 	}
+	if out.Egress != nil {
+		o.Egress = v.egress(field, out)
+		return o
+	}
 	if out.Capture != nil {
 		o.Capture = v.capture(field, out.Capture)
 		if out.Upstream != "" {
@@ -475,6 +482,164 @@ func (v *validator) outbound(field string, out *fileOutbound, edge *Edge) Outbou
 		fail(field+".protocol", "%q is not tcp or http", out.Protocol)
 	}
 	return o
+}
+
+// egress checks an egress listener: an external host:port, no mesh
+// settings, and its injection rules.
+func (v *validator) egress(field string, out *fileOutbound) *Egress {
+	fail := v.fail
+	f := out.Egress
+	if err := checkAddr(out.Upstream, false); err != nil {
+		fail(field+".upstream", "%v (the external API's host:port, such as api.example.com:443)", err)
+	}
+	if len(out.Expect) > 0 {
+		fail(field+".expect", "an egress listener's server is outside the mesh: its certificate is verified against egress.ca_file or the system roots, not a SPIFFE ID")
+	}
+	if out.Capture != nil {
+		fail(field+".capture", "a listener is either egress or capture")
+	}
+	if out.Protocol != "" && out.Protocol != "http" || out.Transport != "" && out.Transport != "tcp" || out.QUIC != "" || out.Target != "" {
+		fail(field+".egress", "egress carries HTTP over TCP: remove protocol, transport and quic settings")
+	}
+	if out.JWTAudience != "" || out.TokenHeader != "" || out.Pool != 0 || out.Exchange {
+		fail(field+".egress", "jwt_audience, token_header, pool and exchange are for listeners to sidecars")
+	}
+	e := &Egress{ServerName: strings.TrimSuffix(f.ServerName, "."), CAFile: f.CAFile}
+	if e.ServerName != "" && (strings.ContainsAny(e.ServerName, " /:") || len(e.ServerName) > 253) {
+		fail(field+".egress.server_name", "%q is not a host name", f.ServerName)
+	}
+	for i, in := range f.Inject {
+		e.Inject = append(e.Inject, v.injection(fmt.Sprintf("%s.egress.inject[%d]", field, i), in))
+	}
+	return e
+}
+
+// injection checks one credential rule of an egress listener.
+func (v *validator) injection(field string, in fileInject) Injection {
+	fail := v.fail
+	r := Injection{Credential: in.Credential, Place: cmpOr(in.As, PlaceBearer), Name: in.Name, Paths: in.Paths, Optional: in.Optional}
+	if in.Credential == "" {
+		fail(field+".credential", "name the credential to inject (one of credentials[].name)")
+	}
+	switch r.Place {
+	case PlaceBearer, PlaceBasic:
+		if in.Name != "" {
+			fail(field+".name", "as: %s goes in Authorization; name is for as: header or query", r.Place)
+		}
+	case PlaceHeader:
+		switch {
+		case !httpguts.ValidHeaderFieldName(in.Name):
+			fail(field+".name", "%q is not a header name", in.Name)
+		case slices.Contains([]string{"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "trailer", "proxy-authorization"}, strings.ToLower(in.Name)):
+			fail(field+".name", "%s is not a header a credential goes in", in.Name)
+		}
+	case PlaceQuery:
+		if in.Name == "" || strings.ContainsAny(in.Name, "&=#? ") {
+			fail(field+".name", "%q is not a query parameter name", in.Name)
+		}
+	default:
+		fail(field+".as", "%q is not bearer, basic, header or query", in.As)
+	}
+	for j, p := range in.Paths {
+		canon, err := route.Normalize(p)
+		if err != nil || canon != p && canon+"/" != p {
+			fail(fmt.Sprintf("%s.paths[%d]", field, j), "%q is not a canonical path prefix such as /v1/", p)
+		}
+	}
+	switch in.AppCredential {
+	case "", "strip":
+	case "refuse":
+		r.RefuseApp = true
+	default:
+		fail(field+".app_credential", "%q is not strip or refuse", in.AppCredential)
+	}
+	return r
+}
+
+// credential checks a credential source.
+func (v *validator) credential(field string, f *fileCredential) Credential {
+	fail := v.fail
+	c := Credential{Name: f.Name, Refresh: f.Refresh.or(0), Timeout: f.Timeout.or(0)}
+	if v.credentials == nil {
+		v.credentials = map[string]string{}
+	}
+	switch prev, dup := v.credentials[f.Name]; {
+	case f.Name == "" || strings.ContainsAny(f.Name, ", \t\n"):
+		fail(field+".name", "%q is not a credential name (no spaces or commas)", f.Name)
+	case dup:
+		fail(field+".name", "%q is also %s's name", f.Name, prev)
+	default:
+		v.credentials[f.Name] = field
+	}
+	if f.Refresh.set && c.Refresh < time.Second {
+		fail(field+".refresh", "at least 1s")
+	}
+	if f.Timeout.set && c.Timeout < 100*time.Millisecond {
+		fail(field+".timeout", "at least 100ms")
+	}
+	switch {
+	case (f.OAuth2 == nil) == (f.File == nil):
+		fail(field, "exactly one of oauth2 and file is required")
+	case f.File != nil:
+		c.File = f.File.Path
+		if c.File == "" {
+			fail(field+".file.path", "the path of the mounted secret is required")
+		}
+	default:
+		o := f.OAuth2
+		c.OAuth2 = &OAuth2{TokenURL: o.TokenURL, Auth: cmpOr(o.Auth, AuthJWTBearer), ClientID: o.ClientID, Scopes: o.Scopes,
+			Audience: o.Audience, Resource: o.Resource, AssertionAudience: o.AssertionAudience, CAFile: o.CAFile}
+		if err := checkTokenURL(o.TokenURL); err != nil {
+			fail(field+".oauth2.token_url", "%v", err)
+		}
+		switch c.OAuth2.Auth {
+		case AuthJWTBearer, AuthClientAssertionSPIFFE:
+		default:
+			fail(field+".oauth2.auth", "%q is not %s or %s", o.Auth, AuthJWTBearer, AuthClientAssertionSPIFFE)
+		}
+		if c.OAuth2.Auth == AuthClientAssertionSPIFFE && o.ClientID == "" {
+			fail(field+".oauth2.client_id", "client-assertion-spiffe names the client: the workload's SPIFFE ID as the authorization server registered it")
+		}
+		for j, sc := range o.Scopes {
+			if sc == "" || strings.ContainsAny(sc, " \"") {
+				fail(fmt.Sprintf("%s.oauth2.scopes[%d]", field, j), "%q is not a scope", sc)
+			}
+		}
+	}
+	return c
+}
+
+// checkTokenURL checks an OAuth2 token endpoint: https, or http to a
+// loopback address (a local test server); the assertion it is sent is a
+// bearer credential of the workload.
+func checkTokenURL(raw string) error {
+	u, err := url.Parse(raw)
+	switch {
+	case raw == "":
+		return errors.New("the authorization server's token endpoint is required")
+	case err != nil || u.Host == "" || u.User != nil || u.Fragment != "":
+		return fmt.Errorf("%q is not an absolute URL such as https://auth.example.com/oauth2/token", raw)
+	case u.Scheme == "https":
+		return nil
+	case u.Scheme == "http" && isLoopback(net.JoinHostPort(u.Hostname(), "0")):
+		return nil
+	}
+	return fmt.Errorf("%q: the assertion goes over https only (or http to a loopback address)", raw)
+}
+
+// credentialsUsed checks that every injection names a configured
+// credential.
+func (v *validator) credentialsUsed(c *Config) {
+	for i, out := range c.Outbound {
+		if out.Egress == nil {
+			continue
+		}
+		for j, in := range out.Egress.Inject {
+			if _, ok := v.credentials[in.Credential]; !ok && in.Credential != "" {
+				v.fail(fmt.Sprintf("outbound[%d].egress.inject[%d].credential", i, j), "%q is not one of credentials[].name", in.Credential)
+			}
+		}
+	}
 }
 
 // capture checks a capture listener's destinations.
