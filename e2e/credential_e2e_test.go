@@ -3,11 +3,9 @@ package e2e_test
 import (
 	"context"
 	"encoding/json"
-	"encoding/pem"
 	"fmt"
 	"io"
 	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,70 +21,6 @@ import (
 
 // jwtIssuer is the jwt_issuer of the credential tests' SPIRE server.
 const jwtIssuer = "https://spire.example.org"
-
-// paymentsAPI is an external HTTPS API outside the mesh. It accepts a
-// request when its bearer token introspects active at Hydra for the
-// expected workload (each token is introspected once, then held to its
-// exp) and its X-Api-Key is one of the keys it currently honours.
-type paymentsAPI struct {
-	srv     *httptest.Server
-	hydra   *hydratest.Hydra
-	subject string
-
-	mu     sync.Mutex
-	tokens map[string]int64 // introspected active tokens: their exp
-	keys   map[string]bool  // the API keys honoured
-	seen   []string         // the X-Api-Key of each accepted request, in order
-	issued map[string]bool  // every token and key the API was sent
-}
-
-func startPaymentsAPI(t *testing.T, hydra *hydratest.Hydra, subject string, keys ...string) *paymentsAPI {
-	api := &paymentsAPI{hydra: hydra, subject: subject, tokens: map[string]int64{}, keys: map[string]bool{}, issued: map[string]bool{}}
-	for _, k := range keys {
-		api.keys[k] = true
-	}
-	api.srv = httptest.NewUnstartedServer(http.HandlerFunc(api.serve))
-	api.srv.EnableHTTP2 = true
-	api.srv.StartTLS()
-	t.Cleanup(api.srv.Close)
-	return api
-}
-
-func (a *paymentsAPI) serve(w http.ResponseWriter, r *http.Request) {
-	tok, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	key := r.Header.Get("X-Api-Key")
-	a.mu.Lock()
-	a.issued[tok], a.issued[key] = true, true
-	exp, known := a.tokens[tok]
-	a.mu.Unlock()
-	if !ok || tok == "" {
-		http.Error(w, "no bearer token", http.StatusUnauthorized)
-		return
-	}
-	if !known {
-		in, err := a.hydra.Introspect(r.Context(), tok)
-		if err != nil || !in.Active || in.Subject != a.subject {
-			http.Error(w, fmt.Sprintf("token not active for %s: %+v %v", a.subject, in, err), http.StatusUnauthorized)
-			return
-		}
-		exp = in.Exp
-		a.mu.Lock()
-		a.tokens[tok] = exp
-		a.mu.Unlock()
-	}
-	if time.Now().Unix() >= exp {
-		http.Error(w, "token expired", http.StatusUnauthorized)
-		return
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if !a.keys[key] {
-		http.Error(w, "unknown API key", http.StatusForbidden)
-		return
-	}
-	a.seen = append(a.seen, key)
-	fmt.Fprintf(w, `{"charge":"ch_1","path":%q}`, r.URL.Path)
-}
 
 // TestE2ECredentialInjection is issue 16's end to end on real SPIRE and a
 // real Ory Hydra: an app with no credential of its own calls an external
@@ -147,8 +81,9 @@ func TestE2ECredentialInjection(t *testing.T) {
 		}
 	}
 	writeFile(keyFile, "key-one\n")
-	api := startPaymentsAPI(t, hydra, id, "key-one")
-	writeFile(caFile, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: api.srv.Certificate().Raw})))
+	api := hydratest.StartAPI(hydra, id, "key-one")
+	defer api.Close()
+	writeFile(caFile, string(api.CAPEM()))
 
 	egress, err := sidecartest.FreeAddr()
 	if err != nil {
@@ -176,7 +111,7 @@ outbound:
       inject:
         - {credential: payments-token, as: bearer}
         - {credential: payments-key, as: header, name: X-Api-Key}
-`, s.AgentAddr(), hydra.TokenURL(), id, keyFile, refresh, egress, api.srv.Listener.Addr(), caFile))
+`, s.AgentAddr(), hydra.TokenURL(), id, keyFile, refresh, egress, api.Addr(), caFile))
 
 	// The app: plain HTTP to its sidecar, no credential.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 30 * time.Second}
@@ -254,21 +189,13 @@ outbound:
 	time.Sleep(3 * time.Second)
 	// Rotate the key: the API honours both while clients move over, as an
 	// API provider does; the sidecar must move within refresh.
-	api.mu.Lock()
-	api.keys["key-two"] = true
-	api.mu.Unlock()
+	api.Honour("key-two")
 	rotated := time.Now()
 	writeFile(keyFile, "key-two\n")
 	deadline := rotated.Add(refresh + 5*time.Second)
 	var movedAfter time.Duration
 	for {
-		api.mu.Lock()
-		last := ""
-		if n := len(api.seen); n > 0 {
-			last = api.seen[n-1]
-		}
-		api.mu.Unlock()
-		if last == "key-two" {
+		if api.LastKey() == "key-two" {
 			movedAfter = time.Since(rotated)
 			break
 		}
@@ -279,9 +206,7 @@ outbound:
 	}
 	// Retire the old key once the sidecar moved: a request still carrying
 	// it now fails, and is counted.
-	api.mu.Lock()
-	delete(api.keys, "key-one")
-	api.mu.Unlock()
+	api.Retire("key-one")
 	// Run on past the first token's expiry and a second token's refresh.
 	time.Sleep(2*tokenTTL - time.Since(rotated))
 	stopLoad()
@@ -294,10 +219,7 @@ outbound:
 	if fetches < 3 {
 		t.Errorf("%v token requests over %v of tokens living %v: not refreshed ahead", fetches, 2*tokenTTL, tokenTTL)
 	}
-	api.mu.Lock()
-	tokens := len(api.tokens)
-	api.mu.Unlock()
-	if tokens < 3 {
+	if tokens := api.Tokens(); tokens < 3 {
 		t.Errorf("the API saw %d distinct tokens, want at least 3", tokens)
 	}
 
@@ -306,13 +228,11 @@ outbound:
 	recvMu.Lock()
 	got := received.String()
 	recvMu.Unlock()
-	api.mu.Lock()
-	for v := range api.issued {
-		if v != "" && strings.Contains(got, v) {
+	for _, v := range api.Sent() {
+		if strings.Contains(got, v) {
 			t.Errorf("the app received a credential the API was sent (%d bytes)", len(v))
 		}
 	}
-	api.mu.Unlock()
 
 	// /debug/credentials shows each source's state, without its value.
 	_, body, err := sc.Get(ctx, "/debug/credentials")
