@@ -182,7 +182,7 @@ bench-quic: bench-bin
 	$(BIN)/credflow-bench -scenario transport -n 300 -repeats 5 -out bench/results
 
 ## demo: see README.
-demo: build spire
+demo: build spire hydra
 	$(GO) run ./cmd/credflow-demo
 
 clean:

@@ -2,7 +2,11 @@
 // registers three workloads with `credflow register apply`, runs a backend
 // echo app behind an inbound sidecar and two outbound sidecars (an allowed
 // frontend and an intruder) as distinct uids, sends traffic, and prints
-// what happened. It stops every process it started.
+// what happened. Then the frontend app calls an external HTTPS API with no
+// credential of its own: its sidecar obtains an OAuth token from a real
+// Ory Hydra with its JWT-SVID, reads an API key from a mounted secret,
+// injects both, and moves to a rotated key. It stops every process it
+// started.
 package demo
 
 import (
@@ -56,7 +60,7 @@ func Run(ctx context.Context, out io.Writer) error {
 	}
 
 	say("== starting SPIRE server and agent (join-token node attestation, unix workload attestor)")
-	s, err := spiretest.Start(ctx, spiretest.Options{X509SVIDTTL: 2 * time.Minute})
+	s, err := spiretest.Start(ctx, spiretest.Options{X509SVIDTTL: 2 * time.Minute, JWTIssuer: jwtIssuer})
 	if err != nil {
 		return err
 	}
@@ -80,13 +84,20 @@ func Run(ctx context.Context, out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var addr [3]string
+	say("== starting the payments API outside the mesh, and Ory Hydra, its OAuth server, trusting SPIRE's JWT-SVIDs")
+	ext, err := startExternal(ctx, s)
+	if err != nil {
+		return err
+	}
+	defer ext.close()
+
+	var addr [4]string
 	for i := range addr {
 		if addr[i], err = sidecartest.FreeAddr(); err != nil {
 			return err
 		}
 	}
-	inbound, frontOut, intruderOut := addr[0], addr[1], addr[2]
+	inbound, frontOut, intruderOut, egress := addr[0], addr[1], addr[2], addr[3]
 	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\n", s.AgentAddr())
 	outbound := func(listen string) string {
 		return common + fmt.Sprintf("outbound:\n  - name: backend\n    listen: %q\n    upstream: %q\n    expect: [spiffe://example.org/backend]\n", listen, inbound)
@@ -103,7 +114,7 @@ func Run(ctx context.Context, out io.Writer) error {
 		name, conf string
 	}{
 		{1002, "backend", common + fmt.Sprintf("inbound:\n  - name: app\n    listen: %q\n    app: %q\n    allow: [spiffe://example.org/frontend]\n", inbound, echo)},
-		{1001, "frontend", outbound(frontOut)},
+		{1001, "frontend", outbound(frontOut) + ext.config(egress)},
 		{1003, "intruder", outbound(intruderOut)},
 	} {
 		sc, err := sidecartest.Start(ctx, s, bin, w.uid, w.name, w.conf, time.Minute)
@@ -131,6 +142,10 @@ func Run(ctx context.Context, out io.Writer) error {
 	}
 	say("   refused: no reply, connection closed")
 	time.Sleep(300 * time.Millisecond) // let the access log lines land
+
+	if err := ext.story(ctx, say, frontend, egress); err != nil {
+		return err
+	}
 
 	say("\n== what happened (backend sidecar access log)")
 	for _, line := range backend.LogLines(`"msg":"access"`) {
@@ -160,6 +175,8 @@ func Run(ctx context.Context, out io.Writer) error {
 		{backend, "credflow_tls_connections_total", []string{"group=X25519MLKEM768"}},
 		{frontend, "credflow_connections_total", []string{"direction=outbound", "result=allowed"}},
 		{intruder, "credflow_refusals_total", []string{"direction=outbound", "reason=peer_refused"}},
+		{frontend, "credflow_credential_fetches_total", []string{"credential=payments-token"}},
+		{frontend, "credflow_credential_usable", []string{"credential=payments-key"}},
 	} {
 		v, err := q.sc.Metric(ctx, q.name, q.labels...)
 		if err != nil {
@@ -197,6 +214,11 @@ func describe(line string) string {
 		FromApp  int64   `json:"bytes_from_app"`
 		ToApp    int64   `json:"bytes_to_app"`
 		Duration float64 `json:"duration_ms"`
+		Upstream string  `json:"upstream"`
+		Cred     string  `json:"credential"`
+		Method   string  `json:"method"`
+		Path     string  `json:"path"`
+		Status   int     `json:"status"`
 	}
 	if err := json.Unmarshal([]byte(line), &a); err != nil {
 		return line
@@ -207,6 +229,16 @@ func describe(line string) string {
 	}
 	if a.Group != "" {
 		s += " kex=" + a.Group
+	}
+	if a.Method != "" { // an HTTP request's line
+		s = fmt.Sprintf("%-5s %s %s %d", strings.ToUpper(a.Decision), a.Method, a.Path, a.Status)
+		if a.Upstream != "" {
+			s += " upstream=" + a.Upstream
+		}
+		if a.Cred != "" {
+			s += " injected=" + a.Cred
+		}
+		return s + fmt.Sprintf(" %.1fms", a.Duration)
 	}
 	return s + fmt.Sprintf(" to_app=%dB from_app=%dB %.1fms", a.ToApp, a.FromApp, a.Duration)
 }

@@ -12,7 +12,8 @@ import (
 )
 
 // TestDemo runs `make demo`'s program and checks that its output shows the
-// allowed calls and the refused one.
+// allowed calls and the refused one, and the external API called with
+// injected credentials, before and after a key rotation.
 func TestDemo(t *testing.T) {
 	testenv.NeedsSPIRE(t)
 	testenv.NeedsRoot(t, "the demo, which runs workloads as other uids,")
@@ -28,6 +29,11 @@ func TestDemo(t *testing.T) {
 		"ALLOW spiffe://example.org/frontend",
 		"DENY  spiffe://example.org/intruder    reason=unauthorized",
 		"credflow_refusals_total{direction=outbound,reason=peer_refused} 1",
+		"the API saw X-Api-Key key #1",
+		"the next calls use key #2",
+		"POST /v1/charges 200 upstream=",
+		"injected=payments-token,payments-key",
+		"credflow_credential_fetches_total{credential=payments-token} 1",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the demo's output lacks %q:\n%s", want, out.String())
