@@ -23,7 +23,7 @@ SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 HYDRA := $(BIN)/hydra
 
-.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic demo clean
+.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress demo clean
 
 all: build
 
@@ -164,13 +164,22 @@ bench-deps: deps
 bench: build bench-bin ghostunnel bench-deps
 	$(BIN)/credflow-bench -scenario mesh -profile full -profile-pass $(BIN)/bench-profiles -out bench/results
 
-## bench-short: the same scenarios, short (about 2 minutes); prints the table, writes under bin/.
+## bench-short: the same scenarios, short (about 2 minutes), then the egress scenario, short (about 20 s);
+## prints the tables, writes under bin/.
 ## BENCH_ARGS narrows or profiles it, e.g. BENCH_ARGS='-topologies T3h,T3h-jwt,T5h -scenarios rpc-http1
 ## -profile-dir bin/profiles' (topology ids T0 T1 T2 T3 T3q T3h T3h-grpc T3h-jwt T4 T5 T5h; scenario ids
 ## bulk ping-pong handshake rpc-http1 rpc-grpc rotation scale; bench/README.md).
 BENCH_ARGS ?=
-bench-short: build bench-bin ghostunnel bench-deps
+bench-short: build bench-bin ghostunnel bench-deps hydra
 	$(BIN)/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short $(BENCH_ARGS)
+	$(BIN)/credflow-bench -scenario egress -repeats 2 -egress-time 2s -out $(BIN)/bench-short
+
+## bench-egress: credential injection's CPU cost on an egress listener (a cached OAuth token from
+## Ory Hydra against no injection, same run, two sidecars swapping roles) and cold-cache token
+## fetches, about 1.5 minutes;
+## writes bench/results/egress.{md,jsonl}.
+bench-egress: build bench-bin hydra
+	$(BIN)/credflow-bench -scenario egress -repeats 6 -out bench/results
 
 ## bench-pq: handshake cost per key-exchange group, KEM primitives, token signatures;
 ## writes bench/results/{kex,kem,tokens}.{md,jsonl}.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
+	"time"
 
 	"github.com/credflow/credflow/internal/hostenv"
 )
@@ -27,12 +28,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	scenario := fs.String("scenario", "pq", "scenarios to run, comma-separated: kex (handshake cost per key-exchange group), "+
 		"kem (KEM primitives, Go against circl), tokens (ES256 against ML-DSA-65 tokens), "+
 		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars, in process), "+
-		"mesh (T0-T5h as processes, narrowed by -topologies and -scenarios: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation); "+
+		"mesh (T0-T5h as processes, narrowed by -topologies and -scenarios: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation), "+
+		"egress (credential injection's CPU cost on an egress listener, cold-cache token fetches; needs -hydra); "+
 		"pq is the first four")
 	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
 	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")
 	ghostunnelBin := fs.String("ghostunnel", "bin/ghostunnel", "mesh: the ghostunnel binary (T4); empty skips T4")
 	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5, T5h); empty skips them")
+	hydraBin := fs.String("hydra", "bin/hydra", "egress: the Ory Hydra binary (make hydra)")
+	egressTime := fs.Duration("egress-time", 5*time.Second, "egress: the length of each measured run (600 requests/s through each of two listeners at once)")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
 	out := fs.String("out", "bench/results", "directory for results; empty writes nothing")
@@ -59,7 +63,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		names = []string{"kex", "kem", "tokens", "quic"}
 	}
 	for _, name := range names {
-		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" && name != "mesh" {
+		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" && name != "mesh" && name != "egress" {
 			fmt.Fprintf(stderr, "credflow-bench: unknown scenario %q\n", name)
 			return 2
 		}
@@ -142,6 +146,32 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 					}
 				}
 			}
+		case "egress":
+			var bins Binaries
+			if bins, err = findBinaries(*credflowBin, "", ""); err != nil {
+				break
+			}
+			var hydra, dir string
+			if hydra, err = filepath.Abs(*hydraBin); err != nil {
+				break
+			}
+			if _, err = os.Stat(hydra); err != nil {
+				err = fmt.Errorf("the Hydra binary (make hydra): %w", err)
+				break
+			}
+			if dir, err = os.MkdirTemp("", "credflow-bench-egress-"); err != nil {
+				break
+			}
+			var run *EgressRun
+			run, err = RunEgress(ctx, EgressConfig{Credflow: bins.Credflow, Hydra: hydra, Dir: dir, Repeats: *repeats,
+				Rate: 600, Duration: *egressTime, Conns: 16, ColdFetches: 50})
+			env.Finish()
+			if err != nil {
+				fmt.Fprintf(stderr, "credflow-bench: the sidecar's log and configuration kept in %s\n", dir)
+				break
+			}
+			os.RemoveAll(dir)
+			results, table = run, EgressTable(env, run)
 		case "quic":
 			var rs []QUICInitialResult
 			rs, err = RunQUICInitial(ctx)

@@ -44,8 +44,10 @@ type rig struct {
 	bundle *x509bundle.Bundle
 
 	wlClient, wlServer *wlapitest.Server
-	procs              []*proc
-	fileLimit          uint64
+	// jwtKey signs both stand-ins' JWT-SVIDs.
+	jwtKey    *ecdsa.PrivateKey
+	procs     []*proc
+	fileLimit uint64
 	// pprof turns on the sidecars' profiles (debug: {pprof: true}).
 	pprof bool
 }
@@ -89,12 +91,11 @@ func newRig(ctx context.Context, dir string, bins Binaries, fileLimit uint64) (*
 	// One JWT authority for the trust domain, as one SPIRE server is: the
 	// inbound sidecar of T3h-jwt validates the JWT-SVIDs the outbound
 	// one gets.
-	jwtKey, err := ecdsa.GenerateKey(elliptic.P256(), crand.Reader)
-	if err != nil {
+	if r.jwtKey, err = ecdsa.GenerateKey(elliptic.P256(), crand.Reader); err != nil {
 		return nil, err
 	}
-	r.wlClient.SetJWTKey(jwtKey)
-	r.wlServer.SetJWTKey(jwtKey)
+	r.wlClient.SetJWTKey(r.jwtKey)
+	r.wlServer.SetJWTKey(r.jwtKey)
 	return r, nil
 }
 

@@ -39,6 +39,7 @@ type Server struct {
 
 	mu      sync.Mutex
 	jwtKey  *ecdsa.PrivateKey
+	issuer  string
 	svid    *x509svid.SVID
 	bundle  *x509bundle.Bundle
 	changed chan struct{} // closed and replaced on every SetSVID
@@ -92,6 +93,14 @@ func (s *Server) SetJWTKey(key *ecdsa.PrivateKey) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.jwtKey = key
+}
+
+// SetJWTIssuer makes iss the iss claim of the JWT-SVIDs minted from now,
+// as SPIRE's jwt_issuer does; none by default.
+func (s *Server) SetJWTIssuer(iss string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.issuer = iss
 }
 
 func (s *Server) key() *ecdsa.PrivateKey {
@@ -155,13 +164,13 @@ func (s *Server) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.Se
 	}
 }
 
-// jwtKeyID names the stand-in's JWT signing key.
-const jwtKeyID = "wlapitest"
+// JWTKeyID is the kid of the stand-in's JWT signing key.
+const JWTKeyID = "wlapitest"
 
 // FetchJWTBundles sends the JWT bundle: the stand-in's signing key.
 func (s *Server) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
 	_, bundle, _ := s.current()
-	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: s.key().Public(), KeyID: jwtKeyID, Use: "jwt-svid"}}})
+	jwks, err := json.Marshal(jose.JSONWebKeySet{Keys: []jose.JSONWebKey{{Key: s.key().Public(), KeyID: JWTKeyID, Use: "jwt-svid"}}})
 	if err != nil {
 		return status.Error(codes.Internal, err.Error())
 	}
@@ -180,12 +189,15 @@ func (s *Server) FetchJWTSVID(_ context.Context, req *workload.JWTSVIDRequest) (
 	}
 	svid, _, _ := s.current()
 	signer, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: s.key()},
-		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", jwtKeyID))
+		(&jose.SignerOptions{}).WithType("JWT").WithHeader("kid", JWTKeyID))
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	now := time.Now()
-	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Subject: svid.ID.String(), Audience: req.Audience,
+	s.mu.Lock()
+	iss := s.issuer
+	s.mu.Unlock()
+	tok, err := jwt.Signed(signer).Claims(jwt.Claims{Issuer: iss, Subject: svid.ID.String(), Audience: req.Audience,
 		IssuedAt: jwt.NewNumericDate(now), Expiry: jwt.NewNumericDate(now.Add(5 * time.Minute))}).Serialize()
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
