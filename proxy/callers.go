@@ -22,6 +22,9 @@ import (
 // to: its original destination for a captured connection; the zero value
 // means app's local address.
 func callerOf(app net.Conn, server netip.AddrPort) (peercred.Cred, error) {
+	if c, ok := app.(*capturedConn); ok { // handed from a capture listener to an egress one
+		app, server = c.Conn, c.dst
+	}
 	if !server.IsValid() {
 		return peercred.Of(app)
 	}

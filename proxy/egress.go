@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -56,6 +57,10 @@ type httpEgress struct {
 	srv     *http.Server
 	tr      *http.Transport
 	filters pipeline
+	// captured takes the connections a capture listener hands over: the
+	// app called the external API's own address (capture.Destination's
+	// Egress).
+	captured *chanListener
 }
 
 func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
@@ -70,7 +75,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 	if port != "443" {
 		authority = net.JoinHostPort(cfg.ServerName, port)
 	}
-	e := &httpEgress{cfg: cfg}
+	e := &httpEgress{cfg: cfg, captured: newChanListener(nil)}
 	e.filters = pipeline{callerFilter{p: p, l: l}, FilterFunc(egressRequest)}
 	if cfg.Inject != nil {
 		e.filters = append(e.filters, injectFilter{cfg.Inject})
@@ -198,17 +203,57 @@ func (f injectFilter) Filter(r *Request) reason.Reason {
 // httpEgress's mode: the listener's HTTP server takes the app's
 // connections and sends their requests to the external server.
 
-func (e *httpEgress) bind(_ *Proxy, l *listener) error { return bindTCP(l) }
+func (e *httpEgress) bind(_ *Proxy, l *listener) error {
+	if err := bindTCP(l); err != nil {
+		return err
+	}
+	e.captured.addr = l.ln.Addr()
+	return nil
+}
 
 func (e *httpEgress) serve(_ context.Context, _ *Proxy, l *listener, wg *sync.WaitGroup) {
 	wg.Go(func() { e.srv.Serve(l.ln) })
+	wg.Go(func() { e.srv.Serve(e.captured) })
 }
 
 func (e *httpEgress) drain(context.Context, *sync.WaitGroup) {}
 
 func (e *httpEgress) close() {
+	e.captured.Close()
 	e.srv.Close()
 	e.tr.CloseIdleConnections()
+}
+
+// serveCaptured serves a connection the capture listener took for the
+// external API, as if the app had called the listener, and returns when
+// it is closed: the capture listener's slot is held until then.
+func (e *httpEgress) serveCaptured(ctx context.Context, app net.Conn, dst netip.AddrPort) {
+	c := &capturedConn{Conn: app, dst: dst, closed: make(chan struct{})}
+	if !e.captured.give(c) {
+		app.Close()
+		return
+	}
+	select {
+	case <-c.closed:
+	case <-ctx.Done():
+		c.Close()
+	}
+}
+
+// capturedConn is a captured connection served by an egress listener: its
+// caller is found by the original destination, and its closing is
+// reported.
+type capturedConn struct {
+	net.Conn
+	dst    netip.AddrPort
+	once   sync.Once
+	closed chan struct{}
+}
+
+func (c *capturedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.closed) })
+	return err
 }
 
 func (e *httpEgress) swept() {}

@@ -254,6 +254,8 @@ func (h *httpOutbound) swept() { h.pool.sweep() }
 type captureOutbound struct {
 	capture *capture.Capture
 	twin    net.Listener // the other family's loopback address (capture.Listen)
+	// egress are the egress listeners destinations name (Destination.Egress).
+	egress map[string]*httpEgress
 }
 
 func (m *captureOutbound) bind(_ *Proxy, l *listener) (err error) {
@@ -291,13 +293,18 @@ func (m *captureOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, a
 	if p.refuseCaller(l, app, dst, start) {
 		return
 	}
+	d := m.capture.Match(ctx, dst)
+	if d != nil && d.Egress != "" {
+		m.egress[d.Egress].serveCaptured(ctx, app, dst)
+		return
+	}
 	self, err := p.cfg.SVIDs.GetX509SVID()
 	if err != nil {
 		app.Close()
 		p.m.refused(l.dir, reason.NoIdentity, true)
 		return
 	}
-	pol := m.capture.Expect(ctx, dst, *l.policy.Load(), self.ID.TrustDomain())
+	pol := capture.Policy(d, *l.policy.Load(), self.ID.TrustDomain())
 	p.originate(context.WithValue(ctx, expectKey{}, &pol), l, app, dst.String(), &pol, start)
 }
 

@@ -446,7 +446,37 @@ func New(cfg Config) (*Proxy, error) {
 			l.mode = &tcpOutbound{quicUpstream: out.QUICUpstream, quicTarget: out.QUICTarget}
 		}
 	}
+	if err := p.linkCaptureEgress(); err != nil {
+		return nil, err
+	}
 	return p, nil
+}
+
+// linkCaptureEgress gives each capture listener the egress listeners its
+// destinations name.
+func (p *Proxy) linkCaptureEgress() error {
+	egress := map[string]*httpEgress{}
+	for _, l := range p.listeners {
+		if e, ok := l.mode.(*httpEgress); ok {
+			egress[l.name] = e
+		}
+	}
+	for _, l := range p.listeners {
+		m, ok := l.mode.(*captureOutbound)
+		if !ok {
+			continue
+		}
+		m.egress = map[string]*httpEgress{}
+		for _, d := range m.capture.Destinations {
+			if d.Egress == "" {
+				continue
+			}
+			if m.egress[d.Egress] = egress[d.Egress]; m.egress[d.Egress] == nil {
+				return fmt.Errorf("proxy: listener %q: a capture destination names %q, which is not an egress listener", l.name, d.Egress)
+			}
+		}
+	}
+	return nil
 }
 
 // upstreamTrustDomain is the trust domain an outbound listener expects its

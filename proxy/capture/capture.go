@@ -64,6 +64,11 @@ type Destination struct {
 	Host string
 	// Expect is the server identities accepted.
 	Expect authz.Policy
+	// Egress, if set, names the egress listener that takes the captured
+	// connections to this destination: an external API the app calls in
+	// plain HTTP, which the sidecar calls over TLS with the credentials it
+	// injects. Expect is then unused.
+	Egress string
 }
 
 // ErrNoOriginalDst reports a connection that was not redirected to the
@@ -76,11 +81,27 @@ var ErrNoOriginalDst = errors.New("capture: no original destination")
 // that matches; else fallback, the listener's policy, when it has
 // patterns; else any identity in the trust domain self.
 func (c *Capture) Expect(ctx context.Context, dst netip.AddrPort, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
-	for _, d := range c.Destinations {
+	return Policy(c.Match(ctx, dst), fallback, self)
+}
+
+// Match returns the first Destination that matches dst, or nil.
+func (c *Capture) Match(ctx context.Context, dst netip.AddrPort) *Destination {
+	for i := range c.Destinations {
+		d := &c.Destinations[i]
 		if (!d.Prefix.IsValid() || d.Prefix.Contains(dst.Addr())) && (d.Port == 0 || d.Port == dst.Port()) &&
 			(d.Host == "" || slices.Contains(c.lookup(ctx, d.Host), dst.Addr().Unmap())) {
-			return d.Expect
+			return d
 		}
+	}
+	return nil
+}
+
+// Policy returns the server identities expected at a destination: d's,
+// when it matched (d not nil); else fallback, the listener's policy, when
+// it has patterns; else any identity in the trust domain self.
+func Policy(d *Destination, fallback authz.Policy, self spiffeid.TrustDomain) authz.Policy {
+	if d != nil {
+		return d.Expect
 	}
 	if len(fallback.Patterns()) > 0 {
 		return fallback
