@@ -160,3 +160,60 @@ func runSource(t *testing.T, s *spiretest.SPIRE) *agent.Source {
 }
 
 func currentUID() int { return os.Getuid() }
+
+// TestOAuth2ClientSecretAgainstHydra: for a provider that knows no
+// SPIFFE profile, a confidential client at a real Hydra: the client
+// credentials grant with the secret read from its mounted file gives a
+// token that introspects as active for the client; when the provider
+// rotates the secret and the file follows, the next fetch uses the new
+// one, and the old one is refused (invalid_client) without appearing in
+// the error.
+func TestOAuth2ClientSecretAgainstHydra(t *testing.T) {
+	testenv.NeedsHydra(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	hydra, err := hydratest.Start(ctx, "", time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() {
+		if t.Failed() {
+			t.Log(hydra.Log())
+		}
+		hydra.Close()
+	}()
+	const id, first, second = "legacy-payments-client", "first-secret-7Qm2", "second-secret-Zx9p"
+	if err := hydra.CreateConfidentialClient(ctx, id, first, []string{"payments:read"}); err != nil {
+		t.Fatal(err)
+	}
+	path := t.TempDir() + "/client-secret"
+	if err := os.WriteFile(path, []byte(first+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	src := &credential.OAuth2{TokenURL: hydra.TokenURL(), Method: credential.ClientSecret, ClientID: id,
+		Scopes: []string{"payments:read"}, Secret: credential.File{Path: path}}
+	check := func() {
+		t.Helper()
+		cred, err := src.Fetch(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		in, err := hydra.Introspect(ctx, cred.Value.Reveal())
+		if err != nil || !in.Active || in.ClientID != id || in.Scope != "payments:read" {
+			t.Fatalf("introspection: %+v, %v", in, err)
+		}
+	}
+	check()
+
+	if err := hydra.RotateClientSecret(ctx, id, second); err != nil {
+		t.Fatal(err)
+	}
+	_, err = src.Fetch(ctx)
+	if err == nil || !strings.Contains(err.Error(), "invalid_client") || strings.Contains(err.Error(), first) {
+		t.Fatalf("the old secret after the provider rotated it: %v, want invalid_client without the secret", err)
+	}
+	if err := os.WriteFile(path, []byte(second+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	check()
+}

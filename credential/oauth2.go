@@ -14,9 +14,10 @@ import (
 	"time"
 )
 
-// The ways an OAuth2 source authenticates the workload: never with a
-// client secret of its own, always with a JWT-SVID the sidecar fetches for
-// the token endpoint's audience.
+// The ways an OAuth2 source authenticates the workload: with a JWT-SVID
+// the sidecar fetches for the token endpoint's audience, or, for a
+// provider that knows nothing else, with a client secret from a secret
+// store (never from the configuration).
 const (
 	// GrantJWTBearer sends the JWT-SVID as the assertion of an RFC 7523
 	// JWT bearer grant.
@@ -25,6 +26,11 @@ const (
 	// JWT-SVID as client assertion of type jwt-spiffe
 	// (draft-ietf-oauth-spiffe-client-auth).
 	ClientAssertionSPIFFE = "client-assertion-spiffe"
+	// ClientSecret runs the client credentials grant authenticated with
+	// ClientID and the secret OAuth2.Secret returns (client_secret_basic,
+	// RFC 6749 section 2.3.1), read again at each fetch so that a rotated
+	// secret is used from the next one.
+	ClientSecret = "client-secret"
 )
 
 // OAuth2 protocol names.
@@ -57,9 +63,12 @@ type OAuth2 struct {
 	Audience string
 	Resource string
 	// Assertion returns a JWT-SVID for audience (the token URL unless
-	// AssertionAudience is set).
+	// AssertionAudience is set); the JWT-SVID methods only.
 	Assertion         func(ctx context.Context, audience string) (string, error)
 	AssertionAudience string
+	// Secret holds the client secret of ClientSecret (a mounted file, a
+	// secret store).
+	Secret Source
 	// Client sends the request; it carries the TLS settings (roots or a
 	// CA file, never verification off). Default http.DefaultClient.
 	Client *http.Client
@@ -83,28 +92,41 @@ func (o *OAuth2) Fetch(ctx context.Context) (Credential, error) {
 	if err := checkTokenURL(o.TokenURL); err != nil {
 		return Credential{}, err
 	}
-	aud := o.AssertionAudience
-	if aud == "" {
-		aud = o.TokenURL
-	}
-	assertion, err := o.Assertion(ctx, aud)
-	if err != nil {
-		return Credential{}, fmt.Errorf("JWT-SVID for %s: %w", aud, err)
-	}
 	form := url.Values{}
+	var secret Secret
 	switch o.Method {
-	case GrantJWTBearer:
-		form.Set("grant_type", grantTypeJWTBearer)
-		form.Set("assertion", assertion)
-	case ClientAssertionSPIFFE:
+	case GrantJWTBearer, ClientAssertionSPIFFE:
+		aud := o.AssertionAudience
+		if aud == "" {
+			aud = o.TokenURL
+		}
+		assertion, err := o.Assertion(ctx, aud)
+		if err != nil {
+			return Credential{}, fmt.Errorf("JWT-SVID for %s: %w", aud, err)
+		}
+		if o.Method == GrantJWTBearer {
+			form.Set("grant_type", grantTypeJWTBearer)
+			form.Set("assertion", assertion)
+		} else {
+			form.Set("grant_type", "client_credentials")
+			form.Set("client_assertion_type", assertionTypeSPIFFE)
+			form.Set("client_assertion", assertion)
+		}
+		if o.ClientID != "" {
+			form.Set("client_id", o.ClientID)
+		}
+	case ClientSecret:
+		if o.ClientID == "" || o.Secret == nil {
+			return Credential{}, errors.New("client-secret needs a client ID and a secret source")
+		}
+		cred, err := o.Secret.Fetch(ctx)
+		if err != nil {
+			return Credential{}, fmt.Errorf("client secret: %w", err)
+		}
+		secret = cred.Value
 		form.Set("grant_type", "client_credentials")
-		form.Set("client_assertion_type", assertionTypeSPIFFE)
-		form.Set("client_assertion", assertion)
 	default:
 		return Credential{}, fmt.Errorf("unknown method %q", o.Method)
-	}
-	if o.ClientID != "" {
-		form.Set("client_id", o.ClientID)
 	}
 	if len(o.Scopes) > 0 {
 		form.Set("scope", strings.Join(o.Scopes, " "))
@@ -121,6 +143,10 @@ func (o *OAuth2) Fetch(ctx context.Context) (Credential, error) {
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
+	if o.Method == ClientSecret {
+		// Both form-encoded first (RFC 6749 section 2.3.1).
+		req.SetBasicAuth(url.QueryEscape(o.ClientID), url.QueryEscape(secret.Reveal()))
+	}
 	client := o.Client
 	if client == nil {
 		client = http.DefaultClient

@@ -5,6 +5,9 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -149,5 +152,64 @@ func TestOAuth2TokenURL(t *testing.T) {
 	o.Assertion = func(context.Context, string) (string, error) { called = true; return svid, nil }
 	if _, err := o.Fetch(t.Context()); err == nil || called {
 		t.Errorf("a plain-http endpoint off loopback: %v, assertion fetched: %v", err, called)
+	}
+}
+
+// TestOAuth2ClientSecret: for a provider that knows nothing else, the
+// client credentials grant with the client ID and a secret read from its
+// file at each fetch (client_secret_basic, both form-encoded); a rotated
+// secret is used from the next fetch; the secret is in no error, and one
+// that cannot be read or holds CR/LF is not sent.
+func TestOAuth2ClientSecret(t *testing.T) {
+	const id = "spiffe://example.org/frontend"
+	var got []string
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		user, pass, ok := r.BasicAuth()
+		u, _ := url.QueryUnescape(user)
+		p, _ := url.QueryUnescape(pass)
+		r.ParseForm()
+		if !ok || u != id || r.PostForm.Get("grant_type") != "client_credentials" || r.PostForm.Has("client_secret") || r.PostForm.Has("assertion") {
+			t.Errorf("basic %v %q, form %v", ok, u, r.PostForm)
+		}
+		got = append(got, p)
+		if p == "s3cret: two&three" {
+			jsonAnswer(401, `{"error":"invalid_client"}`)(w)
+			return
+		}
+		jsonAnswer(200, `{"access_token":"at-1","token_type":"Bearer","expires_in":60}`)(w)
+	}))
+	defer srv.Close()
+	path := t.TempDir() + "/client-secret"
+	write := func(v string) {
+		if err := os.WriteFile(path, []byte(v), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	src := &OAuth2{TokenURL: srv.URL + "/oauth2/token", Method: ClientSecret, ClientID: id, Secret: File{Path: path}}
+
+	write("s3cret-one\n")
+	if cred, err := src.Fetch(t.Context()); err != nil || cred.Value.Reveal() != "at-1" {
+		t.Fatalf("got %q, %v", cred.Value.Reveal(), err)
+	}
+	write("s3cret: two&three\n") // rotated; this provider does not know it yet
+	_, err := src.Fetch(t.Context())
+	if err == nil || !strings.Contains(err.Error(), "invalid_client") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("a secret the provider refuses: %v", err)
+	}
+	if want := []string{"s3cret-one", "s3cret: two&three"}; !slices.Equal(got, want) {
+		t.Errorf("the provider was sent %q, want %q", got, want)
+	}
+	for name, content := range map[string]string{"CR/LF": "s3cret\r\nX: y", "empty": ""} {
+		write(content)
+		if _, err := src.Fetch(t.Context()); err == nil || strings.Contains(err.Error(), "s3cret") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	os.Remove(path)
+	if _, err := src.Fetch(t.Context()); err == nil || !strings.Contains(err.Error(), "client secret") {
+		t.Errorf("no secret file: %v", err)
+	}
+	if len(got) != 2 {
+		t.Errorf("%d requests, want 2: one with no usable secret was sent", len(got))
 	}
 }

@@ -134,6 +134,27 @@ func (h *Hydra) CreatePublicClient(ctx context.Context, id string, scopes []stri
 	}, nil)
 }
 
+// CreateConfidentialClient registers a client that authenticates with a
+// client secret (client_secret_basic) and may use the client credentials
+// grant for scopes.
+func (h *Hydra) CreateConfidentialClient(ctx context.Context, id, secret string, scopes []string) error {
+	return h.admin(ctx, http.MethodPost, "/admin/clients", map[string]any{
+		"client_id":                  id,
+		"client_secret":              secret,
+		"grant_types":                []string{"client_credentials"},
+		"token_endpoint_auth_method": "client_secret_basic",
+		"scope":                      strings.Join(scopes, " "),
+	}, nil)
+}
+
+// RotateClientSecret gives client id a new secret; the old one is refused
+// from then on.
+func (h *Hydra) RotateClientSecret(ctx context.Context, id, secret string) error {
+	return h.admin(ctx, http.MethodPatch, "/admin/clients/"+url.PathEscape(id), []map[string]any{
+		{"op": "replace", "path": "/client_secret", "value": secret},
+	}, nil)
+}
+
 // TrustJWTIssuer trusts assertions issued by issuer for subject, signed
 // with key, for scopes, until expires.
 func (h *Hydra) TrustJWTIssuer(ctx context.Context, issuer, subject string, key spiretest.JWTKey, scopes []string, expires time.Time) error {

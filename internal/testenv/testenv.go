@@ -43,6 +43,15 @@ func NeedsSPIRE(t testing.TB) {
 	}
 }
 
+// NeedsHydra skips t under -short: it runs a real Ory Hydra, the binary
+// `make hydra` builds.
+func NeedsHydra(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		skip(t, "runs the real Ory Hydra (skipped by -short)")
+	}
+}
+
 // Long skips t under -short: it runs for tens of seconds (storms, floods,
 // rotations) and a shorter test covers the same code in the fast loop.
 func Long(t testing.TB) {
