@@ -24,10 +24,11 @@ type credentials struct {
 }
 
 // newCredentials builds a Cache for each configured credential source and
-// the settings of each egress listener. A file source is read once now, so
-// that a missing file or a value that cannot go in a header (CR, LF, other
-// control bytes) stops the start with its field named; an OAuth2 source is
-// fetched by Run, the workload's JWT-SVID being needed first.
+// the settings of each egress listener. A file source, and an OAuth2
+// source's client secret file, is read once now, so that a missing file or
+// a value that cannot go in a header (CR, LF, other control bytes) stops
+// the start with its field named; an OAuth2 source is fetched by Run, the
+// workload's JWT-SVID being needed first.
 func newCredentials(ctx context.Context, cfg *config.Config, tokens proxy.TokenSource, log *slog.Logger) (*credentials, error) {
 	cs := &credentials{egress: map[string]*proxy.Egress{}}
 	byName := map[string]*credential.Cache{}
@@ -39,6 +40,11 @@ func newCredentials(ctx context.Context, cfg *config.Config, tokens proxy.TokenS
 		if f, ok := src.(credential.File); ok {
 			if _, err := f.Fetch(ctx); err != nil {
 				return nil, fmt.Errorf("credentials[%d] (%s): %w", i, c.Name, err)
+			}
+		}
+		if o, ok := src.(*credential.OAuth2); ok && o.Secret != nil {
+			if _, err := o.Secret.Fetch(ctx); err != nil {
+				return nil, fmt.Errorf("credentials[%d] (%s): oauth2.client_secret_file: %w", i, c.Name, err)
 			}
 		}
 		cache := &credential.Cache{Name: c.Name, Source: src, Refresh: c.Refresh, Timeout: c.Timeout, Log: log}
@@ -117,10 +123,20 @@ func credentialSource(c config.Credential, tokens proxy.TokenSource) (credential
 			}
 			return svid.Marshal(), nil
 		},
+		Secret: secretFile(o.ClientSecretFile),
 		// A redirect would carry the assertion to another endpoint: the
 		// 3xx is the answer, and the fetch fails naming it.
 		Client: &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }},
 	}, nil
+}
+
+// secretFile is the source of a client secret in a mounted file; nil for
+// none.
+func secretFile(path string) credential.Source {
+	if path == "" {
+		return nil
+	}
+	return credential.File{Path: path}
 }
 
 // loadRoots reads a PEM file of CA certificates.

@@ -409,7 +409,7 @@ func captureDestinations(c *config.Capture) *capture.Capture {
 	}
 	pc := &capture.Capture{}
 	for _, d := range c.Destinations {
-		pc.Destinations = append(pc.Destinations, capture.Destination{Prefix: d.Prefix, Port: d.Port, Host: d.Host, Expect: d.Expect})
+		pc.Destinations = append(pc.Destinations, capture.Destination{Prefix: d.Prefix, Port: d.Port, Host: d.Host, Expect: d.Expect, Egress: d.Egress})
 	}
 	return pc
 }

@@ -260,6 +260,7 @@ type Injection struct {
 const (
 	AuthJWTBearer             = "jwt-bearer"
 	AuthClientAssertionSPIFFE = "client-assertion-spiffe"
+	AuthClientSecret          = "client-secret"
 )
 
 // Credential is a credential source: exactly one of OAuth2 and File.
@@ -282,6 +283,9 @@ type OAuth2 struct {
 	Resource          string
 	AssertionAudience string
 	CAFile            string
+	// ClientSecretFile is the mounted secret holding the client secret of
+	// AuthClientSecret.
+	ClientSecretFile string
 }
 
 // Capture is a transparent capture listener's destinations.
@@ -296,6 +300,9 @@ type Destination struct {
 	Port   uint16
 	Host   string
 	Expect authz.Policy
+	// Egress names the egress listener that takes connections to the
+	// destination, instead of Expect.
+	Egress string
 }
 
 // DefaultCallers makes d the callers of every outbound listener and of
@@ -371,6 +378,7 @@ func Parse(data []byte) (*Config, error) {
 		c.Outbound = append(c.Outbound, v.outbound(fmt.Sprintf("outbound[%d]", i), &f.Outbound[i], c.Edge))
 	}
 	v.credentialsUsed(c)
+	v.captureEgress(c)
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		v.fail("inbound", "no inbound or outbound listener is configured")

@@ -59,7 +59,10 @@ func TestParseEgressErrors(t *testing.T) {
 	for _, bad := range []struct{ name, from, to, want string }{
 		{"token endpoint over plain http", "https://auth.example.com", "http://auth.example.com", "credentials[0].oauth2.token_url: \"http://auth.example.com/oauth2/token\": the assertion goes over https only"},
 		{"no token endpoint", "      token_url: https://auth.example.com/oauth2/token\n", "", "credentials[0].oauth2.token_url: the authorization server's token endpoint is required"},
-		{"unknown auth", "      scopes:", "      auth: client-secret\n      scopes:", "credentials[0].oauth2.auth: \"client-secret\" is not jwt-bearer or client-assertion-spiffe"},
+		{"unknown auth", "      scopes:", "      auth: client-password\n      scopes:", "credentials[0].oauth2.auth: \"client-password\" is not jwt-bearer, client-assertion-spiffe or client-secret"},
+		{"client secret without its file", "      scopes:", "      auth: client-secret\n      client_id: legacy\n      scopes:", "credentials[0].oauth2.client_secret_file: client-secret reads the secret from a mounted file"},
+		{"client secret without a client", "      scopes:", "      auth: client-secret\n      client_secret_file: /s\n      scopes:", "credentials[0].oauth2.client_id: client-secret names the client"},
+		{"a secret file with the SVID", "      scopes:", "      client_secret_file: /s\n      scopes:", "credentials[0].oauth2.client_secret_file: only with auth: client-secret"},
 		{"client assertion without a client", "      scopes:", "      auth: client-assertion-spiffe\n      scopes:", "credentials[0].oauth2.client_id"},
 		{"both sources", "    refresh: 10s", "    refresh: 10s\n    oauth2: {token_url: https://a.example/t}", "credentials[1]: exactly one of oauth2 and file"},
 		{"duplicate name", "name: payments-key", "name: payments-token", "credentials[1].name: \"payments-token\" is also credentials[0]'s name"},
@@ -78,6 +81,46 @@ func TestParseEgressErrors(t *testing.T) {
 		t.Run(bad.name, func(t *testing.T) {
 			f := strings.Replace(egressConfig, bad.from, bad.to, 1)
 			if f == egressConfig {
+				t.Fatalf("%q not in the file", bad.from)
+			}
+			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Fatalf("error %v, want one naming %q", err, bad.want)
+			}
+		})
+	}
+}
+
+// captureEgressConfig is egressConfig with a capture listener that hands
+// the app's calls to the API's own address to the egress listener.
+const captureEgressConfig = egressConfig + `  - name: capture
+    listen: 127.0.0.1:15001
+    capture:
+      destinations:
+        - {host: api.payments.example, port: 80, egress: payments}
+        - {cidr: 10.96.0.0/12, port: 8080, expect: [spiffe://example.org/backend]}
+`
+
+// TestParseCaptureEgress: a capture destination names an egress listener
+// instead of the identities expected there; mistakes are refused at load
+// with the field named.
+func TestParseCaptureEgress(t *testing.T) {
+	c, err := config.Parse([]byte(captureEgressConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := c.Outbound[1].Capture.Destinations
+	if d[0].Egress != "payments" || d[0].Host != "api.payments.example" || d[0].Port != 80 || len(d[0].Expect.Patterns()) != 0 || d[1].Egress != "" {
+		t.Errorf("destinations: %+v", d)
+	}
+	for _, bad := range []struct{ name, from, to, want string }{
+		{"an unknown listener", "egress: payments}", "egress: paymnets}", `outbound[1].capture.destinations[0].egress: "paymnets" is not the name of an outbound listener with egress`},
+		{"a listener without egress", "egress: payments}", "egress: capture}", `outbound[1].capture.destinations[0].egress: "capture" is not the name of an outbound listener with egress`},
+		{"egress and expect", "egress: payments}", "egress: payments, expect: [spiffe://example.org/x]}", "outbound[1].capture.destinations[0]: egress and expect"},
+		{"no address", "{host: api.payments.example, port: 80,", "{port: 80,", "outbound[1].capture.destinations[0]: an egress destination names the external API's host or cidr"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f := strings.Replace(captureEgressConfig, bad.from, bad.to, 1)
+			if f == captureEgressConfig {
 				t.Fatalf("%q not in the file", bad.from)
 			}
 			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {

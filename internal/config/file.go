@@ -168,6 +168,7 @@ type fileDestination struct {
 	Port   int      `yaml:"port"`
 	Host   string   `yaml:"host"`
 	Expect []string `yaml:"expect"`
+	Egress string   `yaml:"egress"`
 }
 
 // tokenEndpoint is token_endpoint in YAML: an address, or a mapping.
@@ -309,6 +310,7 @@ type fileOAuth2 struct {
 	Resource          string   `yaml:"resource"`
 	AssertionAudience string   `yaml:"assertion_audience"`
 	CAFile            string   `yaml:"ca_file"`
+	ClientSecretFile  string   `yaml:"client_secret_file"`
 }
 
 type fileSecretFile struct {

@@ -588,17 +588,25 @@ func (v *validator) credential(field string, f *fileCredential) Credential {
 	default:
 		o := f.OAuth2
 		c.OAuth2 = &OAuth2{TokenURL: o.TokenURL, Auth: cmpOr(o.Auth, AuthJWTBearer), ClientID: o.ClientID, Scopes: o.Scopes,
-			Audience: o.Audience, Resource: o.Resource, AssertionAudience: o.AssertionAudience, CAFile: o.CAFile}
+			Audience: o.Audience, Resource: o.Resource, AssertionAudience: o.AssertionAudience, CAFile: o.CAFile, ClientSecretFile: o.ClientSecretFile}
 		if err := checkTokenURL(o.TokenURL); err != nil {
 			fail(field+".oauth2.token_url", "%v", err)
 		}
 		switch c.OAuth2.Auth {
-		case AuthJWTBearer, AuthClientAssertionSPIFFE:
+		case AuthJWTBearer, AuthClientAssertionSPIFFE, AuthClientSecret:
 		default:
-			fail(field+".oauth2.auth", "%q is not %s or %s", o.Auth, AuthJWTBearer, AuthClientAssertionSPIFFE)
+			fail(field+".oauth2.auth", "%q is not %s, %s or %s", o.Auth, AuthJWTBearer, AuthClientAssertionSPIFFE, AuthClientSecret)
 		}
 		if c.OAuth2.Auth == AuthClientAssertionSPIFFE && o.ClientID == "" {
 			fail(field+".oauth2.client_id", "client-assertion-spiffe names the client: the workload's SPIFFE ID as the authorization server registered it")
+		}
+		switch {
+		case c.OAuth2.Auth == AuthClientSecret && o.ClientID == "":
+			fail(field+".oauth2.client_id", "client-secret names the client the provider registered")
+		case c.OAuth2.Auth == AuthClientSecret && o.ClientSecretFile == "":
+			fail(field+".oauth2.client_secret_file", "client-secret reads the secret from a mounted file (a secret store's); the configuration never holds it")
+		case c.OAuth2.Auth != AuthClientSecret && o.ClientSecretFile != "":
+			fail(field+".oauth2.client_secret_file", "only with auth: client-secret; the other methods send the workload's JWT-SVID")
 		}
 		for j, sc := range o.Scopes {
 			if sc == "" || strings.ContainsAny(sc, " \"") {
@@ -642,6 +650,25 @@ func (v *validator) credentialsUsed(c *Config) {
 	}
 }
 
+// captureEgress checks that every capture destination with egress names
+// an egress listener.
+func (v *validator) captureEgress(c *Config) {
+	egress := map[string]bool{}
+	for _, out := range c.Outbound {
+		egress[out.Name] = out.Egress != nil
+	}
+	for i, out := range c.Outbound {
+		if out.Capture == nil {
+			continue
+		}
+		for j, d := range out.Capture.Destinations {
+			if d.Egress != "" && !egress[d.Egress] {
+				v.fail(fmt.Sprintf("outbound[%d].capture.destinations[%d].egress", i, j), "%q is not the name of an outbound listener with egress", d.Egress)
+			}
+		}
+	}
+}
+
 // capture checks a capture listener's destinations.
 func (v *validator) capture(field string, f *fileCapture) *Capture {
 	fail := v.fail
@@ -669,7 +696,16 @@ func (v *validator) capture(field string, f *fileCapture) *Capture {
 		if d.CIDR == "" && d.Port == 0 && d.Host == "" {
 			fail(df, "a cidr, a port, a host or a combination is required")
 		}
-		dst.Expect = v.policy(df+".expect", d.Expect)
+		switch {
+		case d.Egress != "" && len(d.Expect) > 0:
+			fail(df, "egress and expect: a destination is an external API (egress) or a workload of the mesh (expect), not both")
+		case d.Egress != "" && d.CIDR == "" && d.Host == "":
+			fail(df, "an egress destination names the external API's host or cidr")
+		case d.Egress != "":
+			dst.Egress = d.Egress
+		default:
+			dst.Expect = v.policy(df+".expect", d.Expect)
+		}
 		c.Destinations = append(c.Destinations, dst)
 	}
 	return c
