@@ -7,6 +7,7 @@ import (
 	"net/textproto"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/go-jose/go-jose/v4/jwt"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -36,6 +37,9 @@ type Request struct {
 	// Attrs are attributes a filter adds to the request's access-log line
 	// (the local caller it refused, say).
 	Attrs []slog.Attr
+	// RetryAfter, set by a filter that refuses a request for now
+	// (rate_limited), is sent as the answer's Retry-After.
+	RetryAfter time.Duration
 
 	responded []func(*http.Response)
 }
@@ -76,12 +80,29 @@ func (pl pipeline) run(r *Request) reason.Reason {
 	return ""
 }
 
+// limitFilter refuses a request past its peer's rate limit, or the
+// listener's total (rate_limited, with the wait until the next).
+type limitFilter struct{ l *listener }
+
+func (f limitFilter) Filter(r *Request) reason.Reason {
+	lim := f.l.limiter.Load()
+	if lim == nil {
+		return ""
+	}
+	if retry, ok := lim.Request(r.Peer, time.Now()); !ok {
+		r.RetryAfter = retry
+		return reason.RateLimited
+	}
+	return ""
+}
+
 // inboundPipeline builds the filters of an HTTP inbound listener's
-// settings: the request's shape, its route, the tokens, then the
-// configured extra filters.
-func (p *Proxy) inboundPipeline(s *httpSettings) pipeline {
+// settings: the rate limit (the cheapest refusal), the request's shape,
+// its route, the tokens, then the configured extra filters.
+func (p *Proxy) inboundPipeline(l *listener, s *httpSettings) pipeline {
 	managed := managedHeaders{tokenHeader: s.cfg.TokenHeader}
 	pl := pipeline{
+		limitFilter{l: l},
 		FilterFunc(checkHost),
 		FilterFunc(managed.checkConnection),
 		FilterFunc(normalizePath),

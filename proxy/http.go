@@ -278,7 +278,7 @@ type httpSettings struct {
 // replaces (nil at start), lends its transaction-token verifier when the
 // verifier's own settings are unchanged: a reload that changes routes
 // must not empty the single-use record and so accept a replay.
-func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettings {
+func (p *Proxy) newHTTPSettings(l *listener, cfg InboundHTTP, prev *httpSettings) *httpSettings {
 	cfg = cfg.withDefaults()
 	if cfg.TokenHeader == "" {
 		cfg.TokenHeader = "Authorization"
@@ -291,7 +291,7 @@ func (p *Proxy) newHTTPSettings(cfg InboundHTTP, prev *httpSettings) *httpSettin
 		s.txn = txn.NewVerifier(p.cfg.Bundles, txn.VerifyConfig{Minters: cfg.TxnMinters.Allows, Leeway: cfg.TxnLeeway,
 			SingleUse: cfg.TxnSingleUse})
 	}
-	s.filters = p.inboundPipeline(s)
+	s.filters = p.inboundPipeline(l, s)
 	return s
 }
 
@@ -308,7 +308,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		tr.Protocols.SetUnencryptedHTTP2(true)
 	}
 	h := &httpInbound{app: tr}
-	h.settings.Store(p.newHTTPSettings(cfg, nil))
+	h.settings.Store(p.newHTTPSettings(l, cfg, nil))
 	h.proxy = &httputil.ReverseProxy{
 		BufferPool: copyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
@@ -405,6 +405,9 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		isError := why.Info().Status >= 500
 		p.m.refused(l.dir, why, isError)
 		p.httpAccess(l, start, peer, r, decisionOf(isError), why, why.Info().Status, req.Attrs...)
+		if req.RetryAfter > 0 {
+			w.Header().Set("Retry-After", strconv.Itoa(int((req.RetryAfter+time.Second-1)/time.Second)))
+		}
 		deny(w, r, why)
 		return
 	}

@@ -28,6 +28,7 @@ import (
 	"maps"
 	"net"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -46,6 +47,7 @@ import (
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/defaults"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
@@ -95,6 +97,11 @@ type Inbound struct {
 	QUICListen string
 	// HTTP, if set, makes the listener HTTP-aware (routes, tokens).
 	HTTP *InboundHTTP
+	// Limits bound the peers' requests and connections, per identity and
+	// in total; a connection past them is closed after its handshake, a
+	// request answered 429 (gRPC RESOURCE_EXHAUSTED) with Retry-After,
+	// both with the reason rate_limited.
+	Limits limit.Config
 }
 
 // Outbound is a listener that accepts the app's plain TCP and relays it
@@ -277,6 +284,7 @@ type listener struct {
 	mode   mode // what the listener does with its socket (modes.go)
 
 	callers atomic.Pointer[peercred.Callers] // outbound: the local users allowed
+	limiter atomic.Pointer[limit.Limiter]    // inbound: nil when no limits are set
 }
 
 // conn is an established connection between sidecars, tracked so that it
@@ -392,6 +400,7 @@ func New(cfg Config) (*Proxy, error) {
 		if err != nil {
 			return nil, err
 		}
+		l.setLimits(in.Limits)
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
 		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
@@ -514,6 +523,18 @@ func cmpOr(l, def *slog.Logger) *slog.Logger {
 
 func (l *listener) allows(id spiffeid.ID) bool { return l.policy.Load().Allows(id) }
 
+// setLimits makes cfg the listener's limits. The running limiter, and the
+// state it holds, is kept when cfg is the same.
+func (l *listener) setLimits(cfg limit.Config) {
+	cur := l.limiter.Load()
+	switch {
+	case cfg.IsZero():
+		l.limiter.Store(nil)
+	case cur == nil || !reflect.DeepEqual(cur.Config(), cfg.WithDefaults()):
+		l.limiter.Store(limit.New(cfg))
+	}
+}
+
 // Listen binds every listener. On error, those already bound are closed and
 // the error names the listener.
 func (p *Proxy) Listen() (err error) {
@@ -597,7 +618,7 @@ func (p *Proxy) SetHTTP(name string, cfg InboundHTTP) error {
 		return err
 	}
 	h := l.httpIn()
-	h.settings.Store(p.newHTTPSettings(cfg, h.settings.Load()))
+	h.settings.Store(p.newHTTPSettings(l, cfg, h.settings.Load()))
 	return nil
 }
 
@@ -685,8 +706,9 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 	for _, in := range in {
 		l := p.listener(in.Name)
 		l.policy.Store(&in.Allow)
+		l.setLimits(in.Limits)
 		if h := l.httpIn(); in.HTTP != nil {
-			h.settings.Store(p.newHTTPSettings(*in.HTTP, h.settings.Load()))
+			h.settings.Store(p.newHTTPSettings(l, *in.HTTP, h.settings.Load()))
 		}
 	}
 	for _, out := range out {
@@ -854,6 +876,17 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 		}
 		p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
 		return
+	}
+	if lim := l.limiter.Load(); lim != nil {
+		peer, _ := peerOf(cs)
+		release, _, ok := lim.Connect(peer, time.Now())
+		if !ok {
+			tc.Close()
+			p.m.refused(l.dir, reason.RateLimited, false)
+			p.access(l, start, peer, cs, "deny", reason.RateLimited, relay.Result{}, "tcp")
+			return
+		}
+		defer release()
 	}
 	m.serveConn(ctx, p, l, tc, cs, start)
 }

@@ -123,6 +123,11 @@ const (
 	TxnMintFailed      Reason = "txn_mint_failed"       // this side could not mint one
 )
 
+// Rate limits of inbound listeners.
+const (
+	RateLimited Reason = "rate_limited" // a peer identity past its limit, or the listener past its total
+)
+
 // Credentials the sidecar injects on egress listeners.
 const (
 	CredentialUnavailable Reason = "credential_unavailable" // no valid credential to inject
@@ -242,6 +247,8 @@ var table = map[Reason]Info{
 	TokenNotYetValid:  unauth,
 	TokenPeerMismatch: unauth,
 	NoToken:           unavailable,
+
+	RateLimited: tooMany,
 
 	CredentialUnavailable: unavailable,
 	AppCredential:         forbidden,
