@@ -26,6 +26,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/route"
 )
 
@@ -177,6 +178,8 @@ type Inbound struct {
 	QUICListen        string
 	// HTTP is set for protocol: http.
 	HTTP *InboundHTTP
+	// Limits are the listener's rate limits; the zero value sets none.
+	Limits limit.Config
 }
 
 // InboundHTTP is an inbound listener's protocol: http settings

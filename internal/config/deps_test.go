@@ -25,6 +25,7 @@ func TestLeaf(t *testing.T) {
 		"github.com/credflow/credflow/pqc",
 		"github.com/credflow/credflow/proxy/authz",
 		"github.com/credflow/credflow/proxy/defaults",
+		"github.com/credflow/credflow/proxy/limit",
 		"github.com/credflow/credflow/proxy/route",
 		"github.com/credflow/credflow/token",
 	}

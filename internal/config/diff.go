@@ -10,8 +10,8 @@ import (
 
 // hotReload lists the fields a running sidecar can take from a new file,
 // with list indices written [*]: listener policies, the local callers of
-// outbound listeners, and the routes and token settings of HTTP inbound
-// listeners. Every other field that
+// outbound listeners, the routes and token settings of HTTP inbound
+// listeners, and inbound listeners' limits. Every other field that
 // changed, including fields this list has never heard of, needs a restart.
 var hotReload = []string{
 	"version", // one version is read; writing it down changes nothing
@@ -26,6 +26,22 @@ var hotReload = []string{
 	"inbound[*].jwt.pass",
 	"inbound[*].txn_token.require",
 	"inbound[*].txn_token.minters",
+	"inbound[*].limits.requests.total.rate",
+	"inbound[*].limits.requests.total.burst",
+	"inbound[*].limits.requests.per_identity.rate",
+	"inbound[*].limits.requests.per_identity.burst",
+	"inbound[*].limits.requests.overrides[*].peers",
+	"inbound[*].limits.requests.overrides[*].rate",
+	"inbound[*].limits.requests.overrides[*].burst",
+	"inbound[*].limits.connections.total.rate",
+	"inbound[*].limits.connections.total.burst",
+	"inbound[*].limits.connections.per_identity.rate",
+	"inbound[*].limits.connections.per_identity.burst",
+	"inbound[*].limits.connections.overrides[*].peers",
+	"inbound[*].limits.connections.overrides[*].rate",
+	"inbound[*].limits.connections.overrides[*].burst",
+	"inbound[*].limits.concurrent_per_identity",
+	"inbound[*].limits.max_identities",
 	"outbound[*].expect",
 	"outbound[*].callers.uids",
 	"token_endpoint.callers.uids",

@@ -116,6 +116,32 @@ type fileInbound struct {
 	CaseInsensitivePaths bool           `yaml:"case_insensitive_paths"`
 	JWT                  fileInboundJWT `yaml:"jwt"`
 	TxnToken             fileTxnVerify  `yaml:"txn_token"`
+	Limits               *fileLimitsIn  `yaml:"limits"`
+}
+
+// fileLimitsIn is an inbound listener's limits (proxy/limit).
+type fileLimitsIn struct {
+	Requests              *fileLimitSet `yaml:"requests"`
+	Connections           *fileLimitSet `yaml:"connections"`
+	ConcurrentPerIdentity int           `yaml:"concurrent_per_identity"`
+	MaxIdentities         int           `yaml:"max_identities"`
+}
+
+type fileLimitSet struct {
+	Total       *fileRate          `yaml:"total"`
+	PerIdentity *fileRate          `yaml:"per_identity"`
+	Overrides   []fileRateOverride `yaml:"overrides"`
+}
+
+type fileRate struct {
+	Rate  float64 `yaml:"rate"`
+	Burst int     `yaml:"burst"`
+}
+
+type fileRateOverride struct {
+	Peers []string `yaml:"peers"`
+	Rate  float64  `yaml:"rate"`
+	Burst int      `yaml:"burst"`
 }
 
 type fileRoute struct {

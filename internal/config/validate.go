@@ -20,6 +20,7 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/defaults"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/token"
 )
@@ -315,6 +316,12 @@ func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration)
 		v.fail(field+".app", "%v", err)
 	}
 	ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: v.policy(field+".allow", in.Allow), QUICListen: in.QUIC}
+	if in.Limits != nil {
+		ib.Limits = v.limits(field+".limits", in.Limits)
+		if in.Limits.Requests != nil && in.Protocol != "http" {
+			v.fail(field+".limits.requests", "request limits need protocol: http; a TCP listener limits connections")
+		}
+	}
 	if in.QUIC != "" {
 		if err := checkAddr(in.QUIC, false); err != nil {
 			v.fail(field+".quic_listen", "%v", err)
@@ -648,6 +655,62 @@ func (v *validator) credentialsUsed(c *Config) {
 			}
 		}
 	}
+}
+
+// maxRate bounds a configured rate and burst: beyond it a limit is a typo.
+const maxRate = 1e6
+
+// limits checks an inbound listener's limits.
+func (v *validator) limits(field string, f *fileLimitsIn) limit.Config {
+	c := limit.Config{ConcurrentPerIdentity: f.ConcurrentPerIdentity, MaxIdentities: f.MaxIdentities}
+	if f.ConcurrentPerIdentity < 0 || f.ConcurrentPerIdentity > maxRate {
+		v.fail(field+".concurrent_per_identity", "%d is not a number of connections (0 is no limit)", f.ConcurrentPerIdentity)
+	}
+	if f.MaxIdentities < 0 || f.MaxIdentities > maxRate {
+		v.fail(field+".max_identities", "%d: between 1 and 1000000 (default %d)", f.MaxIdentities, limit.DefaultMaxIdentities)
+	}
+	set := func(name string, s *fileLimitSet) limit.Limits {
+		var l limit.Limits
+		if s == nil {
+			return l
+		}
+		l.Total = v.rate(field+"."+name+".total", s.Total)
+		l.PerIdentity = v.rate(field+"."+name+".per_identity", s.PerIdentity)
+		for i, o := range s.Overrides {
+			of := fmt.Sprintf("%s.%s.overrides[%d]", field, name, i)
+			l.Overrides = append(l.Overrides, limit.Override{Peers: v.policy(of+".peers", o.Peers),
+				Rate: v.rate(of, &fileRate{Rate: o.Rate, Burst: o.Burst})})
+		}
+		if s.Total == nil && s.PerIdentity == nil && len(s.Overrides) == 0 {
+			v.fail(field+"."+name, "total, per_identity or overrides is required")
+		}
+		return l
+	}
+	c.Requests = set("requests", f.Requests)
+	c.Connections = set("connections", f.Connections)
+	if c.IsZero() {
+		v.fail(field, "requests, connections or concurrent_per_identity is required")
+	}
+	return c
+}
+
+// rate checks a token bucket: a rate per second, and a burst that
+// defaults to one second's worth (at least 1).
+func (v *validator) rate(field string, f *fileRate) limit.Rate {
+	if f == nil {
+		return limit.Rate{}
+	}
+	if f.Rate <= 0 || f.Rate > maxRate {
+		v.fail(field+".rate", "%g is not a rate per second (above 0, at most 1000000)", f.Rate)
+	}
+	if f.Burst < 0 || f.Burst > maxRate {
+		v.fail(field+".burst", "%d is not a burst (1 to 1000000; default the rate rounded up)", f.Burst)
+	}
+	burst := f.Burst
+	if burst == 0 {
+		burst = max(1, int(math.Ceil(f.Rate)))
+	}
+	return limit.Rate{PerSecond: f.Rate, Burst: burst}
 }
 
 // captureEgress checks that every capture destination with egress names

@@ -1,0 +1,91 @@
+package config_test
+
+import (
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/internal/config"
+	"github.com/credflow/credflow/proxy/limit"
+)
+
+const limitsConfig = `
+inbound:
+  - name: api
+    listen: 0.0.0.0:15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org]
+    protocol: http
+    routes: [{peers: [spiffe://example.org], paths: [/*]}]
+    limits:
+      requests:
+        total: {rate: 1000, burst: 200}
+        per_identity: {rate: 50}
+        overrides:
+          - {peers: [spiffe://example.org/batch/*], rate: 2.5, burst: 5}
+      connections:
+        per_identity: {rate: 10, burst: 20}
+      concurrent_per_identity: 50
+      max_identities: 20000
+`
+
+// TestParseLimits: an inbound listener's limits, the burst defaulting to
+// one second's worth; mistakes refused at load with the field named.
+func TestParseLimits(t *testing.T) {
+	c, err := config.Parse([]byte(limitsConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := c.Inbound[0].Limits
+	if l.Requests.Total != (limit.Rate{PerSecond: 1000, Burst: 200}) || l.Requests.PerIdentity != (limit.Rate{PerSecond: 50, Burst: 50}) ||
+		len(l.Requests.Overrides) != 1 || l.Requests.Overrides[0].Rate != (limit.Rate{PerSecond: 2.5, Burst: 5}) ||
+		!l.Requests.Overrides[0].Peers.Allows(spiffeid.RequireFromString("spiffe://example.org/batch/nightly")) ||
+		l.Connections.PerIdentity != (limit.Rate{PerSecond: 10, Burst: 20}) || l.ConcurrentPerIdentity != 50 || l.MaxIdentities != 20000 {
+		t.Errorf("limits: %+v", l)
+	}
+	for _, bad := range []struct{ name, from, to, want string }{
+		{"zero rate", "per_identity: {rate: 50}", "per_identity: {rate: 0}", "inbound[0].limits.requests.per_identity.rate: 0 is not a rate per second"},
+		{"negative burst", "burst: 200}", "burst: -1}", "inbound[0].limits.requests.total.burst"},
+		{"bad override peers", "[spiffe://example.org/batch/*]", "[spiffe://Example.org/batch/*]", "inbound[0].limits.requests.overrides[0].peers[0]"},
+		{"empty set", "      connections:\n        per_identity: {rate: 10, burst: 20}\n", "      connections: {}\n", "inbound[0].limits.connections: total, per_identity or overrides is required"},
+		{"request limits on TCP", "    protocol: http\n    routes: [{peers: [spiffe://example.org], paths: [/*]}]\n", "", "inbound[0].limits.requests: request limits need protocol: http"},
+		{"negative concurrency", "concurrent_per_identity: 50", "concurrent_per_identity: -1", "inbound[0].limits.concurrent_per_identity"},
+		{"unknown field", "max_identities: 20000", "max_identites: 20000", "inbound[0].limits.max_identites: unknown field (did you mean max_identities?)"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f := strings.Replace(limitsConfig, bad.from, bad.to, 1)
+			if f == limitsConfig {
+				t.Fatalf("%q not in the file", bad.from)
+			}
+			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Fatalf("error %v, want one naming %q", err, bad.want)
+			}
+		})
+	}
+}
+
+// TestDiffLimits: a listener's limits, changed, added or removed, apply
+// without a restart.
+func TestDiffLimits(t *testing.T) {
+	old, err := config.Parse([]byte(limitsConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, edit := range map[string][2]string{
+		"changed":           {"per_identity: {rate: 50}", "per_identity: {rate: 5, burst: 1}"},
+		"removed":           {"      concurrent_per_identity: 50\n", ""},
+		"added":             {"        per_identity: {rate: 10, burst: 20}\n", "        per_identity: {rate: 10, burst: 20}\n        total: {rate: 100}\n"},
+		"an override added": {"      connections:\n", "      connections:\n        overrides: [{peers: [spiffe://example.org/x], rate: 1}]\n"},
+	} {
+		next, err := config.Parse([]byte(strings.Replace(limitsConfig, edit[0], edit[1], 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		hot, restart := config.Diff(old, next)
+		if len(hot) == 0 || len(restart) != 0 || !slices.ContainsFunc(hot, func(p string) bool { return strings.HasPrefix(p, "inbound[0].limits.") }) {
+			t.Errorf("%s: hot %v, restart %v", name, hot, restart)
+		}
+	}
+}
