@@ -23,7 +23,7 @@ SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 HYDRA := $(BIN)/hydra
 
-.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress demo clean
+.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
 
 all: build
 
@@ -164,7 +164,7 @@ bench-deps: deps
 bench: build bench-bin ghostunnel bench-deps
 	$(BIN)/credflow-bench -scenario mesh -profile full -profile-pass $(BIN)/bench-profiles -out bench/results
 
-## bench-short: the same scenarios, short (about 2 minutes), then the egress scenario, short (about 20 s);
+## bench-short: the same scenarios, short (about 2 minutes), then the egress and limits scenarios, short (about 40 s);
 ## prints the tables, writes under bin/.
 ## BENCH_ARGS narrows or profiles it, e.g. BENCH_ARGS='-topologies T3h,T3h-jwt,T5h -scenarios rpc-http1
 ## -profile-dir bin/profiles' (topology ids T0 T1 T2 T3 T3q T3h T3h-grpc T3h-jwt T4 T5 T5h; scenario ids
@@ -172,7 +172,7 @@ bench: build bench-bin ghostunnel bench-deps
 BENCH_ARGS ?=
 bench-short: build bench-bin ghostunnel bench-deps hydra
 	$(BIN)/credflow-bench -scenario mesh -profile short -out $(BIN)/bench-short $(BENCH_ARGS)
-	$(BIN)/credflow-bench -scenario egress -repeats 2 -egress-time 2s -out $(BIN)/bench-short
+	$(BIN)/credflow-bench -scenario egress,limits -repeats 2 -egress-time 2s -limits-time 2s -out $(BIN)/bench-short
 
 ## bench-egress: credential injection's CPU cost on an egress listener (a cached OAuth token from
 ## Ory Hydra against no injection, same run, two sidecars swapping roles) and cold-cache token
@@ -189,6 +189,12 @@ bench-pq: bench-bin
 ## bench-quic: TCP against QUIC between sidecars (T3, T3q, with T0); writes bench/results/transport.{md,jsonl}.
 bench-quic: bench-bin
 	$(BIN)/credflow-bench -scenario transport -n 300 -repeats 5 -out bench/results
+
+## bench-limits: rate limits' CPU cost on an inbound listener (every limit on against none, same
+## run, two sidecars swapping roles) and a limiter's memory with 100,000 identities, about 1.5
+## minutes; writes bench/results/limits.{md,jsonl}.
+bench-limits: build bench-bin
+	$(BIN)/credflow-bench -scenario limits -repeats 6 -out bench/results
 
 ## demo: see README.
 demo: build spire hydra

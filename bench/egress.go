@@ -12,7 +12,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -47,17 +46,7 @@ type EgressConfig struct {
 }
 
 // EgressResult is one measured run through one listener.
-type EgressResult struct {
-	Listener string  `json:"listener"`
-	Repeat   int     `json:"repeat"`
-	Requests int     `json:"requests"`
-	Failed   int     `json:"failed"`
-	CPUUsReq float64 `json:"cpu_us_per_req"` // the sidecar's CPU per request
-	P50      float64 `json:"p50_us"`
-	P99      float64 `json:"p99_us"`
-	// Sidecar is the process the listener was in.
-	Sidecar string `json:"sidecar"`
-}
+type EgressResult = PairedResult
 
 // EgressRun is the egress benchmark's results.
 type EgressRun struct {
@@ -135,11 +124,7 @@ func RunEgress(ctx context.Context, c EgressConfig) (*EgressRun, error) {
 	// figures are taken under the same machine conditions, and swaps the
 	// sidecars' roles in the next repeat, so neither process's luck
 	// (which core, which neighbour) favours one listener.
-	type sidecar struct {
-		p     *proc
-		addrs map[string]string
-	}
-	var scs [2]sidecar
+	var scs [2]pairedSidecar
 	for i := range scs {
 		scs[i].addrs = map[string]string{}
 		for _, l := range []string{egressPlain, egressInjected} {
@@ -170,47 +155,25 @@ outbound:
 	}
 
 	run := &EgressRun{Rate: c.Rate, Duration: c.Duration, Conns: c.Conns}
-	for rep := range c.Repeats {
-		via := map[string]*sidecar{egressPlain: &scs[rep%2], egressInjected: &scs[1-rep%2]}
-		settle()
-		b0, w0, c0 := withBearer.Load(), without.Load(), apiConns.Load()
-		type measured struct {
-			lat    latencies
-			failed int
-			err    error
-			cpu    time.Duration
-		}
-		got := map[string]*measured{egressPlain: {}, egressInjected: {}}
-		for l, m := range got {
-			m.cpu = via[l].p.cpu()
-		}
-		var wg sync.WaitGroup
-		for l, m := range got {
-			wg.Go(func() { m.lat, m.failed, m.err = rpcHTTP1(ctx, via[l].addrs[l], c.Conns, c.Rate, c.Duration) })
-		}
-		wg.Wait()
-		for l, m := range got {
-			m.cpu = via[l].p.cpu() - m.cpu
-			if m.err != nil {
-				return nil, fmt.Errorf("egress %s: %w", l, m.err)
-			}
-		}
-		for _, l := range []string{egressPlain, egressInjected} {
-			m := got[l]
-			n := len(m.lat) + m.failed + c.Conns // rpcHTTP1 warms each connection with a request first
-			res := EgressResult{Listener: l, Repeat: rep, Sidecar: via[l].p.name, Requests: n, Failed: m.failed,
-				CPUUsReq: m.cpu.Seconds() / float64(n) * 1e6, P50: m.lat.pct(50), P99: m.lat.pct(99)}
-			run.Results = append(run.Results, res)
-		}
-		// Every injected request carried the token, no plain one did (a
-		// failed request may not have reached the API).
-		plain, inj := run.Results[len(run.Results)-2], run.Results[len(run.Results)-1]
+	var b0, w0, c0 int64
+	load := func(ctx context.Context, addr string) (latencies, int, int, error) {
+		lat, failed, err := rpcHTTP1(ctx, addr, c.Conns, c.Rate, c.Duration)
+		return lat, failed, c.Conns, err // rpcHTTP1 warms each connection with a request first
+	}
+	// Every injected request carried the token, no plain one did (a
+	// failed request may not have reached the API).
+	checked := func(plain, inj PairedResult) error {
 		b, w := int(withBearer.Load()-b0), int(without.Load()-w0)
 		if b > inj.Requests || w > plain.Requests || b+w < inj.Requests+plain.Requests-inj.Failed-plain.Failed {
-			return nil, fmt.Errorf("egress: the API saw %d requests with a bearer token and %d without; %d injected and %d plain were sent",
+			return fmt.Errorf("egress: the API saw %d requests with a bearer token and %d without; %d injected and %d plain were sent",
 				b, w, inj.Requests, plain.Requests)
 		}
 		run.APIConns += apiConns.Load() - c0
+		b0, w0, c0 = withBearer.Load(), without.Load(), apiConns.Load()
+		return nil
+	}
+	if run.Results, err = runPaired(ctx, scs, egressPlain, egressInjected, c.Repeats, load, checked); err != nil {
+		return nil, err
 	}
 	for _, sc := range scs {
 		n, err := sc.p.metric(`credflow_credential_fetches_total{credential="api-token"}`)
@@ -274,41 +237,9 @@ func EgressTable(env *hostenv.Environment, run *EgressRun) string {
 		"each), and the sidecars swap roles in the next; %d repeats. CPU is the loaded sidecar process's per request; "+
 		"median (min–max); the ratio is taken within each repeat.\n\n", egressInjected, egressPlain, run.Rate, run.Duration, run.Conns, len(run.Results)/2)
 	writeEnv(&b, env)
-	med := func(v []float64) (float64, float64, float64) {
-		v = slices.Clone(v)
-		slices.Sort(v)
-		return v[len(v)/2], v[0], v[len(v)-1]
-	}
-	b.WriteString("| listener | sidecar CPU µs/request | p50 µs | p99 µs | requests | failed |\n|---|---|---|---|---|---|\n")
-	cpu := map[string][]float64{}
-	byRep := map[int]map[string]float64{}
-	for _, l := range []string{egressPlain, egressInjected} {
-		var p50, p99 []float64
-		var n, failed int
-		for _, r := range run.Results {
-			if r.Listener != l {
-				continue
-			}
-			cpu[l], p50, p99 = append(cpu[l], r.CPUUsReq), append(p50, r.P50), append(p99, r.P99)
-			n, failed = n+r.Requests, failed+r.Failed
-			if byRep[r.Repeat] == nil {
-				byRep[r.Repeat] = map[string]float64{}
-			}
-			byRep[r.Repeat][l] = r.CPUUsReq
-		}
-		if len(cpu[l]) == 0 {
-			return b.String()
-		}
-		cm, clo, chi := med(cpu[l])
-		pm, _, _ := med(p50)
-		qm, _, _ := med(p99)
-		fmt.Fprintf(&b, "| %s | %.1f (%.1f–%.1f) | %.0f | %.0f | %d | %d |\n", l, cm, clo, chi, pm, qm, n, failed)
-	}
-	var ratios []float64
-	for _, m := range byRep {
-		ratios = append(ratios, m[egressInjected]/m[egressPlain])
-	}
-	rm, rlo, rhi := med(ratios)
+	w := &writer{}
+	rm, rlo, rhi := pairedTable(w, run.Results, egressPlain, egressInjected)
+	b.WriteString(w.String())
 	cold, clo, chi := med(run.ColdFetchMS)
 	sorted := slices.Clone(run.ColdFetchMS)
 	slices.Sort(sorted)
