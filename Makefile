@@ -15,15 +15,16 @@ LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 # Debian packages the build and the tests use: gcc for SPIRE's cgo SQLite,
 # openssl and curl for interoperability tests, iproute2, iptables and tcpdump
 # for the network-namespace tests of transparent capture, PostgreSQL for the
-# SPIRE failover test (F15).
-APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql ca-certificates
-APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
+# SPIRE failover test (F15), Redis for the global rate limits.
+APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql redis-server ca-certificates
+APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster redis-server
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 HYDRA := $(BIN)/hydra
+RATELIMIT := $(BIN)/ratelimit
 
-.PHONY: all build bench-bin spire hydra ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
+.PHONY: all build bench-bin spire hydra ratelimit ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
 
 all: build
 
@@ -55,6 +56,16 @@ $(HYDRA): deploy/hydra/go.mod deploy/hydra/go.sum | deps
 	cd deploy/hydra && CGO_ENABLED=1 $(GO) build -trimpath -tags sqlite,json1 -o ../../$(BIN)/hydra github.com/ory/hydra/v2
 	@touch $(HYDRA)
 
+## ratelimit: Envoy's rate limit service (github.com/envoyproxy/ratelimit), the global rate
+## limit service of the global-limit tests and the demo, built from the module pinned in
+## deploy/ratelimit, reused while present. It keeps its counters in Redis (Debian's redis-server).
+ratelimit: $(RATELIMIT)
+
+$(RATELIMIT): deploy/ratelimit/go.mod deploy/ratelimit/go.sum | deps
+	@echo "building the rate limit service from deploy/ratelimit (about a minute the first time)"
+	cd deploy/ratelimit && $(GO) build -trimpath -o ../../$(BIN)/ratelimit github.com/envoyproxy/ratelimit/src/service_cmd
+	@touch $(RATELIMIT)
+
 ## deps: Debian packages, installed only when a command is missing.
 deps:
 	@missing=; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
@@ -66,7 +77,7 @@ deps:
 	$(GO) -C bench mod download
 
 ## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
-test: deps spire hydra lint
+test: deps spire hydra ratelimit lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	$(GO) -C bench test -race -count=1 ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...

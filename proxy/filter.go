@@ -14,6 +14,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/reason"
 	"github.com/credflow/credflow/token/edge"
@@ -81,8 +82,12 @@ func (pl pipeline) run(r *Request) reason.Reason {
 }
 
 // limitFilter refuses a request past its peer's rate limit, or the
-// listener's total (rate_limited, with the wait until the next).
-type limitFilter struct{ l *listener }
+// listener's total (rate_limited, with the wait until the next), locally
+// first, then, when the listener asks, against the global budget.
+type limitFilter struct {
+	p *Proxy
+	l *listener
+}
 
 func (f limitFilter) Filter(r *Request) reason.Reason {
 	lim := f.l.limiter.Load()
@@ -93,6 +98,11 @@ func (f limitFilter) Filter(r *Request) reason.Reason {
 		r.RetryAfter = retry
 		return reason.RateLimited
 	}
+	if lim.Config().Global.Requests {
+		why, retry := f.p.checkGlobal(r.HTTP.Context(), f.l, limit.KindRequest, r.Peer)
+		r.RetryAfter = retry
+		return why
+	}
 	return ""
 }
 
@@ -102,7 +112,7 @@ func (f limitFilter) Filter(r *Request) reason.Reason {
 func (p *Proxy) inboundPipeline(l *listener, s *httpSettings) pipeline {
 	managed := managedHeaders{tokenHeader: s.cfg.TokenHeader}
 	pl := pipeline{
-		limitFilter{l: l},
+		limitFilter{p: p, l: l},
 		FilterFunc(checkHost),
 		FilterFunc(managed.checkConnection),
 		FilterFunc(normalizePath),

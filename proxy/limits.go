@@ -1,7 +1,9 @@
 package proxy
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -10,8 +12,42 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/reason"
 )
+
+// checkGlobal counts a hit of kind (limit.KindRequest, KindConnection)
+// from peer on l against the global budget: it returns rate_limited and
+// the wait until the service's window resets when the budget is spent,
+// limit_unavailable when the service gave no answer and the failure mode
+// is deny, "" otherwise. A listener that asks for global limits on a
+// proxy without a service (config validation prevents it) is let through.
+func (p *Proxy) checkGlobal(ctx context.Context, l *listener, kind string, peer spiffeid.ID) (reason.Reason, time.Duration) {
+	if p.global == nil {
+		return "", 0
+	}
+	v := p.global.Check(ctx, limit.Hit{Listener: l.name, Kind: kind, Peer: peer})
+	switch {
+	case v.Err != nil:
+		p.m.globalCheck(kind, "error")
+		p.globalWarn.Do(func() {
+			p.log.Warn("proxy: the global rate limit service gave no answer; its failure mode decides",
+				slog.String(logkey.Error, v.Err.Error()), slog.Bool("allowed", v.OK))
+		})
+		if !v.OK {
+			return reason.LimitUnavailable, 0
+		}
+	case !v.OK:
+		p.m.globalCheck(kind, "over_limit")
+		return reason.RateLimited, v.RetryAfter
+	default:
+		p.m.globalCheck(kind, "ok")
+	}
+	return "", 0
+}
 
 // fdBudget is how many connections the process's file-descriptor limit
 // can carry: a relayed connection holds two descriptors (the peer and the

@@ -41,6 +41,9 @@ import (
 //	credflow_jwt_tokens_total{op}                         tokens in HTTP mode: JWT-SVIDs attached (outbound) and
 //	                                                      validated (inbound); transaction tokens minted (edge
 //	                                                      outbound) and txn_verified (inbound)
+//	credflow_global_limit_checks_total{kind,result}       checks against the global rate limit service, kind request
+//	                                                      or connection: ok, over_limit, error (no answer in time:
+//	                                                      the failure mode decided)
 type Metrics struct {
 	conns     *prometheus.CounterVec
 	refusals  *prometheus.CounterVec
@@ -58,6 +61,7 @@ type Metrics struct {
 	quicRetries   prometheus.Counter
 	quicHandshake *prometheus.HistogramVec
 	tokens        *prometheus.CounterVec
+	globalChecks  *prometheus.CounterVec
 
 	tds *labelcap.Set
 }
@@ -130,10 +134,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_jwt_tokens_total",
 			Help: "Tokens handled in HTTP mode, by operation: JWT-SVIDs attached (outbound) and validated (inbound), transaction tokens minted (edge) and txn_verified (inbound); refusals are in credflow_refusals_total.",
 		}, []string{"op"}),
+		globalChecks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "credflow_global_limit_checks_total",
+			Help: "Checks against the global rate limit service, by kind (request, connection) and result (ok, over_limit, error: no answer in time, the failure mode decided).",
+		}, []string{"kind", "result"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
 	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
-		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens)
+		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens, m.globalChecks)
 	return m
 }
 
@@ -245,6 +253,12 @@ func (m *Metrics) quicFallback(why reason.Reason) {
 func (m *Metrics) quicHandshakeDone(dir direction, seconds float64) {
 	if m != nil {
 		m.quicHandshake.WithLabelValues(string(dir)).Observe(seconds)
+	}
+}
+
+func (m *Metrics) globalCheck(kind, result string) {
+	if m != nil {
+		m.globalChecks.WithLabelValues(kind, result).Inc()
 	}
 }
 

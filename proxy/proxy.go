@@ -48,6 +48,7 @@ import (
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/defaults"
 	"github.com/credflow/credflow/proxy/limit"
+	"github.com/credflow/credflow/proxy/limit/rls"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
@@ -193,6 +194,11 @@ type Config struct {
 	// each outbound's Pool), so that the admin endpoints keep answering. A connection that still finds no
 	// descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
+	// GlobalLimits, if set, is the rate limit service the inbound
+	// listeners whose Limits.Global asks for it count their requests or
+	// connections against: a budget shared by every sidecar asking it.
+	// Fixed for the proxy's life.
+	GlobalLimits *limit.GlobalConfig
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that
@@ -263,6 +269,8 @@ type Proxy struct {
 
 	refusalLog  *rate.Limiter   // access-log lines of refusals at accept
 	refusalWarn *rate.Sometimes // the log's warning about them
+	global      *rls.Client     // the global rate limit service; nil when none is configured
+	globalWarn  *rate.Sometimes // the log's warning that it gave no answer
 
 	mu       sync.Mutex
 	conns    map[*conn]struct{}
@@ -379,8 +387,16 @@ func New(cfg Config) (*Proxy, error) {
 
 		refusalLog:  rate.NewLimiter(refusalLogRate, refusalLogBurst),
 		refusalWarn: &rate.Sometimes{First: 1, Interval: 10 * time.Second},
+		globalWarn:  &rate.Sometimes{First: 1, Interval: 10 * time.Second},
 		conns:       make(map[*conn]struct{}),
 		groups:      make(map[string]int64),
+	}
+	if cfg.GlobalLimits != nil {
+		g, err := rls.Dial(*cfg.GlobalLimits)
+		if err != nil {
+			return nil, err
+		}
+		p.global = g
 	}
 	names := map[string]bool{}
 	add := func(name, addr, target string, dir direction, pol authz.Policy) (*listener, error) {
@@ -772,6 +788,9 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	p.closeListeners()
 	wg.Wait()
 	p.wg.Wait()
+	if p.global != nil {
+		p.global.Close()
+	}
 	return nil
 }
 
@@ -880,10 +899,20 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 	if lim := l.limiter.Load(); lim != nil {
 		peer, _ := peerOf(cs)
 		release, _, ok := lim.Connect(peer, time.Now())
-		if !ok {
+		why := reason.Reason("")
+		switch {
+		case !ok:
+			why = reason.RateLimited
+		case lim.Config().Global.Connections:
+			why, _ = p.checkGlobal(ctx, l, limit.KindConnection, peer)
+		}
+		if why != "" {
+			if ok {
+				release()
+			}
 			tc.Close()
-			p.m.refused(l.dir, reason.RateLimited, false)
-			p.access(l, start, peer, cs, "deny", reason.RateLimited, relay.Result{}, "tcp")
+			p.m.refused(l.dir, why, false)
+			p.access(l, start, peer, cs, "deny", why, relay.Result{}, "tcp")
 			return
 		}
 		defer release()

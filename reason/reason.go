@@ -125,7 +125,8 @@ const (
 
 // Rate limits of inbound listeners.
 const (
-	RateLimited Reason = "rate_limited" // a peer identity past its limit, or the listener past its total
+	RateLimited      Reason = "rate_limited"      // a peer identity past its limit, or the listener past its total
+	LimitUnavailable Reason = "limit_unavailable" // the global rate limit service gave no answer, and its failure mode is deny
 )
 
 // Credentials the sidecar injects on egress listeners.
@@ -248,7 +249,8 @@ var table = map[Reason]Info{
 	TokenPeerMismatch: unauth,
 	NoToken:           unavailable,
 
-	RateLimited: tooMany,
+	RateLimited:      tooMany,
+	LimitUnavailable: unavailable,
 
 	CredentialUnavailable: unavailable,
 	AppCredential:         forbidden,

@@ -320,6 +320,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		OutboundReserve:     cfg.OutboundReserve,
 		MaxHandshakes:       cfg.MaxHandshakes,
 		HandshakesPerSource: cfg.HandshakesPerSource,
+		GlobalLimits:        cfg.GlobalLimits,
 		RevalidateInterval:  cfg.Revalidate,
 		MaxConnectionAge:    cfg.MaxConnectionAge,
 		CloseOnPeerExpiry:   cfg.CloseOnPeerExpiry,

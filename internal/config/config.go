@@ -79,6 +79,9 @@ type Config struct {
 	OutboundReserve     int
 	MaxHandshakes       int
 	HandshakesPerSource int
+	// GlobalLimits is limits.global: the rate limit service inbound
+	// listeners with limits.global count against; nil when not set.
+	GlobalLimits *limit.GlobalConfig
 
 	// MaxConnectionAge is timeouts.max_connection_age: the longest an
 	// established connection between sidecars lives; 0 (the default, the
@@ -382,6 +385,7 @@ func Parse(data []byte) (*Config, error) {
 	}
 	v.credentialsUsed(c)
 	v.captureEgress(c)
+	v.globalUsed(c)
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		v.fail("inbound", "no inbound or outbound listener is configured")

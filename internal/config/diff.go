@@ -42,6 +42,8 @@ var hotReload = []string{
 	"inbound[*].limits.connections.overrides[*].burst",
 	"inbound[*].limits.concurrent_per_identity",
 	"inbound[*].limits.max_identities",
+	"inbound[*].limits.global.requests",
+	"inbound[*].limits.global.connections",
 	"outbound[*].expect",
 	"outbound[*].callers.uids",
 	"token_endpoint.callers.uids",

@@ -47,10 +47,19 @@ type fileTimeouts struct {
 }
 
 type fileLimits struct {
-	MaxConnections      int `yaml:"max_connections"`
-	OutboundReserve     int `yaml:"outbound_reserve"`
-	MaxHandshakes       int `yaml:"max_handshakes"`
-	HandshakesPerSource int `yaml:"handshakes_per_source"`
+	MaxConnections      int               `yaml:"max_connections"`
+	OutboundReserve     int               `yaml:"outbound_reserve"`
+	MaxHandshakes       int               `yaml:"max_handshakes"`
+	HandshakesPerSource int               `yaml:"handshakes_per_source"`
+	Global              *fileGlobalLimits `yaml:"global"`
+}
+
+// fileGlobalLimits is the global rate limit service (proxy/limit.GlobalConfig).
+type fileGlobalLimits struct {
+	Service     string   `yaml:"service"`
+	Domain      string   `yaml:"domain"`
+	Timeout     duration `yaml:"timeout"`
+	FailureMode string   `yaml:"failure_mode"`
 }
 
 type fileTLS struct {
@@ -125,6 +134,14 @@ type fileLimitsIn struct {
 	Connections           *fileLimitSet `yaml:"connections"`
 	ConcurrentPerIdentity int           `yaml:"concurrent_per_identity"`
 	MaxIdentities         int           `yaml:"max_identities"`
+	Global                *fileGlobalIn `yaml:"global"`
+}
+
+// fileGlobalIn is what an inbound listener counts against the global
+// budget.
+type fileGlobalIn struct {
+	Requests    bool `yaml:"requests"`
+	Connections bool `yaml:"connections"`
 }
 
 type fileLimitSet struct {

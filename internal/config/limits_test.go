@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -87,5 +88,75 @@ func TestDiffLimits(t *testing.T) {
 		if len(hot) == 0 || len(restart) != 0 || !slices.ContainsFunc(hot, func(p string) bool { return strings.HasPrefix(p, "inbound[0].limits.") }) {
 			t.Errorf("%s: hot %v, restart %v", name, hot, restart)
 		}
+	}
+}
+
+const globalConfig = `
+limits:
+  global: {service: "ratelimit.infra:8081", timeout: 50ms, failure_mode: deny}
+inbound:
+  - name: api
+    listen: 0.0.0.0:15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org]
+    protocol: http
+    routes: [{peers: [spiffe://example.org], paths: [/*]}]
+    limits:
+      global: {requests: true, connections: true}
+`
+
+// TestParseGlobalLimits: the rate limit service, its defaults, and the
+// listeners that count against it; mistakes refused with the field named.
+func TestParseGlobalLimits(t *testing.T) {
+	c, err := config.Parse([]byte(globalConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := limit.GlobalConfig{Service: "ratelimit.infra:8081", Timeout: 50 * time.Millisecond, FailureMode: limit.FailClosed}
+	if c.GlobalLimits == nil || *c.GlobalLimits != want {
+		t.Errorf("limits.global = %+v; want %+v", c.GlobalLimits, want)
+	}
+	if g := c.Inbound[0].Limits.Global; !g.Requests || !g.Connections {
+		t.Errorf("inbound[0].limits.global = %+v", g)
+	}
+	c, err = config.Parse([]byte(strings.Replace(globalConfig, ", timeout: 50ms, failure_mode: deny", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if g := c.GlobalLimits; g.Timeout != limit.DefaultGlobalTimeout || g.FailureMode != limit.FailOpen {
+		t.Errorf("defaults: %+v; want timeout %v, failure mode allow", g, limit.DefaultGlobalTimeout)
+	}
+
+	for _, bad := range []struct{ name, from, to, want string }{
+		{"no service", `service: "ratelimit.infra:8081", `, "", "limits.global.service: required"},
+		{"bad failure mode", "failure_mode: deny", "failure_mode: open", `limits.global.failure_mode: "open" is not allow or deny`},
+		{"long timeout", "timeout: 50ms", "timeout: 1m", "limits.global.timeout: 1m0s: above 0, at most 5s"},
+		{"no service for a listener", "limits:\n  global: {service: \"ratelimit.infra:8081\", timeout: 50ms, failure_mode: deny}\n", "", "inbound[0].limits.global: needs the rate limit service"},
+		{"nothing counted", "global: {requests: true, connections: true}", "global: {}", "inbound[0].limits.global: requests: true or connections: true is required"},
+		{"requests on TCP", "    protocol: http\n    routes: [{peers: [spiffe://example.org], paths: [/*]}]\n", "", "inbound[0].limits.global.requests: request limits need protocol: http"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f := strings.Replace(globalConfig, bad.from, bad.to, 1)
+			if f == globalConfig {
+				t.Fatalf("%q not in the file", bad.from)
+			}
+			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Fatalf("error %v, want one naming %q", err, bad.want)
+			}
+		})
+	}
+
+	// What a listener counts reloads; where the service is does not.
+	old, _ := config.Parse([]byte(globalConfig))
+	next, err := config.Parse([]byte(strings.Replace(globalConfig, "connections: true}", "connections: false}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hot, restart := config.Diff(old, next); len(hot) != 1 || len(restart) != 0 {
+		t.Errorf("listener's global kinds changed: hot %v, restart %v", hot, restart)
+	}
+	next, _ = config.Parse([]byte(strings.Replace(globalConfig, "infra:8081", "infra:9081", 1)))
+	if hot, restart := config.Diff(old, next); len(hot) != 0 || len(restart) != 1 {
+		t.Errorf("service changed: hot %v, restart %v", hot, restart)
 	}
 }

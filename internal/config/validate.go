@@ -101,6 +101,46 @@ func (v *validator) connections(c *Config, f *file) {
 	if c.HandshakesPerSource < 0 {
 		v.fail("limits.handshakes_per_source", "must be positive (0 or absent: %d)", defaults.HandshakesPerSource)
 	}
+	if l.Global != nil {
+		c.GlobalLimits = v.globalLimits("limits.global", l.Global)
+	}
+}
+
+// maxGlobalTimeout bounds limits.global.timeout: every request or
+// connection counted waits for the answer.
+const maxGlobalTimeout = 5 * time.Second
+
+// globalLimits checks the global rate limit service.
+func (v *validator) globalLimits(field string, f *fileGlobalLimits) *limit.GlobalConfig {
+	g := &limit.GlobalConfig{Service: f.Service, Domain: f.Domain, Timeout: f.Timeout.or(limit.DefaultGlobalTimeout)}
+	if err := checkAddr(f.Service, false); err != nil {
+		v.fail(field+".service", "%v (the rate limit service's gRPC address, host:port)", err)
+	}
+	if g.Timeout <= 0 || g.Timeout > maxGlobalTimeout {
+		v.fail(field+".timeout", "%s: above 0, at most %s (default %s)", g.Timeout, maxGlobalTimeout, limit.DefaultGlobalTimeout)
+	}
+	switch f.FailureMode {
+	case "", "allow":
+		g.FailureMode = limit.FailOpen
+	case "deny":
+		g.FailureMode = limit.FailClosed
+	default:
+		v.fail(field+".failure_mode", "%q is not allow or deny (default allow)", f.FailureMode)
+	}
+	return g
+}
+
+// globalUsed checks that every inbound listener counting against the
+// global budget has a service to count on.
+func (v *validator) globalUsed(c *Config) {
+	if c.GlobalLimits != nil {
+		return
+	}
+	for i, in := range c.Inbound {
+		if in.Limits.Global != (limit.GlobalKinds{}) {
+			v.fail(fmt.Sprintf("inbound[%d].limits.global", i), "needs the rate limit service in limits.global (top level)")
+		}
+	}
 }
 
 // keyExchange checks the key-exchange policy.
@@ -320,6 +360,9 @@ func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration)
 		ib.Limits = v.limits(field+".limits", in.Limits)
 		if in.Limits.Requests != nil && in.Protocol != "http" {
 			v.fail(field+".limits.requests", "request limits need protocol: http; a TCP listener limits connections")
+		}
+		if in.Limits.Global != nil && in.Limits.Global.Requests && in.Protocol != "http" {
+			v.fail(field+".limits.global.requests", "request limits need protocol: http; a TCP listener limits connections")
 		}
 	}
 	if in.QUIC != "" {
@@ -663,6 +706,12 @@ const maxRate = 1e6
 // limits checks an inbound listener's limits.
 func (v *validator) limits(field string, f *fileLimitsIn) limit.Config {
 	c := limit.Config{ConcurrentPerIdentity: f.ConcurrentPerIdentity, MaxIdentities: f.MaxIdentities}
+	if f.Global != nil {
+		c.Global = limit.GlobalKinds{Requests: f.Global.Requests, Connections: f.Global.Connections}
+		if !f.Global.Requests && !f.Global.Connections {
+			v.fail(field+".global", "requests: true or connections: true is required")
+		}
+	}
 	if f.ConcurrentPerIdentity < 0 || f.ConcurrentPerIdentity > maxRate {
 		v.fail(field+".concurrent_per_identity", "%d is not a number of connections (0 is no limit)", f.ConcurrentPerIdentity)
 	}

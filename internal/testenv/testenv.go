@@ -60,3 +60,12 @@ func Long(t testing.TB) {
 		skip(t, "long test (skipped by -short)")
 	}
 }
+
+// NeedsRateLimitService skips t under -short: it runs Redis and the real
+// rate limit service, the binary `make ratelimit` builds.
+func NeedsRateLimitService(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		skip(t, "runs Redis and the real rate limit service (skipped by -short)")
+	}
+}

@@ -77,11 +77,22 @@ type Config struct {
 	// MaxIdentities caps the identities whose state is kept; default
 	// DefaultMaxIdentities.
 	MaxIdentities int
+	// Global asks the global rate limit service (GlobalConfig) about
+	// each request or new connection too, once the local limits let it
+	// through.
+	Global GlobalKinds
+}
+
+// GlobalKinds are the hits a listener counts against the global budget.
+type GlobalKinds struct {
+	Requests    bool
+	Connections bool
 }
 
 // IsZero reports whether c limits nothing.
 func (c Config) IsZero() bool {
-	return c.Requests.isZero() && c.Connections.isZero() && c.ConcurrentPerIdentity <= 0
+	return c.Requests.isZero() && c.Connections.isZero() && c.ConcurrentPerIdentity <= 0 &&
+		c.Global == (GlobalKinds{})
 }
 
 // A Limiter applies a Config. It is safe for concurrent use.

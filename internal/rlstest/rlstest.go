@@ -1,0 +1,233 @@
+// Package rlstest runs a real global rate limit service for the tests of
+// global limits: Redis (Debian's redis-server, in memory, on a free
+// loopback port) and Envoy's rate limit service (bin/ratelimit, built by
+// `make ratelimit` from deploy/ratelimit) in front of it. Either can be
+// stopped and started again on its port, for the failure-mode tests.
+package rlstest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/credflow/credflow/internal/spiretest"
+)
+
+// Redis is a redis-server, stopped and started on the same port.
+type Redis struct {
+	Addr string // host:port
+	proc *process
+}
+
+// StartRedis runs redis-server, keeping nothing on disk, until Stop.
+func StartRedis(ctx context.Context) (*Redis, error) {
+	bin, err := exec.LookPath("redis-server")
+	if err != nil {
+		return nil, fmt.Errorf("rlstest: %w (apt-get install redis-server)", err)
+	}
+	port := freePort()
+	if port == 0 {
+		return nil, errors.New("rlstest: no free port")
+	}
+	r := &Redis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
+	r.proc = &process{name: "redis-server", ready: func(ctx context.Context) error { return dialable(ctx, r.Addr) },
+		cmd: func() *exec.Cmd {
+			return exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+				"--save", "", "--appendonly", "no", "--protected-mode", "no")
+		}}
+	return r, r.proc.start(ctx)
+}
+
+// Stop stops the server; what it held is lost.
+func (r *Redis) Stop() { r.proc.stop() }
+
+// Start starts a stopped server again, empty, on its port.
+func (r *Redis) Start(ctx context.Context) error { return r.proc.start(ctx) }
+
+// Service is the rate limit service.
+type Service struct {
+	// GRPC is the address of its Rate Limit Service API.
+	GRPC string
+	proc *process
+}
+
+// StartService runs bin/ratelimit (binDir, or bin/ at the module's root
+// when empty) against redis with config, the YAML of its one
+// configuration file, until Stop.
+func StartService(ctx context.Context, binDir string, redis *Redis, config string) (*Service, error) {
+	if binDir == "" {
+		var err error
+		if binDir, err = spiretest.DefaultBinDir(); err != nil {
+			return nil, err
+		}
+	}
+	bin := filepath.Join(binDir, "ratelimit")
+	if _, err := os.Stat(bin); err != nil {
+		return nil, fmt.Errorf("rlstest: %w (make ratelimit builds it)", err)
+	}
+	root, err := os.MkdirTemp("", "rlstest-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(filepath.Join(root, "credflow", "config"), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(root, "credflow", "config", "limits.yaml"), []byte(config), 0o644); err != nil {
+		return nil, err
+	}
+	grpcPort, httpPort, debugPort := freePort(), freePort(), freePort()
+	if grpcPort == 0 || httpPort == 0 || debugPort == 0 {
+		return nil, errors.New("rlstest: no free port")
+	}
+	s := &Service{GRPC: net.JoinHostPort("127.0.0.1", strconv.Itoa(grpcPort))}
+	health := fmt.Sprintf("http://127.0.0.1:%d/healthcheck", httpPort)
+	s.proc = &process{name: "ratelimit", root: root, ready: func(ctx context.Context) error { return healthy(ctx, health) },
+		cmd: func() *exec.Cmd {
+			cmd := exec.Command(bin)
+			cmd.Env = append(os.Environ(),
+				"USE_STATSD=false",
+				"LOG_LEVEL=warn",
+				"REDIS_SOCKET_TYPE=tcp",
+				"REDIS_URL="+redis.Addr,
+				"REDIS_TIMEOUT=1s",
+				"RUNTIME_ROOT="+root,
+				"RUNTIME_SUBDIRECTORY=credflow",
+				"RUNTIME_WATCH_ROOT=false",
+				"RUNTIME_IGNOREDOTFILES=true",
+				"HOST=127.0.0.1", "PORT="+strconv.Itoa(httpPort),
+				"GRPC_HOST=127.0.0.1", "GRPC_PORT="+strconv.Itoa(grpcPort),
+				"DEBUG_HOST=127.0.0.1", "DEBUG_PORT="+strconv.Itoa(debugPort),
+			)
+			return cmd
+		}}
+	return s, s.proc.start(ctx)
+}
+
+// Stop stops the service.
+func (s *Service) Stop() { s.proc.stop() }
+
+// Start starts a stopped service again, on its ports.
+func (s *Service) Start(ctx context.Context) error { return s.proc.start(ctx) }
+
+// Close stops the service and removes its configuration.
+func (s *Service) Close() {
+	s.proc.stop()
+	os.RemoveAll(s.proc.root)
+}
+
+// Log is the service's output so far.
+func (s *Service) Log() string { return s.proc.log.String() }
+
+// process is a server that can be stopped and started again.
+type process struct {
+	name  string
+	root  string // a directory to remove at Close, if any
+	cmd   func() *exec.Cmd
+	ready func(context.Context) error
+	log   lockedBuffer
+
+	mu      sync.Mutex
+	running *exec.Cmd
+	done    chan struct{}
+}
+
+func (p *process) start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running != nil {
+		return fmt.Errorf("rlstest: %s is running", p.name)
+	}
+	cmd := p.cmd()
+	cmd.Stdout, cmd.Stderr = &p.log, &p.log
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("rlstest: %s: %w", p.name, err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	p.running, p.done = cmd, done
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for {
+		if err := p.ready(ctx); err == nil {
+			return nil
+		}
+		select {
+		case <-done:
+			p.running = nil
+			return fmt.Errorf("rlstest: %s exited: %s", p.name, p.log.String())
+		case <-ctx.Done():
+			return fmt.Errorf("rlstest: %s not ready: %w: %s", p.name, ctx.Err(), p.log.String())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+func (p *process) stop() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.running == nil {
+		return
+	}
+	p.running.Process.Kill()
+	<-p.done
+	p.running = nil
+}
+
+func dialable(ctx context.Context, addr string) error {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+func healthy(ctx context.Context, url string) error {
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("health check: %s", resp.Status)
+	}
+	return nil
+}
+
+func freePort() int {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port
+}
+
+// lockedBuffer is a server's output, written by the process's copy
+// goroutines and read by the test.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
