@@ -35,6 +35,10 @@ type Request struct {
 	// normalizing filter has run; the routes authorize it, and it is the
 	// path forwarded to the app.
 	Path string
+	// Route, on an inbound listener, is the name of the route that
+	// allowed the request, once the route filter has run ("" for a route
+	// without a name).
+	Route string
 	// Attrs are attributes a filter adds to the request's access-log line
 	// (the local caller it refused, say).
 	Attrs []slog.Attr
@@ -82,12 +86,8 @@ func (pl pipeline) run(r *Request) reason.Reason {
 }
 
 // limitFilter refuses a request past its peer's rate limit, or the
-// listener's total (rate_limited, with the wait until the next), locally
-// first, then, when the listener asks, against the global budget.
-type limitFilter struct {
-	p *Proxy
-	l *listener
-}
+// listener's total (rate_limited, with the wait until the next).
+type limitFilter struct{ l *listener }
 
 func (f limitFilter) Filter(r *Request) reason.Reason {
 	lim := f.l.limiter.Load()
@@ -98,8 +98,31 @@ func (f limitFilter) Filter(r *Request) reason.Reason {
 		r.RetryAfter = retry
 		return reason.RateLimited
 	}
+	return ""
+}
+
+// routeLimitFilter, once the request is routed, refuses it past its
+// peer's limit on that route, then, when the listener asks, past the
+// global budget: the one check that costs a round trip comes after every
+// local refusal.
+type routeLimitFilter struct {
+	p *Proxy
+	l *listener
+}
+
+func (f routeLimitFilter) Filter(r *Request) reason.Reason {
+	lim := f.l.limiter.Load()
+	if lim == nil {
+		return ""
+	}
+	if r.Route != "" {
+		if retry, ok := lim.RouteRequest(r.Peer, r.Route, time.Now()); !ok {
+			r.RetryAfter = retry
+			return reason.RateLimited
+		}
+	}
 	if lim.Config().Global.Requests {
-		why, retry := f.p.checkGlobal(r.HTTP.Context(), f.l, limit.KindRequest, r.Peer)
+		why, retry := f.p.checkGlobal(r.HTTP.Context(), limit.Hit{Listener: f.l.name, Kind: limit.KindRequest, Route: r.Route, Peer: r.Peer})
 		r.RetryAfter = retry
 		return why
 	}
@@ -108,15 +131,17 @@ func (f limitFilter) Filter(r *Request) reason.Reason {
 
 // inboundPipeline builds the filters of an HTTP inbound listener's
 // settings: the rate limit (the cheapest refusal), the request's shape,
-// its route, the tokens, then the configured extra filters.
+// its route and the route's limits (then the global one), the tokens,
+// then the configured extra filters.
 func (p *Proxy) inboundPipeline(l *listener, s *httpSettings) pipeline {
 	managed := managedHeaders{tokenHeader: s.cfg.TokenHeader}
 	pl := pipeline{
-		limitFilter{p: p, l: l},
+		limitFilter{l: l},
 		FilterFunc(checkHost),
 		FilterFunc(managed.checkConnection),
 		FilterFunc(normalizePath),
 		routeFilter{routes: &s.cfg.Routes},
+		routeLimitFilter{p: p, l: l},
 		FilterFunc(managed.stripLookalikes),
 		jwtFilter{p: p, header: s.cfg.TokenHeader, require: s.cfg.RequireJWT, pass: s.cfg.PassJWT},
 		txnFilter{p: p, verifier: s.txn, require: s.cfg.RequireTxn},
@@ -165,8 +190,13 @@ func normalizePath(r *Request) reason.Reason {
 type routeFilter struct{ routes *route.Table }
 
 func (f routeFilter) Filter(r *Request) reason.Reason {
-	if !f.routes.Allows(r.Peer, r.HTTP.Method, r.Path) {
+	rule, ok := f.routes.Match(r.Peer, r.HTTP.Method, r.Path)
+	if !ok {
 		return reason.RouteDenied
+	}
+	if rule.Name != "" {
+		r.Route = rule.Name
+		r.Attrs = append(r.Attrs, slog.String(logkey.Route, rule.Name))
 	}
 	if up, ok := upgradeOf(r.HTTP.Header); ok && (up == "" || !f.routes.AllowsUpgrade(r.Peer, r.HTTP.Method, r.Path, up)) {
 		return reason.UpgradeDenied

@@ -12,24 +12,22 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/spiffe/go-spiffe/v2/spiffeid"
-
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/reason"
 )
 
-// checkGlobal counts a hit of kind (limit.KindRequest, KindConnection)
-// from peer on l against the global budget: it returns rate_limited and
+// checkGlobal counts a hit against the global budget: it returns rate_limited and
 // the wait until the service's window resets when the budget is spent,
 // limit_unavailable when the service gave no answer and the failure mode
 // is deny, "" otherwise. A listener that asks for global limits on a
 // proxy without a service (config validation prevents it) is let through.
-func (p *Proxy) checkGlobal(ctx context.Context, l *listener, kind string, peer spiffeid.ID) (reason.Reason, time.Duration) {
+func (p *Proxy) checkGlobal(ctx context.Context, h limit.Hit) (reason.Reason, time.Duration) {
 	if p.global == nil {
 		return "", 0
 	}
-	v := p.global.Check(ctx, limit.Hit{Listener: l.name, Kind: kind, Peer: peer})
+	kind := h.Kind
+	v := p.global.Check(ctx, h)
 	switch {
 	case v.Err != nil:
 		p.m.globalCheck(kind, "error")

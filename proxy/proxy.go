@@ -904,7 +904,7 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 		case !ok:
 			why = reason.RateLimited
 		case lim.Config().Global.Connections:
-			why, _ = p.checkGlobal(ctx, l, limit.KindConnection, peer)
+			why, _ = p.checkGlobal(ctx, limit.Hit{Listener: l.name, Kind: limit.KindConnection, Peer: peer})
 		}
 		if why != "" {
 			if ok {

@@ -228,3 +228,75 @@ func TestConnectionLimits(t *testing.T) {
 		t.Errorf("%v more rate_limited refusals, want 1", n)
 	}
 }
+
+// TestRouteRateLimits: a named route's limit refuses an identity past it
+// on that route only (429, rate_limited), the route's name is in the
+// access log, and a reload changes the limit.
+func TestRouteRateLimits(t *testing.T) {
+	ca := testca.New(t, td)
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	go srv.Serve(appLn)
+	t.Cleanup(func() { srv.Close() })
+
+	anyone := policy(t, "spiffe://example.org")
+	export, _ := route.ParsePath("/export/*")
+	all, _ := route.ParsePath("/*")
+	in := proxy.Inbound{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: anyone,
+		HTTP: &proxy.InboundHTTP{Routes: route.Table{Rules: []route.Rule{
+			{Name: "export", Peers: anyone, Paths: []route.Path{export}},
+			{Peers: anyone, Paths: []route.Path{all}},
+		}}},
+		Limits: limit.Config{Routes: map[string]limit.Rate{"export": {PerSecond: slow, Burst: 2}}}}
+	acc := &accessLog{}
+	p, _ := startProxy(t, proxy.Config{
+		SVIDs:     static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles:   x509bundle.NewSet(ca.Bundle()),
+		Inbound:   []proxy.Inbound{in},
+		AccessLog: acc.logger(),
+	})
+	client := func(path string) *http.Client {
+		return &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true,
+			TLSClientConfig: clientConfig(ca.Issue(t, spiffeid.RequireFromPath(td, path)))}}
+	}
+	send := func(c *http.Client, path string, n int) map[int]int {
+		t.Helper()
+		got := map[int]int{}
+		for range n {
+			resp, err := c.Get("https://" + p.Addr("app").String() + path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			got[resp.StatusCode]++
+			if resp.StatusCode == http.StatusTooManyRequests && resp.Header.Get("X-Credflow-Reason") != "rate_limited" {
+				t.Errorf("429 with reason %q", resp.Header.Get("X-Credflow-Reason"))
+			}
+		}
+		return got
+	}
+	front := client("/frontend")
+	if got := send(front, "/export/orders.csv", 4); got[200] != 2 || got[429] != 2 {
+		t.Errorf("frontend, 4 requests on export past its burst of 2: %v", got)
+	}
+	if got := send(front, "/v1/orders", 5); got[200] != 5 {
+		t.Errorf("frontend on a route without a limit: %v", got)
+	}
+	if got := send(client("/reports"), "/export/orders.csv", 2); got[200] != 2 {
+		t.Errorf("reports on export: %v; the frontend's requests took its budget", got)
+	}
+	acc.waitLine(t, "listener=app", "route=export", "reason=rate_limited", "peer_id=spiffe://example.org/frontend", "status=429")
+	acc.waitLine(t, "listener=app", "route=export", "decision=allow", "peer_id=spiffe://example.org/reports")
+
+	in.Limits.Routes["export"] = limit.Rate{PerSecond: slow, Burst: 5}
+	if err := p.Apply([]proxy.Inbound{in}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if got := send(front, "/export/orders.csv", 6); got[200] != 5 || got[429] != 1 {
+		t.Errorf("after a reload to a burst of 5: %v", got)
+	}
+}

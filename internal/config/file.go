@@ -162,10 +162,12 @@ type fileRateOverride struct {
 }
 
 type fileRoute struct {
-	Peers   []string `yaml:"peers"`
-	Methods []string `yaml:"methods"`
-	Paths   []string `yaml:"paths"`
-	Upgrade []string `yaml:"upgrade"`
+	Name    string    `yaml:"name"`
+	Peers   []string  `yaml:"peers"`
+	Methods []string  `yaml:"methods"`
+	Paths   []string  `yaml:"paths"`
+	Upgrade []string  `yaml:"upgrade"`
+	Limit   *fileRate `yaml:"limit"`
 }
 
 type fileInboundJWT struct {

@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -158,5 +159,57 @@ func TestParseGlobalLimits(t *testing.T) {
 	next, _ = config.Parse([]byte(strings.Replace(globalConfig, "infra:8081", "infra:9081", 1)))
 	if hot, restart := config.Diff(old, next); len(hot) != 0 || len(restart) != 1 {
 		t.Errorf("service changed: hot %v, restart %v", hot, restart)
+	}
+}
+
+const routeLimitsConfig = `
+inbound:
+  - name: api
+    listen: 0.0.0.0:15006
+    app: 127.0.0.1:8080
+    allow: [spiffe://example.org]
+    protocol: http
+    routes:
+      - {name: export, peers: [spiffe://example.org], paths: [/export/*], limit: {rate: 2}}
+      - {name: orders, peers: [spiffe://example.org], paths: [/v1/orders/*]}
+      - {peers: [spiffe://example.org], paths: [/*]}
+`
+
+// TestParseRouteLimits: a named route's limit, per identity; names
+// unique and required for a limit; a change reloads.
+func TestParseRouteLimits(t *testing.T) {
+	c, err := config.Parse([]byte(routeLimitsConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := c.Inbound[0]
+	if want := map[string]limit.Rate{"export": {PerSecond: 2, Burst: 2}}; !reflect.DeepEqual(in.Limits.Routes, want) {
+		t.Errorf("limits.routes = %v; want %v", in.Limits.Routes, want)
+	}
+	if r := in.HTTP.Routes.Rules; r[0].Name != "export" || r[1].Name != "orders" || r[2].Name != "" {
+		t.Errorf("route names: %q %q %q", r[0].Name, r[1].Name, r[2].Name)
+	}
+	for _, bad := range []struct{ name, from, to, want string }{
+		{"limit without a name", "{name: export, ", "{", "inbound[0].routes[0].name: a route with a limit needs a name"},
+		{"duplicate", "name: orders", "name: export", `inbound[0].routes[1].name: "export" is also the name of routes[0]`},
+		{"bad name", "name: orders", "name: 'or ders'", `inbound[0].routes[1].name: "or ders": letters, digits`},
+		{"bad rate", "limit: {rate: 2}", "limit: {rate: -2}", "inbound[0].routes[0].limit.rate"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f := strings.Replace(routeLimitsConfig, bad.from, bad.to, 1)
+			if f == routeLimitsConfig {
+				t.Fatalf("%q not in the file", bad.from)
+			}
+			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Fatalf("error %v, want one naming %q", err, bad.want)
+			}
+		})
+	}
+	next, err := config.Parse([]byte(strings.Replace(routeLimitsConfig, "paths: [/v1/orders/*]}", "paths: [/v1/orders/*], limit: {rate: 5, burst: 10}}", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hot, restart := config.Diff(c, next); len(hot) == 0 || len(restart) != 0 {
+		t.Errorf("a route limit added: hot %v, restart %v", hot, restart)
 	}
 }

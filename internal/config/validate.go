@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -378,10 +379,44 @@ func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration)
 		}
 	case "http":
 		ib.HTTP = v.inboundHTTP(field, in, leeway)
+		ib.Limits.Routes = v.routeLimits(field, in.Routes)
 	default:
 		v.fail(field+".protocol", "%q is not tcp or http", in.Protocol)
 	}
 	return ib
+}
+
+// routeName is what a route's name may be: it goes into log lines and
+// rate-limit descriptors as it is.
+var routeName = regexp.MustCompile(`^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,63}$`)
+
+// routeLimits checks the names of an HTTP inbound listener's routes (unique,
+// and required for a route with a limit) and returns the limits per route.
+func (v *validator) routeLimits(field string, routes []fileRoute) map[string]limit.Rate {
+	var limits map[string]limit.Rate
+	names := map[string]int{}
+	for j, r := range routes {
+		rf := fmt.Sprintf("%s.routes[%d]", field, j)
+		switch prev, dup := names[r.Name]; {
+		case r.Name == "":
+			if r.Limit != nil {
+				v.fail(rf+".name", "a route with a limit needs a name")
+			}
+			continue
+		case !routeName.MatchString(r.Name):
+			v.fail(rf+".name", "%q: letters, digits, '.', '_' and '-', at most 64", r.Name)
+		case dup:
+			v.fail(rf+".name", "%q is also the name of routes[%d]", r.Name, prev)
+		}
+		names[r.Name] = j
+		if r.Limit != nil {
+			if limits == nil {
+				limits = map[string]limit.Rate{}
+			}
+			limits[r.Name] = v.rate(rf+".limit", r.Limit)
+		}
+	}
+	return limits
 }
 
 // inboundHTTP checks the protocol: http settings of an inbound listener.
@@ -429,7 +464,7 @@ func (v *validator) inboundHTTP(field string, in *fileInbound, leeway time.Durat
 
 // route checks one route of an HTTP inbound listener.
 func (v *validator) route(field string, r fileRoute, h2c bool) route.Rule {
-	rule := route.Rule{Peers: v.policy(field+".peers", r.Peers)}
+	rule := route.Rule{Name: r.Name, Peers: v.policy(field+".peers", r.Peers)}
 	for _, m := range r.Methods {
 		if m == "" || strings.ToUpper(m) != m || strings.ContainsAny(m, " \t/") {
 			v.fail(field+".methods", "%q is not an upper-case HTTP method", m)

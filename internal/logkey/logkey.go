@@ -29,6 +29,7 @@ const (
 	Method       = "method"
 	Path         = "path"
 	Proto        = "proto"
+	Route        = "route" // an HTTP route's name
 	Status       = "status"
 	PeerID       = "peer_id"
 	// ClaimedID is the SPIFFE ID in a certificate that did not verify:

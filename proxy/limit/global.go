@@ -13,6 +13,7 @@ const (
 	KeyListener = "listener" // the inbound listener's name
 	KeyKind     = "kind"     // KindRequest or KindConnection
 	KeyPeer     = "peer"     // the peer's verified SPIFFE ID
+	KeyRoute    = "route"    // the name of the HTTP route that allowed the request
 )
 
 // The kinds of hits a global check counts.
@@ -73,6 +74,7 @@ func (c GlobalConfig) WithDefaults() GlobalConfig {
 type Hit struct {
 	Listener string
 	Kind     string // KindRequest or KindConnection
+	Route    string // a request's named route, or ""
 	Peer     spiffeid.ID
 }
 

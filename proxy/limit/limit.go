@@ -11,6 +11,7 @@
 package limit
 
 import (
+	"maps"
 	"sync"
 	"time"
 
@@ -77,6 +78,9 @@ type Config struct {
 	// MaxIdentities caps the identities whose state is kept; default
 	// DefaultMaxIdentities.
 	MaxIdentities int
+	// Routes bounds the requests of each identity on a named route
+	// (route.Rule.Name), besides Requests.
+	Routes map[string]Rate
 	// Global asks the global rate limit service (GlobalConfig) about
 	// each request or new connection too, once the local limits let it
 	// through.
@@ -92,7 +96,7 @@ type GlobalKinds struct {
 // IsZero reports whether c limits nothing.
 func (c Config) IsZero() bool {
 	return c.Requests.isZero() && c.Connections.isZero() && c.ConcurrentPerIdentity <= 0 &&
-		c.Global == (GlobalKinds{})
+		len(c.Routes) == 0 && c.Global == (GlobalKinds{})
 }
 
 // A Limiter applies a Config. It is safe for concurrent use.
@@ -106,8 +110,9 @@ type Limiter struct {
 type peer struct {
 	reqs, conns *rate.Limiter // nil: no limit
 
-	mu   sync.Mutex
-	open int
+	mu     sync.Mutex
+	open   int
+	routes map[string]*rate.Limiter // per named route with a limit, made on first use
 }
 
 // WithDefaults returns c with its defaults applied.
@@ -121,6 +126,7 @@ func (c Config) WithDefaults() Config {
 // New returns a Limiter for cfg.
 func New(cfg Config) *Limiter {
 	cfg = cfg.WithDefaults()
+	cfg.Routes = maps.Clone(cfg.Routes) // the caller's map may change under a running limiter
 	peers, _ := lru.New[spiffeid.ID, *peer](cfg.MaxIdentities) // errors only on a size <= 0
 	return &Limiter{cfg: cfg, totalReqs: bucket(cfg.Requests.Total), totalConns: bucket(cfg.Connections.Total), peers: peers}
 }
@@ -181,6 +187,28 @@ func (l *Limiter) Request(id spiffeid.ID, now time.Time) (retry time.Duration, o
 		return 0, true
 	}
 	return take(now, l.state(id).reqs, l.totalReqs)
+}
+
+// RouteRequest admits a request of peer on the named route at now, when
+// the route has a limit of its own; when it does not, retry is when a
+// request could next be admitted. Request is still asked first.
+func (l *Limiter) RouteRequest(id spiffeid.ID, route string, now time.Time) (retry time.Duration, ok bool) {
+	r, limited := l.cfg.Routes[route]
+	if !limited || r.IsZero() {
+		return 0, true
+	}
+	p := l.state(id)
+	p.mu.Lock()
+	b := p.routes[route]
+	if b == nil {
+		if p.routes == nil {
+			p.routes = make(map[string]*rate.Limiter, 1)
+		}
+		b = bucket(r)
+		p.routes[route] = b
+	}
+	p.mu.Unlock()
+	return take(now, b)
 }
 
 // Connect admits a new connection of peer at now. When it does, release

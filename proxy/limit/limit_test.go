@@ -152,3 +152,37 @@ func TestNoLimits(t *testing.T) {
 		t.Errorf("%d identities tracked with no limits", l.Tracked())
 	}
 }
+
+// TestRoutes: a named route's limit is each identity's own on that route:
+// spending it leaves the identity's other routes, routes without a limit
+// and other identities alone; it refills at its rate.
+func TestRoutes(t *testing.T) {
+	l := New(Config{Routes: map[string]Rate{"export": {PerSecond: 1, Burst: 2}}})
+	route := func(id spiffeid.ID, name string, now time.Time, n int) int {
+		ok := 0
+		for range n {
+			if _, yes := l.RouteRequest(id, name, now); yes {
+				ok++
+			}
+		}
+		return ok
+	}
+	if n := route(alice, "export", t0, 5); n != 2 {
+		t.Errorf("alice on export: %d of 5 admitted, want the burst of 2", n)
+	}
+	if retry, ok := l.RouteRequest(alice, "export", t0); ok || retry != time.Second {
+		t.Errorf("alice past export's burst: ok %v, retry %v; want refused, 1s", ok, retry)
+	}
+	if n := route(alice, "orders", t0, 50); n != 50 {
+		t.Errorf("alice on orders, a route without a limit: %d of 50 admitted", n)
+	}
+	if n := route(bob, "export", t0, 2); n != 2 {
+		t.Errorf("bob on export: %d of 2 admitted; alice's requests took his budget", n)
+	}
+	if n := route(alice, "export", t0.Add(time.Second), 5); n != 1 {
+		t.Errorf("alice on export a second later: %d admitted, want 1", n)
+	}
+	if n := admitted(l, alice, t0, 10); n != 10 {
+		t.Errorf("Request with route limits only: %d of 10 admitted", n)
+	}
+}

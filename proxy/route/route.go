@@ -95,6 +95,9 @@ func checkDecoded(decoded string) error {
 // Rule allows the peers it names to use its methods on its paths. Empty
 // Methods means any method; Paths must not be empty.
 type Rule struct {
+	// Name, optional, names the route in the access log, in per-route
+	// rate limits and in global rate-limit descriptors.
+	Name    string
 	Peers   authz.Policy
 	Methods []string // upper-case
 	Paths   []Path
@@ -152,7 +155,19 @@ type Table struct {
 // Allows reports whether a request from peer with method on the canonical
 // path is allowed.
 func (t Table) Allows(peer spiffeid.ID, method, path string) bool {
-	return slices.ContainsFunc(t.Rules, func(r Rule) bool { return t.allows(r, peer, method, path) })
+	_, ok := t.Match(peer, method, path)
+	return ok
+}
+
+// Match returns the first rule that allows a request from peer with
+// method on the canonical path, or false when none does.
+func (t Table) Match(peer spiffeid.ID, method, path string) (*Rule, bool) {
+	for i := range t.Rules {
+		if t.allows(t.Rules[i], peer, method, path) {
+			return &t.Rules[i], true
+		}
+	}
+	return nil, false
 }
 
 // AllowsUpgrade reports whether a request from peer with method on the

@@ -55,22 +55,32 @@ func (g *Client) Close() error { return g.conn.Close() }
 // errUnknownCode is an answer that is neither OK nor OVER_LIMIT.
 var errUnknownCode = errors.New("rls: rate limit service answered with no code")
 
-// Check counts h against the shared budget. Two descriptors are sent:
+// Check counts h against the shared budget. It sends the descriptors
 // (listener, kind), the listener's total, and (listener, kind, peer), the
-// peer's own; the service refuses the hit when either is past its limit
-// (a descriptor its configuration has no limit for is not limited).
+// peer's own, and for a request on a named route (listener, kind, route)
+// and (listener, kind, route, peer); the service refuses the hit when one
+// of them is past its limit (a descriptor its configuration has no limit
+// for is not limited).
 func (g *Client) Check(ctx context.Context, h limit.Hit) limit.Verdict {
 	ctx, cancel := context.WithTimeout(ctx, g.cfg.Timeout)
 	defer cancel()
 	listener := &corev3.RateLimitDescriptor_Entry{Key: limit.KeyListener, Value: h.Listener}
 	kind := &corev3.RateLimitDescriptor_Entry{Key: limit.KeyKind, Value: h.Kind}
+	peer := &corev3.RateLimitDescriptor_Entry{Key: limit.KeyPeer, Value: h.Peer.String()}
+	descriptors := []*corev3.RateLimitDescriptor{
+		{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind}},
+		{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind, peer}},
+	}
+	if h.Route != "" {
+		route := &corev3.RateLimitDescriptor_Entry{Key: limit.KeyRoute, Value: h.Route}
+		descriptors = append(descriptors,
+			&corev3.RateLimitDescriptor{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind, route}},
+			&corev3.RateLimitDescriptor{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind, route, peer}})
+	}
 	resp, err := g.client.ShouldRateLimit(ctx, &rlsv3.RateLimitRequest{
-		Domain: g.cfg.Domain,
-		Descriptors: []*corev3.RateLimitDescriptor{
-			{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind}},
-			{Entries: []*corev3.RateLimitDescriptor_Entry{listener, kind, {Key: limit.KeyPeer, Value: h.Peer.String()}}},
-		},
-		HitsAddend: 1,
+		Domain:      g.cfg.Domain,
+		Descriptors: descriptors,
+		HitsAddend:  1,
 	})
 	if err == nil && resp.GetOverallCode() == rlsv3.RateLimitResponse_UNKNOWN {
 		err = errUnknownCode

@@ -15,8 +15,9 @@ import (
 	"github.com/credflow/credflow/proxy/limit/rls"
 )
 
-// serviceConfig gives frontend 30 requests a second on listener api,
-// shared by every sidecar, and nothing else a limit.
+// serviceConfig gives frontend 30 requests a second on listener api, and
+// every identity 5 a second on its route export, shared by every sidecar;
+// nothing else has a limit.
 const serviceConfig = `
 domain: credflow
 descriptors:
@@ -31,6 +32,13 @@ descriptors:
             rate_limit:
               unit: second
               requests_per_unit: 30
+          - key: route
+            value: export
+            descriptors:
+              - key: peer
+                rate_limit:
+                  unit: second
+                  requests_per_unit: 5
 `
 
 var (
@@ -198,6 +206,39 @@ func TestGlobalFailureMode(t *testing.T) {
 		}
 		for _, g := range []*rls.Client{open, closed} {
 			waitVerdict(t, g, hit, outage.name+" back", answered)
+		}
+	}
+}
+
+// TestGlobalRoute: a request on a named route is counted on the route
+// too, each identity on its own: past 5 in a window, refused; the same
+// identity elsewhere is not.
+func TestGlobalRoute(t *testing.T) {
+	_, svc := startService(t)
+	g := dial(t, svc.GRPC, limit.FailClosed)
+	onRoute := limit.Hit{Listener: "api", Kind: limit.KindRequest, Route: "export", Peer: reports}
+	elsewhere := limit.Hit{Listener: "api", Kind: limit.KindRequest, Route: "orders", Peer: reports}
+	if v := g.Check(t.Context(), elsewhere); !v.OK || v.Err != nil { // connected, outside the window counted
+		t.Fatalf("warm-up: %+v", v)
+	}
+	time.Sleep(time.Until(time.Now().Truncate(time.Second).Add(time.Second)))
+	first := time.Now().Unix()
+	ok := 0
+	for range 10 {
+		if v := g.Check(t.Context(), onRoute); v.Err != nil {
+			t.Fatal(v.Err)
+		} else if v.OK {
+			ok++
+		}
+	}
+	// Ten checks take milliseconds; on a loaded machine they may reach
+	// into the next window, which has 5 of its own.
+	if spanned := int(time.Now().Unix()-first) + 1; ok > 5*spanned || ok < 5 || (spanned == 1 && ok != 5) {
+		t.Errorf("%d of 10 checks on route export let through over %d one-second windows; want 5 a window", ok, spanned)
+	}
+	for range 10 {
+		if v := g.Check(t.Context(), elsewhere); !v.OK {
+			t.Fatalf("the same identity on another route refused: %+v", v)
 		}
 	}
 }
