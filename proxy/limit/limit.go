@@ -126,7 +126,8 @@ func (c Config) WithDefaults() Config {
 // New returns a Limiter for cfg.
 func New(cfg Config) *Limiter {
 	cfg = cfg.WithDefaults()
-	cfg.Routes = maps.Clone(cfg.Routes) // the caller's map may change under a running limiter
+	// The caller's map may change under a running limiter.
+	cfg.Routes = maps.Clone(cfg.Routes)
 	peers, _ := lru.New[spiffeid.ID, *peer](cfg.MaxIdentities) // errors only on a size <= 0
 	return &Limiter{cfg: cfg, totalReqs: bucket(cfg.Requests.Total), totalConns: bucket(cfg.Connections.Total), peers: peers}
 }
