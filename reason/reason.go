@@ -129,6 +129,14 @@ const (
 	LimitUnavailable Reason = "limit_unavailable" // the global rate limit service gave no answer, and its failure mode is deny
 )
 
+// Abuse answered and operators' revocations: a peer refused, and its
+// established connections closed.
+const (
+	Quarantined Reason = "quarantined" // a peer identity or source address in quarantine on this sidecar
+	Revoked     Reason = "revoked"     // a peer identity or certificate serial on the deny list
+	TxnRevoked  Reason = "txn_revoked" // a transaction token whose jti is on the deny list
+)
+
 // Credentials the sidecar injects on egress listeners.
 const (
 	CredentialUnavailable Reason = "credential_unavailable" // no valid credential to inject
@@ -251,6 +259,10 @@ var table = map[Reason]Info{
 
 	RateLimited:      tooMany,
 	LimitUnavailable: unavailable,
+
+	Quarantined: forbidden,
+	Revoked:     forbidden,
+	TxnRevoked:  unauth,
 
 	CredentialUnavailable: unavailable,
 	AppCredential:         forbidden,
