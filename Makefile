@@ -15,9 +15,9 @@ LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 # Debian packages the build and the tests use: gcc for SPIRE's cgo SQLite,
 # openssl and curl for interoperability tests, iproute2, iptables and tcpdump
 # for the network-namespace tests of transparent capture, PostgreSQL for the
-# SPIRE failover test (F15).
-APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql ca-certificates
-APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster
+# SPIRE failover test (F15), Redis for the revocation list's tests.
+APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql ca-certificates redis-server
+APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster redis-server
 
 SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
@@ -133,7 +133,7 @@ FUZZ_TARGETS := ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:F
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
 	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy/quicmux:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
 	./internal/inject:FuzzPatch ./token/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
-	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
+	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer ./proxy/revoke:FuzzParseFile
 FUZZ_EXECS ?= 50000
 
 fuzz-short:

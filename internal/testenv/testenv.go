@@ -9,6 +9,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -58,5 +59,14 @@ func Long(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		skip(t, "long test (skipped by -short)")
+	}
+}
+
+// NeedsCommand skips t when the command name is not on PATH; install says
+// how to get it (make deps installs the Debian packages the tests use).
+func NeedsCommand(t testing.TB, name, install string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		skip(t, name+" is not installed ("+install+")")
 	}
 }

@@ -177,6 +177,7 @@ func (s *FileSource) Run(ctx context.Context) error {
 		}
 	}
 	reload()
+	log.Debug("revocation list: watching the file", slog.Bool(logkey.Watch, events != nil))
 	for {
 		select {
 		case <-ctx.Done():
