@@ -2,6 +2,7 @@ package revoke_test
 
 import (
 	"errors"
+	"fmt"
 	"math/big"
 	"strings"
 	"testing"
@@ -260,5 +261,52 @@ func TestEntries(t *testing.T) {
 	}
 	if d := cmp.Diff(want, l.Entries()); d != "" {
 		t.Errorf("entries (-want +got):\n%s", d)
+	}
+}
+
+// BenchmarkLookup: the per-handshake and per-request cost of a lookup that
+// does not match, against a list with n entries of each kind (patterns in
+// the same trust domain, so each is tried).
+func BenchmarkLookup(b *testing.B) {
+	for _, n := range []int{10, 1000} {
+		var l revoke.List
+		var entries []revoke.Entry
+		for i := range n {
+			entries = append(entries,
+				revoke.Entry{Kind: revoke.SPIFFEID, Value: fmt.Sprintf("spiffe://example.org/ns/n%d/sa/api", i)},
+				revoke.Entry{Kind: revoke.SPIFFEID, Value: fmt.Sprintf("spiffe://example.org/ns/p%d/*", i)},
+				revoke.Entry{Kind: revoke.Serial, Value: fmt.Sprintf("%x", i+1)},
+				revoke.Entry{Kind: revoke.JTI, Value: fmt.Sprintf("tok-%d", i)})
+		}
+		if _, err := l.Replace(entries); err != nil {
+			b.Fatal(err)
+		}
+		now := time.Now()
+		peer := id("spiffe://example.org/ns/prod/sa/web")
+		serial := new(big.Int).Lsh(big.NewInt(1), 150)
+		b.Run(fmt.Sprintf("kind=id/entries=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := l.ID(peer, now); ok {
+					b.Fatal("denied")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("kind=serial/entries=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := l.Serial(serial, now); ok {
+					b.Fatal("denied")
+				}
+			}
+		})
+		b.Run(fmt.Sprintf("kind=jti/entries=%d", n), func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, ok := l.JTI("tok-x", now); ok {
+					b.Fatal("denied")
+				}
+			}
+		})
 	}
 }
