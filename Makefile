@@ -15,7 +15,8 @@ LDFLAGS := -X github.com/credflow/credflow/internal/app.version=$(VERSION)
 # Debian packages the build and the tests use: gcc for SPIRE's cgo SQLite,
 # openssl and curl for interoperability tests, iproute2, iptables and tcpdump
 # for the network-namespace tests of transparent capture, PostgreSQL for the
-# SPIRE failover test (F15), Redis for the global rate limits.
+# SPIRE failover test (F15), Redis for the global rate limits and
+# the revocation list.
 APT_PACKAGES := gcc libc6-dev openssl curl iproute2 iptables tcpdump postgresql redis-server ca-certificates
 APT_COMMANDS := gcc openssl curl ip iptables tcpdump pg_ctlcluster redis-server
 
@@ -144,7 +145,7 @@ FUZZ_TARGETS := ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:F
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
 	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy/quicmux:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
 	./internal/inject:FuzzPatch ./token/edge:FuzzJWKS ./internal/joseheader:FuzzParse \
-	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer
+	./token/exchange:FuzzLoopbackHost ./internal/peercred:FuzzParseAnswer ./proxy/revoke:FuzzParseFile
 FUZZ_EXECS ?= 50000
 
 fuzz-short:

@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credflow/credflow/internal/redistest"
 	"github.com/credflow/credflow/internal/rlstest"
 	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
@@ -58,12 +59,8 @@ descriptors:
 // again.
 func TestGlobalRateLimits(t *testing.T) {
 	testenv.NeedsRateLimitService(t)
-	redis, err := rlstest.StartRedis(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(redis.Stop)
-	svc, err := rlstest.StartService(t.Context(), "", redis, globalServiceConfig)
+	redis := redistest.Start(t)
+	svc, err := rlstest.StartService(t.Context(), "", redis.Addr, globalServiceConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -192,7 +189,7 @@ func TestGlobalRateLimits(t *testing.T) {
 	}
 
 	// Redis down: the failure modes decide.
-	redis.Stop()
+	redis.Kill()
 	waitStatus := func(c *http.Client, i, want int, what string) {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)
@@ -217,9 +214,7 @@ func TestGlobalRateLimits(t *testing.T) {
 	if n := metrics[1].metric(t, "credflow_global_limit_checks_total", "kind=request", "result=error"); n == 0 {
 		t.Error("no check counted as an error while Redis was down")
 	}
-	if err := redis.Start(t.Context()); err != nil {
-		t.Fatal(err)
-	}
+	redis.Restart()
 	waitStatus(front, 0, http.StatusOK, "Redis back")
 	// And the budget holds again: a burst past it is refused.
 	refused := 0

@@ -69,6 +69,11 @@ func commands() map[string]command {
 			usage:   "credflow probe [-admin 127.0.0.1:15000]",
 			run:     runProbe,
 		},
+		"revoke": {
+			summary: "add, list or remove entries of the revocation list in Redis or a file",
+			usage:   revokeUsage,
+			run:     runRevoke,
+		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
 			usage:   "credflow register apply -f FILE [-dry-run] [-prune] [-server-socket PATH]",

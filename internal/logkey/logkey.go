@@ -56,4 +56,8 @@ const (
 	GID          = "gid"
 	PID          = "pid"
 	TokenType    = "token_type"
+	// Entries counts the entries of the revocation list.
+	Entries = "entries"
+	File    = "file"  // the path of a file read or watched
+	Redis   = "redis" // a Redis server's address
 )

@@ -1,8 +1,8 @@
 // Package rlstest runs a real global rate limit service for the tests of
-// global limits: Redis (Debian's redis-server, in memory, on a free
-// loopback port) and Envoy's rate limit service (bin/ratelimit, built by
-// `make ratelimit` from deploy/ratelimit) in front of it. Either can be
-// stopped and started again on its port, for the failure-mode tests.
+// global limits: Envoy's rate limit service (bin/ratelimit, built by `make
+// ratelimit` from deploy/ratelimit), in front of a Redis (package
+// redistest runs one). It can be stopped and started again on its ports,
+// for the failure-mode tests.
 package rlstest
 
 import (
@@ -22,37 +22,6 @@ import (
 	"github.com/credflow/credflow/internal/spiretest"
 )
 
-// Redis is a redis-server, stopped and started on the same port.
-type Redis struct {
-	Addr string // host:port
-	proc *process
-}
-
-// StartRedis runs redis-server, keeping nothing on disk, until Stop.
-func StartRedis(ctx context.Context) (*Redis, error) {
-	bin, err := exec.LookPath("redis-server")
-	if err != nil {
-		return nil, fmt.Errorf("rlstest: %w (apt-get install redis-server)", err)
-	}
-	port := freePort()
-	if port == 0 {
-		return nil, errors.New("rlstest: no free port")
-	}
-	r := &Redis{Addr: net.JoinHostPort("127.0.0.1", strconv.Itoa(port))}
-	r.proc = &process{name: "redis-server", ready: func(ctx context.Context) error { return dialable(ctx, r.Addr) },
-		cmd: func() *exec.Cmd {
-			return exec.Command(bin, "--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-				"--save", "", "--appendonly", "no", "--protected-mode", "no")
-		}}
-	return r, r.proc.start(ctx)
-}
-
-// Stop stops the server; what it held is lost.
-func (r *Redis) Stop() { r.proc.stop() }
-
-// Start starts a stopped server again, empty, on its port.
-func (r *Redis) Start(ctx context.Context) error { return r.proc.start(ctx) }
-
 // Service is the rate limit service.
 type Service struct {
 	// GRPC is the address of its Rate Limit Service API.
@@ -61,9 +30,9 @@ type Service struct {
 }
 
 // StartService runs bin/ratelimit (binDir, or bin/ at the module's root
-// when empty) against redis with config, the YAML of its one
-// configuration file, until Stop.
-func StartService(ctx context.Context, binDir string, redis *Redis, config string) (*Service, error) {
+// when empty) against the Redis at redisAddr (host:port) with config, the
+// YAML of its one configuration file, until Close.
+func StartService(ctx context.Context, binDir, redisAddr, config string) (*Service, error) {
 	if binDir == "" {
 		var err error
 		if binDir, err = spiretest.DefaultBinDir(); err != nil {
@@ -97,7 +66,7 @@ func StartService(ctx context.Context, binDir string, redis *Redis, config strin
 				"USE_STATSD=false",
 				"LOG_LEVEL=warn",
 				"REDIS_SOCKET_TYPE=tcp",
-				"REDIS_URL="+redis.Addr,
+				"REDIS_URL="+redisAddr,
 				"REDIS_TIMEOUT=1s",
 				"RUNTIME_ROOT="+root,
 				"RUNTIME_SUBDIRECTORY=credflow",
@@ -180,15 +149,6 @@ func (p *process) stop() {
 	p.running.Process.Kill()
 	<-p.done
 	p.running = nil
-}
-
-func dialable(ctx context.Context, addr string) error {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", addr)
-	if err == nil {
-		c.Close()
-	}
-	return err
 }
 
 func healthy(ctx context.Context, url string) error {

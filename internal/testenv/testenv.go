@@ -9,6 +9,7 @@ package testenv
 
 import (
 	"os"
+	"os/exec"
 	"testing"
 )
 
@@ -67,5 +68,14 @@ func NeedsRateLimitService(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		skip(t, "runs Redis and the real rate limit service (skipped by -short)")
+	}
+}
+
+// NeedsCommand skips t when the command name is not on PATH; install says
+// how to get it (make deps installs the Debian packages the tests use).
+func NeedsCommand(t testing.TB, name, install string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		skip(t, name+" is not installed ("+install+")")
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credflow/credflow/internal/redistest"
 	"github.com/credflow/credflow/internal/rlstest"
 	"github.com/credflow/credflow/internal/testenv"
 	"github.com/credflow/credflow/proxy/limit"
@@ -47,16 +48,12 @@ var (
 )
 
 // startService runs Redis and the rate limit service for t.
-func startService(t *testing.T) (*rlstest.Redis, *rlstest.Service) {
+func startService(t *testing.T) (*redistest.Server, *rlstest.Service) {
 	t.Helper()
 	testenv.NeedsRateLimitService(t)
 	ctx := t.Context()
-	redis, err := rlstest.StartRedis(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(redis.Stop)
-	svc, err := rlstest.StartService(ctx, "", redis, serviceConfig)
+	redis := redistest.Start(t)
+	svc, err := rlstest.StartService(ctx, "", redis.Addr, serviceConfig)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +181,7 @@ func TestGlobalFailureMode(t *testing.T) {
 		stop  func()
 		start func(context.Context) error
 	}{
-		{"redis", redis.Stop, redis.Start},
+		{"redis", redis.Kill, func(context.Context) error { redis.Restart(); return nil }},
 		{"service", svc.Stop, svc.Start},
 	} {
 		outage.stop()
