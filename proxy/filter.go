@@ -42,6 +42,9 @@ type Request struct {
 	// Attrs are attributes a filter adds to the request's access-log line
 	// (the local caller it refused, say).
 	Attrs []slog.Attr
+	// JTI is the ID of the request's transaction token, once verified:
+	// what an anomaly detector's revoke action revokes. Never logged.
+	JTI string
 	// RetryAfter, set by a filter that refuses a request for now
 	// (rate_limited), is sent as the answer's Retry-After.
 	RetryAfter time.Duration
@@ -130,12 +133,13 @@ func (f routeLimitFilter) Filter(r *Request) reason.Reason {
 }
 
 // inboundPipeline builds the filters of an HTTP inbound listener's
-// settings: the rate limit (the cheapest refusal), the request's shape,
+// settings: the deny list, the rate limit (the cheapest refusals), the request's shape,
 // its route and the route's limits (then the global one), the tokens,
 // then the configured extra filters.
 func (p *Proxy) inboundPipeline(l *listener, s *httpSettings) pipeline {
 	managed := managedHeaders{tokenHeader: s.cfg.TokenHeader}
 	pl := pipeline{
+		guardFilter{p: p},
 		limitFilter{l: l},
 		FilterFunc(checkHost),
 		FilterFunc(managed.checkConnection),
@@ -383,9 +387,16 @@ func (f txnFilter) Filter(r *Request) reason.Reason {
 	if err != nil {
 		return reason.NoIdentity
 	}
-	if _, _, err := f.verifier.Verify(vals[0], self.ID); err != nil {
+	claims, _, err := f.verifier.Verify(vals[0], self.ID)
+	if err != nil {
 		return txn.ReasonOf(err)
 	}
+	if deny := f.p.cfg.Revoked; deny != nil && claims.ID != "" {
+		if _, ok := deny.JTI(claims.ID, time.Now()); ok {
+			return reason.TxnRevoked
+		}
+	}
+	r.JTI = claims.ID
 	f.p.m.token("txn_verified")
 	return ""
 }

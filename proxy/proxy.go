@@ -52,6 +52,7 @@ import (
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
+	"github.com/credflow/credflow/proxy/revoke"
 	"github.com/credflow/credflow/reason"
 )
 
@@ -199,6 +200,13 @@ type Config struct {
 	// connections against: a budget shared by every sidecar asking it.
 	// Fixed for the proxy's life.
 	GlobalLimits *limit.GlobalConfig
+	// Revoked, if set, is the deny list: peers whose SPIFFE ID, or the
+	// serial of a certificate in whose chain, it holds are refused at the
+	// handshake (both directions, reason revoked), their inbound HTTP
+	// requests refused, and their established connections closed as soon
+	// as the list changes; transaction tokens whose jti it holds are
+	// refused (txn_revoked).
+	Revoked *revoke.List
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that
@@ -417,7 +425,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		l.setLimits(in.Limits)
-		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.checkKeyExchange}.Server()
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.verifyInbound}.Server()
 		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
 		l.mode = &tcpInbound{quicAddr: in.QUICListen}
@@ -444,7 +452,7 @@ func New(cfg Config) (*Proxy, error) {
 			}
 			authorize = func(spiffeid.ID) bool { return true }
 		}
-		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: authorize, VerifyConnection: p.checkKeyExchange}.Client()
+		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: authorize, VerifyConnection: p.verifyOutbound}.Client()
 		if cfg.NoResumption {
 			l.tls.ClientSessionCache = nil
 		}
@@ -1052,6 +1060,7 @@ func (p *Proxy) revalidate(ctx context.Context) {
 	t := time.NewTicker(p.cfg.RevalidateInterval)
 	defer t.Stop()
 	changed := changes(p.cfg.Bundles)
+	revoked := p.revokedChanged()
 	for {
 		select {
 		case <-ctx.Done():
@@ -1060,6 +1069,8 @@ func (p *Proxy) revalidate(ctx context.Context) {
 		case <-p.revalNow:
 		case <-changed:
 			changed = changes(p.cfg.Bundles)
+		case <-revoked:
+			revoked = p.revokedChanged()
 		}
 		p.revalidateAll(time.Now())
 		for _, l := range p.listeners {
@@ -1100,6 +1111,9 @@ func (p *Proxy) revalidateAll(now time.Time) {
 func (p *Proxy) recheck(c *conn, now time.Time) reason.Reason {
 	if !c.allowed() {
 		return reason.PolicyRevoked
+	}
+	if why := p.barred(c.l.dir, c.peer, c.chain, now); why != "" {
+		return why
 	}
 	if c.chain != nil {
 		b, err := p.cfg.Bundles.GetX509BundleForTrustDomain(c.peer.TrustDomain())

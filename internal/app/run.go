@@ -177,8 +177,15 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if len(creds.caches) > 0 {
 		reg.MustRegister(&credential.Collector{Caches: creds.caches})
 	}
+	deny, err := newDenyList(ctx, cfg.Revocation, log)
+	if err != nil {
+		return err
+	}
 	pc := proxyConfig(cfg, src, log, pm)
 	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
+	if deny != nil {
+		pc.Revoked = deny.list
+	}
 	var exchanger *edge.Exchanger
 	if cfg.Edge != nil {
 		if exchanger, err = newExchanger(ctx, cfg.Edge, src, edge.NewMetrics(reg), log); err != nil {
@@ -213,6 +220,9 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
 	creds.run(srcCtx)
+	if deny != nil {
+		go deny.run(srcCtx)
+	}
 	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
 	bundlesDone := make(chan struct{})
 	go func() { defer close(bundlesDone); bundles.run(srcCtx, src.Changed) }()

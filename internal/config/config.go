@@ -79,6 +79,8 @@ type Config struct {
 	OutboundReserve     int
 	MaxHandshakes       int
 	HandshakesPerSource int
+	// Revocation is where the deny list comes from; nil: no deny list.
+	Revocation *Revocation
 	// GlobalLimits is limits.global: the rate limit service inbound
 	// listeners with limits.global count against; nil when not set.
 	GlobalLimits *limit.GlobalConfig
@@ -386,6 +388,9 @@ func Parse(data []byte) (*Config, error) {
 	v.credentialsUsed(c)
 	v.captureEgress(c)
 	v.globalUsed(c)
+	if f.Revocation != nil {
+		c.Revocation = v.revocation("revocation", f.Revocation)
+	}
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {
 		v.fail("inbound", "no inbound or outbound listener is configured")

@@ -27,6 +27,21 @@ type file struct {
 	Inbound       []fileInbound    `yaml:"inbound"`
 	Outbound      []fileOutbound   `yaml:"outbound"`
 	Credentials   []fileCredential `yaml:"credentials"`
+	Revocation    *fileRevocation  `yaml:"revocation"`
+}
+
+// fileRevocation is where the deny list comes from (proxy/revoke): a
+// watched file or Redis.
+type fileRevocation struct {
+	File     string     `yaml:"file"`
+	Interval duration   `yaml:"interval"`
+	Redis    *fileRedis `yaml:"redis"`
+}
+
+type fileRedis struct {
+	Address string   `yaml:"address"`
+	Key     string   `yaml:"key"`
+	Resync  duration `yaml:"resync"`
 }
 
 type fileLog struct {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -956,4 +957,42 @@ func clash(a, b string) bool {
 	}
 	wild := func(h string) bool { return h == "" || h == "0.0.0.0" || h == "::" }
 	return ha == hb || wild(ha) || wild(hb)
+}
+
+// Revocation is where the deny list comes from: File, a JSON file watched
+// (a mounted ConfigMap), or Redis (RedisAddr), a hash and its events
+// channel. Exactly one is set.
+type Revocation struct {
+	File     string
+	Interval time.Duration // File's periodic read; 0: the package's default
+
+	RedisAddr string
+	RedisKey  string        // "": the package's default
+	Resync    time.Duration // Redis's periodic full read; 0: the package's default
+}
+
+// revocation checks the revocation section.
+func (v *validator) revocation(field string, f *fileRevocation) *Revocation {
+	r := &Revocation{File: f.File, Interval: f.Interval.or(0)}
+	switch {
+	case (f.File == "") == (f.Redis == nil):
+		v.fail(field, "exactly one of file and redis is required")
+	case f.File != "" && !filepath.IsAbs(f.File):
+		v.fail(field+".file", "%q: an absolute path is required", f.File)
+	case f.Redis != nil:
+		r.RedisAddr, r.RedisKey, r.Resync = f.Redis.Address, f.Redis.Key, f.Redis.Resync.or(0)
+		if err := checkAddr(f.Redis.Address, false); err != nil {
+			v.fail(field+".redis.address", "%v", err)
+		}
+		if r.Resync < 0 || (f.Redis.Resync.set && r.Resync < time.Second) {
+			v.fail(field+".redis.resync", "%s: at least 1s (default 30s)", r.Resync)
+		}
+		if f.Interval.set {
+			v.fail(field+".interval", "is the period of file; redis has resync")
+		}
+	}
+	if f.Interval.set && (r.Interval < 100*time.Millisecond) {
+		v.fail(field+".interval", "%s: at least 100ms (default 2s)", r.Interval)
+	}
+	return r
 }
