@@ -213,3 +213,35 @@ func TestParseRouteLimits(t *testing.T) {
 		t.Errorf("a route limit added: hot %v, restart %v", hot, restart)
 	}
 }
+
+// TestParseRevocation: the deny list from a file or from Redis, exactly
+// one of them; mistakes named.
+func TestParseRevocation(t *testing.T) {
+	base := "inbound:\n  - {name: api, listen: 0.0.0.0:15006, app: 127.0.0.1:8080, allow: [spiffe://example.org]}\n"
+	c, err := config.Parse([]byte(base + "revocation: {file: /etc/credflow/revocations.json, interval: 1s}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Revocation; r == nil || r.File != "/etc/credflow/revocations.json" || r.Interval != time.Second || r.RedisAddr != "" {
+		t.Errorf("file: %+v", r)
+	}
+	c, err = config.Parse([]byte(base + "revocation: {redis: {address: redis.infra:6379, key: deny, resync: 10s}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := c.Revocation; r == nil || r.RedisAddr != "redis.infra:6379" || r.RedisKey != "deny" || r.Resync != 10*time.Second {
+		t.Errorf("redis: %+v", r)
+	}
+	for _, bad := range []struct{ name, section, want string }{
+		{"neither", "revocation: {}", "revocation: exactly one of file and redis"},
+		{"both", "revocation: {file: /x.json, redis: {address: r:6379}}", "revocation: exactly one of file and redis"},
+		{"relative file", "revocation: {file: x.json}", `revocation.file: "x.json": an absolute path`},
+		{"no address", "revocation: {redis: {key: deny}}", "revocation.redis.address: required"},
+		{"short resync", "revocation: {redis: {address: r:6379, resync: 10ms}}", "revocation.redis.resync: 10ms: at least 1s"},
+		{"interval with redis", "revocation: {redis: {address: r:6379}, interval: 1s}", "revocation.interval: is the period of file"},
+	} {
+		if _, err := config.Parse([]byte(base + bad.section + "\n")); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: error %v, want one naming %q", bad.name, err, bad.want)
+		}
+	}
+}
