@@ -24,6 +24,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/pprof"
+	"net/netip"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -54,6 +55,13 @@ type Deps struct {
 	// Credentials returns the state of each credential source, without
 	// values; nil means none is configured.
 	Credentials func() []credential.State
+	// Quarantined lists the peers in quarantine now; nil: no anomaly
+	// detection is configured (the endpoints answer 404).
+	Quarantined func() []Quarantined
+	// Lift ends the quarantine of subject (a SPIFFE ID or an IP address)
+	// and reports whether it was in quarantine; an error says the subject
+	// does not parse.
+	Lift func(subject string) (bool, error)
 	// Pprof serves net/http/pprof's handlers under /debug/pprof/ (GET
 	// only; the profiles, the index, cmdline, symbol lookups by GET and
 	// the execution trace). Default false: those paths answer 404.
@@ -84,6 +92,12 @@ func Handler(d Deps) http.Handler {
 		}
 		writeJSON(w, map[string]any{"credentials": states})
 	})
+	if d.Quarantined != nil {
+		mux.HandleFunc("GET /quarantine", func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, map[string]any{"quarantined": d.Quarantined()})
+		})
+		mux.HandleFunc("POST /quarantine/lift", func(w http.ResponseWriter, r *http.Request) { lift(d, w, r) })
+	}
 	if d.Pprof {
 		// Index serves the named profiles too (/debug/pprof/heap, allocs,
 		// goroutine, ...).
@@ -142,4 +156,41 @@ func writeJSON(w http.ResponseWriter, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+// Quarantined is one entry of GET /quarantine.
+type Quarantined struct {
+	// Subject is the peer's SPIFFE ID or source IP address.
+	Subject string `json:"subject"`
+	// Until is when the quarantine ends by itself.
+	Until time.Time `json:"until"`
+	// Detector is the anomaly detector that put the subject there.
+	Detector string `json:"detector"`
+}
+
+// lift serves POST /quarantine/lift?subject=S. It changes what the data
+// plane admits, so only a caller on this host may use it (the admin
+// listener may be reachable from the network for /metrics): a request
+// from a non-loopback address is refused.
+func lift(d Deps, w http.ResponseWriter, r *http.Request) {
+	if !fromLoopback(r) {
+		http.Error(w, "quarantine/lift: only from this host (a loopback address)", http.StatusForbidden)
+		return
+	}
+	subject := r.URL.Query().Get("subject")
+	lifted, err := d.Lift(subject)
+	switch {
+	case err != nil:
+		http.Error(w, "quarantine/lift: "+err.Error(), http.StatusBadRequest)
+	case !lifted:
+		http.Error(w, "quarantine/lift: "+subject+" is not in quarantine", http.StatusNotFound)
+	default:
+		writeJSON(w, map[string]any{"lifted": subject})
+	}
+}
+
+// fromLoopback reports whether r comes from a loopback address.
+func fromLoopback(r *http.Request) bool {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	return err == nil && ap.Addr().Unmap().IsLoopback()
 }

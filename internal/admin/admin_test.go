@@ -133,3 +133,61 @@ func TestPprof(t *testing.T) {
 		})
 	}
 }
+
+// TestQuarantine: GET /quarantine lists the peers in quarantine; POST
+// /quarantine/lift lifts one, from this host only (the admin listener may
+// be reachable from the network for /metrics); without anomaly detection
+// neither path exists.
+func TestQuarantine(t *testing.T) {
+	quarantined := map[string]bool{"spiffe://example.org/intruder": true}
+	deps := admin.Deps{
+		Gatherer: prometheus.NewRegistry(), SVIDs: noSVID{}, Ready: func() error { return nil },
+		Quarantined: func() []admin.Quarantined {
+			var list []admin.Quarantined
+			for s := range quarantined {
+				list = append(list, admin.Quarantined{Subject: s, Detector: "token_failures"})
+			}
+			return list
+		},
+		Lift: func(s string) (bool, error) {
+			if !strings.HasPrefix(s, "spiffe://") {
+				return false, errors.New("not a SPIFFE ID or an IP address")
+			}
+			was := quarantined[s]
+			delete(quarantined, s)
+			return was, nil
+		},
+	}
+	h := admin.Handler(deps)
+	do := func(method, target, from string) (int, string) {
+		req := httptest.NewRequest(method, target, nil)
+		req.RemoteAddr = from
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, req)
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := do(http.MethodGet, "/quarantine", "192.0.2.7:4000"); code != 200 || !strings.Contains(body, `"subject": "spiffe://example.org/intruder"`) {
+		t.Errorf("GET /quarantine: %d %s", code, body)
+	}
+	lift := "/quarantine/lift?subject=spiffe://example.org/intruder"
+	if code, _ := do(http.MethodPost, lift, "192.0.2.7:4000"); code != http.StatusForbidden || !quarantined["spiffe://example.org/intruder"] {
+		t.Errorf("lift from another host: %d; want 403 and the quarantine kept", code)
+	}
+	if code, _ := do(http.MethodGet, lift, "127.0.0.1:4000"); code != http.StatusMethodNotAllowed {
+		t.Errorf("GET of lift: %d, want 405", code)
+	}
+	if code, body := do(http.MethodPost, lift, "127.0.0.1:4000"); code != 200 || quarantined["spiffe://example.org/intruder"] {
+		t.Errorf("lift from this host: %d %s; want 200 and the quarantine lifted", code, body)
+	}
+	if code, _ := do(http.MethodPost, lift, "[::1]:4000"); code != http.StatusNotFound {
+		t.Errorf("lift of a peer not in quarantine: %d, want 404", code)
+	}
+	if code, _ := do(http.MethodPost, "/quarantine/lift?subject=nonsense", "127.0.0.1:4000"); code != http.StatusBadRequest {
+		t.Errorf("lift of a subject that does not parse: %d, want 400", code)
+	}
+	deps.Quarantined, deps.Lift = nil, nil
+	h = admin.Handler(deps)
+	if code, _ := do(http.MethodGet, "/quarantine", "127.0.0.1:4000"); code != http.StatusNotFound {
+		t.Errorf("GET /quarantine without anomaly detection: %d, want 404", code)
+	}
+}
