@@ -74,6 +74,11 @@ func commands() map[string]command {
 			usage:   revokeUsage,
 			run:     runRevoke,
 		},
+		"quarantine": {
+			summary: "list the peers this host's sidecar has in quarantine, or lift one",
+			usage:   quarantineUsage,
+			run:     runQuarantine,
+		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
 			usage:   "credflow register apply -f FILE [-dry-run] [-prune] [-server-socket PATH]",
