@@ -55,4 +55,18 @@ const (
 	GID          = "gid"
 	PID          = "pid"
 	TokenType    = "token_type"
+
+	// Anomaly detection (proxy/anomaly): an event and its evidence.
+	Action   = "action"
+	Baseline = "baseline"
+	Count    = "count"
+	Detector = "detector"
+	Evidence = "evidence"
+	Limit    = "limit"
+	Rate     = "rate"
+	Route    = "route"
+	Since    = "since"
+	Subject  = "subject"
+	Until    = "until"
+	Window   = "window"
 )
