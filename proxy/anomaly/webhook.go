@@ -112,7 +112,8 @@ func (w *Webhook) Emit(e Event) {
 }
 
 // Close stops the webhook taking events and makes Run return once it has
-// sent those queued. It may be called more than once.
+// sent those queued; an event emitted while Close runs may be left
+// unsent. It may be called more than once.
 func (w *Webhook) Close() {
 	w.closeOnce.Do(func() { close(w.closed) })
 }
