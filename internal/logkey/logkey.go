@@ -60,4 +60,17 @@ const (
 	Entries = "entries"
 	File    = "file"  // the path of a file read or watched
 	Redis   = "redis" // a Redis server's address
+
+	// Anomaly detection (proxy/anomaly): an event and its evidence.
+	Action   = "action"
+	Baseline = "baseline"
+	Count    = "count"
+	Detector = "detector"
+	Evidence = "evidence"
+	Limit    = "limit"
+	Rate     = "rate"
+	Since    = "since"
+	Subject  = "subject"
+	Until    = "until"
+	Window   = "window"
 )
