@@ -391,12 +391,10 @@ func (f txnFilter) Filter(r *Request) reason.Reason {
 	if err != nil {
 		return txn.ReasonOf(err)
 	}
-	if deny := f.p.cfg.Revoked; deny != nil && claims.ID != "" {
-		if _, ok := deny.JTI(claims.ID, time.Now()); ok {
-			return reason.TxnRevoked
-		}
-	}
 	r.JTI = claims.ID
+	if f.p.revokedJTI(claims.ID, time.Now()) {
+		return reason.TxnRevoked
+	}
 	f.p.m.token("txn_verified")
 	return ""
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
+	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
@@ -401,7 +402,9 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		return
 	}
 	req := &Request{HTTP: r, Listener: l.name, Peer: peer}
-	if why := s.filters.run(req); why != "" {
+	why := s.filters.run(req)
+	p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Request, Route: req.Route, Reason: why, JTI: req.JTI})
+	if why != "" {
 		isError := why.Info().Status >= 500
 		p.m.refused(l.dir, why, isError)
 		p.httpAccess(l, start, peer, r, decisionOf(isError), why, why.Info().Status, req.Attrs...)

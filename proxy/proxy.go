@@ -44,6 +44,7 @@ import (
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
+	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/defaults"
@@ -207,6 +208,13 @@ type Config struct {
 	// as the list changes; transaction tokens whose jti it holds are
 	// refused (txn_revoked).
 	Revoked *revoke.List
+	// Anomaly, if set, watches the outcome of every inbound connection
+	// and request, and its quarantine bars peers (reason quarantined): by
+	// source address at accept, by SPIFFE ID at the handshake and per
+	// request. Its Quarantine's OnAdd should call Revalidate, to close the
+	// established connections of a peer put there; its OnRevoke,
+	// RevokeJTI.
+	Anomaly *anomaly.Detector
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that
@@ -278,6 +286,8 @@ type Proxy struct {
 	refusalLog  *rate.Limiter   // access-log lines of refusals at accept
 	refusalWarn *rate.Sometimes // the log's warning about them
 	global      *rls.Client     // the global rate limit service; nil when none is configured
+	localMu     sync.Mutex      // serializes RevokeJTI
+	localDeny   revoke.List     // jtis anomaly detection revoked on this sidecar
 	globalWarn  *rate.Sometimes // the log's warning that it gave no answer
 
 	mu       sync.Mutex
@@ -862,6 +872,12 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 		var src netip.Addr
 		if l.dir == dirInbound {
 			src = sourceOf(c)
+			if p.quarantined(anomaly.Source(src), time.Now()) {
+				c.Close()
+				p.slots.release(l.dir)
+				p.refuseAtAccept(l, reason.Quarantined)
+				continue
+			}
 			if why := p.slots.startHandshake(src); why != "" {
 				c.Close()
 				p.slots.release(l.dir)
@@ -901,11 +917,12 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 			p.refuseAtAccept(l, reason.FirstByteTimeout)
 			return
 		}
-		p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
+		why, peer := p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
+		p.observe(anomaly.Observation{Subject: subjectOf(peer, sourceOf(raw)), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
 		return
 	}
+	peer, _ := peerOf(cs)
 	if lim := l.limiter.Load(); lim != nil {
-		peer, _ := peerOf(cs)
 		release, _, ok := lim.Connect(peer, time.Now())
 		why := reason.Reason("")
 		switch {
@@ -921,10 +938,12 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 			tc.Close()
 			p.m.refused(l.dir, why, false)
 			p.access(l, start, peer, cs, "deny", why, relay.Result{}, "tcp")
+			p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
 			return
 		}
 		defer release()
 	}
+	p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name})
 	m.serveConn(ctx, p, l, tc, cs, start)
 }
 
@@ -944,7 +963,10 @@ func (p *Proxy) handshake(ctx context.Context, l *listener, tc *tls.Conn) (*tls.
 // refuse records a failed handshake. Our own refusals carry an mtls
 // reason; anything else (the peer refused us, a timeout, garbage) gets
 // fallback.
-func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback reason.Reason, transport string) {
+//
+// It returns the reason, and the peer's SPIFFE ID when its chain verified
+// (and it was refused on other grounds).
+func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback reason.Reason, transport string) (reason.Reason, spiffeid.ID) {
 	why := reason.Of(err)
 	var peer spiffeid.ID
 	var extra []slog.Attr
@@ -968,6 +990,7 @@ func (p *Proxy) refuse(l *listener, start time.Time, err error, fallback reason.
 	p.access(l, start, peer, nil, "deny", why, relay.Result{}, transport, extra...)
 	p.log.Debug("proxy: handshake refused", slog.String(logkey.Listener, l.name),
 		slog.String(logkey.Reason, string(why)), slog.String(logkey.Error, err.Error()))
+	return why, peer
 }
 
 // refuseAtAccept records an inbound connection closed before its

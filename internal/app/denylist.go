@@ -17,6 +17,10 @@ import (
 type denyList struct {
 	list *revoke.List
 	run  func(context.Context) error
+	// shared, with Redis, is where anomaly detection's revocations go to
+	// reach every sidecar; nil with a file (the sidecar cannot write a
+	// ConfigMap).
+	shared revoke.Store
 }
 
 // redisLoadTimeout bounds the first read of the deny list from Redis.
@@ -49,7 +53,7 @@ func newDenyList(ctx context.Context, cfg *config.Revocation, log *slog.Logger) 
 	} else {
 		log.Info("revocation list: loaded", slog.String(logkey.Redis, cfg.RedisAddr), slog.Int(logkey.Entries, list.Len()))
 	}
-	return &denyList{list: list, run: func(ctx context.Context) error {
+	return &denyList{list: list, shared: &revoke.RedisStore{Client: client, Key: cfg.RedisKey}, run: func(ctx context.Context) error {
 		defer client.Close()
 		return src.Run(ctx)
 	}}, nil

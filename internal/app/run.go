@@ -31,6 +31,7 @@ import (
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/quicmux"
+	"github.com/credflow/credflow/proxy/revoke"
 	"github.com/credflow/credflow/token/edge"
 	"github.com/credflow/credflow/token/exchange"
 )
@@ -181,10 +182,21 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	var shared revoke.Store
+	if deny != nil {
+		shared = deny.shared
+	}
+	detect, err := newDetection(cfg.Anomaly, reg, log, shared)
+	if err != nil {
+		return err
+	}
 	pc := proxyConfig(cfg, src, log, pm)
 	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
 	if deny != nil {
 		pc.Revoked = deny.list
+	}
+	if detect != nil {
+		pc.Anomaly = detect.detector
 	}
 	var exchanger *edge.Exchanger
 	if cfg.Edge != nil {
@@ -196,6 +208,9 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	p, err := proxy.New(pc)
 	if err != nil {
 		return err
+	}
+	if detect != nil {
+		detect.proxy = p
 	}
 	if err := p.Listen(); err != nil {
 		return err
@@ -223,6 +238,9 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if deny != nil {
 		go deny.run(srcCtx)
 	}
+	if detect != nil {
+		go detect.run(srcCtx)
+	}
 	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
 	bundlesDone := make(chan struct{})
 	go func() { defer close(bundlesDone); bundles.run(srcCtx, src.Changed) }()
@@ -239,6 +257,8 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 			NegotiatedGroups:                p.NegotiatedGroups,
 			PolicyTrustDomainsWithoutBundle: bundles.missing,
 			Credentials:                     creds.states,
+			Quarantined:                     detectQuarantined(detect),
+			Lift:                            detectLift(detect),
 			Pprof:                           cfg.Pprof,
 			Ready: func() error {
 				if p.Draining() {

@@ -81,6 +81,8 @@ type Config struct {
 	HandshakesPerSource int
 	// Revocation is where the deny list comes from; nil: no deny list.
 	Revocation *Revocation
+	// Anomaly is anomaly detection; nil: none.
+	Anomaly *Anomaly
 	// GlobalLimits is limits.global: the rate limit service inbound
 	// listeners with limits.global count against; nil when not set.
 	GlobalLimits *limit.GlobalConfig
@@ -390,6 +392,9 @@ func Parse(data []byte) (*Config, error) {
 	v.globalUsed(c)
 	if f.Revocation != nil {
 		c.Revocation = v.revocation("revocation", f.Revocation)
+	}
+	if f.Anomaly != nil {
+		c.Anomaly = v.anomaly("anomaly", f.Anomaly)
 	}
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {

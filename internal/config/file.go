@@ -28,6 +28,55 @@ type file struct {
 	Outbound      []fileOutbound   `yaml:"outbound"`
 	Credentials   []fileCredential `yaml:"credentials"`
 	Revocation    *fileRevocation  `yaml:"revocation"`
+	Anomaly       *fileAnomaly     `yaml:"anomaly"`
+}
+
+// fileAnomaly is anomaly detection (proxy/anomaly).
+type fileAnomaly struct {
+	RefusalBurst   *fileBurst   `yaml:"refusal_burst"`
+	TokenFailures  *fileBurst   `yaml:"token_failures"`
+	RateSpike      *fileSpike   `yaml:"rate_spike"`
+	NewCaller      *fileNovelty `yaml:"new_caller"`
+	MaxSubjects    int          `yaml:"max_subjects"`
+	MaxCallers     int          `yaml:"max_callers"`
+	MaxQuarantined int          `yaml:"max_quarantined"`
+	Webhook        *fileWebhook `yaml:"webhook"`
+}
+
+// Each detector has its response fields (action, for, cooldown) of its
+// own: the walker that checks a document knows no inline structs.
+type fileBurst struct {
+	Count    int      `yaml:"count"`
+	Window   duration `yaml:"window"`
+	Action   string   `yaml:"action"`
+	For      duration `yaml:"for"`
+	Cooldown duration `yaml:"cooldown"`
+}
+
+type fileSpike struct {
+	Factor   float64  `yaml:"factor"`
+	MinRate  float64  `yaml:"min_rate"`
+	HalfLife duration `yaml:"half_life"`
+	Interval duration `yaml:"interval"`
+	WarmUp   duration `yaml:"warm_up"`
+	Action   string   `yaml:"action"`
+	For      duration `yaml:"for"`
+	Cooldown duration `yaml:"cooldown"`
+}
+
+type fileNovelty struct {
+	Routes   []string `yaml:"routes"`
+	LearnFor duration `yaml:"learn_for"`
+	Action   string   `yaml:"action"`
+	For      duration `yaml:"for"`
+	Cooldown duration `yaml:"cooldown"`
+}
+
+type fileWebhook struct {
+	URL     string            `yaml:"url"`
+	Labels  map[string]string `yaml:"labels"`
+	Timeout duration          `yaml:"timeout"`
+	Queue   int               `yaml:"queue"`
 }
 
 // fileRevocation is where the deny list comes from (proxy/revoke): a

@@ -996,3 +996,132 @@ func (v *validator) revocation(field string, f *fileRevocation) *Revocation {
 	}
 	return r
 }
+
+// Anomaly is anomaly detection: the detectors (each off unless set), the
+// caps of its state, and the webhook its events go to. internal/app turns
+// it into a proxy/anomaly.Config.
+type Anomaly struct {
+	RefusalBurst, TokenFailures Burst
+	RateSpike                   Spike
+	NewCaller                   Novelty
+	MaxSubjects, MaxCallers     int // 0: the package's defaults
+	MaxQuarantined              int
+	Webhook                     *Webhook
+}
+
+// Response is what a detector does: Action alert, quarantine or revoke;
+// For, how long a quarantine lasts; Cooldown, the quiet time after an
+// event. Zero durations take the package's defaults.
+type Response struct {
+	Action        string
+	For, Cooldown time.Duration
+}
+
+// Burst is refusal_burst or token_failures; Count 0 is off.
+type Burst struct {
+	Count  int
+	Window time.Duration
+	Response
+}
+
+// Spike is rate_spike; Factor 0 is off.
+type Spike struct {
+	Factor, MinRate            float64
+	HalfLife, Interval, WarmUp time.Duration
+	Response
+}
+
+// Novelty is new_caller; no Routes is off.
+type Novelty struct {
+	Routes   []string
+	LearnFor time.Duration
+	Response
+}
+
+// Webhook is where anomaly events are POSTed (Alertmanager's v2 API).
+type Webhook struct {
+	URL     string
+	Labels  map[string]string
+	Timeout time.Duration
+	Queue   int
+}
+
+// maxAnomalyRoutes is the most routes new_caller may watch.
+const maxAnomalyRoutes = 64
+
+// anomaly checks the anomaly section.
+func (v *validator) anomaly(field string, f *fileAnomaly) *Anomaly {
+	a := &Anomaly{MaxSubjects: f.MaxSubjects, MaxCallers: f.MaxCallers, MaxQuarantined: f.MaxQuarantined}
+	response := func(field, action string, forD, cooldown duration) Response {
+		switch action {
+		case "", "alert", "quarantine", "revoke":
+		default:
+			v.fail(field+".action", "%q is not alert, quarantine or revoke (default alert)", action)
+		}
+		r := Response{Action: action, For: forD.or(0), Cooldown: cooldown.or(0)}
+		if r.For < 0 || r.Cooldown < 0 {
+			v.fail(field, "for and cooldown must be positive")
+		}
+		return r
+	}
+	burst := func(field string, b *fileBurst) Burst {
+		if b == nil {
+			return Burst{}
+		}
+		if b.Count <= 0 || b.Count > maxRate {
+			v.fail(field+".count", "%d: the refusals allowed in a burst, 1 to 1000000", b.Count)
+		}
+		w := b.Window.or(0)
+		if w < 0 || (b.Window.set && w < time.Second) {
+			v.fail(field+".window", "%s: at least 1s (default 1m)", w)
+		}
+		return Burst{Count: b.Count, Window: w, Response: response(field, b.Action, b.For, b.Cooldown)}
+	}
+	a.RefusalBurst = burst(field+".refusal_burst", f.RefusalBurst)
+	a.TokenFailures = burst(field+".token_failures", f.TokenFailures)
+	if s := f.RateSpike; s != nil {
+		sf := field + ".rate_spike"
+		if s.Factor <= 1 || s.Factor > maxRate {
+			v.fail(sf+".factor", "%g: how many times the baseline, more than 1", s.Factor)
+		}
+		if s.MinRate < 0 || s.MinRate > maxRate {
+			v.fail(sf+".min_rate", "%g is not a rate per second (default 10)", s.MinRate)
+		}
+		a.RateSpike = Spike{Factor: s.Factor, MinRate: s.MinRate, HalfLife: s.HalfLife.or(0), Interval: s.Interval.or(0),
+			WarmUp: s.WarmUp.or(0), Response: response(sf, s.Action, s.For, s.Cooldown)}
+		if a.RateSpike.Interval < 0 || (s.Interval.set && a.RateSpike.Interval < 100*time.Millisecond) {
+			v.fail(sf+".interval", "%s: at least 100ms (default 1s)", a.RateSpike.Interval)
+		}
+		if a.RateSpike.HalfLife < 0 || a.RateSpike.WarmUp < 0 {
+			v.fail(sf, "half_life and warm_up must be positive")
+		}
+	}
+	if n := f.NewCaller; n != nil {
+		nf := field + ".new_caller"
+		if len(n.Routes) == 0 || len(n.Routes) > maxAnomalyRoutes {
+			v.fail(nf+".routes", "%d routes: 1 to %d route names (inbound[].routes[].name) or listener names", len(n.Routes), maxAnomalyRoutes)
+		}
+		a.NewCaller = Novelty{Routes: n.Routes, LearnFor: n.LearnFor.or(0), Response: response(nf, n.Action, n.For, n.Cooldown)}
+		if a.NewCaller.LearnFor < 0 {
+			v.fail(nf+".learn_for", "must be positive")
+		}
+	}
+	for name, n := range map[string]int{"max_subjects": f.MaxSubjects, "max_callers": f.MaxCallers, "max_quarantined": f.MaxQuarantined} {
+		if n < 0 || n > maxRate {
+			v.fail(field+"."+name, "%d: 1 to 1000000 (0 or absent: 10000)", n)
+		}
+	}
+	if a.RefusalBurst.Count == 0 && a.TokenFailures.Count == 0 && a.RateSpike.Factor == 0 && len(a.NewCaller.Routes) == 0 {
+		v.fail(field, "no detector is configured (refusal_burst, token_failures, rate_spike, new_caller)")
+	}
+	if w := f.Webhook; w != nil {
+		a.Webhook = &Webhook{URL: w.URL, Labels: w.Labels, Timeout: w.Timeout.or(0), Queue: w.Queue}
+		if u, err := url.Parse(w.URL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			v.fail(field+".webhook.url", "%q is not an http(s) URL", w.URL)
+		}
+		if a.Webhook.Timeout < 0 || a.Webhook.Timeout > time.Minute || w.Queue < 0 || w.Queue > maxRate {
+			v.fail(field+".webhook", "timeout up to 1m (default 5s), queue up to 1000000 (default 256)")
+		}
+	}
+	return a
+}
