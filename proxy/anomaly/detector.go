@@ -258,10 +258,15 @@ func (d *Detector) fire(i int, o Observation, ev Evidence) Action {
 	e := Event{Detector: rules[i], Subject: o.Subject, Action: r.Action, Time: o.Time, Evidence: ev}
 	if r.Action.quarantines() {
 		e.Until = o.Time.Add(r.For)
-		d.q.Add(o.Subject, e.Until, e.Detector)
 	}
+	// The token is revoked before the subject is quarantined: the
+	// quarantine closes the subject's connections, and whoever sees them
+	// closed must find the token revoked already.
 	if r.Action == ActionRevoke && d.opts.OnRevoke != nil {
 		d.opts.OnRevoke(e, o.JTI)
+	}
+	if r.Action.quarantines() {
+		d.q.Add(o.Subject, e.Until, e.Detector)
 	}
 	for _, s := range d.opts.Sinks {
 		s.Emit(e)
