@@ -245,3 +245,58 @@ func TestParseRevocation(t *testing.T) {
 		}
 	}
 }
+
+const anomalyConfig = `
+inbound:
+  - {name: api, listen: 0.0.0.0:15006, app: 127.0.0.1:8080, allow: [spiffe://example.org]}
+anomaly:
+  refusal_burst: {count: 20, window: 30s, action: quarantine, for: 5m}
+  token_failures: {count: 10, action: revoke, for: 10m, cooldown: 1m}
+  rate_spike: {factor: 10, min_rate: 20, half_life: 2m, interval: 1s, warm_up: 5m}
+  new_caller: {routes: [export, api], learn_for: 1h}
+  max_subjects: 20000
+  webhook: {url: "http://alertmanager:9093/api/v2/alerts", labels: {pod: frontend-0}, timeout: 2s, queue: 100}
+`
+
+// TestParseAnomaly: every detector's settings, defaults left to the
+// package; mistakes named.
+func TestParseAnomaly(t *testing.T) {
+	c, err := config.Parse([]byte(anomalyConfig))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := c.Anomaly
+	want := &config.Anomaly{
+		RefusalBurst:  config.Burst{Count: 20, Window: 30 * time.Second, Response: config.Response{Action: "quarantine", For: 5 * time.Minute}},
+		TokenFailures: config.Burst{Count: 10, Response: config.Response{Action: "revoke", For: 10 * time.Minute, Cooldown: time.Minute}},
+		RateSpike:     config.Spike{Factor: 10, MinRate: 20, HalfLife: 2 * time.Minute, Interval: time.Second, WarmUp: 5 * time.Minute},
+		NewCaller:     config.Novelty{Routes: []string{"export", "api"}, LearnFor: time.Hour},
+		MaxSubjects:   20000,
+		Webhook:       &config.Webhook{URL: "http://alertmanager:9093/api/v2/alerts", Labels: map[string]string{"pod": "frontend-0"}, Timeout: 2 * time.Second, Queue: 100},
+	}
+	if !reflect.DeepEqual(a, want) {
+		t.Errorf("anomaly:\n got %+v\nwant %+v", a, want)
+	}
+	for _, bad := range []struct{ name, from, to, want string }{
+		{"unknown action", "action: quarantine", "action: ban", `anomaly.refusal_burst.action: "ban" is not alert, quarantine or revoke`},
+		{"zero count", "count: 20", "count: 0", "anomaly.refusal_burst.count: 0"},
+		{"factor 1", "factor: 10", "factor: 1", "anomaly.rate_spike.factor: 1"},
+		{"no routes", "routes: [export, api]", "routes: []", "anomaly.new_caller.routes: 0 routes"},
+		{"bad webhook", `url: "http://alertmanager:9093/api/v2/alerts"`, `url: "alertmanager:9093"`, "anomaly.webhook.url"},
+		{"typo", "half_life: 2m", "halflife: 2m", "anomaly.rate_spike.halflife: unknown field"},
+	} {
+		t.Run(bad.name, func(t *testing.T) {
+			f := strings.Replace(anomalyConfig, bad.from, bad.to, 1)
+			if f == anomalyConfig {
+				t.Fatalf("%q not in the file", bad.from)
+			}
+			if _, err := config.Parse([]byte(f)); err == nil || !strings.Contains(err.Error(), bad.want) {
+				t.Fatalf("error %v, want one naming %q", err, bad.want)
+			}
+		})
+	}
+	if _, err := config.Parse([]byte("inbound:\n  - {name: api, listen: 0.0.0.0:15006, app: 127.0.0.1:8080, allow: [spiffe://example.org]}\nanomaly: {max_subjects: 5}\n")); err == nil ||
+		!strings.Contains(err.Error(), "anomaly: no detector is configured") {
+		t.Errorf("no detector: %v", err)
+	}
+}
