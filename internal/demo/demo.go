@@ -5,8 +5,10 @@
 // what happened. Then the frontend app calls an external HTTPS API with no
 // credential of its own: its sidecar obtains an OAuth token from a real
 // Ory Hydra with its JWT-SVID, reads an API key from a mounted secret,
-// injects both, and moves to a rotated key. It stops every process it
-// started.
+// injects both, and moves to a rotated key. Last, the frontend hits its
+// rate limit on an orders API, the intruder's burst of forged tokens gets
+// it quarantined, and an operator's revocation closes the frontend's live
+// connection. It stops every process it started.
 package demo
 
 import (
@@ -90,6 +92,11 @@ func Run(ctx context.Context, out io.Writer) error {
 		return err
 	}
 	defer ext.close()
+	pr, err := startProtection(s.Dir())
+	if err != nil {
+		return err
+	}
+	defer pr.close()
 
 	var addr [4]string
 	for i := range addr {
@@ -113,9 +120,10 @@ func Run(ctx context.Context, out io.Writer) error {
 		uid        int
 		name, conf string
 	}{
-		{1002, "backend", common + fmt.Sprintf("inbound:\n  - name: app\n    listen: %q\n    app: %q\n    allow: [spiffe://example.org/frontend]\n", inbound, echo)},
-		{1001, "frontend", outbound(frontOut) + ext.config(egress)},
-		{1003, "intruder", outbound(intruderOut)},
+		{1002, "backend", common + fmt.Sprintf("inbound:\n  - name: app\n    listen: %q\n    app: %q\n    allow: [spiffe://example.org/frontend]\n", inbound, echo) +
+			pr.backendConfig()},
+		{1001, "frontend", outbound(frontOut) + pr.outboundConfig(pr.frontAPI) + ext.config(egress)},
+		{1003, "intruder", outbound(intruderOut) + pr.outboundConfig(pr.intrudeAPI)},
 	} {
 		sc, err := sidecartest.Start(ctx, s, bin, w.uid, w.name, w.conf, time.Minute)
 		if err != nil {
@@ -146,10 +154,31 @@ func Run(ctx context.Context, out io.Writer) error {
 	if err := ext.story(ctx, say, frontend, egress); err != nil {
 		return err
 	}
+	if err := pr.story(ctx, say, bin, backend, frontOut); err != nil {
+		return err
+	}
+	time.Sleep(300 * time.Millisecond) // let the access log lines land
 
 	say("\n== what happened (backend sidecar access log)")
+	orders := map[string]int{}
+	var kinds []string
 	for _, line := range backend.LogLines(`"msg":"access"`) {
-		say("   %s", describe(line))
+		if !strings.Contains(line, `"listener":"orders"`) {
+			say("   %s", describe(line))
+			continue
+		}
+		k := fmt.Sprintf("%-5s %-32s", strings.ToUpper(jsonField(line, "decision")), jsonField(line, "peer_id"))
+		if why := jsonField(line, "reason"); why != "" {
+			k += " reason=" + why
+		}
+		if orders[k] == 0 {
+			kinds = append(kinds, k)
+		}
+		orders[k]++
+	}
+	say("   orders API, by peer and decision:")
+	for _, k := range kinds {
+		say("   %s x%d", k, orders[k])
 	}
 	say("\n== identities (from each sidecar's /debug/identity)")
 	for _, sc := range sidecars {
@@ -177,6 +206,10 @@ func Run(ctx context.Context, out io.Writer) error {
 		{intruder, "credflow_refusals_total", []string{"direction=outbound", "reason=peer_refused"}},
 		{frontend, "credflow_credential_fetches_total", []string{"credential=payments-token"}},
 		{frontend, "credflow_credential_usable", []string{"credential=payments-key"}},
+		{backend, "credflow_refusals_total", []string{"direction=inbound", "reason=rate_limited"}},
+		{backend, "credflow_refusals_total", []string{"direction=inbound", "reason=bad_token"}},
+		{backend, "credflow_anomalies_total", []string{"detector=token_failures", "action=quarantine"}},
+		{backend, "credflow_connections_closed_total", []string{"direction=inbound", "reason=revoked"}},
 	} {
 		v, err := q.sc.Metric(ctx, q.name, q.labels...)
 		if err != nil {

@@ -12,8 +12,9 @@ import (
 )
 
 // TestDemo runs `make demo`'s program and checks that its output shows the
-// allowed calls and the refused one, and the external API called with
-// injected credentials, before and after a key rotation.
+// allowed calls and the refused one, the external API called with
+// injected credentials, before and after a key rotation, the limits,
+// the intruder quarantined and the revocation closing a live connection.
 func TestDemo(t *testing.T) {
 	testenv.NeedsSPIRE(t)
 	testenv.NeedsRoot(t, "the demo, which runs workloads as other uids,")
@@ -34,6 +35,13 @@ func TestDemo(t *testing.T) {
 		"POST /v1/charges 200 upstream=",
 		"injected=payments-token,payments-key",
 		"credflow_credential_fetches_total{credential=payments-token} 1",
+		"refused 429 rate_limited (with Retry-After) by the backend sidecar",
+		"anomaly detector=token_failures subject=spiffe://example.org/intruder action=quarantine",
+		"spiffe://example.org/intruder  ",
+		"DENY  spiffe://example.org/intruder    reason=bad_token x6",
+		"meanwhile the frontend's calls still answer 200",
+		"the backend sidecar closed the live connection",
+		"credflow_anomalies_total{detector=token_failures,action=quarantine} 1",
 	} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the demo's output lacks %q:\n%s", want, out.String())
