@@ -262,3 +262,40 @@ func TestAnomalySourceQuarantine(t *testing.T) {
 	}
 	resp.Body.Close()
 }
+
+// TestAnomalyUnobserved: a listener kept from anomaly detection feeds it
+// nothing: a burst of bad tokens there quarantines no one.
+func TestAnomalyUnobserved(t *testing.T) {
+	ca := testca.New(t, td)
+	det, err := anomaly.New(anomaly.Config{TokenFailures: anomaly.Burst{Count: 2, Response: anomaly.Response{Action: anomaly.ActionQuarantine}}}, anomaly.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	anyone := policy(t, "spiffe://example.org")
+	all, _ := route.ParsePath("/*")
+	p, _ := startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
+		Bundles: x509bundle.NewSet(ca.Bundle()),
+		Anomaly: det,
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: "127.0.0.1:1", Allow: anyone, Unobserved: true,
+			HTTP: &proxy.InboundHTTP{Routes: route.Table{Rules: []route.Rule{{Peers: anyone, Paths: []route.Path{all}}}},
+				TxnMinters: policy(t, "spiffe://example.org/edge")}}},
+	})
+	c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true,
+		TLSClientConfig: clientConfig(ca.Issue(t, spiffeid.RequireFromPath(td, "/intruder")))}}
+	for range 5 {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+p.Addr("app").String()+"/", nil)
+		req.Header.Set(txn.Header, "not.a.token")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusUnauthorized {
+			t.Fatalf("bad token on an unobserved listener: %d", resp.StatusCode)
+		}
+	}
+	if n := det.Tracked(); n != 0 || len(det.Quarantine().List(time.Now())) != 0 {
+		t.Errorf("an unobserved listener fed the detector: %d subjects tracked, quarantine %v", n, det.Quarantine().List(time.Now()))
+	}
+}

@@ -138,10 +138,10 @@ func (p *Proxy) Revalidate() {
 	}
 }
 
-// observe hands the outcome of an inbound connection or request to
-// anomaly detection.
-func (p *Proxy) observe(o anomaly.Observation) {
-	if d := p.cfg.Anomaly; d != nil {
+// observe hands the outcome of an inbound connection or request on l to
+// anomaly detection, unless l is unobserved.
+func (p *Proxy) observe(l *listener, o anomaly.Observation) {
+	if d := p.cfg.Anomaly; d != nil && l.observed.Load() {
 		d.Observe(o)
 	}
 }

@@ -403,7 +403,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	}
 	req := &Request{HTTP: r, Listener: l.name, Peer: peer}
 	why := s.filters.run(req)
-	p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Request, Route: req.Route, Reason: why, JTI: req.JTI})
+	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Request, Route: req.Route, Reason: why, JTI: req.JTI})
 	if why != "" {
 		isError := why.Info().Status >= 500
 		p.m.refused(l.dir, why, isError)

@@ -105,6 +105,9 @@ type Inbound struct {
 	// request answered 429 (gRPC RESOURCE_EXHAUSTED) with Retry-After,
 	// both with the reason rate_limited.
 	Limits limit.Config
+	// Unobserved keeps the listener's outcomes from anomaly detection
+	// (Config.Anomaly); the quarantine still bars its peers.
+	Unobserved bool
 }
 
 // Outbound is a listener that accepts the app's plain TCP and relays it
@@ -309,8 +312,9 @@ type listener struct {
 	conns  sync.WaitGroup
 	mode   mode // what the listener does with its socket (modes.go)
 
-	callers atomic.Pointer[peercred.Callers] // outbound: the local users allowed
-	limiter atomic.Pointer[limit.Limiter]    // inbound: nil when no limits are set
+	callers  atomic.Pointer[peercred.Callers] // outbound: the local users allowed
+	limiter  atomic.Pointer[limit.Limiter]    // inbound: nil when no limits are set
+	observed atomic.Bool                      // inbound: outcomes go to anomaly detection
 }
 
 // conn is an established connection between sidecars, tracked so that it
@@ -435,6 +439,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, err
 		}
 		l.setLimits(in.Limits)
+		l.observed.Store(!in.Unobserved)
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.verifyInbound}.Server()
 		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
@@ -741,6 +746,7 @@ func (p *Proxy) Apply(in []Inbound, out []Outbound) error {
 		l := p.listener(in.Name)
 		l.policy.Store(&in.Allow)
 		l.setLimits(in.Limits)
+		l.observed.Store(!in.Unobserved)
 		if h := l.httpIn(); in.HTTP != nil {
 			h.settings.Store(p.newHTTPSettings(l, *in.HTTP, h.settings.Load()))
 		}
@@ -918,7 +924,7 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 			return
 		}
 		why, peer := p.refuse(l, start, err, reason.HandshakeFailed, "tcp")
-		p.observe(anomaly.Observation{Subject: subjectOf(peer, sourceOf(raw)), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
+		p.observe(l, anomaly.Observation{Subject: subjectOf(peer, sourceOf(raw)), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
 		return
 	}
 	peer, _ := peerOf(cs)
@@ -938,12 +944,12 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 			tc.Close()
 			p.m.refused(l.dir, why, false)
 			p.access(l, start, peer, cs, "deny", why, relay.Result{}, "tcp")
-			p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
+			p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
 			return
 		}
 		defer release()
 	}
-	p.observe(anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name})
+	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name})
 	m.serveConn(ctx, p, l, tc, cs, start)
 }
 

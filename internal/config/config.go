@@ -187,6 +187,9 @@ type Inbound struct {
 	HTTP *InboundHTTP
 	// Limits are the listener's rate limits; the zero value sets none.
 	Limits limit.Config
+	// Unobserved is anomaly: false: the listener's outcomes are kept
+	// from anomaly detection.
+	Unobserved bool
 }
 
 // InboundHTTP is an inbound listener's protocol: http settings

@@ -46,6 +46,7 @@ var hotReload = []string{
 	"inbound[*].limits.concurrent_per_identity",
 	"inbound[*].limits.max_identities",
 	"inbound[*].limits.global.requests",
+	"inbound[*].anomaly",
 	"inbound[*].limits.global.connections",
 	"outbound[*].expect",
 	"outbound[*].callers.uids",

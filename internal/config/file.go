@@ -190,6 +190,7 @@ type fileInbound struct {
 	JWT                  fileInboundJWT `yaml:"jwt"`
 	TxnToken             fileTxnVerify  `yaml:"txn_token"`
 	Limits               *fileLimitsIn  `yaml:"limits"`
+	Anomaly              *bool          `yaml:"anomaly"`
 }
 
 // fileLimitsIn is an inbound listener's limits (proxy/limit).

@@ -277,6 +277,13 @@ func TestParseAnomaly(t *testing.T) {
 	if !reflect.DeepEqual(a, want) {
 		t.Errorf("anomaly:\n got %+v\nwant %+v", a, want)
 	}
+	if c.Inbound[0].Unobserved {
+		t.Error("inbound[0] unobserved by default")
+	}
+	c, err = config.Parse([]byte(strings.Replace(anomalyConfig, "allow: [spiffe://example.org]}", "allow: [spiffe://example.org], anomaly: false}", 1)))
+	if err != nil || !c.Inbound[0].Unobserved {
+		t.Errorf("inbound[0].anomaly: false: %v", err)
+	}
 	for _, bad := range []struct{ name, from, to, want string }{
 		{"unknown action", "action: quarantine", "action: ban", `anomaly.refusal_burst.action: "ban" is not alert, quarantine or revoke`},
 		{"zero count", "count: 20", "count: 0", "anomaly.refusal_burst.count: 0"},

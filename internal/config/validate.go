@@ -358,6 +358,7 @@ func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration)
 		v.fail(field+".app", "%v", err)
 	}
 	ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: v.policy(field+".allow", in.Allow), QUICListen: in.QUIC}
+	ib.Unobserved = in.Anomaly != nil && !*in.Anomaly
 	if in.Limits != nil {
 		ib.Limits = v.limits(field+".limits", in.Limits)
 		if in.Limits.Requests != nil && in.Protocol != "http" {
