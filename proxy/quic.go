@@ -11,6 +11,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/anomaly"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
@@ -78,9 +80,47 @@ func (p *Proxy) serveQUICConn(ctx context.Context, l *listener, qc *quicmux.Conn
 		l.conns.Add(1)
 		p.wg.Go(func() {
 			defer func() { p.slots.release(l.dir); l.conns.Done() }()
+			release, ok := p.admitStream(ctx, l, cs, peer, s)
+			if !ok {
+				return
+			}
+			defer release()
 			p.serveStream(ctx, l, cs, peer, s)
 		})
 	}
+}
+
+// admitStream applies the listener's connection limits to a stream, an
+// app connection as a TCP one is: the peer's new connections per second,
+// its open connections, the global budget. A stream refused is reset
+// with CodeLimited. When it is admitted, release must be called once it
+// ends.
+func (p *Proxy) admitStream(ctx context.Context, l *listener, cs *tls.ConnectionState, peer spiffeid.ID, s *quicmux.Stream) (release func(), ok bool) {
+	start := time.Now()
+	lim := l.limiter.Load()
+	if lim == nil {
+		p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name})
+		return func() {}, true
+	}
+	release, _, ok = lim.Connect(peer, start)
+	why := reason.Reason("")
+	switch {
+	case !ok:
+		why = reason.RateLimited
+	case lim.Config().Global.Connections:
+		why, _ = p.checkGlobal(ctx, limit.Hit{Listener: l.name, Kind: limit.KindConnection, Peer: peer})
+	}
+	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
+	if why == "" {
+		return release, true
+	}
+	if ok {
+		release()
+	}
+	s.Refuse(quicmux.CodeLimited)
+	p.m.refused(l.dir, why, false)
+	p.access(l, start, peer, cs, "deny", why, relay.Result{}, "quic")
+	return nil, false
 }
 
 func (p *Proxy) serveStream(ctx context.Context, l *listener, cs *tls.ConnectionState, peer spiffeid.ID, s *quicmux.Stream) {

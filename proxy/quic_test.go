@@ -18,6 +18,7 @@ import (
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/quicmux"
 )
 
@@ -38,7 +39,8 @@ type quicOpts struct {
 	maxStreams int64
 	quicAddr   string // outbound QUIC upstream; default the inbound's
 	handshake  time.Duration
-	client     string // outbound SVID path
+	client     string       // outbound SVID path
+	limits     limit.Config // the inbound listener's
 }
 
 func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *prometheus.Registry) {
@@ -75,7 +77,7 @@ func startQUICPair(t *testing.T, ca *testca.CA, o quicOpts) *quicPair {
 	inP, inReg := startProxy(t, proxy.Config{
 		SVIDs:       static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))},
 		Bundles:     bundles,
-		Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, o.allow), QUICListen: "127.0.0.1:0"}},
+		Inbound:     []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, o.allow), QUICListen: "127.0.0.1:0", Limits: o.limits}},
 		KeyExchange: o.inKex,
 		QUIC:        quicmux.Limits{MaxStreams: o.maxStreams},
 	})
@@ -222,4 +224,25 @@ func TestQUICStreamLimit(t *testing.T) {
 	}
 	qp.out.waitMetric(t, 1, "credflow_quic_fallbacks_total", "reason=stream_limit")
 	qp.in.waitMetric(t, 3, "credflow_quic_streams_total")
+}
+
+// TestQUICConnectionLimits: a stream is an app connection, and the inbound
+// listener's connection limits apply to it as to a TCP one: past the
+// peer's burst of new connections, a stream is refused (rate_limited),
+// counted and logged.
+func TestQUICConnectionLimits(t *testing.T) {
+	ca := testca.New(t, td)
+	qp := startQUICPair(t, ca, quicOpts{limits: limit.Config{Connections: limit.Limits{PerIdentity: limit.Rate{PerSecond: slow, Burst: 3}}}})
+	for i := range 3 {
+		if got := roundTrip(t, qp.outAddr, []byte("hello")); string(got) != "hello" {
+			t.Fatalf("app connection %d of a burst of 3: %q", i+1, got)
+		}
+	}
+	if got := roundTrip(t, qp.outAddr, []byte("hello")); len(got) != 0 {
+		t.Errorf("a fourth app connection past the burst of 3: %q echoed", got)
+	}
+	qp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=rate_limited")
+	if n := qp.in.metric(t, "credflow_quic_streams_total"); n != 3 {
+		t.Errorf("credflow_quic_streams_total = %v; want the 3 admitted", n)
+	}
 }

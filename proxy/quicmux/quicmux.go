@@ -40,6 +40,7 @@ const (
 	CodeAppDown   quic.StreamErrorCode = 3 // the app refused the connection
 	CodeAbort     quic.StreamErrorCode = 4 // the relay ended on an error, or had no room to start
 	CodeDraining  quic.StreamErrorCode = 5 // the inbound sidecar is draining
+	CodeLimited   quic.StreamErrorCode = 6 // past the peer's connection limits (rate_limited)
 )
 
 // Connection error codes: why a connection was closed.
