@@ -165,6 +165,16 @@ func (pr *protection) story(ctx context.Context, say func(string, ...any), bin s
 	for _, l := range strings.Split(strings.TrimSpace(string(list)), "\n") {
 		say("     %s", l)
 	}
+	lift := []string{"quarantine", "lift", "-admin", backend.Admin, "spiffe://example.org/intruder"}
+	if out, err := exec.CommandContext(ctx, bin, lift...).CombinedOutput(); err != nil {
+		return fmt.Errorf("credflow quarantine lift: %v\n%s", err, out)
+	}
+	say("   $ credflow %s", strings.Join(lift, " "))
+	code, why, err := get(pr.intrudeAPI, "Bearer forged.token.value")
+	if err != nil || why != "bad_token" {
+		return fmt.Errorf("the intruder after its quarantine was lifted: %d %q %v; want its forged token refused (bad_token)", code, why, err)
+	}
+	say("   the intruder's sidecar connects again; its next forged token: %d %s (the detector stays quiet for its cooldown)", code, why)
 	if code, _, err := get(pr.frontAPI, ""); err != nil || code != http.StatusOK {
 		// The limit's bucket refills at 5 a second: wait a moment.
 		time.Sleep(time.Second)
