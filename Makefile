@@ -24,8 +24,9 @@ SPIRE_BINS := $(BIN)/spire-server $(BIN)/spire-agent
 GHOSTUNNEL := $(BIN)/ghostunnel
 HYDRA := $(BIN)/hydra
 RATELIMIT := $(BIN)/ratelimit
+JAEGER := $(BIN)/jaeger
 
-.PHONY: all build bench-bin spire hydra ratelimit ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
+.PHONY: all build bench-bin spire hydra ratelimit jaeger ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
 
 all: build
 
@@ -67,6 +68,16 @@ $(RATELIMIT): deploy/ratelimit/go.mod deploy/ratelimit/go.sum | deps
 	cd deploy/ratelimit && $(GO) build -trimpath -o ../../$(BIN)/ratelimit github.com/envoyproxy/ratelimit/src/service_cmd
 	@touch $(RATELIMIT)
 
+## jaeger: Jaeger v1.75.0 (github.com/jaegertracing/jaeger/cmd/jaeger), the tracing backend of the
+## tracing tests (in-memory storage, OTLP receiver, query API), built from the module pinned in
+## deploy/jaeger, reused while present. A long build: several minutes the first time on two cores.
+jaeger: $(JAEGER)
+
+$(JAEGER): deploy/jaeger/go.mod deploy/jaeger/go.sum | deps
+	@echo "building Jaeger from deploy/jaeger (several minutes the first time on two cores)"
+	cd deploy/jaeger && $(GO) build -trimpath -o ../../$(BIN)/jaeger github.com/jaegertracing/jaeger/cmd/jaeger
+	@touch $(JAEGER)
+
 ## deps: Debian packages, installed only when a command is missing.
 deps:
 	@missing=; for c in $(APT_COMMANDS); do command -v $$c >/dev/null 2>&1 || missing="$$missing $$c"; done; \
@@ -78,7 +89,7 @@ deps:
 	$(GO) -C bench mod download
 
 ## test: everything — lint, unit and real-SPIRE tests (with the race detector), a short fuzz run.
-test: deps spire hydra ratelimit lint
+test: deps spire hydra ratelimit jaeger lint
 	$(GO) test -race -count=1 -timeout 30m ./...
 	$(GO) -C bench test -race -count=1 ./...
 	cd deploy/k8s && $(GO) test -count=1 ./...

@@ -99,7 +99,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = authority
 		},
-		Transport:     connectBound{rt: e.tr, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+		Transport:     p.traced(connectBound{rt: e.tr, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow egress "+l.name+" to "+l.target),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
@@ -137,6 +137,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rec := &outboundRequest{decision: "allow"}
+			r, rec.span = p.serverSpan(l, r)
 			r = r.WithContext(context.WithValue(r.Context(), outboundRequestKey{}, rec))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			req := &Request{HTTP: r, Listener: l.name}

@@ -19,6 +19,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
@@ -328,7 +330,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 			return nil
 		},
-		Transport:     appBound{rt: tr, limit: cfg.ResponseHeaderTimeout},
+		Transport:     p.traced(appBound{rt: tr, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -379,6 +381,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	r, span := p.serverSpan(l, r)
 	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
 	if hc != nil {
 		hc.served.Store(true)
@@ -404,6 +407,17 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	req := &Request{HTTP: r, Listener: l.name, Peer: peer}
 	why := s.filters.run(req)
 	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Request, Route: req.Route, Reason: why, JTI: req.JTI})
+	if span != nil {
+		var group []attribute.KeyValue
+		if r.TLS != nil {
+			group = append(group, attrGroup.String(GroupName(r.TLS.CurveID)))
+		}
+		status := 0
+		if why != "" {
+			status = why.Info().Status
+		}
+		defer endServerSpan(span, peer, req.Route, why, status, group...)
+	}
 	if why != "" {
 		isError := why.Info().Status >= 500
 		p.m.refused(l.dir, why, isError)
@@ -557,7 +571,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+		Transport:     p.traced(connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
@@ -601,6 +615,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rec := &outboundRequest{h: h, decision: "allow"}
+			r, rec.span = p.serverSpan(l, r)
 			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
@@ -673,6 +688,9 @@ type outboundRequest struct {
 	// responded are the filters' Request.OnResponse functions, set before
 	// the request goes on.
 	hooks []func(*http.Response)
+	// span is the request's server span, ended with its access-log line;
+	// nil without tracing.
+	span trace.Span
 }
 
 // outboundRequestKey is the context key of a request's *outboundRequest.
@@ -730,6 +748,15 @@ func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Re
 	decision, why, status, peer, extra := o.decision, o.why, o.status, o.peer, o.extra
 	o.mu.Unlock()
 	p.httpAccess(l, start, peer, r, decision, why, status, extra...)
+	if o.span != nil {
+		var attrs []attribute.KeyValue
+		for _, a := range extra {
+			if a.Key == logkey.Credential {
+				attrs = append(attrs, attrCred.String(a.Value.String()))
+			}
+		}
+		endServerSpan(o.span, peer, "", why, status, attrs...)
+	}
 }
 
 // errNoUpstreamConn fails a request that got no upstream connection in

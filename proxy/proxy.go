@@ -39,6 +39,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/logkey"
@@ -218,6 +219,10 @@ type Config struct {
 	// established connections of a peer put there; its OnRevoke,
 	// RevokeJTI.
 	Anomaly *anomaly.Detector
+	// Tracer, if set, traces the requests of the HTTP modes: a server and
+	// a client span per sidecar, the W3C trace context continued or
+	// started (tracing.go). Nil: no tracing, at no cost.
+	Tracer trace.TracerProvider
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that
@@ -289,6 +294,7 @@ type Proxy struct {
 	refusalLog  *rate.Limiter   // access-log lines of refusals at accept
 	refusalWarn *rate.Sometimes // the log's warning about them
 	global      *rls.Client     // the global rate limit service; nil when none is configured
+	tracer      trace.Tracer    // nil without Config.Tracer
 	localMu     sync.Mutex      // serializes RevokeJTI
 	localDeny   revoke.List     // jtis anomaly detection revoked on this sidecar
 	globalWarn  *rate.Sometimes // the log's warning that it gave no answer
@@ -412,6 +418,9 @@ func New(cfg Config) (*Proxy, error) {
 		globalWarn:  &rate.Sometimes{First: 1, Interval: 10 * time.Second},
 		conns:       make(map[*conn]struct{}),
 		groups:      make(map[string]int64),
+	}
+	if cfg.Tracer != nil {
+		p.tracer = cfg.Tracer.Tracer("github.com/credflow/credflow/proxy")
 	}
 	if cfg.GlobalLimits != nil {
 		g, err := rls.Dial(*cfg.GlobalLimits)

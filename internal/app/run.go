@@ -190,8 +190,18 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	traces, err := newTracing(cfg.Tracing, reg, log)
+	if err != nil {
+		return err
+	}
+	if traces != nil {
+		defer traces.stop()
+	}
 	pc := proxyConfig(cfg, src, log, pm)
 	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
+	if traces != nil {
+		pc.Tracer = traces.provider
+	}
 	if deny != nil {
 		pc.Revoked = deny.list
 	}

@@ -83,6 +83,8 @@ type Config struct {
 	Revocation *Revocation
 	// Anomaly is anomaly detection; nil: none.
 	Anomaly *Anomaly
+	// Tracing is the tracing of the HTTP modes; nil: none.
+	Tracing *Tracing
 	// GlobalLimits is limits.global: the rate limit service inbound
 	// listeners with limits.global count against; nil when not set.
 	GlobalLimits *limit.GlobalConfig
@@ -398,6 +400,9 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if f.Anomaly != nil {
 		c.Anomaly = v.anomaly("anomaly", f.Anomaly)
+	}
+	if f.Tracing != nil {
+		c.Tracing = v.tracing("tracing", f.Tracing)
 	}
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {

@@ -29,6 +29,17 @@ type file struct {
 	Credentials   []fileCredential `yaml:"credentials"`
 	Revocation    *fileRevocation  `yaml:"revocation"`
 	Anomaly       *fileAnomaly     `yaml:"anomaly"`
+	Tracing       *fileTracing     `yaml:"tracing"`
+}
+
+// fileTracing is the OpenTelemetry tracing of the HTTP modes.
+type fileTracing struct {
+	Endpoint    string   `yaml:"endpoint"`
+	Insecure    bool     `yaml:"insecure"`
+	SampleRatio *float64 `yaml:"sample_ratio"`
+	ServiceName string   `yaml:"service_name"`
+	Queue       int      `yaml:"queue"`
+	Timeout     duration `yaml:"timeout"`
 }
 
 // fileAnomaly is anomaly detection (proxy/anomaly).

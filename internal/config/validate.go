@@ -1126,3 +1126,46 @@ func (v *validator) anomaly(field string, f *fileAnomaly) *Anomaly {
 	}
 	return a
 }
+
+// Tracing is where spans go (an OTLP/gRPC collector, Jaeger) and how many.
+type Tracing struct {
+	Endpoint    string  // host:port
+	Insecure    bool    // plain text to the collector (loopback, or a node-local agent)
+	SampleRatio float64 // of the traces started here; a sampled parent is followed
+	ServiceName string
+	Queue       int           // spans waiting for export; past it, dropped
+	Timeout     time.Duration // one export
+}
+
+// Tracing defaults.
+const (
+	DefaultTraceSampleRatio = 0.01
+	DefaultTraceServiceName = "credflow"
+	DefaultTraceQueue       = 2048
+	DefaultTraceTimeout     = 5 * time.Second
+)
+
+// tracing checks the tracing section.
+func (v *validator) tracing(field string, f *fileTracing) *Tracing {
+	t := &Tracing{Endpoint: f.Endpoint, Insecure: f.Insecure, SampleRatio: DefaultTraceSampleRatio,
+		ServiceName: cmpOr(f.ServiceName, DefaultTraceServiceName), Queue: f.Queue, Timeout: f.Timeout.or(DefaultTraceTimeout)}
+	if err := checkAddr(f.Endpoint, false); err != nil {
+		v.fail(field+".endpoint", "%v (the OTLP/gRPC collector, host:port)", err)
+	}
+	if f.SampleRatio != nil {
+		t.SampleRatio = *f.SampleRatio
+	}
+	if t.SampleRatio < 0 || t.SampleRatio > 1 {
+		v.fail(field+".sample_ratio", "%g: between 0 and 1 (default %g)", t.SampleRatio, DefaultTraceSampleRatio)
+	}
+	if t.Queue == 0 {
+		t.Queue = DefaultTraceQueue
+	}
+	if t.Queue < 0 || t.Queue > 1000000 {
+		v.fail(field+".queue", "%d: 1 to 1000000 (default %d)", f.Queue, DefaultTraceQueue)
+	}
+	if t.Timeout <= 0 || t.Timeout > time.Minute {
+		v.fail(field+".timeout", "%s: above 0, at most 1m (default %s)", t.Timeout, DefaultTraceTimeout)
+	}
+	return t
+}

@@ -79,3 +79,12 @@ func NeedsCommand(t testing.TB, name, install string) {
 		skip(t, name+" is not installed ("+install+")")
 	}
 }
+
+// NeedsJaeger skips t under -short: it runs a real Jaeger, the binary
+// `make jaeger` builds.
+func NeedsJaeger(t testing.TB) {
+	t.Helper()
+	if testing.Short() {
+		skip(t, "runs the real Jaeger (skipped by -short)")
+	}
+}

@@ -1,0 +1,84 @@
+package app
+
+import (
+	"context"
+	"log/slog"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"golang.org/x/time/rate"
+
+	"github.com/credflow/credflow/internal/config"
+	"github.com/credflow/credflow/internal/logkey"
+)
+
+// tracing is the sidecar's tracer provider and what stops it.
+type tracing struct {
+	provider *sdktrace.TracerProvider
+}
+
+// newTracing builds the OTLP/gRPC exporter and a tracer provider sampling
+// cfg.SampleRatio of the traces started here (a sampled parent is always
+// followed), exporting in batches from a bounded queue. The exporter
+// connects lazily: a collector that is down costs spans, counted, never a
+// request.
+func newTracing(cfg *config.Tracing, reg prometheus.Registerer, log *slog.Logger) (*tracing, error) {
+	if cfg == nil {
+		return nil, nil
+	}
+	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(cfg.Endpoint), otlptracegrpc.WithTimeout(cfg.Timeout),
+		otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: false})}
+	if cfg.Insecure {
+		opts = append(opts, otlptracegrpc.WithInsecure())
+	}
+	exp, err := otlptracegrpc.New(context.Background(), opts...)
+	if err != nil {
+		return nil, err
+	}
+	failed := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credflow_trace_spans_dropped_total",
+		Help: "Spans not exported: the collector refused them or could not be reached in time.",
+	})
+	reg.MustRegister(failed)
+	res := resource.NewSchemaless(attribute.String("service.name", cfg.ServiceName))
+	provider := sdktrace.NewTracerProvider(
+		sdktrace.WithResource(res),
+		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
+		sdktrace.WithBatcher(countingExporter{SpanExporter: exp, failed: failed, log: log},
+			sdktrace.WithMaxQueueSize(cfg.Queue), sdktrace.WithBatchTimeout(time.Second)),
+	)
+	return &tracing{provider: provider}, nil
+}
+
+// stop exports what is queued, for at most a few seconds, and stops.
+func (t *tracing) stop() {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	t.provider.Shutdown(ctx)
+}
+
+// traceWarn paces the warning that spans were not exported.
+var traceWarn = &rate.Sometimes{First: 1, Interval: 10 * time.Second}
+
+// countingExporter counts the spans of batches its exporter failed to
+// send, and says so in the log at most every 10 s.
+type countingExporter struct {
+	sdktrace.SpanExporter
+	failed prometheus.Counter
+	log    *slog.Logger
+}
+
+func (e countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+	err := e.SpanExporter.ExportSpans(ctx, spans)
+	if err != nil {
+		e.failed.Add(float64(len(spans)))
+		traceWarn.Do(func() {
+			e.log.Warn("tracing: spans not exported", slog.Int("spans", len(spans)), slog.String(logkey.Error, err.Error()))
+		})
+	}
+	return err
+}

@@ -1,0 +1,131 @@
+package proxy
+
+import (
+	"context"
+	"net/http"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/credflow/credflow/reason"
+)
+
+// Tracing, in the HTTP modes: each sidecar a request passes adds a server
+// span (the request received: from the app on an outbound or egress
+// listener, from the peer on an inbound one) and, when the request goes
+// on, a client span under it (the request sent: to the upstream, or to
+// the app). The W3C trace context (traceparent, tracestate) is continued
+// from the request received, or started here, and sent on with the
+// request, so that the app's spans, both sidecars' and the upstream app's
+// make one trace. Without Config.Tracer nothing of this runs.
+
+// Span attribute keys.
+const (
+	attrListener = attribute.Key("credflow.listener")
+	attrPeer     = attribute.Key("credflow.peer_id")
+	attrDecision = attribute.Key("credflow.decision")
+	attrReason   = attribute.Key("credflow.reason")
+	attrRoute    = attribute.Key("credflow.route")
+	attrGroup    = attribute.Key("credflow.tls_group")
+	attrCred     = attribute.Key("credflow.credential")
+	attrStatus   = attribute.Key("http.response.status_code")
+	attrMethod   = attribute.Key("http.request.method")
+	attrPath     = attribute.Key("url.path")
+)
+
+// w3c is the propagator of the trace context: W3C Trace Context only.
+var w3c propagation.TextMapPropagator = propagation.TraceContext{}
+
+// serverSpan starts the server span of a request received on l, continuing
+// the trace context the request carries. The request returned carries the
+// span; the span is nil without tracing.
+func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.Span) {
+	if p.tracer == nil {
+		return r, nil
+	}
+	ctx := w3c.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
+	ctx, span := p.tracer.Start(ctx, "credflow "+string(l.dir)+" "+l.name, trace.WithSpanKind(trace.SpanKindServer),
+		trace.WithAttributes(attrListener.String(l.name), attrMethod.String(r.Method)))
+	return r.WithContext(ctx), span
+}
+
+// endServerSpan records a request's outcome on its server span and ends
+// it. A refusal is the span's error.
+func endServerSpan(span trace.Span, peer spiffeid.ID, route string, why reason.Reason, status int, attrs ...attribute.KeyValue) {
+	if span == nil {
+		return
+	}
+	decision := "allow"
+	if why != "" {
+		decision = "deny"
+		span.SetStatus(codes.Error, string(why))
+		span.SetAttributes(attrReason.String(string(why)))
+	}
+	span.SetAttributes(attrDecision.String(decision))
+	if !peer.IsZero() {
+		span.SetAttributes(attrPeer.String(peer.String()))
+	}
+	if route != "" {
+		span.SetAttributes(attrRoute.String(route))
+	}
+	if status != 0 {
+		span.SetAttributes(attrStatus.Int(status))
+	}
+	span.SetAttributes(attrs...)
+	span.End()
+}
+
+// tracedTransport is a RoundTripper that wraps each request it sends in a
+// client span, child of the span in the request's context, and sends the
+// trace context on with the request (replacing any the sender put there).
+type tracedTransport struct {
+	rt     http.RoundTripper
+	tracer trace.Tracer
+	name   string
+}
+
+func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	ctx, span := t.tracer.Start(r.Context(), t.name, trace.WithSpanKind(trace.SpanKindClient),
+		trace.WithAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path)))
+	defer span.End()
+	r = r.Clone(ctx)
+	r.Header.Del("Traceparent")
+	r.Header.Del("Tracestate")
+	w3c.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	resp, err := t.rt.RoundTrip(r)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+		return nil, err
+	}
+	span.SetAttributes(attrStatus.Int(resp.StatusCode))
+	if resp.TLS != nil {
+		if peer, _ := peerOf(resp.TLS); !peer.IsZero() {
+			span.SetAttributes(attrPeer.String(peer.String()))
+		}
+		span.SetAttributes(attrGroup.String(GroupName(resp.TLS.CurveID)))
+	}
+	if resp.StatusCode >= 500 {
+		span.SetStatus(codes.Error, http.StatusText(resp.StatusCode))
+	}
+	return resp, nil
+}
+
+// traced wraps rt in client spans named name, or returns it as it is
+// without tracing.
+func (p *Proxy) traced(rt http.RoundTripper, name string) http.RoundTripper {
+	if p.tracer == nil {
+		return rt
+	}
+	return tracedTransport{rt: rt, tracer: p.tracer, name: name}
+}
+
+// spanOf returns the recording span of ctx, or nil.
+func spanOf(ctx context.Context) trace.Span {
+	if s := trace.SpanFromContext(ctx); s.IsRecording() {
+		return s
+	}
+	return nil
+}

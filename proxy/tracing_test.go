@@ -1,0 +1,213 @@
+package proxy_test
+
+import (
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/sdk/resource"
+	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/sdk/trace/tracetest"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/credflow/credflow/internal/jaegertest"
+	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/internal/testenv"
+	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/route"
+)
+
+// tracePair is an outbound and an inbound HTTP sidecar, each with its own
+// tracer provider, in front of an app that records the trace context it
+// receives.
+type tracePair struct {
+	out, in *proxy.Proxy
+	mu      sync.Mutex
+	seen    []string // the traceparent headers the app received
+}
+
+func startTracePair(t *testing.T, outTP, inTP trace.TracerProvider) *tracePair {
+	t.Helper()
+	ca := testca.New(t, td)
+	bundles := x509bundle.NewSet(ca.Bundle())
+	tp := &tracePair{}
+	appLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	app := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		tp.mu.Lock()
+		tp.seen = append(tp.seen, r.Header.Get("Traceparent"))
+		tp.mu.Unlock()
+		io.WriteString(w, "ok")
+	})}
+	go app.Serve(appLn)
+	t.Cleanup(func() { app.Close() })
+	frontend, backend := spiffeid.RequireFromPath(td, "/frontend"), spiffeid.RequireFromPath(td, "/backend")
+	all, _ := route.ParsePath("/*")
+	tp.in, _ = startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, backend)},
+		Bundles: bundles,
+		Tracer:  inTP,
+		Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, frontend.String()),
+			HTTP: &proxy.InboundHTTP{Routes: route.Table{Rules: []route.Rule{{Name: "orders", Peers: policy(t, frontend.String()), Paths: []route.Path{all}}}}}}},
+	})
+	tp.out, _ = startProxy(t, proxy.Config{
+		SVIDs:   static{svid: ca.Issue(t, frontend)},
+		Bundles: bundles,
+		Tracer:  outTP,
+		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: tp.in.Addr("app").String(),
+			Expect: policy(t, backend.String()), HTTP: &proxy.OutboundHTTP{}}},
+		Tokens: source{j: newJWTIssuer(t), id: frontend},
+	})
+	return tp
+}
+
+// get sends a request through the pair, with the trace context of ctx.
+func (tp *tracePair) get(t *testing.T, ctx context.Context) {
+	t.Helper()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+tp.out.Addr("up").String()+"/orders/42", nil)
+	propagation.TraceContext{}.Inject(ctx, propagation.HeaderCarrier(req.Header))
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("through the sidecars: %s (%s)", resp.Status, resp.Header.Get("X-Credflow-Reason"))
+	}
+}
+
+// provider exports to Jaeger's OTLP receiver as service, every trace.
+func provider(t *testing.T, j *jaegertest.Jaeger, service string) *sdktrace.TracerProvider {
+	t.Helper()
+	exp, err := otlptracegrpc.New(t.Context(), otlptracegrpc.WithEndpoint(j.OTLP), otlptracegrpc.WithInsecure())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp),
+		sdktrace.WithResource(resource.NewSchemaless(attribute.String("service.name", service))))
+	t.Cleanup(func() { tp.Shutdown(context.Background()) })
+	return tp
+}
+
+// TestTracingThroughJaeger sends the app's request through an outbound and
+// an inbound sidecar, each exporting its spans to a real Jaeger, and reads
+// the trace back from Jaeger's query API: one trace, the app's span its
+// root, each sidecar's server span under the span before it and its
+// client span under its server span, with the peer, decision, route and
+// TLS group; the upstream app receives the trace context of the inbound
+// sidecar's client span.
+func TestTracingThroughJaeger(t *testing.T) {
+	testenv.NeedsJaeger(t)
+	j, err := jaegertest.Start(t.Context(), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(j.Close)
+	outTP, inTP, appTP := provider(t, j, "frontend-sidecar"), provider(t, j, "backend-sidecar"), provider(t, j, "frontend-app")
+	tp := startTracePair(t, outTP, inTP)
+
+	ctx, span := appTP.Tracer("app").Start(t.Context(), "app: GET /orders/42")
+	tp.get(t, ctx)
+	span.End()
+	for _, p := range []*sdktrace.TracerProvider{outTP, inTP, appTP} {
+		if err := p.ForceFlush(t.Context()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	traceID := span.SpanContext().TraceID().String()
+
+	var spans []jaegertest.Span
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		spans, err = j.Trace(t.Context(), traceID)
+		if err == nil && len(spans) >= 5 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("trace %s: %d spans after 30 s (%v)\n%s", traceID, len(spans), err, j.Log())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	byName := map[string]jaegertest.Span{}
+	for _, s := range spans {
+		byName[s.OperationName] = s
+		t.Logf("span %s %q parent %s", s.SpanID, s.OperationName, s.Parent())
+	}
+	chain := []string{
+		"app: GET /orders/42",
+		"credflow outbound up",
+		"credflow outbound up to " + tp.in.Addr("app").String(),
+		"credflow inbound app",
+		"credflow inbound app to app",
+	}
+	for i, name := range chain {
+		s, ok := byName[name]
+		if !ok {
+			t.Fatalf("no span %q in the trace", name)
+		}
+		want := ""
+		if i > 0 {
+			want = byName[chain[i-1]].SpanID
+		}
+		if s.Parent() != want {
+			t.Errorf("span %q: parent %q, want %q (%s)", name, s.Parent(), want, chain[max(i-1, 0)])
+		}
+	}
+	if len(spans) != len(chain) {
+		t.Errorf("%d spans in the trace, want %d", len(spans), len(chain))
+	}
+	in := byName["credflow inbound app"]
+	for key, want := range map[string]string{
+		"credflow.peer_id": "spiffe://example.org/frontend", "credflow.decision": "allow", "credflow.route": "orders",
+		"credflow.tls_group": "X25519MLKEM768", "span.kind": "server",
+	} {
+		if got := in.Tag(key); got != want {
+			t.Errorf("inbound server span: %s = %q, want %q", key, got, want)
+		}
+	}
+	outClient := byName[chain[2]]
+	for key, want := range map[string]string{"credflow.peer_id": "spiffe://example.org/backend", "span.kind": "client", "http.response.status_code": "200"} {
+		if got := outClient.Tag(key); got != want {
+			t.Errorf("outbound client span: %s = %q, want %q", key, got, want)
+		}
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if len(tp.seen) != 1 || len(tp.seen[0]) != 55 || tp.seen[0][36:52] != byName[chain[4]].SpanID {
+		t.Errorf("the app received traceparent %q; want the inbound sidecar's client span %s", tp.seen, byName[chain[4]].SpanID)
+	}
+}
+
+// TestTracingSampledOut: with a sample ratio of 0 and no sampled parent,
+// the sidecars record no span; the trace context still reaches the app
+// (not sampled), so its own decision holds.
+func TestTracingSampledOut(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	off := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))), sdktrace.WithSpanProcessor(rec))
+	tp := startTracePair(t, off, off)
+	for range 20 {
+		tp.get(t, t.Context())
+	}
+	if n := len(rec.Ended()) + len(rec.Started()); n != 0 {
+		t.Errorf("sampling off: %d spans recorded", n)
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	for _, tpHeader := range tp.seen {
+		if len(tpHeader) != 55 || tpHeader[53:] != "00" {
+			t.Errorf("the app received traceparent %q; want one, not sampled", tpHeader)
+		}
+	}
+}
