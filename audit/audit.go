@@ -34,6 +34,7 @@
 //     the writer stopped without its final checkpoint, when events still
 //     queued were lost, and "partial_record" a restart that found the file
 //     ending in the middle of a line (cut off there).
+//
 //   - "checkpoint": a signature over the trail so far. checkpoint is
 //     "periodic" (every Config.CheckpointEvery records or
 //     Config.CheckpointInterval), "rotate" (the last record of a file

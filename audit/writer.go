@@ -115,12 +115,12 @@ type Writer struct {
 	saved chainState // before the first record in buf
 	buf   []byte
 	// In buf: events and, in a gap, the losses it reports.
-	bufEvents, bufRecords        int
-	bufGapDropped, bufGapFailed  uint64
-	failed                       uint64 // events lost to failed writes, not yet in a gap
-	startGap                     string // a gap to write first, and why
-	lastErrLog                   time.Time
-	errsSinceLog                 int
+	bufEvents, bufRecords       int
+	bufGapDropped, bufGapFailed uint64
+	failed                      uint64 // events lost to failed writes, not yet in a gap
+	startGap                    string // a gap to write first, and why
+	lastErrLog                  time.Time
+	errsSinceLog                int
 }
 
 // chainState is where the trail stands.
