@@ -25,35 +25,38 @@
 // each record and refuses a line that differs by a byte.
 //
 // The record types are "decision" (an access decision), "credential" (an
-// event of a credential: its Kind says which), "config" (a configuration
+// event of a credential: its kind says which), "config" (a configuration
 // reload and the fields it changed), and two the writer alone writes:
 //
 //   - "gap": events are missing here. dropped counts events refused
 //     because the writer's queue was full, failed events that could not
-//     be written (a disk full); reason "restart" marks a restart after
-//     the writer stopped without its final checkpoint, when events still
-//     queued were lost, and "partial_record" a restart that found the file
-//     ending in the middle of a line (cut off there).
-//
+//     be written (a disk full). reason "restart" marks a restart after the
+//     writer stopped without its final checkpoint (events still queued
+//     were lost), "partial_record" a restart that found the file ending
+//     in the middle of a line, which it cut off.
 //   - "checkpoint": a signature over the trail so far. checkpoint is
-//     "periodic" (every Config.CheckpointEvery records or
-//     Config.CheckpointInterval), "rotate" (the last record of a file
-//     before rotation) or "final" (the last record the writer wrote
-//     before it stopped). x5c is the signer's X.509-SVID chain, leaf
-//     first, each certificate standard base64 of its DER; signature is
-//     standard base64 of the signature by the SVID's key over
-//     SHA-256(M), where M is the bytes of
+//     "periodic" (every Config.CheckpointEvery records, or after
+//     Config.CheckpointInterval when records were written since the
+//     last), "rotate" (the last record of a file before rotation) or
+//     "final" (the last record the writer wrote before it stopped).
 //
-//     "credflow-audit-checkpoint-v1\n" + seq + "\n" + prev + "\n" + time + "\n" + checkpoint + "\n"
+// # Checkpoints
 //
-//     seq in decimal, prev and time as in the record. Because prev is
-//     the hash of the line before, which holds the hash of the one before
-//     it, a checkpoint's signature covers every record before it.
-//     ECDSA keys sign ASN.1 DER (r, s); RSA keys sign with PSS, the salt
-//     as long as the hash; Ed25519 keys sign the 32 bytes of SHA-256(M)
-//     as their message. A checkpoint written with no SVID at hand has no
-//     signature and no x5c, and unsigned says why ("no_svid",
-//     "sign_failed").
+// A checkpoint's x5c is the signer's X.509-SVID chain, leaf first, each
+// certificate the standard base64 of its DER; its signature is the
+// standard base64 of the signature by the SVID's private key over
+// SHA-256(M), where M is the bytes
+//
+//	"credflow-audit-checkpoint-v1\n" seq "\n" prev "\n" time "\n" checkpoint "\n"
+//
+// with seq in decimal and prev, time and checkpoint as in the record.
+// Because prev is the hash of the line before, which holds the hash of the
+// one before it, a checkpoint's signature covers every record before it.
+// ECDSA keys (P-256, P-384) sign ASN.1 DER (r, s); RSA keys sign with PSS,
+// the salt as long as the hash; Ed25519 keys sign the 32 bytes of
+// SHA-256(M) as their message. A checkpoint written with no SVID at hand
+// has neither signature nor x5c, and unsigned says why ("no_svid",
+// "sign_failed").
 //
 // A file is rotated when the next record would take it past
 // Config.MaxBytes: the writer writes a "rotate" checkpoint, renames the
@@ -76,12 +79,14 @@
 // before it is then covered by a signature of the SPIFFE ID named in its
 // leaf; an unsigned checkpoint before it is only a warning.
 //
-// A trail cut exactly after a periodic checkpoint is complete as far as the
-// file can tell; a trail whose last record is not a "final" checkpoint is
-// reported as truncated or still being written (VerifyOptions.Open accepts
-// that). Whoever holds the SVID's key can write a trail that verifies: the
-// trail proves who wrote it and that nothing changed since, not that the
-// writer told the truth.
+// A trail must end with a "final" checkpoint: one that ends otherwise is
+// reported as truncated, which catches a trail cut just after a periodic
+// checkpoint too. A trail still being written ends otherwise as well
+// (VerifyOptions.Open accepts it). A trail cut just after the final
+// checkpoint of an earlier run, before a restart, cannot be told from a
+// complete one by the trail alone. Whoever holds the SVID's key can write a
+// trail that verifies: the trail proves who wrote it and that nothing
+// changed since, not that the writer told the truth.
 //
 // # What a trail never holds
 //
@@ -93,8 +98,9 @@
 // # Durability
 //
 // The writer writes a batch of records with one write call and calls fsync
-// after each checkpoint, before a rotation and at the end; a crash can lose
-// the records since the last checkpoint, and the restart then writes a gap.
+// after each checkpoint, before a rotation and at the end. A crash of the
+// process loses the events still queued, one of the machine the records
+// since the last fsync; the restart then writes a gap.
 // A write that fails (ENOSPC or any other error) is cut off the file again,
 // its events are counted as failed and the next record written is a gap
 // that says how many; nothing waits for the disk but the writer goroutine.

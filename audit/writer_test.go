@@ -2,8 +2,8 @@ package audit_test
 
 import (
 	"bytes"
-	"encoding/base64"
 	"context"
+	"encoding/base64"
 	"errors"
 	"math/rand/v2"
 	"os"
