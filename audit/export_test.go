@@ -16,3 +16,8 @@ var HashLine = hashLine
 
 // Marshal is a record's line.
 func Marshal(r *Record) ([]byte, error) { return r.marshal() }
+
+// VerifyData is Verify of one file, audit.jsonl, that holds data.
+func VerifyData(data []byte, opts VerifyOptions) (Report, error) {
+	return verify([]string{"audit.jsonl"}, [][]byte{data}, opts)
+}

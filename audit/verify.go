@@ -144,17 +144,25 @@ type entry struct {
 // not complete, the error is a *Problem naming the first record that is
 // not; other errors are failures to read the files.
 func Verify(files []string, opts VerifyOptions) (Report, error) {
-	rep := Report{Trusted: opts.Bundles != nil}
 	if len(files) == 0 {
-		return rep, errors.New("audit: no files to verify")
+		return Report{}, errors.New("audit: no files to verify")
 	}
-	var perFile [][]entry
-	for _, name := range files {
-		data, err := os.ReadFile(name)
-		if err != nil {
-			return rep, fmt.Errorf("audit: %w", err)
+	contents := make([][]byte, len(files))
+	for i, name := range files {
+		var err error
+		if contents[i], err = os.ReadFile(name); err != nil {
+			return Report{}, fmt.Errorf("audit: %w", err)
 		}
-		entries := parseFile(name, data, opts)
+	}
+	return verify(files, contents, opts)
+}
+
+// verify is Verify of files that hold contents.
+func verify(files []string, contents [][]byte, opts VerifyOptions) (Report, error) {
+	rep := Report{Trusted: opts.Bundles != nil}
+	var perFile [][]entry
+	for i, name := range files {
+		entries := parseFile(name, contents[i], opts)
 		if len(entries) == 0 {
 			rep.Warnings = append(rep.Warnings, name+" is empty")
 			continue

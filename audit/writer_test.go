@@ -3,6 +3,12 @@ package audit_test
 import (
 	"bytes"
 	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	crand "crypto/rand"
+	"crypto/rsa"
 	"encoding/base64"
 	"errors"
 	"math/rand/v2"
@@ -434,4 +440,41 @@ func metric(t *testing.T, reg *prometheus.Registry, name, label string) float64 
 		}
 	}
 	return 0
+}
+
+// TestKeyTypes: checkpoints signed with ECDSA P-384, RSA and Ed25519
+// SVIDs verify against the bundle, and fail when altered.
+func TestKeyTypes(t *testing.T) {
+	ca := testca.New(t, td)
+	rsaKey, err := rsa.GenerateKey(crand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p384, err := ecdsa.GenerateKey(elliptic.P384(), crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, edKey, err := ed25519.GenerateKey(crand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, key := range map[string]crypto.Signer{"ecdsa-p384": p384, "rsa": rsaKey, "ed25519": edKey} {
+		t.Run(name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "audit.jsonl")
+			r := start(t, audit.Config{Path: path, SVIDs: ca.Issue(t, writerID, testca.WithKey(key))})
+			writeEvents(t, r, 2)
+			r.stop(t)
+			if _, err := audit.Verify([]string{path}, bundles(ca)); err != nil {
+				t.Fatal(err)
+			}
+			lines := readLines(t, path)
+			last, _ := audit.ParseRecord(lines[len(lines)-1])
+			last.Time = last.Time.Add(time.Nanosecond)
+			lines[len(lines)-1], _ = audit.Marshal(&last)
+			_, err := audit.Verify([]string{writeLines(t, t.TempDir(), "audit.jsonl", lines)}, bundles(ca))
+			if p := (*audit.Problem)(nil); !errors.As(err, &p) || p.Kind != audit.Forged {
+				t.Errorf("the final checkpoint's time changed: %v, want forged", err)
+			}
+		})
+	}
 }
