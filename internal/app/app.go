@@ -79,6 +79,11 @@ func commands() map[string]command {
 			usage:   quarantineUsage,
 			run:     runQuarantine,
 		},
+		"audit": {
+			summary: "verify an audit trail: its chain of records and its signed checkpoints",
+			usage:   auditUsage,
+			run:     runAudit,
+		},
 		"register": {
 			summary: "reconcile a file of workload identities with a SPIRE server",
 			usage:   "credflow register apply -f FILE [-dry-run] [-prune] [-server-socket PATH]",
