@@ -75,6 +75,9 @@ type Cache struct {
 	MinBackoff, MaxBackoff time.Duration
 	// Log receives fetch failures and recoveries; nil discards them.
 	Log *slog.Logger
+	// Fetched, if set, is told of every fetch, done or failed (for the
+	// audit trail: never the value). It must not block.
+	Fetched func(FetchEvent)
 
 	now func() time.Time // time.Now; tests set it
 
@@ -206,6 +209,17 @@ func (c *Cache) startFetchLocked() <-chan struct{} {
 	return done
 }
 
+// FetchEvent is one fetch of a Cache, for Cache.Fetched.
+type FetchEvent struct {
+	Name string
+	// Refresh is whether a credential was held already.
+	Refresh bool
+	// Expires is the new credential's expiry; zero for none.
+	Expires time.Time
+	// Err is why the fetch failed; nil when it did not.
+	Err error
+}
+
 func (c *Cache) fetch(done chan struct{}) {
 	timeout := c.Timeout
 	if timeout <= 0 {
@@ -243,7 +257,13 @@ func (c *Cache) fetch(done chan struct{}) {
 		c.logger().Warn("credential: fetch failed", slog.String(logkey.Credential, c.Name),
 			slog.Int(logkey.Failures, c.failures), slog.Duration(logkey.Backoff, c.nextFetch.Sub(now)),
 			slog.String(logkey.Error, err.Error()))
+		if c.Fetched != nil {
+			c.Fetched(FetchEvent{Name: c.Name, Refresh: c.cur != nil, Err: err})
+		}
 		return
+	}
+	if c.Fetched != nil {
+		c.Fetched(FetchEvent{Name: c.Name, Refresh: c.cur != nil, Expires: cred.Expires})
 	}
 	if c.failures > 0 {
 		c.logger().Info("credential: fetch succeeded again", slog.String(logkey.Credential, c.Name), slog.Int(logkey.Failures, c.failures))

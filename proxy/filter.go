@@ -13,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/route"
@@ -396,6 +397,10 @@ func (f txnFilter) Filter(r *Request) reason.Reason {
 		return reason.TxnRevoked
 	}
 	f.p.m.token("txn_verified")
+	if a := f.p.cfg.Audit; a != nil {
+		a.Write(audit.Event{Type: audit.TypeCredential, Kind: audit.KindTxnVerified, Time: time.Now(), Listener: r.Listener,
+			PeerID: r.Peer.String(), JTI: claims.ID, Subject: claims.Subject})
+	}
 	return ""
 }
 

@@ -22,6 +22,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/anomaly"
@@ -857,10 +858,30 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 	if status != 0 {
 		attrs = append(attrs, slog.Int(logkey.Status, status))
 	}
-	if path, err := route.Normalize(r.URL.EscapedPath()); err == nil && len(path) <= 256 {
+	path, err := route.Normalize(r.URL.EscapedPath())
+	if err != nil || len(path) > 256 {
+		path = ""
+	}
+	if path != "" {
 		attrs = append(attrs, slog.String(logkey.Path, path))
 	}
 	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+	if p.cfg.Audit != nil {
+		e := audit.Event{Type: audit.TypeDecision, Time: start, Listener: l.name, Direction: string(l.dir),
+			Transport: "http", Decision: decision, Reason: string(why), Method: r.Method, Path: path}
+		if !peer.IsZero() {
+			e.PeerID = peer.String()
+		}
+		for _, a := range extra {
+			if a.Key == logkey.Route {
+				e.Route = a.Value.String()
+			}
+		}
+		if r.TLS != nil {
+			e.Group = GroupName(r.TLS.CurveID)
+		}
+		p.cfg.Audit.Write(e)
+	}
 }
 
 // serveHTTPConn hands an authorized mTLS connection to the listener's HTTP

@@ -42,6 +42,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
@@ -219,6 +220,10 @@ type Config struct {
 	// established connections of a peer put there; its OnRevoke,
 	// RevokeJTI.
 	Anomaly *anomaly.Detector
+	// Audit, if set, receives an event for every access decision (each
+	// connection and each HTTP request, allowed or refused) and each
+	// transaction token verified. Write must not block.
+	Audit Auditor
 	// Tracer, if set, traces the requests of the HTTP modes: a server and
 	// a client span per sidecar, the W3C trace context continued or
 	// started (tracing.go). Nil: no tracing, at no cost.
@@ -1019,6 +1024,11 @@ func (p *Proxy) refuseAtAccept(l *listener, why reason.Reason) {
 	p.m.refused(l.dir, why, false)
 	if p.refusalLog.Allow() {
 		p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", why, relay.Result{}, "tcp")
+	} else if p.cfg.Audit != nil {
+		// Not logged past the rate, but audited: the audit's queue bounds
+		// what a flood costs, and counts what it drops.
+		p.cfg.Audit.Write(audit.Event{Type: audit.TypeDecision, Time: time.Now(), Listener: l.name, Direction: string(l.dir),
+			Transport: "tcp", Decision: audit.Deny, Reason: string(why)})
 	}
 	p.refusalWarn.Do(func() {
 		p.log.Warn("proxy: connections refused before their handshake; credflow_refusals_total counts them by reason",
@@ -1249,7 +1259,21 @@ func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.C
 		attrs = append(attrs, slog.String(logkey.Error, res.Err.Error()))
 	}
 	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
+	if p.cfg.Audit != nil {
+		e := audit.Event{Type: audit.TypeDecision, Time: start, Listener: l.name, Direction: string(l.dir),
+			Transport: transport, Decision: decision, Reason: string(why)}
+		if !peer.IsZero() {
+			e.PeerID = peer.String()
+		}
+		if cs != nil {
+			e.Group = GroupName(cs.CurveID)
+		}
+		p.cfg.Audit.Write(e)
+	}
 }
+
+// Auditor receives audit events (package audit's Writer is one).
+type Auditor interface{ Write(audit.Event) }
 
 // appBytes returns the bytes relayed from and to the app: inbound relays
 // have the peer as a and the app as b, outbound ones the reverse.

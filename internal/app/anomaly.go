@@ -35,13 +35,13 @@ const revokeWriteTimeout = 5 * time.Second
 // newDetection builds anomaly detection from cfg. A revoke action revokes
 // the offending token on this sidecar at once and, when the deny list is
 // shared through Redis, on every sidecar.
-func newDetection(cfg *config.Anomaly, reg prometheus.Registerer, log *slog.Logger, shared revoke.Store) (*detection, error) {
+func newDetection(cfg *config.Anomaly, reg prometheus.Registerer, log *slog.Logger, shared revoke.Store, more ...anomaly.Sink) (*detection, error) {
 	if cfg == nil {
 		return nil, nil
 	}
 	d := &detection{}
 	m := anomaly.NewMetrics(reg)
-	sinks := []anomaly.Sink{anomaly.LogSink{Logger: log}, m}
+	sinks := append([]anomaly.Sink{anomaly.LogSink{Logger: log}, m}, more...)
 	if w := cfg.Webhook; w != nil {
 		d.webhook = anomaly.NewWebhook(anomaly.WebhookConfig{URL: w.URL, Labels: w.Labels, Timeout: w.Timeout, Queue: w.Queue}, m)
 		sinks = append(sinks, d.webhook)

@@ -18,10 +18,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
 
 	"github.com/credflow/credflow/agent"
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/credential"
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
@@ -29,6 +31,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
+	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/quicmux"
 	"github.com/credflow/credflow/proxy/revoke"
@@ -186,7 +189,18 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if deny != nil {
 		shared = deny.shared
 	}
-	detect, err := newDetection(cfg.Anomaly, reg, log, shared)
+	tr, err := newTrail(cfg.Audit, src, reg, log)
+	if err != nil {
+		return err
+	}
+	var sinks []anomaly.Sink
+	if tr != nil {
+		sinks = append(sinks, tr.anomalySink())
+		for _, c := range creds.caches {
+			c.Fetched = tr.credentialFetched
+		}
+	}
+	detect, err := newDetection(cfg.Anomaly, reg, log, shared, sinks...)
 	if err != nil {
 		return err
 	}
@@ -207,6 +221,9 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if detect != nil {
 		pc.Anomaly = detect.detector
+	}
+	if tr != nil {
+		pc.Audit = tr
 	}
 	var exchanger *edge.Exchanger
 	if cfg.Edge != nil {
@@ -250,6 +267,25 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if detect != nil {
 		go detect.run(srcCtx)
+	}
+	if tr != nil {
+		// The trail runs until the sidecar has stopped: its last records,
+		// and its final checkpoint, come after the proxy's.
+		auditDone := make(chan struct{})
+		go func() { defer close(auditDone); tr.w.Run(srcCtx) }()
+		defer func() { stopSrc(); <-auditDone }()
+		go tr.watchIdentity(srcCtx, src, func() []*x509bundle.Bundle {
+			var bs []*x509bundle.Bundle
+			for _, td := range src.TrustDomains() {
+				if b, err := src.GetX509BundleForTrustDomain(td); err == nil {
+					bs = append(bs, b)
+				}
+			}
+			return bs
+		}, src.Changed)
+		if deny != nil {
+			go tr.watchRevocations(srcCtx, deny.list)
+		}
 	}
 	bundles := newBundleWarner(log, src.TrustDomains, cfg.PolicyTrustDomains())
 	bundlesDone := make(chan struct{})
@@ -313,6 +349,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 				}
 				cfg = next
 				log.Info("credflow: configuration reloaded", slog.String(logkey.Config, path), slog.Any(logkey.Changed, changed))
+				tr.Write(audit.Event{Type: audit.TypeConfig, Time: time.Now(), Changed: changed})
 				if tok != nil {
 					warnOpenTokenEndpoint(cfg.TokenEndpoint, log)
 				}

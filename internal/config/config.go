@@ -85,6 +85,8 @@ type Config struct {
 	Anomaly *Anomaly
 	// Tracing is the tracing of the HTTP modes; nil: none.
 	Tracing *Tracing
+	// Audit is the audit trail; nil: none.
+	Audit *Audit
 	// GlobalLimits is limits.global: the rate limit service inbound
 	// listeners with limits.global count against; nil when not set.
 	GlobalLimits *limit.GlobalConfig
@@ -403,6 +405,9 @@ func Parse(data []byte) (*Config, error) {
 	}
 	if f.Tracing != nil {
 		c.Tracing = v.tracing("tracing", f.Tracing)
+	}
+	if f.Audit != nil {
+		c.Audit = v.audit("audit", f.Audit)
 	}
 	v.quic(c, f.QUIC)
 	if len(f.Inbound)+len(f.Outbound) == 0 {

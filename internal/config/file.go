@@ -30,6 +30,17 @@ type file struct {
 	Revocation    *fileRevocation  `yaml:"revocation"`
 	Anomaly       *fileAnomaly     `yaml:"anomaly"`
 	Tracing       *fileTracing     `yaml:"tracing"`
+	Audit         *fileAudit       `yaml:"audit"`
+}
+
+// fileAudit is the audit trail (package audit).
+type fileAudit struct {
+	Path               string   `yaml:"path"`
+	MaxBytes           int64    `yaml:"max_bytes"`
+	MaxFiles           int      `yaml:"max_files"`
+	CheckpointEvery    int      `yaml:"checkpoint_every"`
+	CheckpointInterval duration `yaml:"checkpoint_interval"`
+	Queue              int      `yaml:"queue"`
 }
 
 // fileTracing is the OpenTelemetry tracing of the HTTP modes.

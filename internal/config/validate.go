@@ -1169,3 +1169,34 @@ func (v *validator) tracing(field string, f *fileTracing) *Tracing {
 	}
 	return t
 }
+
+// Audit is the audit trail: the file and its rotation, how often a
+// checkpoint is signed, the queue in front of the writer. Zero fields take
+// package audit's defaults.
+type Audit struct {
+	Path               string
+	MaxBytes           int64
+	MaxFiles           int
+	CheckpointEvery    int
+	CheckpointInterval time.Duration
+	Queue              int
+}
+
+// audit checks the audit section.
+func (v *validator) audit(field string, f *fileAudit) *Audit {
+	a := &Audit{Path: f.Path, MaxBytes: f.MaxBytes, MaxFiles: f.MaxFiles, CheckpointEvery: f.CheckpointEvery,
+		CheckpointInterval: f.CheckpointInterval.or(0), Queue: f.Queue}
+	if !filepath.IsAbs(f.Path) {
+		v.fail(field+".path", "%q: an absolute path is required", f.Path)
+	}
+	if f.MaxBytes != 0 && (f.MaxBytes < 1<<16 || f.MaxBytes > 1<<40) {
+		v.fail(field+".max_bytes", "%d: 65536 to 2^40 (default 100 MiB)", f.MaxBytes)
+	}
+	if f.MaxFiles < 0 || f.CheckpointEvery < 0 || f.Queue < 0 || f.Queue > 1<<24 {
+		v.fail(field, "max_files, checkpoint_every and queue must be positive (0: the defaults)")
+	}
+	if a.CheckpointInterval < 0 || (f.CheckpointInterval.set && a.CheckpointInterval < 100*time.Millisecond) {
+		v.fail(field+".checkpoint_interval", "%s: at least 100ms (default 10s)", a.CheckpointInterval)
+	}
+	return a
+}
