@@ -99,7 +99,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = authority
 		},
-		Transport:     p.traced(connectBound{rt: e.tr, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow egress "+l.name+" to "+l.target),
+		Transport:     p.traced(l, connectBound{rt: e.tr, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow egress "+l.name+" to "+l.target),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {

@@ -149,7 +149,7 @@ func (p *Proxy) inboundPipeline(l *listener, s *httpSettings) pipeline {
 		routeLimitFilter{p: p, l: l},
 		FilterFunc(managed.stripLookalikes),
 		jwtFilter{p: p, header: s.cfg.TokenHeader, require: s.cfg.RequireJWT, pass: s.cfg.PassJWT},
-		txnFilter{p: p, verifier: s.txn, require: s.cfg.RequireTxn},
+		txnFilter{p: p, l: l, verifier: s.txn, require: s.cfg.RequireTxn},
 	}
 	pl = append(pl, s.cfg.Filters...)
 	return append(pl, FilterFunc(forwardAsAuthorized))
@@ -366,6 +366,7 @@ func (f jwtFilter) check(r *Request) reason.Reason {
 // sidecar has not verified.
 type txnFilter struct {
 	p        *Proxy
+	l        *listener
 	verifier *txn.Verifier
 	require  bool
 }
@@ -397,7 +398,7 @@ func (f txnFilter) Filter(r *Request) reason.Reason {
 		return reason.TxnRevoked
 	}
 	f.p.m.token("txn_verified")
-	if a := f.p.cfg.Audit; a != nil {
+	if a := f.p.cfg.Audit; a != nil && !f.l.unaudited {
 		a.Write(audit.Event{Type: audit.TypeCredential, Kind: audit.KindTxnVerified, Time: time.Now(), Listener: r.Listener,
 			PeerID: r.Peer.String(), JTI: claims.ID, Subject: claims.Subject})
 	}

@@ -331,7 +331,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 			return nil
 		},
-		Transport:     p.traced(appBound{rt: tr, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
+		Transport:     p.traced(l, appBound{rt: tr, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -572,7 +572,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     p.traced(connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow outbound "+l.name+" to "+l.target),
+		Transport:     p.traced(l, connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: -1,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
@@ -866,7 +866,7 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 		attrs = append(attrs, slog.String(logkey.Path, path))
 	}
 	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
-	if p.cfg.Audit != nil {
+	if p.cfg.Audit != nil && !l.unaudited {
 		e := audit.Event{Type: audit.TypeDecision, Time: start, Listener: l.name, Direction: string(l.dir),
 			Transport: "http", Decision: decision, Reason: string(why), Method: r.Method, Path: path}
 		if !peer.IsZero() {

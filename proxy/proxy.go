@@ -110,6 +110,10 @@ type Inbound struct {
 	// Unobserved keeps the listener's outcomes from anomaly detection
 	// (Config.Anomaly); the quarantine still bars its peers.
 	Unobserved bool
+	// Unaudited keeps the listener's decisions from the audit trail
+	// (Config.Audit), and Untraced its requests from tracing
+	// (Config.Tracer). Fixed for the listener's life.
+	Unaudited, Untraced bool
 }
 
 // Outbound is a listener that accepts the app's plain TCP and relays it
@@ -326,6 +330,8 @@ type listener struct {
 	callers  atomic.Pointer[peercred.Callers] // outbound: the local users allowed
 	limiter  atomic.Pointer[limit.Limiter]    // inbound: nil when no limits are set
 	observed atomic.Bool                      // inbound: outcomes go to anomaly detection
+
+	unaudited, untraced bool // inbound: kept from the audit trail, from tracing
 }
 
 // conn is an established connection between sidecars, tracked so that it
@@ -454,6 +460,7 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		l.setLimits(in.Limits)
 		l.observed.Store(!in.Unobserved)
+		l.unaudited, l.untraced = in.Unaudited, in.Untraced
 		l.tls = mtls.Config{SVIDs: cfg.SVIDs, Bundles: cfg.Bundles, Authorize: l.allows, VerifyConnection: p.verifyInbound}.Server()
 		l.tls.SessionTicketsDisabled = cfg.NoResumption
 		l.tls.CurvePreferences = kex.ServerGroups()
@@ -1024,7 +1031,7 @@ func (p *Proxy) refuseAtAccept(l *listener, why reason.Reason) {
 	p.m.refused(l.dir, why, false)
 	if p.refusalLog.Allow() {
 		p.access(l, time.Now(), spiffeid.ID{}, nil, "deny", why, relay.Result{}, "tcp")
-	} else if p.cfg.Audit != nil {
+	} else if p.cfg.Audit != nil && !l.unaudited {
 		// Not logged past the rate, but audited: the audit's queue bounds
 		// what a flood costs, and counts what it drops.
 		p.cfg.Audit.Write(audit.Event{Type: audit.TypeDecision, Time: time.Now(), Listener: l.name, Direction: string(l.dir),
@@ -1259,7 +1266,7 @@ func (p *Proxy) access(l *listener, start time.Time, peer spiffeid.ID, cs *tls.C
 		attrs = append(attrs, slog.String(logkey.Error, res.Err.Error()))
 	}
 	p.acc.LogAttrs(context.Background(), slog.LevelInfo, "access", attrs...)
-	if p.cfg.Audit != nil {
+	if p.cfg.Audit != nil && !l.unaudited {
 		e := audit.Event{Type: audit.TypeDecision, Time: start, Listener: l.name, Direction: string(l.dir),
 			Transport: transport, Decision: decision, Reason: string(why)}
 		if !peer.IsZero() {

@@ -43,7 +43,7 @@ var w3c propagation.TextMapPropagator = propagation.TraceContext{}
 // the trace context the request carries. The request returned carries the
 // span; the span is nil without tracing.
 func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.Span) {
-	if p.tracer == nil {
+	if p.tracer == nil || l.untraced {
 		return r, nil
 	}
 	ctx := w3c.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
@@ -113,10 +113,10 @@ func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, nil
 }
 
-// traced wraps rt in client spans named name, or returns it as it is
-// without tracing.
-func (p *Proxy) traced(rt http.RoundTripper, name string) http.RoundTripper {
-	if p.tracer == nil {
+// traced wraps rt, l's, in client spans named name, or returns it as it
+// is without tracing.
+func (p *Proxy) traced(l *listener, rt http.RoundTripper, name string) http.RoundTripper {
+	if p.tracer == nil || l.untraced {
 		return rt
 	}
 	return tracedTransport{rt: rt, tracer: p.tracer, name: name}

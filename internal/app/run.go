@@ -437,7 +437,8 @@ func warnNonLoopback(cfg *config.Config, log *slog.Logger) {
 func listeners(cfg *config.Config, egress map[string]*proxy.Egress) (ins []proxy.Inbound, outs []proxy.Outbound) {
 	for _, in := range cfg.Inbound {
 		ins = append(ins, proxy.Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: in.Allow,
-			QUICListen: in.QUICListen, HTTP: inboundHTTP(in.HTTP), Limits: in.Limits, Unobserved: in.Unobserved})
+			QUICListen: in.QUICListen, HTTP: inboundHTTP(in.HTTP), Limits: in.Limits, Unobserved: in.Unobserved,
+			Unaudited: in.Unaudited, Untraced: in.Untraced})
 	}
 	for _, out := range cfg.Outbound {
 		outs = append(outs, proxy.Outbound{Name: out.Name, Listen: out.Listen, Upstream: out.Upstream, Expect: out.Expect,

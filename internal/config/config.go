@@ -194,6 +194,10 @@ type Inbound struct {
 	// Unobserved is anomaly: false: the listener's outcomes are kept
 	// from anomaly detection.
 	Unobserved bool
+	// Unaudited and Untraced are audit: false and tracing: false: the
+	// listener's decisions kept from the audit trail, its requests from
+	// tracing.
+	Unaudited, Untraced bool
 }
 
 // InboundHTTP is an inbound listener's protocol: http settings

@@ -213,6 +213,8 @@ type fileInbound struct {
 	TxnToken             fileTxnVerify  `yaml:"txn_token"`
 	Limits               *fileLimitsIn  `yaml:"limits"`
 	Anomaly              *bool          `yaml:"anomaly"`
+	Audit                *bool          `yaml:"audit"`
+	Tracing              *bool          `yaml:"tracing"`
 }
 
 // fileLimitsIn is an inbound listener's limits (proxy/limit).

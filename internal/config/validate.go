@@ -359,6 +359,8 @@ func (v *validator) inbound(field string, in *fileInbound, leeway time.Duration)
 	}
 	ib := Inbound{Name: in.Name, Listen: in.Listen, App: in.App, Allow: v.policy(field+".allow", in.Allow), QUICListen: in.QUIC}
 	ib.Unobserved = in.Anomaly != nil && !*in.Anomaly
+	ib.Unaudited = in.Audit != nil && !*in.Audit
+	ib.Untraced = in.Tracing != nil && !*in.Tracing
 	if in.Limits != nil {
 		ib.Limits = v.limits(field+".limits", in.Limits)
 		if in.Limits.Requests != nil && in.Protocol != "http" {
