@@ -26,7 +26,7 @@ HYDRA := $(BIN)/hydra
 RATELIMIT := $(BIN)/ratelimit
 JAEGER := $(BIN)/jaeger
 
-.PHONY: all build bench-bin spire hydra ratelimit jaeger ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits demo clean
+.PHONY: all build bench-bin spire hydra ratelimit jaeger ghostunnel deps bench-deps test test-short stress lint vulncheck fuzz-short soak bench bench-short bench-pq bench-quic bench-egress bench-limits bench-observe demo clean
 
 all: build
 
@@ -218,6 +218,11 @@ bench-quic: bench-bin
 ## minutes; writes bench/results/limits.{md,jsonl}.
 bench-limits: build bench-bin
 	$(BIN)/credflow-bench -scenario limits -repeats 6 -out bench/results
+
+## bench-observe: the audit trail's and tracing's CPU cost per request, paired as bench-limits, with a
+## real Jaeger (issue 18's targets: at most 1.05 and 1.10).
+bench-observe: build bench-bin jaeger
+	$(BIN)/credflow-bench -scenario observe -repeats 6 -out bench/results
 
 ## demo: see README.
 demo: build spire hydra

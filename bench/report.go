@@ -31,7 +31,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		"quic (Initial datagrams of a QUIC handshake per group), transport (TCP against QUIC between sidecars, in process), "+
 		"mesh (T0-T5h as processes, narrowed by -topologies and -scenarios: bulk, RPC latency, ping-pong, handshakes, connection scale, rotation), "+
 		"egress (credential injection's CPU cost on an egress listener, cold-cache token fetches; needs -hydra), "+
-		"limits (rate limits' CPU cost on an inbound listener, and their memory with many identities); "+
+		"limits (rate limits' CPU cost on an inbound listener, and their memory with many identities), "+
+		"observe (the audit trail's and tracing's CPU cost per request, against a real Jaeger); "+
 		"pq is the first four")
 	profile := fs.String("profile", "full", "mesh: full (make bench) or short (make bench-short)")
 	credflowBin := fs.String("credflow", "bin/credflow", "mesh: the credflow binary")
@@ -39,6 +40,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	haproxyBin := fs.String("haproxy", "haproxy", "mesh: the haproxy binary (T5, T5h); empty skips them")
 	hydraBin := fs.String("hydra", "bin/hydra", "egress: the Ory Hydra binary (make hydra)")
 	limitsTime := fs.Duration("limits-time", 5*time.Second, "limits: the length of each measured run (600 requests/s through each of two listeners at once)")
+	observeTime := fs.Duration("observe-time", 5*time.Second, "observe: the length of each measured run (600 requests/s through each of two listeners at once)")
 	egressTime := fs.Duration("egress-time", 5*time.Second, "egress: the length of each measured run (600 requests/s through each of two listeners at once)")
 	n := fs.Int("n", 300, "handshakes or operations per measurement")
 	repeats := fs.Int("repeats", 5, "repeats, scenarios interleaved within each")
@@ -66,7 +68,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		names = []string{"kex", "kem", "tokens", "quic"}
 	}
 	for _, name := range names {
-		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" && name != "mesh" && name != "egress" && name != "limits" {
+		if name != "kex" && name != "kem" && name != "tokens" && name != "quic" && name != "transport" && name != "mesh" && name != "egress" && name != "limits" && name != "observe" {
 			fmt.Fprintf(stderr, "credflow-bench: unknown scenario %q\n", name)
 			return 2
 		}
@@ -194,6 +196,25 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			os.RemoveAll(dir)
 			results, table = run, LimitsTable(env, run)
+		case "observe":
+			var bins Binaries
+			if bins, err = findBinaries(*credflowBin, "", ""); err != nil {
+				break
+			}
+			var dir string
+			if dir, err = os.MkdirTemp("", "credflow-bench-observe-"); err != nil {
+				break
+			}
+			var run *ObserveRun
+			run, err = RunObserve(ctx, ObserveConfig{Credflow: bins.Credflow, Dir: dir, Repeats: *repeats, Rate: 600,
+				Duration: *observeTime, Conns: 16})
+			env.Finish()
+			if err != nil {
+				fmt.Fprintf(stderr, "credflow-bench: the sidecars' logs and configuration kept in %s\n", dir)
+				break
+			}
+			os.RemoveAll(dir)
+			results, table = run, ObserveTable(env, run)
 		case "quic":
 			var rs []QUICInitialResult
 			rs, err = RunQUICInitial(ctx)
