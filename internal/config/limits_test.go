@@ -307,3 +307,38 @@ func TestParseAnomaly(t *testing.T) {
 		t.Errorf("no detector: %v", err)
 	}
 }
+
+// TestParseTracingAndAudit: the tracing and audit sections, their
+// defaults, the listeners kept from them; mistakes named.
+func TestParseTracingAndAudit(t *testing.T) {
+	base := "inbound:\n  - {name: api, listen: 0.0.0.0:15006, app: 127.0.0.1:8080, allow: [spiffe://example.org], audit: false, tracing: false}\n"
+	c, err := config.Parse([]byte(base + "tracing: {endpoint: collector:4317}\naudit: {path: /var/log/credflow/audit.jsonl}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr := c.Tracing; tr == nil || tr.Endpoint != "collector:4317" || tr.SampleRatio != config.DefaultTraceSampleRatio ||
+		tr.ServiceName != "credflow" || tr.Queue != config.DefaultTraceQueue || tr.Timeout != config.DefaultTraceTimeout || tr.Insecure {
+		t.Errorf("tracing defaults: %+v", tr)
+	}
+	if a := c.Audit; a == nil || a.Path != "/var/log/credflow/audit.jsonl" || a.MaxBytes != 0 {
+		t.Errorf("audit: %+v", a)
+	}
+	if in := c.Inbound[0]; !in.Unaudited || !in.Untraced {
+		t.Errorf("inbound[0] audit: false, tracing: false: %+v", in)
+	}
+	c, err = config.Parse([]byte(base + "tracing: {endpoint: 127.0.0.1:4317, insecure: true, sample_ratio: 0}\n"))
+	if err != nil || c.Tracing.SampleRatio != 0 || !c.Tracing.Insecure {
+		t.Errorf("sample_ratio 0: %+v %v", c.Tracing, err)
+	}
+	for _, bad := range []struct{ section, want string }{
+		{"tracing: {sample_ratio: 0.5}", "tracing.endpoint: required"},
+		{"tracing: {endpoint: c:4317, sample_ratio: 2}", "tracing.sample_ratio: 2: between 0 and 1"},
+		{"audit: {path: audit.jsonl}", `audit.path: "audit.jsonl": an absolute path`},
+		{"audit: {path: /a.jsonl, max_bytes: 10}", "audit.max_bytes: 10: 65536"},
+		{"audit: {path: /a.jsonl, checkpoint_interval: 1ms}", "audit.checkpoint_interval: 1ms: at least 100ms"},
+	} {
+		if _, err := config.Parse([]byte(base + bad.section + "\n")); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("%s: error %v, want one naming %q", bad.section, err, bad.want)
+		}
+	}
+}
