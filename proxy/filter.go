@@ -460,6 +460,14 @@ func (f exchangeFilter) Filter(r *Request) reason.Reason {
 	r.HTTP.Header.Set(txn.Header, tok)
 	p.m.token("minted")
 	p.log.Debug("proxy: transaction token minted", slog.String(logkey.Txn, c.Txn), slog.String(logkey.TokenID, c.ID))
+	if a := p.cfg.Audit; a != nil {
+		now := time.Now()
+		// The external token is named by its fingerprint, never shown.
+		a.Write(audit.Event{Type: audit.TypeCredential, Kind: audit.KindEdgeExchange, Time: now, Listener: r.Listener,
+			Issuer: c.SubjectIs, Subject: c.Subject, Fingerprint: audit.Fingerprint([]byte(external)), JTI: c.ID})
+		a.Write(audit.Event{Type: audit.TypeCredential, Kind: audit.KindTxnMinted, Time: now, Listener: r.Listener,
+			Subject: c.Subject, JTI: c.ID, Audience: strings.Join(c.Audience, " ")})
+	}
 	return ""
 }
 
