@@ -325,8 +325,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	var tok *tokenEndpoint
 	if cfg.TokenEndpoint != nil {
-		if tok, err = startTokenEndpoint(cfg.TokenEndpoint, exchange.Config{Tokens: src, Subjects: subjectExchanger(exchanger),
-			Refused: pm.TokenEndpointRefused}, log); err != nil {
+		ec := exchange.Config{Tokens: src, Subjects: subjectExchanger(exchanger), Refused: pm.TokenEndpointRefused}
+		if tr != nil {
+			ec.Audit = tr.Write
+		}
+		if tok, err = startTokenEndpoint(cfg.TokenEndpoint, ec, log); err != nil {
 			return err
 		}
 		defer tok.close()

@@ -70,6 +70,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"golang.org/x/time/rate"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/reason"
@@ -138,6 +139,10 @@ type Config struct {
 	// Refused, if not nil, is called with the reason of each refusal
 	// (credflow_refusals_total).
 	Refused func(reason.Reason)
+	// Audit, if not nil, receives an event for each request: a decision
+	// for a refusal, a token_issued for an issuance (its audience and
+	// type, never the token). It must not block.
+	Audit func(audit.Event)
 
 	// NewAudienceRate is how many audiences the agent has not cached (see
 	// Cache) one caller may ask for per second, in bursts of up to
@@ -157,6 +162,7 @@ type Endpoint struct {
 	subjects Exchanger
 	log      *slog.Logger
 	refused  func(reason.Reason)
+	audit    func(audit.Event)
 	policy   atomic.Pointer[policy]
 	mux      *http.ServeMux
 	limits   *issuance
@@ -171,7 +177,7 @@ type policy struct {
 
 // New returns the endpoint for c.
 func New(c Config) *Endpoint {
-	e := &Endpoint{tokens: c.Tokens, subjects: c.Subjects, log: c.Log, refused: c.Refused, mux: http.NewServeMux(),
+	e := &Endpoint{tokens: c.Tokens, subjects: c.Subjects, log: c.Log, refused: c.Refused, audit: c.Audit, mux: http.NewServeMux(),
 		limits: newIssuance(c), limitedLog: rate.NewLimiter(10, 50)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
@@ -259,6 +265,18 @@ func (q *request) logLine(decision string, why reason.Reason, tokenType string) 
 		attrs = append(attrs, slog.String(logkey.TokenType, tokenType))
 	}
 	q.e.log.LogAttrs(context.Background(), slog.LevelInfo, "token", attrs...)
+	if q.e.audit != nil {
+		e := audit.Event{Type: audit.TypeDecision, Time: time.Now(), Listener: "token_endpoint", Decision: audit.Deny,
+			Reason: string(why), Audience: q.audience}
+		if decision == "issued" {
+			e = audit.Event{Type: audit.TypeCredential, Kind: audit.KindTokenIssued, Time: e.Time, Listener: e.Listener,
+				Audience: q.audience}
+		}
+		if q.cred != nil {
+			e.Subject = fmt.Sprintf("uid:%d", q.cred.UID)
+		}
+		q.e.audit(e)
+	}
 }
 
 func (e *Endpoint) serveToken(w http.ResponseWriter, r *http.Request) {

@@ -27,6 +27,7 @@ import (
 	jose "github.com/go-jose/go-jose/v4"
 	"github.com/go-jose/go-jose/v4/jwt"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/reason"
 	"github.com/credflow/credflow/token/edge"
@@ -505,5 +506,33 @@ func TestLogNeverHoldsTokens(t *testing.T) {
 		if secret == "" || strings.Contains(all, secret) {
 			t.Fatalf("the log holds %q", secret)
 		}
+	}
+}
+
+// TestAuditEvents: each issuance is a token_issued event with its
+// audience, each refusal a deny decision with its reason; no token.
+func TestAuditEvents(t *testing.T) {
+	var mu sync.Mutex
+	var events []audit.Event
+	e := serve(t, exchange.Config{Audiences: []string{audB}, Subjects: subjects{}, Audit: func(ev audit.Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		events = append(events, ev)
+	}}, "", false)
+	_, svid, _ := e.post(t, form("audience", audB), nil)
+	e.post(t, form("audience", "spiffe://example.org/other"), nil)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(events) != 2 {
+		t.Fatalf("%d events: %+v", len(events), events)
+	}
+	if ev := events[0]; ev.Kind != audit.KindTokenIssued || ev.Audience != audB || ev.Subject != fmt.Sprintf("uid:%d", os.Geteuid()) {
+		t.Errorf("issuance: %+v", ev)
+	}
+	if ev := events[1]; ev.Type != audit.TypeDecision || ev.Decision != audit.Deny || ev.Reason != string(reason.AudienceNotAllowed) {
+		t.Errorf("refusal: %+v", ev)
+	}
+	if strings.Contains(fmt.Sprint(events), svid["access_token"].(string)) {
+		t.Error("an event holds the token")
 	}
 }
