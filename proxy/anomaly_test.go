@@ -233,9 +233,16 @@ func TestAnomalySourceQuarantine(t *testing.T) {
 			c.Close()
 		}
 	}
+	// Each refusal is observed as the sidecar ends the handshake, just
+	// after the client learns of it.
 	loopback := anomaly.Source(netip.MustParseAddr("127.0.0.1"))
-	if _, ok := det.Quarantine().Quarantined(loopback, time.Now()); !ok {
-		t.Fatalf("4 failed handshakes past a burst of 3: 127.0.0.1 not in quarantine (%v)", det.Quarantine().List(time.Now()))
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if _, ok := det.Quarantine().Quarantined(loopback, time.Now()); ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("4 failed handshakes past a burst of 3: 127.0.0.1 not in quarantine (%v)", det.Quarantine().List(time.Now()))
+		}
 	}
 	if _, err := valid.Get("https://" + addr + "/orders"); err == nil {
 		t.Error("a valid peer from a quarantined address was served")
