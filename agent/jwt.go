@@ -185,6 +185,9 @@ func (s *Source) fetchJWTSVID(audience string) (*jwtsvid.SVID, error) {
 		slog.String(logkey.Audience, audience),
 		slog.String(logkey.SPIFFEID, svid.ID.String()),
 		slog.Time(logkey.Expiry, svid.Expiry))
+	if s.cfg.JWTFetched != nil {
+		s.cfg.JWTFetched(audience, svid.Expiry)
+	}
 	return svid, nil
 }
 

@@ -46,6 +46,11 @@ type Config struct {
 	// Metrics records identity metrics. Nil records nothing.
 	Metrics *Metrics
 
+	// JWTFetched, if set, is told of each JWT-SVID fetched from the agent
+	// (not those served from the cache): its audience and expiry, never
+	// the token. It must not block.
+	JWTFetched func(audience string, expires time.Time)
+
 	// MinBackoff is a watch's first reconnection delay after an error.
 	// Default DefaultMinBackoff (500ms).
 	MinBackoff time.Duration

@@ -155,6 +155,20 @@ func TestE2EAuditTrail(t *testing.T) {
 	if kinds["svid_rotated"] == 0 || kinds["bundle_updated"] == 0 {
 		t.Errorf("the backend's trail lacks the SVID and bundle events: %v", kinds)
 	}
+	// The frontend fetched a JWT-SVID for the backend's audience (once:
+	// then it is cached).
+	fetched := 0
+	for _, r := range readTrail(t, trailOf("frontend")) {
+		if r["kind"] == "jwt_svid_fetched" {
+			fetched++
+			if r["audience"] != "spiffe://example.org/backend" || r["until"] == nil {
+				t.Errorf("jwt_svid_fetched: %v", r)
+			}
+		}
+	}
+	if fetched == 0 {
+		t.Error("the frontend's trail has no jwt_svid_fetched")
+	}
 
 	// Verified against the trust bundle, and nothing secret in any trail.
 	bundle := filepath.Join(dir, "bundle.pem")

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
@@ -27,6 +28,8 @@ type detection struct {
 	// a quarantined peer's connections and revoke tokens through it. They
 	// run only once the proxy serves.
 	proxy *proxy.Proxy
+	// trail, if set, records the quarantines lifted by hand.
+	trail *trail
 }
 
 // revokeWriteTimeout bounds the write of a revocation to the shared list.
@@ -116,7 +119,12 @@ func (d *detection) lift(subject string) (bool, error) {
 	} else {
 		return false, errors.New("\"" + subject + "\" is not a SPIFFE ID or an IP address")
 	}
-	return d.detector.Quarantine().Lift(s), nil
+	lifted := d.detector.Quarantine().Lift(s)
+	if lifted {
+		d.trail.Write(audit.Event{Type: audit.TypeCredential, Time: time.Now(), Kind: audit.KindQuarantine,
+			Subject: s.String(), Reason: "lifted"})
+	}
+	return lifted, nil
 }
 
 // detectQuarantined and detectLift are the admin endpoint's view of d:

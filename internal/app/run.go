@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -165,10 +166,17 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	// The trail is made once the source is (it signs with the SVID): the
+	// source reaches it through trailRef.
+	var trailRef atomic.Pointer[trail]
 	src, err := agent.New(agent.Config{
 		Addr:    workloadAPIAddr(cfg.WorkloadAPI),
 		Logger:  log,
 		Metrics: agent.NewMetrics(reg),
+		JWTFetched: func(audience string, expires time.Time) {
+			trailRef.Load().Write(audit.Event{Type: audit.TypeCredential, Time: time.Now(), Kind: audit.KindJWTSVIDFetched,
+				Audience: audience, Until: expires})
+		},
 	})
 	if err != nil {
 		return err
@@ -193,6 +201,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	trailRef.Store(tr)
 	var sinks []anomaly.Sink
 	if tr != nil {
 		sinks = append(sinks, tr.anomalySink())
@@ -221,6 +230,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	}
 	if detect != nil {
 		pc.Anomaly = detect.detector
+		detect.trail = tr
 	}
 	if tr != nil {
 		pc.Audit = tr
