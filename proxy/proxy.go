@@ -232,6 +232,11 @@ type Config struct {
 	// a client span per sidecar, the W3C trace context continued or
 	// started (tracing.go). Nil: no tracing, at no cost.
 	Tracer trace.TracerProvider
+	// TraceConnections, with Tracer, also gives each relayed L4
+	// connection (TCP, or a QUIC stream) a span of its own, from accept
+	// to close: a root span, as an L4 connection carries no trace
+	// context.
+	TraceConnections bool
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that
@@ -1067,6 +1072,7 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 		p.m.classicalAccepted(l.dir, peer.TrustDomain().Name())
 	}
 
+	span := p.connSpan(ctx, l, start, peer, cs, transport)
 	res := relay.Copy(ctx, a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
 
 	p.mu.Lock()
@@ -1080,6 +1086,7 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 		// says so with an alert on our first read.
 		p.m.refused(l.dir, reason.PeerRefused, false)
 		p.access(l, start, peer, cs, "deny", reason.PeerRefused, res, transport)
+		endConnSpan(span, reason.PeerRefused, fromApp, toApp)
 		return
 	}
 	if l.dir == dirOutbound {
@@ -1087,6 +1094,7 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	}
 	why, _ := c.closedBy.Load().(reason.Reason)
 	p.access(l, start, peer, cs, "allow", why, res, transport)
+	endConnSpan(span, why, fromApp, toApp)
 }
 
 // refusedByPeer reports whether a relay that delivered nothing to the app

@@ -2,7 +2,9 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"net/http"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"go.opentelemetry.io/otel/attribute"
@@ -128,4 +130,47 @@ func spanOf(ctx context.Context) trace.Span {
 		return s
 	}
 	return nil
+}
+
+// Attribute keys of connection spans.
+const (
+	attrTransport = attribute.Key("credflow.transport")
+	attrFromApp   = attribute.Key("credflow.bytes_from_app")
+	attrToApp     = attribute.Key("credflow.bytes_to_app")
+)
+
+// connSpan starts the span of a relayed L4 connection on l, from start, or
+// returns nil when connections are not traced.
+func (p *Proxy) connSpan(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState, transport string) trace.Span {
+	if p.tracer == nil || !p.cfg.TraceConnections || l.untraced {
+		return nil
+	}
+	kind := trace.SpanKindServer
+	if l.dir == dirOutbound {
+		kind = trace.SpanKindClient
+	}
+	attrs := []attribute.KeyValue{attrListener.String(l.name), attrTransport.String(transport)}
+	if !peer.IsZero() {
+		attrs = append(attrs, attrPeer.String(peer.String()))
+	}
+	if cs != nil {
+		attrs = append(attrs, attrGroup.String(GroupName(cs.CurveID)))
+	}
+	_, span := p.tracer.Start(ctx, "credflow "+string(l.dir)+" "+l.name+" connection", trace.WithSpanKind(kind),
+		trace.WithTimestamp(start), trace.WithNewRoot(), trace.WithAttributes(attrs...))
+	return span
+}
+
+// endConnSpan records a connection's end on its span: the bytes each way,
+// and the reason the sidecar closed or refused it (an error).
+func endConnSpan(span trace.Span, why reason.Reason, fromApp, toApp int64) {
+	if span == nil {
+		return
+	}
+	span.SetAttributes(attrFromApp.Int64(fromApp), attrToApp.Int64(toApp))
+	if why != "" {
+		span.SetAttributes(attrReason.String(string(why)))
+		span.SetStatus(codes.Error, string(why))
+	}
+	span.End()
 }

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/credflow/credflow/internal/jaegertest"
+	"github.com/credflow/credflow/internal/sidecartest"
 	"github.com/credflow/credflow/internal/testca"
 	"github.com/credflow/credflow/internal/testenv"
 	"github.com/credflow/credflow/proxy"
@@ -208,6 +209,70 @@ func TestTracingSampledOut(t *testing.T) {
 	for _, tpHeader := range tp.seen {
 		if len(tpHeader) != 55 || tpHeader[53:] != "00" {
 			t.Errorf("the app received traceparent %q; want one, not sampled", tpHeader)
+		}
+	}
+}
+
+// TestTracingConnections: with TraceConnections, each relayed TCP
+// connection is a span on each side (inbound server, outbound client), a
+// root span from accept to close with the peer, the TLS group and the
+// bytes each way; without it, none.
+func TestTracingConnections(t *testing.T) {
+	for _, on := range []bool{true, false} {
+		rec := tracetest.NewSpanRecorder()
+		tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+		ca := testca.New(t, td)
+		echo, err := sidecartest.Echo(t.Context())
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundles := x509bundle.NewSet(ca.Bundle())
+		in, _ := startProxy(t, proxy.Config{SVIDs: static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))}, Bundles: bundles,
+			Tracer: tp, TraceConnections: on,
+			Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: echo, Allow: policy(t, "spiffe://example.org/frontend")}}})
+		out, _ := startProxy(t, proxy.Config{SVIDs: static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))}, Bundles: bundles,
+			Tracer: tp, TraceConnections: on,
+			Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: in.Addr("app").String(), Expect: policy(t, "spiffe://example.org/backend")}}})
+		if got := roundTrip(t, out.Addr("up").String(), []byte("hello")); string(got) != "hello" {
+			t.Fatalf("through the sidecars: %q", got)
+		}
+		var spans []sdktrace.ReadOnlySpan
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if spans = rec.Ended(); len(spans) >= 2 || !on {
+				break
+			}
+		}
+		if !on {
+			time.Sleep(100 * time.Millisecond)
+			if n := len(rec.Ended()) + len(rec.Started()); n != 0 {
+				t.Errorf("TraceConnections off: %d spans", n)
+			}
+			continue
+		}
+		if len(spans) != 2 {
+			t.Fatalf("%d connection spans, want 2", len(spans))
+		}
+		for _, s := range spans {
+			attrs := map[string]string{}
+			for _, kv := range s.Attributes() {
+				attrs[string(kv.Key)] = kv.Value.Emit()
+			}
+			switch s.Name() {
+			case "credflow inbound app connection":
+				if s.SpanKind() != trace.SpanKindServer || attrs["credflow.peer_id"] != "spiffe://example.org/frontend" ||
+					attrs["credflow.bytes_to_app"] != "5" || attrs["credflow.bytes_from_app"] != "5" || attrs["credflow.tls_group"] == "" {
+					t.Errorf("inbound span: %v %v", s.SpanKind(), attrs)
+				}
+			case "credflow outbound up connection":
+				if s.SpanKind() != trace.SpanKindClient || attrs["credflow.peer_id"] != "spiffe://example.org/backend" || attrs["credflow.transport"] != "tcp" {
+					t.Errorf("outbound span: %v %v", s.SpanKind(), attrs)
+				}
+			default:
+				t.Errorf("unexpected span %q", s.Name())
+			}
+			if s.Parent().IsValid() {
+				t.Errorf("span %q has a parent; a connection span is a root", s.Name())
+			}
 		}
 	}
 }

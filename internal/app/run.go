@@ -223,7 +223,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pc := proxyConfig(cfg, src, log, pm)
 	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
 	if traces != nil {
-		pc.Tracer = traces.provider
+		pc.Tracer, pc.TraceConnections = traces.provider, cfg.Tracing.Connections
 	}
 	if deny != nil {
 		pc.Revoked = deny.list

@@ -51,6 +51,7 @@ type fileTracing struct {
 	ServiceName string   `yaml:"service_name"`
 	Queue       int      `yaml:"queue"`
 	Timeout     duration `yaml:"timeout"`
+	Connections bool     `yaml:"connections"`
 }
 
 // fileAnomaly is anomaly detection (proxy/anomaly).

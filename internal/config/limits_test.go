@@ -326,8 +326,8 @@ func TestParseTracingAndAudit(t *testing.T) {
 	if in := c.Inbound[0]; !in.Unaudited || !in.Untraced {
 		t.Errorf("inbound[0] audit: false, tracing: false: %+v", in)
 	}
-	c, err = config.Parse([]byte(base + "tracing: {endpoint: 127.0.0.1:4317, insecure: true, sample_ratio: 0}\n"))
-	if err != nil || c.Tracing.SampleRatio != 0 || !c.Tracing.Insecure {
+	c, err = config.Parse([]byte(base + "tracing: {endpoint: 127.0.0.1:4317, insecure: true, sample_ratio: 0, connections: true}\n"))
+	if err != nil || c.Tracing.SampleRatio != 0 || !c.Tracing.Insecure || !c.Tracing.Connections {
 		t.Errorf("sample_ratio 0: %+v %v", c.Tracing, err)
 	}
 	for _, bad := range []struct{ section, want string }{

@@ -1137,6 +1137,7 @@ type Tracing struct {
 	ServiceName string
 	Queue       int           // spans waiting for export; past it, dropped
 	Timeout     time.Duration // one export
+	Connections bool          // a span per relayed L4 connection too
 }
 
 // Tracing defaults.
@@ -1149,7 +1150,7 @@ const (
 
 // tracing checks the tracing section.
 func (v *validator) tracing(field string, f *fileTracing) *Tracing {
-	t := &Tracing{Endpoint: f.Endpoint, Insecure: f.Insecure, SampleRatio: DefaultTraceSampleRatio,
+	t := &Tracing{Endpoint: f.Endpoint, Insecure: f.Insecure, SampleRatio: DefaultTraceSampleRatio, Connections: f.Connections,
 		ServiceName: cmpOr(f.ServiceName, DefaultTraceServiceName), Queue: f.Queue, Timeout: f.Timeout.or(DefaultTraceTimeout)}
 	if err := checkAddr(f.Endpoint, false); err != nil {
 		v.fail(field+".endpoint", "%v (the OTLP/gRPC collector, host:port)", err)
