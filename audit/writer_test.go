@@ -11,6 +11,7 @@ import (
 	"crypto/rsa"
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -475,6 +476,65 @@ func TestKeyTypes(t *testing.T) {
 			if p := (*audit.Problem)(nil); !errors.As(err, &p) || p.Kind != audit.Forged {
 				t.Errorf("the final checkpoint's time changed: %v, want forged", err)
 			}
+		})
+	}
+}
+
+// countingFile counts the writes to it.
+type countingFile struct {
+	*os.File
+	writes *atomic.Int64
+}
+
+func (f countingFile) Write(p []byte) (int, error) {
+	f.writes.Add(1)
+	return f.File.Write(p)
+}
+
+// TestWritesGathered: events written within FlushDelay of the first of a
+// batch reach the file in one write, FlushDelay after that first event;
+// with a negative FlushDelay each is written as it comes.
+func TestWritesGathered(t *testing.T) {
+	for _, tc := range []struct {
+		delay      time.Duration
+		wantWrites int64
+	}{{20 * time.Millisecond, 1}, {-1, 10}} {
+		t.Run(fmt.Sprint(tc.delay), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				path := filepath.Join(t.TempDir(), "audit.jsonl")
+				var writes atomic.Int64
+				open := func(path string) (audit.File, error) {
+					f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+					return countingFile{File: f, writes: &writes}, err
+				}
+				w, err := audit.New(audit.Config{Path: path, CheckpointInterval: time.Hour, FlushDelay: tc.delay, Open: open})
+				if err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel := context.WithCancel(context.Background())
+				done := make(chan error)
+				go func() { done <- w.Run(ctx) }()
+
+				for i := range 10 {
+					w.Write(request(i))
+					time.Sleep(time.Millisecond)
+					synctest.Wait()
+				}
+				if tc.delay > 0 {
+					if got := writes.Load(); got != 0 {
+						t.Errorf("10 ms after the first event: %d writes, want 0 (still gathering)", got)
+					}
+					time.Sleep(tc.delay)
+					synctest.Wait()
+				}
+				if got, events := writes.Load(), w.Stats().Events; got != tc.wantWrites || events != 10 {
+					t.Errorf("%d events in %d writes, want 10 in %d", events, got, tc.wantWrites)
+				}
+				cancel()
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			})
 		})
 	}
 }
