@@ -336,7 +336,8 @@ type listener struct {
 	limiter  atomic.Pointer[limit.Limiter]    // inbound: nil when no limits are set
 	observed atomic.Bool                      // inbound: outcomes go to anomaly detection
 
-	unaudited, untraced bool // inbound: kept from the audit trail, from tracing
+	unaudited, untraced bool   // inbound: kept from the audit trail, from tracing
+	spanName            string // of the server spans of its requests
 }
 
 // conn is an established connection between sidecars, tracked so that it
@@ -451,7 +452,7 @@ func New(cfg Config) (*Proxy, error) {
 			return nil, fmt.Errorf("proxy: listener name %q is empty or used twice", name)
 		}
 		names[name] = true
-		l := &listener{name: name, dir: dir, addr: addr, target: target}
+		l := &listener{name: name, dir: dir, addr: addr, target: target, spanName: "credflow " + string(dir) + " " + name}
 		l.policy.Store(&pol)
 		l.callers.Store(&peercred.Callers{})
 		p.listeners = append(p.listeners, l)

@@ -49,7 +49,7 @@ func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.S
 		return r, nil
 	}
 	ctx := w3c.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := p.tracer.Start(ctx, "credflow "+string(l.dir)+" "+l.name, trace.WithSpanKind(trace.SpanKindServer),
+	ctx, span := p.tracer.Start(ctx, l.spanName, trace.WithSpanKind(trace.SpanKindServer),
 		trace.WithAttributes(attrListener.String(l.name), attrMethod.String(r.Method)))
 	return r.WithContext(ctx), span
 }
@@ -83,6 +83,9 @@ func endServerSpan(span trace.Span, peer spiffeid.ID, route string, why reason.R
 // tracedTransport is a RoundTripper that wraps each request it sends in a
 // client span, child of the span in the request's context, and sends the
 // trace context on with the request (replacing any the sender put there).
+// It sets the trace headers on the request it is given rather than on a
+// copy: its callers are httputil.ReverseProxy's, whose requests are their
+// own copies of the request received.
 type tracedTransport struct {
 	rt     http.RoundTripper
 	tracer trace.Tracer
@@ -93,7 +96,7 @@ func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx, span := t.tracer.Start(r.Context(), t.name, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path)))
 	defer span.End()
-	r = r.Clone(ctx)
+	r = r.WithContext(ctx)
 	r.Header.Del("Traceparent")
 	r.Header.Del("Tracestate")
 	w3c.Inject(ctx, propagation.HeaderCarrier(r.Header))

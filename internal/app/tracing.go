@@ -13,7 +13,6 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/config"
-	"github.com/credflow/credflow/internal/logkey"
 )
 
 // tracing is the sidecar's tracer provider and what stops it.
@@ -39,17 +38,20 @@ func newTracing(cfg *config.Tracing, reg prometheus.Registerer, log *slog.Logger
 	if err != nil {
 		return nil, err
 	}
-	failed := prometheus.NewCounter(prometheus.CounterOpts{
+	dropped := prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "credflow_trace_spans_dropped_total",
-		Help: "Spans not exported: the collector refused them or could not be reached in time.",
-	})
-	reg.MustRegister(failed)
+		Help: "Spans not exported, by reason: queue_full (the export queue was full), export_failed (the collector refused them or could not be reached in time).",
+	}, []string{"reason"})
+	for _, r := range []string{dropQueueFull, dropExportFailed} {
+		dropped.WithLabelValues(r)
+	}
+	reg.MustRegister(dropped)
 	res := resource.NewSchemaless(attribute.String("service.name", cfg.ServiceName))
 	provider := sdktrace.NewTracerProvider(
 		sdktrace.WithResource(res),
 		sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(cfg.SampleRatio))),
-		sdktrace.WithBatcher(countingExporter{SpanExporter: exp, failed: failed, log: log},
-			sdktrace.WithMaxQueueSize(cfg.Queue), sdktrace.WithBatchTimeout(time.Second)),
+		sdktrace.WithSpanProcessor(newSpanBatcher(exp, cfg.Queue, time.Second, cfg.Timeout,
+			func(reason string, n int) { dropped.WithLabelValues(reason).Add(float64(n)) }, log)),
 	)
 	return &tracing{provider: provider}, nil
 }
@@ -63,22 +65,3 @@ func (t *tracing) stop() {
 
 // traceWarn paces the warning that spans were not exported.
 var traceWarn = &rate.Sometimes{First: 1, Interval: 10 * time.Second}
-
-// countingExporter counts the spans of batches its exporter failed to
-// send, and says so in the log at most every 10 s.
-type countingExporter struct {
-	sdktrace.SpanExporter
-	failed prometheus.Counter
-	log    *slog.Logger
-}
-
-func (e countingExporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
-	err := e.SpanExporter.ExportSpans(ctx, spans)
-	if err != nil {
-		e.failed.Add(float64(len(spans)))
-		traceWarn.Do(func() {
-			e.log.Warn("tracing: spans not exported", slog.Int("spans", len(spans)), slog.String(logkey.Error, err.Error()))
-		})
-	}
-	return err
-}

@@ -46,12 +46,17 @@ func TestTracingCollectorDown(t *testing.T) {
 	mfs, _ := reg.Gather()
 	var dropped float64
 	for _, mf := range mfs {
-		if mf.GetName() == "credflow_trace_spans_dropped_total" {
-			dropped = mf.GetMetric()[0].GetCounter().GetValue()
+		if mf.GetName() != "credflow_trace_spans_dropped_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == dropExportFailed {
+				dropped = m.GetCounter().GetValue()
+			}
 		}
 	}
 	if dropped != 50 {
-		t.Errorf("credflow_trace_spans_dropped_total = %v, want the 50 spans", dropped)
+		t.Errorf(`credflow_trace_spans_dropped_total{reason="export_failed"} = %v, want the 50 spans`, dropped)
 	}
 	if !strings.Contains(logs.String(), "tracing: spans not exported") {
 		t.Errorf("no warning logged:\n%s", logs.String())
