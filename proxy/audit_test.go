@@ -2,19 +2,27 @@ package proxy_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/audit"
 	"github.com/credflow/credflow/internal/testca"
+	"github.com/credflow/credflow/internal/testenv"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/route"
 )
@@ -130,4 +138,95 @@ func TestAuditTokenEvents(t *testing.T) {
 			t.Fatalf("edge decisions for the request: %d", n)
 		}
 	}
+}
+
+// TestAuditDiskFull: with the audit file's disk full (a real 256 KiB
+// tmpfs, filled), every request is still answered; the events that could
+// not be written are counted, in the writer's stats and the metric alike;
+// once there is room again the trail records a gap of exactly those and
+// verifies.
+func TestAuditDiskFull(t *testing.T) {
+	testenv.NeedsRoot(t, "mounting a small tmpfs for the audit file")
+	dir := t.TempDir()
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", dir).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", "-l", dir).Run() })
+
+	ca := testca.New(t, td)
+	reg := prometheus.NewRegistry()
+	path := filepath.Join(dir, "audit.jsonl")
+	w, err := audit.New(audit.Config{Path: path, CheckpointInterval: time.Hour, Metrics: audit.NewMetrics(reg),
+		SVIDs: static{svid: ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	rig := startAbuseRig(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { fmt.Fprint(w, "ok") }),
+		proxy.Config{Audit: w})
+	c := rig.httpClient(false)
+	url := "https://" + rig.addr + "/orders"
+	request := func() {
+		t.Helper()
+		resp, err := c.Get(url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET: %s (%s)", resp.Status, resp.Header.Get("X-Credflow-Reason"))
+		}
+	}
+	request()
+	stats := func() string { return fmt.Sprintf("%+v", w.Stats()) }
+	waitUntil(t, 30*time.Second, "the first decision written", func() bool { return w.Stats().Events >= 1 }, stats)
+
+	filler, err := os.Create(filepath.Join(dir, "filler"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for chunk := make([]byte, 4096); ; {
+		if _, err := filler.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatalf("filling the disk: %v", err)
+			}
+			break
+		}
+	}
+	for range 200 {
+		request() // each answered, the disk full or not
+	}
+	// The trail's last page may still take a few records.
+	waitUntil(t, 30*time.Second, "the 201 decisions written or lost", func() bool { s := w.Stats(); return s.Events+s.Failed >= 201 }, stats)
+	if w.Stats().Failed < 150 {
+		t.Fatalf("the full disk cost only %d events (%s)", w.Stats().Failed, stats())
+	}
+	filler.Close()
+	if err := os.Remove(filler.Name()); err != nil {
+		t.Fatal(err)
+	}
+	written := w.Stats().Records
+	request()
+	waitUntil(t, 30*time.Second, "a record written after the room is back", func() bool { return w.Stats().Records > written }, stats)
+	cancel()
+	<-done
+	done <- nil
+
+	s := w.Stats()
+	trailMetrics := &inbound{reg: reg}
+	if got := trailMetrics.metric(t, "credflow_audit_dropped_total", "reason=write_error"); got != float64(s.Failed) || s.WriteErrors == 0 {
+		t.Errorf(`credflow_audit_dropped_total{reason="write_error"} = %v, stats %+v: want the events lost, counted once`, got, s)
+	}
+	rep, err := audit.Verify([]string{path}, audit.VerifyOptions{Bundles: x509bundle.NewSet(ca.Bundle())})
+	if err != nil {
+		t.Fatalf("the trail after a full disk does not verify: %v", err)
+	}
+	if rep.Gaps == 0 || rep.Failed != s.Failed {
+		t.Errorf("report %+v: want gaps accounting for the %d events lost", rep, s.Failed)
+	}
+	t.Logf("disk full: %d events lost and counted, %d written; %s", s.Failed, s.Events, rep.Summary())
 }
