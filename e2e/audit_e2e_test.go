@@ -10,11 +10,14 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/credflow/credflow/internal/jaegertest"
 	"github.com/credflow/credflow/internal/sidecartest"
+	"github.com/credflow/credflow/internal/testenv"
 )
 
 // TestE2EAuditTrail runs a frontend, a backend and an intruder on real
@@ -23,7 +26,8 @@ import (
 // reads the trails: every access decision of the backend's access log is
 // in its trail once, with its fields; each trail holds the SVID and
 // bundle events and transaction-free requests' decisions; `credflow audit
-// verify` passes against the SPIRE bundle and names the writer; and no
+// verify` passes against the SPIRE bundle and names the writer; the
+// backend's events reached a real collector (Jaeger) once each; and no
 // token, key or certificate is in any trail.
 func TestE2EAuditTrail(t *testing.T) {
 	s, bin, _ := startWorkloads(t, 0, map[int]string{uidFrontend: "/frontend", uidBackend: "/backend", uidIntruder: "/intruder"})
@@ -56,12 +60,20 @@ func TestE2EAuditTrail(t *testing.T) {
 		}
 	}
 	inWeb, inTCP, outWeb, outTCP, intruderTCP := addrs[0], addrs[1], addrs[2], addrs[3], addrs[4]
+	// The backend also exports its trail to a collector: a real one.
+	testenv.NeedsJaeger(t)
+	j, err := jaegertest.Start(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(j.Close)
 	common := fmt.Sprintf("workload_api: %s\nadmin: \"{{admin}}\"\n", s.AgentAddr())
 	trailOf := func(name string) string { return filepath.Join(dir, name+"-audit.jsonl") }
 	auditConf := func(name string) string {
 		return fmt.Sprintf("audit: {path: %q, checkpoint_every: 25}\n", trailOf(name))
 	}
-	backend := startSidecar(t, s, bin, uidBackend, "backend", common+auditConf("backend")+fmt.Sprintf(`inbound:
+	backendAudit := fmt.Sprintf("audit: {path: %q, checkpoint_every: 25, export: {endpoint: %q, insecure: true}}\n", trailOf("backend"), j.OTLP)
+	backend := startSidecar(t, s, bin, uidBackend, "backend", common+backendAudit+fmt.Sprintf(`inbound:
   - name: web
     listen: %q
     app: %q
@@ -168,6 +180,31 @@ func TestE2EAuditTrail(t *testing.T) {
 	}
 	if fetched == 0 {
 		t.Error("the frontend's trail has no jwt_svid_fetched")
+	}
+
+	// Each of the backend's events and gaps reached the collector once,
+	// its body exactly its line in the trail; the sidecar sent what it
+	// held before it stopped.
+	raw, err := os.ReadFile(trailOf("backend"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	for line := range strings.Lines(string(raw)) {
+		if !strings.Contains(line, `"type":"checkpoint"`) {
+			lines = append(lines, strings.TrimSuffix(line, "\n"))
+		}
+	}
+	var exported []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) { // Jaeger's output, through a pipe
+		if exported = j.LogBodies(); len(exported) >= len(lines) || time.Now().After(deadline) {
+			break
+		}
+	}
+	slices.Sort(lines)
+	slices.Sort(exported)
+	if len(lines) == 0 || !slices.Equal(lines, exported) {
+		t.Errorf("the collector has %d records of the backend's trail, want its %d event lines exactly once", len(exported), len(lines))
 	}
 
 	// Verified against the trust bundle, and nothing secret in any trail.

@@ -11,6 +11,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"github.com/credflow/credflow/audit"
+	"github.com/credflow/credflow/audit/otlp"
 	"github.com/credflow/credflow/credential"
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/proxy/anomaly"
@@ -21,7 +22,8 @@ import (
 // turn what the sidecar sees (SVID and bundle rotations, revocations)
 // into events. The data plane writes its decisions itself.
 type trail struct {
-	w *audit.Writer
+	w   *audit.Writer
+	exp *otlp.Exporter // nil: the file only
 }
 
 // newTrail opens the audit trail, continuing the chain of a file already
@@ -30,13 +32,39 @@ func newTrail(cfg *config.Audit, svids x509svid.Source, reg prometheus.Registere
 	if cfg == nil {
 		return nil, nil
 	}
-	w, err := audit.New(audit.Config{Path: cfg.Path, MaxBytes: cfg.MaxBytes, MaxFiles: cfg.MaxFiles,
+	t := &trail{}
+	wc := audit.Config{Path: cfg.Path, MaxBytes: cfg.MaxBytes, MaxFiles: cfg.MaxFiles,
 		CheckpointEvery: cfg.CheckpointEvery, CheckpointInterval: cfg.CheckpointInterval, Queue: cfg.Queue,
-		SVIDs: svids, Logger: log, Metrics: audit.NewMetrics(reg)})
+		SVIDs: svids, Logger: log, Metrics: audit.NewMetrics(reg)}
+	if e := cfg.Export; e != nil {
+		exp, err := otlp.New(otlp.Config{Endpoint: e.Endpoint, Insecure: e.Insecure, ServiceName: e.ServiceName,
+			Queue: e.Queue, Timeout: e.Timeout, Logger: log, Registerer: reg})
+		if err != nil {
+			return nil, err
+		}
+		t.exp, wc.Export = exp, exp.Export
+	}
+	w, err := audit.New(wc)
 	if err != nil {
 		return nil, err
 	}
-	return &trail{w: w}, nil
+	t.w = w
+	return t, nil
+}
+
+// run writes the trail until ctx is done and the writer has written its
+// last records; the exporter, if any, then sends what it still holds.
+func (t *trail) run(ctx context.Context) {
+	if t.exp == nil {
+		t.w.Run(ctx)
+		return
+	}
+	stop, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); t.exp.Run(stop) }()
+	t.w.Run(ctx)
+	cancel()
+	<-done
 }
 
 // Write writes e; nil writes nothing.

@@ -282,7 +282,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		// The trail runs until the sidecar has stopped: its last records,
 		// and its final checkpoint, come after the proxy's.
 		auditDone := make(chan struct{})
-		go func() { defer close(auditDone); tr.w.Run(srcCtx) }()
+		go func() { defer close(auditDone); tr.run(srcCtx) }()
 		defer func() { stopSrc(); <-auditDone }()
 		go tr.watchIdentity(srcCtx, src, func() []*x509bundle.Bundle {
 			var bs []*x509bundle.Bundle

@@ -35,12 +35,23 @@ type file struct {
 
 // fileAudit is the audit trail (package audit).
 type fileAudit struct {
-	Path               string   `yaml:"path"`
-	MaxBytes           int64    `yaml:"max_bytes"`
-	MaxFiles           int      `yaml:"max_files"`
-	CheckpointEvery    int      `yaml:"checkpoint_every"`
-	CheckpointInterval duration `yaml:"checkpoint_interval"`
-	Queue              int      `yaml:"queue"`
+	Path               string           `yaml:"path"`
+	MaxBytes           int64            `yaml:"max_bytes"`
+	MaxFiles           int              `yaml:"max_files"`
+	CheckpointEvery    int              `yaml:"checkpoint_every"`
+	CheckpointInterval duration         `yaml:"checkpoint_interval"`
+	Queue              int              `yaml:"queue"`
+	Export             *fileAuditExport `yaml:"export"`
+}
+
+// fileAuditExport sends the audit events to an OpenTelemetry collector as
+// OTLP logs.
+type fileAuditExport struct {
+	Endpoint    string   `yaml:"endpoint"`
+	Insecure    bool     `yaml:"insecure"`
+	ServiceName string   `yaml:"service_name"`
+	Queue       int      `yaml:"queue"`
+	Timeout     duration `yaml:"timeout"`
 }
 
 // fileTracing is the OpenTelemetry tracing of the HTTP modes.

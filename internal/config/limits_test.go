@@ -330,12 +330,24 @@ func TestParseTracingAndAudit(t *testing.T) {
 	if err != nil || c.Tracing.SampleRatio != 0 || !c.Tracing.Insecure || !c.Tracing.Connections {
 		t.Errorf("sample_ratio 0: %+v %v", c.Tracing, err)
 	}
+	c, err = config.Parse([]byte(base + "audit: {path: /a.jsonl, export: {endpoint: collector:4317}}\n"))
+	if e := c.Audit.Export; err != nil || e == nil || e.Endpoint != "collector:4317" || e.Insecure || e.ServiceName != "credflow" ||
+		e.Queue != config.DefaultAuditExportQueue || e.Timeout != config.DefaultAuditExportTimeout {
+		t.Errorf("audit.export defaults: %+v %v", e, err)
+	}
+	c, err = config.Parse([]byte(base + "audit: {path: /a.jsonl, export: {endpoint: 127.0.0.1:4317, insecure: true, service_name: pay, queue: 10, timeout: 1s}}\n"))
+	if e := c.Audit.Export; err != nil || e == nil || !e.Insecure || e.ServiceName != "pay" || e.Queue != 10 || e.Timeout != time.Second {
+		t.Errorf("audit.export: %+v %v", e, err)
+	}
 	for _, bad := range []struct{ section, want string }{
 		{"tracing: {sample_ratio: 0.5}", "tracing.endpoint: required"},
 		{"tracing: {endpoint: c:4317, sample_ratio: 2}", "tracing.sample_ratio: 2: between 0 and 1"},
 		{"audit: {path: audit.jsonl}", `audit.path: "audit.jsonl": an absolute path`},
 		{"audit: {path: /a.jsonl, max_bytes: 10}", "audit.max_bytes: 10: 65536"},
 		{"audit: {path: /a.jsonl, checkpoint_interval: 1ms}", "audit.checkpoint_interval: 1ms: at least 100ms"},
+		{"audit: {path: /a.jsonl, export: {queue: 5}}", "audit.export.endpoint: required"},
+		{"audit: {path: /a.jsonl, export: {endpoint: c:4317, queue: -1}}", "audit.export.queue: -1"},
+		{"audit: {path: /a.jsonl, export: {endpoint: c:4317, timeout: 2m}}", "audit.export.timeout: 2m0s"},
 	} {
 		if _, err := config.Parse([]byte(base + bad.section + "\n")); err == nil || !strings.Contains(err.Error(), bad.want) {
 			t.Errorf("%s: error %v, want one naming %q", bad.section, err, bad.want)

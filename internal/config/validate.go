@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"math"
@@ -1183,7 +1184,24 @@ type Audit struct {
 	CheckpointEvery    int
 	CheckpointInterval time.Duration
 	Queue              int
+	Export             *AuditExport // nil: the file only
 }
+
+// AuditExport sends the audit events, as they are written, to an
+// OpenTelemetry collector as OTLP logs over gRPC.
+type AuditExport struct {
+	Endpoint    string // host:port
+	Insecure    bool   // plain text to the collector
+	ServiceName string
+	Queue       int           // records waiting for export; past it, dropped
+	Timeout     time.Duration // one export
+}
+
+// Audit export defaults.
+const (
+	DefaultAuditExportQueue   = 4096
+	DefaultAuditExportTimeout = 5 * time.Second
+)
 
 // audit checks the audit section.
 func (v *validator) audit(field string, f *fileAudit) *Audit {
@@ -1200,6 +1218,19 @@ func (v *validator) audit(field string, f *fileAudit) *Audit {
 	}
 	if a.CheckpointInterval < 0 || (f.CheckpointInterval.set && a.CheckpointInterval < 100*time.Millisecond) {
 		v.fail(field+".checkpoint_interval", "%s: at least 100ms (default 10s)", a.CheckpointInterval)
+	}
+	if e := f.Export; e != nil {
+		a.Export = &AuditExport{Endpoint: e.Endpoint, Insecure: e.Insecure, ServiceName: cmpOr(e.ServiceName, DefaultTraceServiceName),
+			Queue: cmp.Or(e.Queue, DefaultAuditExportQueue), Timeout: e.Timeout.or(DefaultAuditExportTimeout)}
+		if err := checkAddr(e.Endpoint, false); err != nil {
+			v.fail(field+".export.endpoint", "%v (the OTLP/gRPC collector, host:port)", err)
+		}
+		if e.Queue < 0 || e.Queue > 1000000 {
+			v.fail(field+".export.queue", "%d: 1 to 1000000 (default %d)", e.Queue, DefaultAuditExportQueue)
+		}
+		if a.Export.Timeout <= 0 || a.Export.Timeout > time.Minute {
+			v.fail(field+".export.timeout", "%s: above 0, at most 1m (default %s)", a.Export.Timeout, DefaultAuditExportTimeout)
+		}
 	}
 	return a
 }

@@ -1,7 +1,9 @@
 // Package jaegertest runs a real tracing backend for the tracing tests:
 // Jaeger (bin/jaeger, built by `make jaeger` from deploy/jaeger), keeping
 // traces in memory, its OTLP/gRPC receiver and its query API on free
-// loopback ports.
+// loopback ports. The same receiver takes OTLP logs (the audit export),
+// which Jaeger's collector prints with its debug exporter: LogBodies reads
+// them back.
 package jaegertest
 
 import (
@@ -16,6 +18,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,7 +26,8 @@ import (
 )
 
 // config is Jaeger's configuration: memory storage, the OTLP/gRPC receiver,
-// the query API, a health check, and no telemetry port of its own.
+// the query API, a health check, logs printed on the standard output,
+// and no telemetry port of its own.
 const config = `service:
   extensions: [jaeger_storage, jaeger_query, healthcheckv2]
   pipelines:
@@ -31,6 +35,9 @@ const config = `service:
       receivers: [otlp]
       processors: [batch]
       exporters: [jaeger_storage_exporter]
+    logs:
+      receivers: [otlp]
+      exporters: [debug]
   telemetry:
     metrics:
       level: none
@@ -64,6 +71,9 @@ processors:
 exporters:
   jaeger_storage_exporter:
     trace_storage: memstore
+  debug:
+    verbosity: detailed
+    use_internal_logger: false
 `
 
 // Jaeger is a running Jaeger.
@@ -76,7 +86,8 @@ type Jaeger struct {
 	dir  string
 	cmd  *exec.Cmd
 	done chan struct{}
-	log  *lockedBuffer
+	log  *lockedBuffer // standard error
+	out  *lockedBuffer // standard output: the logs received
 }
 
 // Start runs bin/jaeger (binDir, or bin/ at the module's root when empty)
@@ -107,9 +118,9 @@ func Start(ctx context.Context, binDir string) (*Jaeger, error) {
 		return nil, err
 	}
 	j := &Jaeger{OTLP: net.JoinHostPort("127.0.0.1", strconv.Itoa(ports[3])), Query: fmt.Sprintf("http://127.0.0.1:%d", ports[0]),
-		dir: dir, done: make(chan struct{}), log: &lockedBuffer{}}
+		dir: dir, done: make(chan struct{}), log: &lockedBuffer{}, out: &lockedBuffer{}}
 	j.cmd = exec.Command(bin, "--config", conf)
-	j.cmd.Stdout, j.cmd.Stderr = j.log, j.log
+	j.cmd.Stdout, j.cmd.Stderr = j.out, j.log
 	if err := j.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("jaegertest: %w", err)
@@ -147,6 +158,20 @@ func (j *Jaeger) Close() {
 
 // Log is Jaeger's output so far.
 func (j *Jaeger) Log() string { return j.log.String() }
+
+// LogBodies returns the bodies of the OTLP log records Jaeger has received
+// so far (string bodies, as its debug exporter prints them), in the order
+// received.
+func (j *Jaeger) LogBodies() []string {
+	var bodies []string
+	for line := range strings.Lines(j.out.String()) {
+		line = strings.TrimRight(line, "\n")
+		if body, ok := strings.CutPrefix(line, "Body: Str("); ok && strings.HasSuffix(body, ")") {
+			bodies = append(bodies, strings.TrimSuffix(body, ")"))
+		}
+	}
+	return bodies
+}
 
 // Span is a span as the query API returns it.
 type Span struct {

@@ -57,9 +57,10 @@ const (
 	PID          = "pid"
 	TokenType    = "token_type"
 	// Entries counts the entries of the revocation list.
-	Entries = "entries"
-	File    = "file"  // the path of a file read or watched
-	Redis   = "redis" // a Redis server's address
+	Entries   = "entries"
+	File      = "file"      // the path of a file read or watched
+	Redis     = "redis"     // a Redis server's address
+	Collector = "collector" // an OpenTelemetry collector's host:port
 
 	// Anomaly detection (proxy/anomaly): an event and its evidence.
 	Action   = "action"
