@@ -42,6 +42,9 @@ type ObserveRun struct {
 	Conns    int            `json:"conns"`
 	Audit    []PairedResult `json:"audit"`
 	Tracing  []PairedResult `json:"tracing"`
+	// SampledOut is tracing on with a sample ratio of 0 against off,
+	// on two other sidecars.
+	SampledOut []PairedResult `json:"sampled_out,omitempty"`
 }
 
 // RunObserve measures what the audit trail and tracing cost a request: two
@@ -65,30 +68,38 @@ func RunObserve(ctx context.Context, c ObserveConfig) (*ObserveRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	var scs [2]pairedSidecar
-	for i := range scs {
-		scs[i].addrs = map[string]string{}
-		var cfg strings.Builder
-		fmt.Fprintf(&cfg, "audit: {path: %q}\ntracing: {endpoint: %q, insecure: true, sample_ratio: 1, service_name: bench-%d}\ninbound:\n",
-			filepath.Join(c.Dir, fmt.Sprintf("audit-%d.jsonl", i)), j.OTLP, i)
-		for _, l := range []string{observePlain, observeAudited, observeTraced} {
-			if scs[i].addrs[l], err = freeAddr(); err != nil {
-				return nil, err
+	// sidecars starts two sidecars with the listeners named, each with
+	// the settings of its kind, and tracing as given.
+	sidecars := func(name, tracing string, listeners ...string) (scs [2]pairedSidecar, err error) {
+		for i := range scs {
+			scs[i].addrs = map[string]string{}
+			var cfg strings.Builder
+			fmt.Fprintf(&cfg, "audit: {path: %q}\ntracing: {endpoint: %q, insecure: true, %s, service_name: bench-%d}\ninbound:\n",
+				filepath.Join(c.Dir, fmt.Sprintf("audit-%s-%d.jsonl", name, i)), j.OTLP, tracing, i)
+			for _, l := range listeners {
+				if scs[i].addrs[l], err = freeAddr(); err != nil {
+					return scs, err
+				}
+				fmt.Fprintf(&cfg, "  - name: %s\n    listen: %q\n    app: %q\n    protocol: http\n    allow: [spiffe://bench.example/client]\n"+
+					"    routes: [{name: rpc, peers: [spiffe://bench.example/client], paths: [/*]}]\n", l, scs[i].addrs[l], app)
+				switch l {
+				case observePlain:
+					cfg.WriteString("    audit: false\n    tracing: false\n")
+				case observeAudited:
+					cfg.WriteString("    tracing: false\n")
+				case observeTraced:
+					cfg.WriteString("    audit: false\n")
+				}
 			}
-			fmt.Fprintf(&cfg, "  - name: %s\n    listen: %q\n    app: %q\n    protocol: http\n    allow: [spiffe://bench.example/client]\n"+
-				"    routes: [{name: rpc, peers: [spiffe://bench.example/client], paths: [/*]}]\n", l, scs[i].addrs[l], app)
-			switch l {
-			case observePlain:
-				cfg.WriteString("    audit: false\n    tracing: false\n")
-			case observeAudited:
-				cfg.WriteString("    tracing: false\n")
-			case observeTraced:
-				cfg.WriteString("    audit: false\n")
+			if scs[i].p, err = r.credflow(fmt.Sprintf("observe-%s-%d", name, i), r.wlServer.Addr(), cfg.String()); err != nil {
+				return scs, err
 			}
 		}
-		if scs[i].p, err = r.credflow(fmt.Sprintf("observe-%d", i), r.wlServer.Addr(), cfg.String()); err != nil {
-			return nil, err
-		}
+		return scs, nil
+	}
+	scs, err := sidecars("sampled", "sample_ratio: 1", observePlain, observeAudited, observeTraced)
+	if err != nil {
+		return nil, err
 	}
 	svid, err := x509svid.Load(r.path("client.crt"), r.path("client.key"))
 	if err != nil {
@@ -104,6 +115,16 @@ func RunObserve(ctx context.Context, c ObserveConfig) (*ObserveRun, error) {
 		return nil, err
 	}
 	if run.Tracing, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil); err != nil {
+		return nil, err
+	}
+	// Sampling off: two sidecars of their own, the first two stopped.
+	for _, sc := range scs {
+		sc.p.stop()
+	}
+	if scs, err = sidecars("unsampled", "sample_ratio: 0", observePlain, observeTraced); err != nil {
+		return nil, err
+	}
+	if run.SampledOut, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil); err != nil {
 		return nil, err
 	}
 	return run, nil
@@ -131,6 +152,15 @@ func ObserveTable(env *hostenv.Environment, run *ObserveRun) string {
 	b.printf("\n| target (issue 18) | measured | |\n|---|---|---|\n")
 	b.printf("| the audit trail costs at most 5%% more CPU per request | %.3f× (per-repeat ratios %.3f–%.3f) | %s |\n", am, alo, ahi, met[am <= 1.05])
 	b.printf("| tracing at 100%% sampling costs at most 10%% more CPU per request | %.3f× (per-repeat ratios %.3f–%.3f) | %s |\n", tm, tlo, thi, met[tm <= 1.10])
+	if len(run.SampledOut) > 0 {
+		b.printf("\n## Tracing on, nothing sampled (`sample_ratio: 0`)\n\nTwo other sidecars, the first two stopped, with "+
+			"`tracing: {sample_ratio: 0}`: the `%s` listener's requests carry no trace context, so none is sampled and no span "+
+			"is exported; the trace context is still started and sent on.\n\n", observeTraced)
+		sm, slo, shi := pairedTable(&b, run.SampledOut, observePlain, observeTraced)
+		b.printf("\n| target (issue 18) | measured | |\n|---|---|---|\n")
+		b.printf("| sampling off costs nothing measurable | %.3f× (per-repeat ratios %.3f–%.3f) | %s |\n", sm, slo, shi,
+			map[bool]string{true: "met: the median within 1%, the ratios on both sides of 1", false: "not met"}[slo <= 1 && sm <= 1.01])
+	}
 	b.printf("\nWith tracing off (no `tracing:` section, or `tracing: false` on the listener) no span is made and no "+
 		"code of it runs: the `%s` listener is that case.\n", observePlain)
 	return b.String()

@@ -198,12 +198,23 @@ func (r *rig) stopAll() {
 		p.cmd.Process.Signal(syscall.SIGTERM)
 	}
 	for _, p := range r.procs {
-		select {
-		case <-p.done:
-		case <-time.After(5 * time.Second):
-			p.cmd.Process.Kill()
-			<-p.done
-		}
+		p.wait()
+	}
+}
+
+// stop stops p (SIGTERM, then SIGKILL after 5 s) and waits for it.
+func (p *proc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.wait()
+}
+
+// wait waits for p to exit, killing it after 5 s.
+func (p *proc) wait() {
+	select {
+	case <-p.done:
+	case <-time.After(5 * time.Second):
+		p.cmd.Process.Kill()
+		<-p.done
 	}
 }
 
