@@ -237,6 +237,11 @@ type Config struct {
 	// to close: a root span, as an L4 connection carries no trace
 	// context.
 	TraceConnections bool
+	// TraceFollowOnly, with Tracer, traces only the requests that arrive
+	// with a sampled W3C trace context (a sample ratio of 0): the others
+	// pass untouched, their trace headers, if any, sent on as they came,
+	// and no tracing code runs for them.
+	TraceFollowOnly bool
 	// OutboundReserve is how many of MaxConnections only outbound
 	// connections (the app's) may take: inbound connections and QUIC
 	// streams share the other MaxConnections - OutboundReserve, so that

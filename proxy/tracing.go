@@ -45,7 +45,7 @@ var w3c propagation.TextMapPropagator = propagation.TraceContext{}
 // the trace context the request carries. The request returned carries the
 // span; the span is nil without tracing.
 func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.Span) {
-	if p.tracer == nil || l.untraced {
+	if p.tracer == nil || l.untraced || p.cfg.TraceFollowOnly && !sampledParent(r.Header) {
 		return r, nil
 	}
 	ctx := w3c.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
@@ -87,12 +87,16 @@ func endServerSpan(span trace.Span, peer spiffeid.ID, route string, why reason.R
 // copy: its callers are httputil.ReverseProxy's, whose requests are their
 // own copies of the request received.
 type tracedTransport struct {
-	rt     http.RoundTripper
-	tracer trace.Tracer
-	name   string
+	rt         http.RoundTripper
+	tracer     trace.Tracer
+	name       string
+	followOnly bool // Config.TraceFollowOnly: no span without a recording parent
 }
 
 func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if t.followOnly && spanOf(r.Context()) == nil {
+		return t.rt.RoundTrip(r)
+	}
 	ctx, span := t.tracer.Start(r.Context(), t.name, trace.WithSpanKind(trace.SpanKindClient),
 		trace.WithAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path)))
 	defer span.End()
@@ -124,7 +128,25 @@ func (p *Proxy) traced(l *listener, rt http.RoundTripper, name string) http.Roun
 	if p.tracer == nil || l.untraced {
 		return rt
 	}
-	return tracedTransport{rt: rt, tracer: p.tracer, name: name}
+	return tracedTransport{rt: rt, tracer: p.tracer, name: name, followOnly: p.cfg.TraceFollowOnly}
+}
+
+// sampledParent reports whether h carries a W3C traceparent (version 00)
+// with the sampled flag set. It allocates nothing: it runs for every
+// request when only sampled traces are followed.
+func sampledParent(h http.Header) bool {
+	v := h["Traceparent"]
+	if len(v) != 1 || len(v[0]) != 55 || v[0][:3] != "00-" {
+		return false
+	}
+	flags := v[0][54]
+	switch {
+	case flags >= '0' && flags <= '9':
+		return (flags-'0')&1 == 1
+	case flags >= 'a' && flags <= 'f':
+		return (flags-'a'+10)&1 == 1
+	}
+	return false
 }
 
 // spanOf returns the recording span of ctx, or nil.

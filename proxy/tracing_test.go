@@ -2,10 +2,12 @@ package proxy_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"sync"
+	"strings"
 	"testing"
 	"time"
 
@@ -38,6 +40,13 @@ type tracePair struct {
 
 func startTracePair(t *testing.T, outTP, inTP trace.TracerProvider) *tracePair {
 	t.Helper()
+	return startTracePairWith(t, outTP, inTP, false)
+}
+
+// startTracePairWith is startTracePair, with followOnly as both sidecars'
+// Config.TraceFollowOnly.
+func startTracePairWith(t *testing.T, outTP, inTP trace.TracerProvider, followOnly bool) *tracePair {
+	t.Helper()
 	ca := testca.New(t, td)
 	bundles := x509bundle.NewSet(ca.Bundle())
 	tp := &tracePair{}
@@ -58,14 +67,14 @@ func startTracePair(t *testing.T, outTP, inTP trace.TracerProvider) *tracePair {
 	tp.in, _ = startProxy(t, proxy.Config{
 		SVIDs:   static{svid: ca.Issue(t, backend)},
 		Bundles: bundles,
-		Tracer:  inTP,
+		Tracer:  inTP, TraceFollowOnly: followOnly,
 		Inbound: []proxy.Inbound{{Name: "app", Listen: "127.0.0.1:0", App: appLn.Addr().String(), Allow: policy(t, frontend.String()),
 			HTTP: &proxy.InboundHTTP{Routes: route.Table{Rules: []route.Rule{{Name: "orders", Peers: policy(t, frontend.String()), Paths: []route.Path{all}}}}}}},
 	})
 	tp.out, _ = startProxy(t, proxy.Config{
 		SVIDs:   static{svid: ca.Issue(t, frontend)},
 		Bundles: bundles,
-		Tracer:  outTP,
+		Tracer:  outTP, TraceFollowOnly: followOnly,
 		Outbound: []proxy.Outbound{{Name: "up", Listen: "127.0.0.1:0", Upstream: tp.in.Addr("app").String(),
 			Expect: policy(t, backend.String()), HTTP: &proxy.OutboundHTTP{}}},
 		Tokens: source{j: newJWTIssuer(t), id: frontend},
@@ -210,6 +219,40 @@ func TestTracingSampledOut(t *testing.T) {
 		if len(tpHeader) != 55 || tpHeader[53:] != "00" {
 			t.Errorf("the app received traceparent %q; want one, not sampled", tpHeader)
 		}
+	}
+}
+
+// TestTracingFollowOnly: with a sample ratio of 0 (TraceFollowOnly), a
+// request without a trace context passes untouched (no span, no
+// traceparent added), one with an unsampled context passes with its
+// header as it came, and one with a sampled context is traced by both
+// sidecars and reaches the app in the same trace.
+func TestTracingFollowOnly(t *testing.T) {
+	rec := tracetest.NewSpanRecorder()
+	off := sdktrace.NewTracerProvider(sdktrace.WithSampler(sdktrace.ParentBased(sdktrace.TraceIDRatioBased(0))), sdktrace.WithSpanProcessor(rec))
+	tp := startTracePairWith(t, off, off, true)
+	tp.get(t, t.Context())
+	tid, _ := trace.TraceIDFromHex("4bf92f3577b34da6a3ce929d0e0e4736")
+	sid, _ := trace.SpanIDFromHex("00f067aa0ba902b7")
+	unsampled := trace.ContextWithSpanContext(t.Context(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid, Remote: true}))
+	tp.get(t, unsampled)
+	if n := len(rec.Ended()) + len(rec.Started()); n != 0 {
+		t.Errorf("unsampled requests: %d spans recorded", n)
+	}
+	sampled := trace.ContextWithSpanContext(t.Context(), trace.NewSpanContext(trace.SpanContextConfig{TraceID: tid, SpanID: sid,
+		TraceFlags: trace.FlagsSampled, Remote: true}))
+	tp.get(t, sampled)
+	waitUntil(t, 10*time.Second, "four spans", func() bool { return len(rec.Ended()) == 4 }, func() string { return fmt.Sprint(len(rec.Ended())) })
+	for _, s := range rec.Ended() {
+		if s.SpanContext().TraceID() != tid {
+			t.Errorf("span %q in trace %s, want the caller's", s.Name(), s.SpanContext().TraceID())
+		}
+	}
+	tp.mu.Lock()
+	defer tp.mu.Unlock()
+	if len(tp.seen) != 3 || tp.seen[0] != "" || tp.seen[1] != "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00" ||
+		!strings.HasPrefix(tp.seen[2], "00-4bf92f3577b34da6a3ce929d0e0e4736-") || strings.Contains(tp.seen[2], sid.String()) || !strings.HasSuffix(tp.seen[2], "-01") {
+		t.Errorf("the app received traceparents %q: want none, the caller's unsampled one as it came, then one of the caller's trace from the inbound sidecar's span", tp.seen)
 	}
 }
 

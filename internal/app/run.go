@@ -224,6 +224,7 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 	pc.Inbound, pc.Outbound = listeners(cfg, creds.egress)
 	if traces != nil {
 		pc.Tracer, pc.TraceConnections = traces.provider, cfg.Tracing.Connections
+		pc.TraceFollowOnly = cfg.Tracing.SampleRatio == 0
 	}
 	if deny != nil {
 		pc.Revoked = deny.list
