@@ -6,8 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
