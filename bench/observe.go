@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"fmt"
+	"io"
 	"path/filepath"
 	"strings"
 	"time"
@@ -32,6 +33,13 @@ type ObserveConfig struct {
 	Rate     int
 	Duration time.Duration
 	Conns    int
+	// ProfileDir, if set, receives CPU and allocation profiles of the
+	// two sidecars over the tracing comparison, as
+	// DIR/observe-sampled-<0|1>-tracing.{cpu,allocs}.pprof (the sidecars
+	// run with debug: {pprof: true}; the profiling's cost is in that
+	// run's figures).
+	ProfileDir string
+	Log        io.Writer
 }
 
 // ObserveRun is the observe benchmark's results: two paired comparisons,
@@ -63,6 +71,7 @@ func RunObserve(ctx context.Context, c ObserveConfig) (*ObserveRun, error) {
 	if err != nil {
 		return nil, err
 	}
+	r.pprof = c.ProfileDir != ""
 	defer r.stopAll()
 	app, err := startServer(ctx)
 	if err != nil {
@@ -114,7 +123,17 @@ func RunObserve(ctx context.Context, c ObserveConfig) (*ObserveRun, error) {
 	if run.Audit, err = runPaired(ctx, scs, observePlain, observeAudited, c.Repeats, load, nil); err != nil {
 		return nil, err
 	}
-	if run.Tracing, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil); err != nil {
+	stopProfiles := func() {}
+	if c.ProfileDir != "" {
+		pr, err := newProfiler(c.ProfileDir, c.Log)
+		if err != nil {
+			return nil, err
+		}
+		stopProfiles = pr.startProcs(ctx, map[string]*proc{scs[0].p.name + "-tracing": scs[0].p, scs[1].p.name + "-tracing": scs[1].p})
+	}
+	run.Tracing, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil)
+	stopProfiles()
+	if err != nil {
 		return nil, err
 	}
 	// Sampling off: two sidecars of their own, the first two stopped.

@@ -59,17 +59,27 @@ func (pr *profiler) warnf(format string, args ...any) {
 // profile fetch under way. The function it returns ends the profiles and
 // writes them.
 func (pr *profiler) start(ctx context.Context, scenario string, tops []*topology) (stop func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	var wg, ready sync.WaitGroup
+	procs := map[string]*proc{}
 	for _, t := range tops {
 		for side, p := range map[string]*proc{"outbound": t.client, "inbound": t.server} {
-			if p == nil || p.admin == "" {
-				continue
-			}
-			name := fmt.Sprintf("%s-%s-%s", t.id, side, scenario)
-			ready.Add(1)
-			wg.Go(func() { pr.sidecar(ctx, p, name, ready.Done) })
+			procs[fmt.Sprintf("%s-%s-%s", t.id, side, scenario)] = p
 		}
+	}
+	return pr.startProcs(ctx, procs)
+}
+
+// startProcs is start for sidecars named by the file names of their
+// profiles (without the suffixes); those without an admin listener are
+// left out.
+func (pr *profiler) startProcs(ctx context.Context, procs map[string]*proc) (stop func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	var wg, ready sync.WaitGroup
+	for name, p := range procs {
+		if p == nil || p.admin == "" {
+			continue
+		}
+		ready.Add(1)
+		wg.Go(func() { pr.sidecar(ctx, p, name, ready.Done) })
 	}
 	ready.Wait()
 	return func() { cancel(); wg.Wait() }

@@ -48,8 +48,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cpuprofile := fs.String("cpuprofile", "", "write a CPU profile of the run to this file")
 	topologies := fs.String("topologies", "", "mesh: comma-separated topology ids to run (default all): "+
 		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
-	profileDir := fs.String("profile-dir", "", "mesh: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
-		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof (the sidecars run with debug: {pprof: true})")
+	profileDir := fs.String("profile-dir", "", "mesh, observe: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
+		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof; observe: of its two sidecars over the tracing comparison "+
+		"(the sidecars run with debug: {pprof: true})")
 	profilePass := fs.String("profile-pass", "", "mesh: after the measured run, a short run of "+strings.Join(profilePassTopologies, ", ")+
 		" over "+strings.Join(profiledScenarios, ", ")+" with profiles written to DIR, summarized in the results: the figures come from the run "+
 		"without profiling, where the time goes from this one")
@@ -207,7 +208,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			}
 			var run *ObserveRun
 			run, err = RunObserve(ctx, ObserveConfig{Credflow: bins.Credflow, Dir: dir, Repeats: *repeats, Rate: 600,
-				Duration: *observeTime, Conns: 16})
+				Duration: *observeTime, Conns: 16, ProfileDir: *profileDir, Log: stderr})
 			env.Finish()
 			if err != nil {
 				fmt.Fprintf(stderr, "credflow-bench: the sidecars' logs and configuration kept in %s\n", dir)

@@ -409,7 +409,8 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	why := s.filters.run(req)
 	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Request, Route: req.Route, Reason: why, JTI: req.JTI})
 	if span != nil {
-		var group []attribute.KeyValue
+		var buf [1]attribute.KeyValue
+		group := buf[:0]
 		if r.TLS != nil {
 			group = append(group, attrGroup.String(GroupName(r.TLS.CurveID)))
 		}
@@ -417,7 +418,7 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		if why != "" {
 			status = why.Info().Status
 		}
-		defer endServerSpan(span, peer, req.Route, why, status, group...)
+		defer endServerSpan(span, l, r.Method, peer, req.Route, why, status, group...)
 	}
 	if why != "" {
 		isError := why.Info().Status >= 500
@@ -756,7 +757,7 @@ func (o *outboundRequest) log(p *Proxy, l *listener, start time.Time, r *http.Re
 				attrs = append(attrs, attrCred.String(a.Value.String()))
 			}
 		}
-		endServerSpan(o.span, peer, "", why, status, attrs...)
+		endServerSpan(o.span, l, r.Method, peer, "", why, status, attrs...)
 	}
 }
 

@@ -39,7 +39,7 @@ type jwtIssuer struct {
 	bundles *jwtbundle.Set
 }
 
-func newJWTIssuer(t *testing.T) *jwtIssuer {
+func newJWTIssuer(t testing.TB) *jwtIssuer {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)

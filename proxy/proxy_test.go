@@ -36,7 +36,7 @@ func (s static) GetX509BundleForTrustDomain(t spiffeid.TrustDomain) (*x509bundle
 	return s.bundles.GetX509BundleForTrustDomain(t)
 }
 
-func policy(t *testing.T, patterns ...string) authz.Policy {
+func policy(t testing.TB, patterns ...string) authz.Policy {
 	t.Helper()
 	p, err := authz.ParsePolicy(patterns)
 	if err != nil {

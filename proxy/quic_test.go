@@ -43,7 +43,7 @@ type quicOpts struct {
 	limits     limit.Config // the inbound listener's
 }
 
-func startProxy(t *testing.T, cfg proxy.Config) (*proxy.Proxy, *prometheus.Registry) {
+func startProxy(t testing.TB, cfg proxy.Config) (*proxy.Proxy, *prometheus.Registry) {
 	t.Helper()
 	reg := prometheus.NewRegistry()
 	cfg.Metrics = proxy.NewMetrics(reg)

@@ -38,45 +38,82 @@ const (
 	attrPath     = attribute.Key("url.path")
 )
 
+// The span kinds as start options, made once: an option made per span is
+// an allocation per span.
+var (
+	serverKind = trace.WithSpanKind(trace.SpanKindServer)
+	clientKind = trace.WithSpanKind(trace.SpanKindClient)
+)
+
 // w3c is the propagator of the trace context: W3C Trace Context only.
 var w3c propagation.TextMapPropagator = propagation.TraceContext{}
 
+// traceHeaders is the trace context's carrier on an HTTP header. It is
+// propagation.HeaderCarrier with the two W3C keys mapped to their
+// canonical forms directly: HeaderCarrier canonicalizes the propagator's
+// lower-case keys on every call, which allocates.
+type traceHeaders http.Header
+
+func (h traceHeaders) key(k string) string {
+	switch k {
+	case "traceparent":
+		return "Traceparent"
+	case "tracestate":
+		return "Tracestate"
+	}
+	return http.CanonicalHeaderKey(k)
+}
+
+func (h traceHeaders) Get(k string) string {
+	if v := h[h.key(k)]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+func (h traceHeaders) Values(k string) []string { return h[h.key(k)] }
+func (h traceHeaders) Set(k, v string)          { h[h.key(k)] = []string{v} }
+func (h traceHeaders) Keys() []string           { return propagation.HeaderCarrier(h).Keys() }
+
 // serverSpan starts the server span of a request received on l, continuing
 // the trace context the request carries. The request returned carries the
-// span; the span is nil without tracing.
+// span; the span is nil without tracing. Its attributes are all set when
+// it ends (endServerSpan), in one call: the SDK grows a span's attribute
+// list on each.
 func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.Span) {
 	if p.tracer == nil || l.untraced || p.cfg.TraceFollowOnly && !sampledParent(r.Header) {
 		return r, nil
 	}
-	ctx := w3c.Extract(r.Context(), propagation.HeaderCarrier(r.Header))
-	ctx, span := p.tracer.Start(ctx, l.spanName, trace.WithSpanKind(trace.SpanKindServer),
-		trace.WithAttributes(attrListener.String(l.name), attrMethod.String(r.Method)))
+	ctx := w3c.Extract(r.Context(), traceHeaders(r.Header))
+	ctx, span := p.tracer.Start(ctx, l.spanName, serverKind)
 	return r.WithContext(ctx), span
 }
 
-// endServerSpan records a request's outcome on its server span and ends
-// it. A refusal is the span's error.
-func endServerSpan(span trace.Span, peer spiffeid.ID, route string, why reason.Reason, status int, attrs ...attribute.KeyValue) {
+// endServerSpan records a request's outcome on its server span (from
+// serverSpan, for a request received on l) and ends it. A refusal is the
+// span's error.
+func endServerSpan(span trace.Span, l *listener, method string, peer spiffeid.ID, route string, why reason.Reason, status int, extra ...attribute.KeyValue) {
 	if span == nil {
 		return
 	}
-	decision := "allow"
+	var buf [10]attribute.KeyValue
+	attrs := append(buf[:0], attrListener.String(l.name), attrMethod.String(method))
 	if why != "" {
-		decision = "deny"
 		span.SetStatus(codes.Error, string(why))
-		span.SetAttributes(attrReason.String(string(why)))
+		attrs = append(attrs, attrDecision.String("deny"), attrReason.String(string(why)))
+	} else {
+		attrs = append(attrs, attrDecision.String("allow"))
 	}
-	span.SetAttributes(attrDecision.String(decision))
 	if !peer.IsZero() {
-		span.SetAttributes(attrPeer.String(peer.String()))
+		attrs = append(attrs, attrPeer.String(peer.String()))
 	}
 	if route != "" {
-		span.SetAttributes(attrRoute.String(route))
+		attrs = append(attrs, attrRoute.String(route))
 	}
 	if status != 0 {
-		span.SetAttributes(attrStatus.Int(status))
+		attrs = append(attrs, attrStatus.Int(status))
 	}
-	span.SetAttributes(attrs...)
+	span.SetAttributes(append(attrs, extra...)...)
 	span.End()
 }
 
@@ -97,28 +134,33 @@ func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if t.followOnly && spanOf(r.Context()) == nil {
 		return t.rt.RoundTrip(r)
 	}
-	ctx, span := t.tracer.Start(r.Context(), t.name, trace.WithSpanKind(trace.SpanKindClient),
-		trace.WithAttributes(attrMethod.String(r.Method), attrPath.String(r.URL.Path)))
+	// The span's context goes on in the headers only: nothing below this
+	// transport makes spans, so the request keeps its context (a copy of
+	// the request saved).
+	ctx, span := t.tracer.Start(r.Context(), t.name, clientKind)
 	defer span.End()
-	r = r.WithContext(ctx)
-	r.Header.Del("Traceparent")
-	r.Header.Del("Tracestate")
-	w3c.Inject(ctx, propagation.HeaderCarrier(r.Header))
+	delete(r.Header, "Traceparent")
+	delete(r.Header, "Tracestate")
+	w3c.Inject(ctx, traceHeaders(r.Header))
+	var buf [6]attribute.KeyValue
+	attrs := append(buf[:0], attrMethod.String(r.Method), attrPath.String(r.URL.Path))
 	resp, err := t.rt.RoundTrip(r)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
+		span.SetAttributes(attrs...)
 		return nil, err
 	}
-	span.SetAttributes(attrStatus.Int(resp.StatusCode))
+	attrs = append(attrs, attrStatus.Int(resp.StatusCode))
 	if resp.TLS != nil {
 		if peer, _ := peerOf(resp.TLS); !peer.IsZero() {
-			span.SetAttributes(attrPeer.String(peer.String()))
+			attrs = append(attrs, attrPeer.String(peer.String()))
 		}
-		span.SetAttributes(attrGroup.String(GroupName(resp.TLS.CurveID)))
+		attrs = append(attrs, attrGroup.String(GroupName(resp.TLS.CurveID)))
 	}
 	if resp.StatusCode >= 500 {
 		span.SetStatus(codes.Error, http.StatusText(resp.StatusCode))
 	}
+	span.SetAttributes(attrs...)
 	return resp, nil
 }
 
