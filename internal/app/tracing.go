@@ -7,12 +7,12 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/config"
+	"github.com/credflow/credflow/internal/spanexport"
 )
 
 // tracing is the sidecar's tracer provider and what stops it.
@@ -20,7 +20,9 @@ type tracing struct {
 	provider *sdktrace.TracerProvider
 }
 
-// newTracing builds the OTLP/gRPC exporter and a tracer provider sampling
+// newTracing builds the OTLP/gRPC exporter (spanexport: the SDK's spans
+// encoded straight to the wire, no retries: the batcher's timeout bounds
+// each send) and a tracer provider sampling
 // cfg.SampleRatio of the traces started here (a sampled parent is always
 // followed), exporting in batches from a bounded queue. The exporter
 // connects lazily: a collector that is down costs spans, counted, never a
@@ -29,12 +31,7 @@ func newTracing(cfg *config.Tracing, reg prometheus.Registerer, log *slog.Logger
 	if cfg == nil {
 		return nil, nil
 	}
-	opts := []otlptracegrpc.Option{otlptracegrpc.WithEndpoint(cfg.Endpoint), otlptracegrpc.WithTimeout(cfg.Timeout),
-		otlptracegrpc.WithRetry(otlptracegrpc.RetryConfig{Enabled: false})}
-	if cfg.Insecure {
-		opts = append(opts, otlptracegrpc.WithInsecure())
-	}
-	exp, err := otlptracegrpc.New(context.Background(), opts...)
+	exp, err := spanexport.New(cfg.Endpoint, cfg.Insecure)
 	if err != nil {
 		return nil, err
 	}

@@ -186,6 +186,8 @@ type Span struct {
 		Value any    `json:"value"`
 	} `json:"tags"`
 	ProcessID string `json:"processID"`
+	// Service is the service name of the span's process.
+	Service string `json:"-"`
 }
 
 // Parent is the span's parent span ID, or "".
@@ -225,7 +227,10 @@ func (j *Jaeger) Trace(ctx context.Context, id string) ([]Span, error) {
 	}
 	var doc struct {
 		Data []struct {
-			Spans []Span `json:"spans"`
+			Spans     []Span `json:"spans"`
+			Processes map[string]struct {
+				ServiceName string `json:"serviceName"`
+			} `json:"processes"`
 		} `json:"data"`
 	}
 	if err := json.NewDecoder(resp.Body).Decode(&doc); err != nil {
@@ -234,7 +239,11 @@ func (j *Jaeger) Trace(ctx context.Context, id string) ([]Span, error) {
 	if len(doc.Data) != 1 {
 		return nil, fmt.Errorf("jaegertest: trace %s: %d traces in the answer", id, len(doc.Data))
 	}
-	return doc.Data[0].Spans, nil
+	spans := doc.Data[0].Spans
+	for i := range spans {
+		spans[i].Service = doc.Data[0].Processes[spans[i].ProcessID].ServiceName
+	}
+	return spans, nil
 }
 
 func freePort() int {
