@@ -152,7 +152,7 @@ lint:
 ## fuzz-short: each fuzz target for a fixed number of executions (seeds in testdata/fuzz).
 ## Counts, not durations: with a -fuzztime duration, Go 1.26's fuzzing coordinator can report
 ## "context deadline exceeded" at the deadline without any failing input (golang/go#75804).
-FUZZ_TARGETS := ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
+FUZZ_TARGETS := ./audit:FuzzRecordJSON ./register:FuzzParse ./internal/config:FuzzParse ./proxy/authz:FuzzPattern \
 	./pqc/mldsatoken:FuzzVerify ./proxy/route:FuzzNormalize ./proxy/route:FuzzAllows ./agent:FuzzValidateJWTSVID \
 	./token/txn:FuzzVerify ./token/edge:FuzzValidate ./proxy/quicmux:FuzzReadStreamHeader ./proxy/mtls:FuzzVerify \
 	./internal/inject:FuzzPatch ./token/edge:FuzzJWKS ./internal/joseheader:FuzzParse \

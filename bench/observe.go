@@ -34,8 +34,8 @@ type ObserveConfig struct {
 	Duration time.Duration
 	Conns    int
 	// ProfileDir, if set, receives CPU and allocation profiles of the
-	// two sidecars over the tracing comparison, as
-	// DIR/observe-sampled-<0|1>-tracing.{cpu,allocs}.pprof (the sidecars
+	// two sidecars over the audit and the tracing comparisons, as
+	// DIR/observe-sampled-<0|1>-<audit|tracing>.{cpu,allocs}.pprof (the sidecars
 	// run with debug: {pprof: true}; the profiling's cost is in that
 	// run's figures).
 	ProfileDir string
@@ -120,20 +120,30 @@ func RunObserve(ctx context.Context, c ObserveConfig) (*ObserveRun, error) {
 		return lat, failed, c.Conns, err
 	}
 	run := &ObserveRun{Rate: c.Rate, Duration: c.Duration, Conns: c.Conns}
-	if run.Audit, err = runPaired(ctx, scs, observePlain, observeAudited, c.Repeats, load, nil); err != nil {
-		return nil, err
-	}
-	stopProfiles := func() {}
-	if c.ProfileDir != "" {
+	// profiled runs f, with the two sidecars profiled over it when asked,
+	// as DIR/<sidecar>-<what>.{cpu,allocs}.pprof.
+	profiled := func(what string, f func() error) error {
+		if c.ProfileDir == "" {
+			return f()
+		}
 		pr, err := newProfiler(c.ProfileDir, c.Log)
 		if err != nil {
-			return nil, err
+			return err
 		}
-		stopProfiles = pr.startProcs(ctx, map[string]*proc{scs[0].p.name + "-tracing": scs[0].p, scs[1].p.name + "-tracing": scs[1].p})
+		stop := pr.startProcs(ctx, map[string]*proc{scs[0].p.name + "-" + what: scs[0].p, scs[1].p.name + "-" + what: scs[1].p})
+		defer stop()
+		return f()
 	}
-	run.Tracing, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil)
-	stopProfiles()
-	if err != nil {
+	if err := profiled("audit", func() (err error) {
+		run.Audit, err = runPaired(ctx, scs, observePlain, observeAudited, c.Repeats, load, nil)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	if err := profiled("tracing", func() (err error) {
+		run.Tracing, err = runPaired(ctx, scs, observePlain, observeTraced, c.Repeats, load, nil)
+		return err
+	}); err != nil {
 		return nil, err
 	}
 	// Sampling off: two sidecars of their own, the first two stopped.
@@ -174,7 +184,7 @@ func ObserveTable(env *hostenv.Environment, run *ObserveRun) string {
 	if len(run.SampledOut) > 0 {
 		b.printf("\n## Tracing on, nothing sampled (`sample_ratio: 0`)\n\nTwo other sidecars, the first two stopped, with "+
 			"`tracing: {sample_ratio: 0}`: the `%s` listener's requests carry no trace context, so none is sampled and no span "+
-			"is exported; the trace context is still started and sent on.\n\n", observeTraced)
+			"is exported; the sidecar only follows sampled traces then, so it starts none and passes the requests on as they came.\n\n", observeTraced)
 		sm, slo, shi := pairedTable(&b, run.SampledOut, observePlain, observeTraced)
 		b.printf("\n| target (issue 18) | measured | |\n|---|---|---|\n")
 		b.printf("| sampling off costs nothing measurable | %.3f× (per-repeat ratios %.3f–%.3f) | %s |\n", sm, slo, shi,

@@ -49,7 +49,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	topologies := fs.String("topologies", "", "mesh: comma-separated topology ids to run (default all): "+
 		strings.Join(TopologyIDs, ", ")+"; T3 is its three key-exchange variants")
 	profileDir := fs.String("profile-dir", "", "mesh, observe: write CPU and allocation profiles of each credflow sidecar, per scenario, "+
-		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof; observe: of its two sidecars over the tracing comparison "+
+		"to DIR/<topology>-<outbound|inbound>-<scenario>.{cpu,allocs}.pprof; observe: of its two sidecars over the audit and the tracing comparisons "+
 		"(the sidecars run with debug: {pprof: true})")
 	profilePass := fs.String("profile-pass", "", "mesh: after the measured run, a short run of "+strings.Join(profilePassTopologies, ", ")+
 		" over "+strings.Join(profiledScenarios, ", ")+" with profiles written to DIR, summarized in the results: the figures come from the run "+
