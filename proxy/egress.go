@@ -137,8 +137,9 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rec := &outboundRequest{decision: "allow"}
-			r, rec.span = p.serverSpan(l, r)
-			r = r.WithContext(context.WithValue(r.Context(), outboundRequestKey{}, rec))
+			var ctx context.Context
+			ctx, rec.span = p.serverSpan(l, r)
+			r = r.WithContext(context.WithValue(ctx, outboundRequestKey{}, rec))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			req := &Request{HTTP: r, Listener: l.name}
 			why := e.filters.run(req)

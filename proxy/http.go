@@ -382,7 +382,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	r, span := p.serverSpan(l, r)
+	_, span := p.serverSpan(l, r)
 	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
 	if hc != nil {
 		hc.served.Store(true)
@@ -430,7 +430,13 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		deny(w, r, why)
 		return
 	}
-	r = req.HTTP.WithContext(context.WithValue(req.HTTP.Context(), peerKey{}, peer))
+	ctx := req.HTTP.Context()
+	if span != nil {
+		// The filters kept the request's context or derived theirs
+		// from it: the span goes into theirs.
+		ctx = trace.ContextWithSpan(ctx, span)
+	}
+	r = req.HTTP.WithContext(context.WithValue(ctx, peerKey{}, peer))
 	p.httpAccess(l, start, peer, r, "allow", "", 0, req.Attrs...)
 	p.forward(l, hc, h.proxy, w, r, start)
 }
@@ -617,8 +623,9 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			start := time.Now()
 			rec := &outboundRequest{h: h, decision: "allow"}
-			r, rec.span = p.serverSpan(l, r)
-			ctx := context.WithValue(r.Context(), outboundRequestKey{}, rec)
+			var ctx context.Context
+			ctx, rec.span = p.serverSpan(l, r)
+			ctx = context.WithValue(ctx, outboundRequestKey{}, rec)
 			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			req := &Request{HTTP: r, Listener: l.name}

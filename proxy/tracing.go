@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"net/http"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -76,17 +77,34 @@ func (h traceHeaders) Set(k, v string)          { h[h.key(k)] = []string{v} }
 func (h traceHeaders) Keys() []string           { return propagation.HeaderCarrier(h).Keys() }
 
 // serverSpan starts the server span of a request received on l, continuing
-// the trace context the request carries. The request returned carries the
-// span; the span is nil without tracing. Its attributes are all set when
-// it ends (endServerSpan), in one call: the SDK grows a span's attribute
-// list on each.
-func (p *Proxy) serverSpan(l *listener, r *http.Request) (*http.Request, trace.Span) {
+// the trace context the request carries, and returns the request's context
+// with the span in it (for the client span under it), and the span: nil,
+// and the request's context as it is, without tracing. The caller puts the
+// context on the copy of the request it makes anyway. The span's
+// attributes are all set when it ends (endServerSpan), in one call: the
+// SDK grows a span's attribute list on each.
+func (p *Proxy) serverSpan(l *listener, r *http.Request) (context.Context, trace.Span) {
 	if p.tracer == nil || l.untraced || p.cfg.TraceFollowOnly && !sampledParent(r.Header) {
-		return r, nil
+		return r.Context(), nil
 	}
 	ctx := w3c.Extract(r.Context(), traceHeaders(r.Header))
-	ctx, span := p.tracer.Start(ctx, l.spanName, serverKind)
-	return r.WithContext(ctx), span
+	return p.tracer.Start(ctx, l.spanName, serverKind)
+}
+
+// attrBuf holds the attributes of a span while they are gathered for its
+// one SetAttributes call, which copies them: one from attrBufs is reused
+// rather than an array allocated per span (passed to the span, any array
+// escapes).
+type attrBuf [10]attribute.KeyValue
+
+var attrBufs = sync.Pool{New: func() any { return new(attrBuf) }}
+
+// setAttributes sets attrs (in buf, or grown past it) on span and returns
+// buf to the pool.
+func setAttributes(span trace.Span, buf *attrBuf, attrs []attribute.KeyValue) {
+	span.SetAttributes(attrs...)
+	clear(buf[:])
+	attrBufs.Put(buf)
 }
 
 // endServerSpan records a request's outcome on its server span (from
@@ -96,7 +114,7 @@ func endServerSpan(span trace.Span, l *listener, method string, peer spiffeid.ID
 	if span == nil {
 		return
 	}
-	var buf [10]attribute.KeyValue
+	buf := attrBufs.Get().(*attrBuf)
 	attrs := append(buf[:0], attrListener.String(l.name), attrMethod.String(method))
 	if why != "" {
 		span.SetStatus(codes.Error, string(why))
@@ -113,7 +131,7 @@ func endServerSpan(span trace.Span, l *listener, method string, peer spiffeid.ID
 	if status != 0 {
 		attrs = append(attrs, attrStatus.Int(status))
 	}
-	span.SetAttributes(append(attrs, extra...)...)
+	setAttributes(span, buf, append(attrs, extra...))
 	span.End()
 }
 
@@ -142,12 +160,12 @@ func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	delete(r.Header, "Traceparent")
 	delete(r.Header, "Tracestate")
 	w3c.Inject(ctx, traceHeaders(r.Header))
-	var buf [6]attribute.KeyValue
-	attrs := append(buf[:0], attrMethod.String(r.Method), attrPath.String(r.URL.Path))
 	resp, err := t.rt.RoundTrip(r)
+	buf := attrBufs.Get().(*attrBuf)
+	attrs := append(buf[:0], attrMethod.String(r.Method), attrPath.String(r.URL.Path))
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
-		span.SetAttributes(attrs...)
+		setAttributes(span, buf, attrs)
 		return nil, err
 	}
 	attrs = append(attrs, attrStatus.Int(resp.StatusCode))
@@ -160,7 +178,7 @@ func (t tracedTransport) RoundTrip(r *http.Request) (*http.Response, error) {
 	if resp.StatusCode >= 500 {
 		span.SetStatus(codes.Error, http.StatusText(resp.StatusCode))
 	}
-	span.SetAttributes(attrs...)
+	setAttributes(span, buf, attrs)
 	return resp, nil
 }
 
