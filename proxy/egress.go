@@ -100,7 +100,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 			pr.Out.Host = authority
 		},
 		Transport:     p.traced(l, connectBound{rt: e.tr, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow egress "+l.name+" to "+l.target),
-		FlushInterval: -1,
+		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
 			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {

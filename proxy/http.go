@@ -332,7 +332,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			return nil
 		},
 		Transport:     p.traced(l, appBound{rt: tr, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
-		FlushInterval: -1,
+		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
@@ -378,6 +378,18 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	h.open = make(map[net.Conn]*httpConn)
 	return h
 }
+
+// responseFlush is the ReverseProxy's FlushInterval in every HTTP mode:
+// how long the bytes of a response of known length may wait in the
+// sidecar's write buffer before they are flushed (they also go when the
+// buffer fills, and when the response ends). A short response's header
+// and body so leave in one write. Flushing after every write (-1) sent the
+// header on its own, from a goroutine started per response, and then the
+// body: two TLS records, two system calls, and on HTTP/2 two frames
+// flushed, per response. A response of unknown length (gRPC, chunked
+// streams) and server-sent events are flushed after every write whatever
+// this is: ReverseProxy sees to that.
+const responseFlush = time.Millisecond
 
 // serveInboundHTTP authorizes one request and forwards it to the app.
 func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWriter, r *http.Request) {
@@ -580,7 +592,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.Host = pr.In.Host
 		},
 		Transport:     p.traced(l, connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow outbound "+l.name+" to "+l.target),
-		FlushInterval: -1,
+		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
 			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {

@@ -414,3 +414,49 @@ func TestHTTP2AuthorityHost(t *testing.T) {
 	}
 	hp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=host_mismatch")
 }
+
+// TestHTTPResponseStreams: what the app flushes mid-response reaches the
+// client through both sidecars before the app writes the rest: for a
+// response of known length (which the sidecars flush within
+// responseFlush) and for one of unknown length (flushed at each write).
+// The app writes its second half only once the client has read the first,
+// so a sidecar holding the first half back fails the test.
+func TestHTTPResponseStreams(t *testing.T) {
+	for _, known := range []bool{true, false} {
+		t.Run(fmt.Sprintf("content-length %v", known), func(t *testing.T) {
+			firstRead := make(chan struct{})
+			hp := startHTTPPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if known {
+					w.Header().Set("Content-Length", "10")
+				}
+				io.WriteString(w, "first")
+				w.(http.Flusher).Flush()
+				select {
+				case <-firstRead:
+				case <-r.Context().Done():
+					return
+				case <-time.After(30 * time.Second):
+					return // the client never saw the first half: cut short
+				}
+				io.WriteString(w, "later")
+			}))
+			resp, err := http.Get("http://" + hp.outAddr + "/api/stream")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			if got := resp.ContentLength; known && got != 10 || !known && got != -1 {
+				t.Errorf("content length %d", got)
+			}
+			first := make([]byte, 5)
+			if _, err := io.ReadFull(resp.Body, first); err != nil || string(first) != "first" {
+				t.Fatalf("first half: %q, %v", first, err)
+			}
+			close(firstRead)
+			rest, err := io.ReadAll(resp.Body)
+			if err != nil || string(rest) != "later" {
+				t.Fatalf("second half: %q, %v (the client read the first only after the app gave up waiting for it)", rest, err)
+			}
+		})
+	}
+}
