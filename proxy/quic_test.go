@@ -157,7 +157,14 @@ func TestQUICWrongIdentityRefused(t *testing.T) {
 	if got := roundTrip(t, qp.outAddr, []byte("let me in")); len(got) != 0 {
 		t.Fatalf("the intruder got %q", got)
 	}
-	qp.in.waitMetric(t, 1, "credflow_refusals_total", "reason=unauthorized")
+	// Refused in the QUIC handshake, the connection does not go on to
+	// TCP. On a starved machine the QUIC handshake can time out first:
+	// then it does, counted as a fallback, and TCP refuses it as well.
+	fallbacks := qp.out.metric(t, "credflow_quic_fallbacks_total")
+	if fallbacks > 0 {
+		t.Logf("%v fallbacks to TCP (the QUIC handshake did not finish in time)", fallbacks)
+	}
+	qp.in.waitMetric(t, 1+fallbacks, "credflow_refusals_total", "reason=unauthorized")
 	if n := qp.in.metric(t, "credflow_connections_total", "result=allowed"); n != 0 {
 		t.Fatalf("allowed = %v", n)
 	}
