@@ -1,10 +1,12 @@
 package proxy
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -828,6 +830,10 @@ type appBound struct {
 }
 
 func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
+	r, err := readSmallBody(r)
+	if err != nil {
+		return nil, err
+	}
 	if b.limit < 0 {
 		return b.rt.RoundTrip(r)
 	}
@@ -852,6 +858,31 @@ func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
 		cancel(nil)
 	}
 	return resp, err
+}
+
+// smallBody is the largest request body of known length that is read
+// whole before its request goes to the app.
+const smallBody = 16 << 10
+
+// readSmallBody returns r (a copy) with its body in memory when the body
+// is of known length up to smallBody and no 100-continue is asked for;
+// otherwise r as it is. net/http sends a request whose body it knows to be
+// in memory in one write, headers and body; any other body it streams
+// after flushing the headers on their own, and copies it through a 32 KiB
+// buffer allocated per request. A larger body, or one of unknown length,
+// still streams.
+func readSmallBody(r *http.Request) (*http.Request, error) {
+	if r.ContentLength <= 0 || r.ContentLength > smallBody || r.Body == nil || r.Body == http.NoBody || r.Header.Get("Expect") != "" {
+		return r, nil
+	}
+	buf := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, buf); err != nil {
+		return nil, err
+	}
+	out := new(http.Request)
+	*out = *r
+	out.Body = io.NopCloser(bytes.NewReader(buf))
+	return out, nil
 }
 
 // httpAccess writes the access-log line of one request: inbound, when it

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -456,6 +457,60 @@ func TestHTTPResponseStreams(t *testing.T) {
 			rest, err := io.ReadAll(resp.Body)
 			if err != nil || string(rest) != "later" {
 				t.Fatalf("second half: %q, %v (the client read the first only after the app gave up waiting for it)", rest, err)
+			}
+		})
+	}
+}
+
+// TestHTTPRequestBodies: request bodies reach the app whole through both
+// sidecars, whether the inbound sidecar reads them into memory first (known
+// length up to 16 KiB) or streams them (longer, or of unknown length). A
+// client's Expect: 100-continue is answered by the outbound sidecar's
+// server when the body is first read, as before: the app does not see it.
+func TestHTTPRequestBodies(t *testing.T) {
+	hp := startHTTPPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		sum := sha256.Sum256(body)
+		fmt.Fprintf(w, "%d %x %q %d", len(body), sum, r.Header.Get("Expect"), r.ContentLength)
+	}))
+	for _, c := range []struct {
+		size     int
+		chunked  bool
+		expect   bool
+		wantSize int64 // the length the app is told
+	}{
+		{size: 1, wantSize: 1},
+		{size: 1024, wantSize: 1024},
+		{size: 16 << 10, wantSize: 16 << 10},
+		{size: 16<<10 + 1, wantSize: 16<<10 + 1},
+		{size: 1 << 20, wantSize: 1 << 20},
+		{size: 1024, chunked: true, wantSize: -1},
+		{size: 1024, expect: true, wantSize: 1024},
+	} {
+		t.Run(fmt.Sprintf("%d chunked=%v expect=%v", c.size, c.chunked, c.expect), func(t *testing.T) {
+			body := bytes.Repeat([]byte("credflow"), c.size/8+1)[:c.size]
+			var r io.Reader = bytes.NewReader(body)
+			if c.chunked {
+				r = io.MultiReader(r) // no known length: sent chunked
+			}
+			req, _ := http.NewRequest(http.MethodPost, "http://"+hp.outAddr+"/api/upload", r)
+			if c.expect {
+				req.Header.Set("Expect", "100-continue")
+			}
+			resp, err := (&http.Client{Transport: &http.Transport{ExpectContinueTimeout: 10 * time.Second}}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			sum := sha256.Sum256(body)
+			want := fmt.Sprintf("%d %x %q %d", c.size, sum, "", c.wantSize)
+			if resp.StatusCode != http.StatusOK || string(got) != want {
+				t.Fatalf("%s: the app saw %q, want %q", resp.Status, got, want)
 			}
 		})
 	}
