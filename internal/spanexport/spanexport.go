@@ -5,12 +5,13 @@
 // It does what the SDK's otlptracegrpc exporter does, at a fraction of the
 // allocation: that exporter builds a tree of generated protobuf structs per
 // batch (a struct per span, attribute and value, and maps to group them)
-// and marshals it by reflection; per traced request that was a third of
-// what tracing allocated, measured (BenchmarkExport). Here a batch is
-// appended into one buffer, reused from batch to batch, and handed to gRPC
-// as it is. The wire format is the one of opentelemetry-proto's
-// ExportTraceServiceRequest; TestEncodeMatchesProto decodes it with the
-// generated types and compares field by field.
+// and marshals it by reflection, about 30 allocations and 1.9 KB per span
+// (BenchmarkExport), three times what the SDK allocates to make the span.
+// Here a batch is appended into one buffer, reused from batch to batch, and
+// handed to gRPC as it is. The wire format is opentelemetry-proto's
+// ExportTraceServiceRequest: TestEncodeMatchesProto has a collector decode
+// what this exporter and the SDK's send for the same spans and finds them
+// equal, field by field.
 package spanexport
 
 import (
