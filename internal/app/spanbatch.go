@@ -8,6 +8,7 @@ import (
 	"time"
 
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/logkey"
 )
@@ -29,6 +30,7 @@ type spanBatcher struct {
 	timeout  time.Duration // of one export call
 	dropped  func(reason string, n int)
 	log      *slog.Logger
+	warn     rate.Sometimes // paces the warning that spans were not exported
 
 	mu     sync.Mutex
 	queue  []sdktrace.ReadOnlySpan
@@ -51,7 +53,7 @@ const (
 // newSpanBatcher starts a batcher exporting to exp. dropped is told of
 // every span not exported and why.
 func newSpanBatcher(exp sdktrace.SpanExporter, queue int, interval, timeout time.Duration, dropped func(string, int), log *slog.Logger) *spanBatcher {
-	b := &spanBatcher{exp: exp, max: queue, batch: min(queue, 512), interval: interval, timeout: timeout,
+	b := &spanBatcher{exp: exp, warn: rate.Sometimes{First: 1, Interval: 10 * time.Second}, max: queue, batch: min(queue, 512), interval: interval, timeout: timeout,
 		dropped: dropped, log: log,
 		kick: make(chan struct{}, 1), flush: make(chan chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	go b.run()
@@ -150,7 +152,7 @@ func (b *spanBatcher) export(last bool) {
 		cancel()
 		if err != nil {
 			b.dropped(dropExportFailed, len(chunk))
-			traceWarn.Do(func() {
+			b.warn.Do(func() {
 				b.log.Warn("tracing: spans not exported", slog.Int("spans", len(chunk)), slog.String(logkey.Error, err.Error()))
 			})
 		}

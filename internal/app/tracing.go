@@ -9,7 +9,6 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
-	"golang.org/x/time/rate"
 
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/spanexport"
@@ -59,6 +58,3 @@ func (t *tracing) stop() {
 	defer cancel()
 	t.provider.Shutdown(ctx)
 }
-
-// traceWarn paces the warning that spans were not exported.
-var traceWarn = &rate.Sometimes{First: 1, Interval: 10 * time.Second}
