@@ -260,6 +260,10 @@ func (c *firstByteConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
+// NetConn returns the accepted connection, for relay.Copy to find the TCP
+// connection under the TLS one.
+func (c *firstByteConn) NetConn() net.Conn { return c.Conn }
+
 // CloseWrite half-closes the connection, as relay expects of a TCP one.
 func (c *firstByteConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

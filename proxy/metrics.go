@@ -6,6 +6,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/credflow/credflow/internal/labelcap"
+	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
 
@@ -26,6 +27,8 @@ import (
 //	                                                      established mTLS connections by key-exchange group and TLS version
 //	credflow_bytes_total{direction,flow}                  bytes relayed, flow = from_app or to_app
 //	credflow_active_connections{direction}                connections being relayed now
+//	credflow_parked_relay_directions                      directions of idle relays parked (no goroutine, no buffer held
+//	                                                      until data arrives), for all of this process's listeners
 //	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired,
 //	                                                      policy_revoked, rapid_reset (HTTP: too many requests cancelled early)
 //	credflow_classical_connections_total{direction,trust_domain}
@@ -52,6 +55,7 @@ type Metrics struct {
 	tlsConns  *prometheus.CounterVec
 	bytes     *prometheus.CounterVec
 	active    *prometheus.GaugeVec
+	parked    prometheus.GaugeFunc
 	closed    *prometheus.CounterVec
 	classical *prometheus.CounterVec
 
@@ -101,6 +105,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_active_connections",
 			Help: "Connections being relayed now, by direction.",
 		}, []string{"direction"}),
+		parked: prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "credflow_parked_relay_directions",
+			Help: "Directions of idle relays parked (no goroutine, no buffer held until data arrives), for all of this process's listeners.",
+		}, func() float64 { return float64(relay.Parked()) }),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_connections_closed_total",
 			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked, rapid_reset).",
@@ -140,7 +148,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "result"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
-	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.closed, m.classical,
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.parked, m.closed, m.classical,
 		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens, m.globalChecks)
 	return m
 }

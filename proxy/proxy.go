@@ -925,8 +925,11 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 			p.m.handshakeStarted()
 		}
 		l.conns.Add(1)
+		h := &handoff{}
+		h.add(func() { p.slots.release(l.dir); l.conns.Done() })
 		p.wg.Go(func() {
-			defer func() { p.slots.release(l.dir); l.conns.Done() }()
+			defer h.run()
+			ctx := context.WithValue(ctx, handoffKey{}, h)
 			switch m := l.mode.(type) {
 			case inboundMode:
 				p.handleInbound(ctx, l, m, c, func() {
@@ -979,7 +982,11 @@ func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, r
 			p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name, Reason: why})
 			return
 		}
-		defer release()
+		if h := handoffOf(ctx); h != nil {
+			h.add(release) // at the connection's end, whoever ends it
+		} else {
+			defer release()
+		}
 	}
 	p.observe(l, anomaly.Observation{Subject: anomaly.Peer(peer), Time: start, Kind: anomaly.Connection, Route: l.name})
 	m.serveConn(ctx, p, l, tc, cs, start)
@@ -1054,6 +1061,51 @@ func (p *Proxy) refuseAtAccept(l *listener, why reason.Reason) {
 	})
 }
 
+// handoff holds the clean-ups of an accepted connection (its connection
+// slot, its listener's count, a rate limiter's hold) for whoever ends the
+// connection: the goroutine that accepted it, or the relay it hands them to
+// (Proxy.relay). Only that goroutine touches it until the hand-over.
+type handoff struct {
+	fns   []func()
+	taken bool
+}
+
+type handoffKey struct{}
+
+// handoffOf returns the hand-off of the accepted connection ctx serves, or
+// nil.
+func handoffOf(ctx context.Context) *handoff {
+	h, _ := ctx.Value(handoffKey{}).(*handoff)
+	return h
+}
+
+// add registers f to run when the connection ends, before those added
+// earlier.
+func (h *handoff) add(f func()) { h.fns = append(h.fns, f) }
+
+// take hands the clean-ups over: run no longer runs them, the function
+// returned does.
+func (h *handoff) take() func() {
+	h.taken = true
+	fns := h.fns
+	return func() {
+		for i := len(fns) - 1; i >= 0; i-- {
+			fns[i]()
+		}
+	}
+}
+
+// run runs the clean-ups unless they were handed over.
+func (h *handoff) run() {
+	if !h.taken {
+		h.take()()
+	}
+}
+
+// errClosedBySidecar is the cause of a relay the sidecar closed (a
+// revalidation, a shutdown); the access log has the reason.
+var errClosedBySidecar = errors.New("closed by the sidecar")
+
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
@@ -1062,9 +1114,21 @@ func isTimeout(err error) bool {
 // relay copies between a and b, tracking the connection for revalidation.
 // For inbound listeners a is the peer and b the app; for outbound ones a is
 // the app and b the peer.
+//
+// For a connection the proxy accepted, relay returns at once: the relay
+// runs on its own goroutines and ends the connection (the access log, the
+// metrics, the accepted connection's clean-ups) when it finishes, so the
+// goroutine that accepted and handshook, and grew its stack doing so, is
+// gone while the connection lives, and an idle connection holds no
+// goroutine at all once its relay parks. Otherwise (a QUIC stream) relay
+// returns when the relay ends.
 func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID,
 	cs *tls.ConnectionState, a, b net.Conn, transport string) {
-	c := p.newConn(l, cs, func() { a.Close(); b.Close() })
+	// The relay is closed through its context: an idle relay parks
+	// (relay.Options.ParkAfter) and would not notice its connections
+	// closed from outside.
+	rctx, stop := context.WithCancelCause(ctx)
+	c := p.newConn(l, cs, func() { stop(errClosedBySidecar) })
 	c.expect, _ = ctx.Value(expectKey{}).(*authz.Policy)
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
@@ -1079,8 +1143,28 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	}
 
 	span := p.connSpan(ctx, l, start, peer, cs, transport)
-	res := relay.Copy(ctx, a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
+	opts := relay.Options{IdleTimeout: p.cfg.IdleTimeout}
+	end := func(res relay.Result) {
+		stop(nil)
+		p.relayEnded(l, start, peer, cs, c, span, res, transport)
+	}
+	h := handoffOf(ctx)
+	if h == nil {
+		end(relay.Copy(rctx, a, b, opts))
+		return
+	}
+	cleanups := h.take()
+	p.wg.Add(1) // the accepting goroutine's count is still held
+	relay.Start(rctx, a, b, opts, func(res relay.Result) {
+		defer p.wg.Done()
+		end(res)
+		cleanups()
+	})
+}
 
+// relayEnded accounts for a relay that has ended.
+func (p *Proxy) relayEnded(l *listener, start time.Time, peer spiffeid.ID, cs *tls.ConnectionState,
+	c *conn, span trace.Span, res relay.Result, transport string) {
 	p.mu.Lock()
 	delete(p.conns, c)
 	p.mu.Unlock()

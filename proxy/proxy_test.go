@@ -336,12 +336,29 @@ func TestLongLivedConnections(t *testing.T) {
 	closedWithin(short, 4*time.Second)
 	in.waitMetric(t, 1, "credflow_connections_closed_total", "reason=peer_expired")
 
+	// Idle long enough for its relay to park (no goroutine reads it): the
+	// revocation still ends the relay, not only the sockets.
+	parked := in.metric(t, "credflow_parked_relay_directions")
 	c := open(ca.Issue(t, front))
+	waitAtLeast(t, func() float64 { return in.metric(t, "credflow_parked_relay_directions") }, parked+2)
 	if err := in.p.SetPolicy("app", policy(t, "spiffe://example.org/other")); err != nil {
 		t.Fatal(err)
 	}
 	closedWithin(c, 2*time.Second)
 	in.waitMetric(t, 1, "credflow_connections_closed_total", "reason=policy_revoked")
+	in.waitMetric(t, 0, "credflow_active_connections", "direction=inbound")
+}
+
+// waitAtLeast waits up to 10 s for f to reach want.
+func waitAtLeast(t *testing.T, f func() float64, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for f() < want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%v after 10s, want at least %v", f(), want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // TestOutboundChecksServerIdentity: the outbound side refuses a server

@@ -78,6 +78,10 @@ func (c *batchConn) CloseWrite() error {
 	return nil
 }
 
+// NetConn returns the connection underneath, for Copy to find the TCP
+// connection of a relay it may park.
+func (c *batchConn) NetConn() net.Conn { return c.Conn }
+
 // batchOf returns the Batching connection under c, if any.
 func batchOf(c net.Conn) *batchConn {
 	if tc, ok := c.(*tls.Conn); ok {

@@ -28,9 +28,9 @@ const (
 	largeSize = 64 << 10
 )
 
-// Buffer pools, shared by all relays. They are the package's only variables
-// besides the sentinel errors; pooling pointers to arrays keeps Get and Put
-// free of allocations.
+// Buffer pools, shared by all relays. With the poller (thePoller) they are
+// the package's only variables besides the sentinel errors; pooling
+// pointers to arrays keeps Get and Put free of allocations.
 var (
 	smallPool = sync.Pool{New: func() any { return new([smallSize]byte) }}
 	largePool = sync.Pool{New: func() any { return new([largeSize]byte) }}
@@ -40,7 +40,7 @@ var (
 // buffer, switches to a large one after a read fills the small one, and
 // returns the large one to its pool after a read that the small one could
 // have held.
-func (d *direction) copyBuffered() {
+func (d *direction) copyBuffered() (parked bool) {
 	src := d.s.conns[d.src]
 	small := smallPool.Get().(*[smallSize]byte)
 	defer smallPool.Put(small)
@@ -63,12 +63,21 @@ func (d *direction) copyBuffered() {
 			}
 			if werr != nil {
 				d.writeFailed(werr)
-				return
+				return false
 			}
 		}
 		if rerr != nil {
+			if d.s.park != nil && isDeadline(rerr) {
+				parkedNow, again := d.s.park.afterDeadline(d)
+				if parkedNow {
+					return true // a new goroutine may already run d
+				}
+				if again {
+					continue
+				}
+			}
 			d.readFailed(rerr)
-			return
+			return false
 		}
 		switch {
 		case large == nil && n == smallSize:

@@ -1,6 +1,7 @@
-// Package relay is the data plane's copy path: [Copy] moves bytes both ways
-// between two connections until both directions have finished, and is the
-// only place in CredentialFlow that does so. It serves inbound traffic (TLS
+// Package relay is the data plane's copy path: [Copy] (or [Start], which
+// does not wait) moves bytes both ways between two connections until both
+// directions have finished, and is the only place in CredentialFlow that
+// does so. It serves inbound traffic (TLS
 // from a peer sidecar ⇄ plain TCP to the local app), outbound traffic (plain
 // TCP from the app ⇄ TLS to a peer sidecar) and any other pair of net.Conn,
 // such as QUIC streams wrapped as connections.
@@ -14,8 +15,12 @@
 //
 //   - Buffered: any pair of connections. Each direction reads into a small
 //     pooled buffer while its connection is quiet, and moves to a large pooled
-//     buffer only while data arrives faster than the small one can hold, so
-//     that thousands of idle connections cost little memory.
+//     buffer only while data arrives faster than the small one can hold.
+//     When both connections are TCP underneath (a sidecar's TLS connection
+//     and the app's, on Linux), a relay quiet for Options.ParkAfter parks
+//     (park.go): it gives up its goroutines and buffers until a connection
+//     has something to read, so that thousands of idle connections cost
+//     little memory.
 //   - Kernel (Linux only): when both connections are *net.TCPConn, each
 //     direction waits for its source to become readable and then hands the
 //     bytes already queued to (*net.TCPConn).ReadFrom, which uses splice(2):
@@ -92,9 +97,17 @@ type Options struct {
 	// a larger value or a negative one. Zero means DefaultHalfCloseTimeout
 	// (5m); negative disables the limit.
 	HalfCloseTimeout time.Duration
+
+	// ParkAfter is the quiet period (no byte moved either way) after which
+	// a relay between two TCP connections (TLS or not) parks: it gives up
+	// its goroutines and buffers until a connection has something to read
+	// (see park.go). A relay parks between ParkAfter and 1.5×ParkAfter
+	// after its last byte, on Linux only. Zero means DefaultParkAfter (1s);
+	// negative disables parking.
+	ParkAfter time.Duration
 }
 
-// Result reports what [Copy] moved.
+// Result reports what [Copy] or [Start] moved.
 type Result struct {
 	// AToB and BToA are the bytes written to b and to a.
 	AToB, BToA int64
@@ -110,9 +123,7 @@ type Result struct {
 
 // Copy relays a→b and b→a until both directions have finished, or an error,
 // a timeout from opts or the end of ctx stops it. It always closes both a
-// and b before returning. It runs one goroutine besides the caller's; the
-// idle timer and the context callback run briefly in goroutines of their
-// own when they fire. Copy joins all of them before returning.
+// and b before returning. It is [Start] followed by waiting for its result.
 //
 // When a direction's source returns io.EOF, Copy half-closes the
 // destination: CloseWrite for *net.TCPConn, *net.UnixConn and any connection
@@ -122,57 +133,80 @@ type Result struct {
 // well or HalfCloseTimeout passes.
 //
 // Copy clears any deadline already set on a or b, and uses deadlines on both
-// itself: callers must not set them while Copy runs. Closing both
-// connections from outside (or cancelling ctx) is the way to stop it early.
+// itself: callers must not set them while Copy runs. Cancelling ctx is the
+// way to stop it early: closing a or b from outside is noticed only by a
+// direction that is reading, not by a parked one (Options.ParkAfter).
 func Copy(ctx context.Context, a, b net.Conn, opts Options) Result {
-	s := &session{conns: [2]net.Conn{a, b}, lim: opts.limits()}
+	res := make(chan Result, 1)
+	Start(ctx, a, b, opts, func(r Result) { res <- r })
+	return <-res
+}
+
+// Start is Copy without the wait: it starts the relay and returns, and the
+// relay calls done with its Result once both directions have ended and both
+// connections are closed, on a goroutine of its own (or on the caller's,
+// before Start returns, if ctx has already ended). So a connection whose
+// relay has parked costs no goroutine at all.
+//
+// The relay runs one goroutine per direction while it moves bytes; the idle
+// and park timers and the context callback run briefly in goroutines of
+// their own when they fire. All have ended when done is called.
+func Start(ctx context.Context, a, b net.Conn, opts Options, done func(Result)) {
+	s := &session{conns: [2]net.Conn{a, b}, lim: opts.limits(), done: done}
 	ab := &direction{s: s, idx: 0, src: 0, dst: 1, name: "a->b"}
 	ba := &direction{s: s, idx: 1, src: 1, dst: 0, name: "b->a"}
+	s.dirs = [2]*direction{ab, ba}
 	ab.run, ba.run = ab.copyBuffered, ba.copyBuffered
 	ab.batch, ba.batch = batchOf(b), batchOf(a)
 	s.spliced = useKernel(ab, ba)
 	if ctx.Err() != nil {
 		s.fail(contextError(ctx))
-		return s.result()
+		done(s.result())
+		return
 	}
 	for _, c := range s.conns {
 		c.SetDeadline(time.Time{}) // an error shows up on the first read or write
 	}
 
+	s.park = startParking(s, ab, ba, s.lim.park) // before anything that may close
 	s.wg.Add(1)
-	stopCtx := context.AfterFunc(ctx, func() {
+	s.stopCtx = context.AfterFunc(ctx, func() {
 		defer s.wg.Done()
 		s.fail(contextError(ctx))
 	})
-	var w *watchdog
 	if s.lim.idle > 0 {
-		w = startWatchdog(s, s.lim.idle)
+		s.watchdog = startWatchdog(s, s.lim.idle)
 	}
+	s.live.Store(2)
+	go ab.loop()
+	go ba.loop()
+}
 
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		ba.run()
-	}()
-	ab.run()
-	<-done
-
+// finish ends the session once both directions have: it stops the timers
+// and the context callback, waits for any of them that is running, closes
+// both connections and reports the result. It runs on the goroutine that
+// ended the last direction, or on one of its own when that was a close
+// from one of those callbacks.
+func (s *session) finish() {
 	s.finished.Store(true)
-	if w != nil {
-		w.stop()
+	if s.watchdog != nil {
+		s.watchdog.stop()
 	}
-	if stopCtx() {
+	if s.park != nil {
+		s.park.stop()
+	}
+	if s.stopCtx() {
 		s.wg.Done()
 	}
-	s.wg.Wait() // the context callback and the watchdog, if they fired
+	s.wg.Wait() // the context callback and the timers, if they fired
 	s.closeConn(0)
 	s.closeConn(1)
-	return s.result()
+	s.done(s.result())
 }
 
 // limits are Options with defaults applied; zero means disabled.
 type limits struct {
-	idle, write, halfClose time.Duration
+	idle, write, halfClose, park time.Duration
 }
 
 func (o Options) limits() limits {
@@ -180,6 +214,7 @@ func (o Options) limits() limits {
 		idle:      orDefault(o.IdleTimeout, DefaultIdleTimeout),
 		write:     orDefault(o.WriteTimeout, DefaultWriteTimeout),
 		halfClose: orDefault(o.HalfCloseTimeout, DefaultHalfCloseTimeout),
+		park:      orDefault(o.ParkAfter, DefaultParkAfter),
 	}
 }
 
@@ -197,6 +232,12 @@ func orDefault(d, def time.Duration) time.Duration {
 // watchdog and the context callback.
 type session struct {
 	conns    [2]net.Conn
+	dirs     [2]*direction // dirs[i] reads conns[i]
+	live     atomic.Int32  // directions not yet ended
+	done     func(Result)
+	park     *parking // nil when the relay cannot park
+	watchdog *watchdog
+	stopCtx  func() bool
 	closed   [2]atomic.Bool  // set before the relay closes conns[i]
 	moved    [2]atomic.Int64 // bytes written, indexed by direction (0 is a->b)
 	finished atomic.Bool     // both directions have returned
@@ -235,6 +276,12 @@ func (s *session) closeConn(i int) {
 	if !s.closed[i].CompareAndSwap(false, true) {
 		return
 	}
+	// A parked reader would never see the close. closed[i], set above,
+	// keeps the reader from parking from now on.
+	if s.park != nil && s.park.p.end(s.dirs[i]) && s.live.Add(-1) == 0 {
+		// Not here: the close may come from a callback finish waits for.
+		go s.finish()
+	}
 	c := s.conns[i]
 	if tc, ok := c.(*tls.Conn); ok {
 		c = tc.NetConn()
@@ -256,8 +303,27 @@ type direction struct {
 	idx      int // index into session.moved
 	src, dst int
 	name     string
-	run      func()
+	run      func() (parked bool)
 	batch    *batchConn // under a TLS destination built on Batching
+
+	// Parking (park.go).
+	state    atomic.Int32 // running, parked or ended
+	tcp      *net.TCPConn // under the source
+	fd       int32        // the source's descriptor, while parked
+	parkReq  bool         // asked to park; under parking.mu
+	deadline time.Time    // the source's read deadline to restore on waking; under parking.mu
+}
+
+// loop runs the direction until it ends or parks; a parked direction is
+// carried on by a new goroutine when its source becomes readable.
+func (d *direction) loop() {
+	if d.run() {
+		return
+	}
+	d.state.Store(ended)
+	if d.s.live.Add(-1) == 0 {
+		d.s.finish()
+	}
 }
 
 // write writes p to the destination, its TLS records in one system call
@@ -326,9 +392,11 @@ func (d *direction) halfClose() {
 	dst := d.s.conns[d.dst]
 	d.writeDeadline()
 	err := closeWrite(dst)
+	var bound time.Time
 	switch {
 	case errors.Is(err, errors.ErrUnsupported):
 		d.s.closeConn(d.dst)
+		return
 	case errors.Is(err, syscall.ENOTCONN):
 		// The destination's peer has already closed and reset the
 		// connection (ghostunnel closes fully once it has answered): there
@@ -336,8 +404,14 @@ func (d *direction) halfClose() {
 		// write had not already reported.
 	case err != nil:
 		d.failOn(d.dst, fmt.Errorf("relay: %s: close write: %w", d.name, err))
+		return
 	case d.s.lim.halfClose > 0:
-		dst.SetReadDeadline(time.Now().Add(d.s.lim.halfClose))
+		bound = time.Now().Add(d.s.lim.halfClose)
+	}
+	if k := d.s.park; k != nil {
+		k.halfClosed(d.s.dirs[d.dst], bound)
+	} else if !bound.IsZero() {
+		dst.SetReadDeadline(bound) // an error shows up on the read
 	}
 }
 

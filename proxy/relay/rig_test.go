@@ -255,3 +255,7 @@ func relayClosed(p pair) error {
 	}
 	return nil
 }
+
+// NetConn lets Copy find the TCP connection under a plainConn, as it does
+// under the sidecars' wrappers, so that the buffered path can park.
+func (c plainConn) NetConn() net.Conn { return c.TCPConn }

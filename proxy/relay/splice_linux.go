@@ -38,8 +38,8 @@ func useKernel(ab, ba *direction) bool {
 	if err != nil {
 		return false
 	}
-	ab.run = newSplicer(ab, a, b, ra).run
-	ba.run = newSplicer(ba, b, a, rb).run
+	ab.run = newSplicer(ab, a, b, ra).runs
+	ba.run = newSplicer(ba, b, a, rb).runs
 	return true
 }
 
@@ -71,6 +71,13 @@ func newSplicer(d *direction, src, dst *net.TCPConn, rc syscall.RawConn) *splice
 	p := &splicer{d: d, src: src, dst: dst, rc: rc, lr: io.LimitedReader{R: src}}
 	p.ready = p.poll
 	return p
+}
+
+// runs is run for direction.run: the kernel path never parks (an idle
+// splicer already holds no buffer, but does hold its goroutine).
+func (p *splicer) runs() bool {
+	p.run()
+	return false
 }
 
 func (p *splicer) run() {
