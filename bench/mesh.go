@@ -98,6 +98,7 @@ type mesh struct {
 	full []*topology // T3 pairs without resumption
 	log  io.Writer
 	run  *MeshRun
+	prof *profiler // nil unless profiles were asked for
 }
 
 func (m *mesh) notef(format string, args ...any) {
@@ -142,7 +143,8 @@ type MeshConfig struct {
 	// zero value is every one.
 	Selection Selection
 	// ProfileDir, if set, receives CPU and allocation profiles of the
-	// credflow sidecars per scenario (see profiler); they then run with
+	// credflow sidecars per scenario (see profiler), and the heap they hold
+	// with the scale scenario's idle connections; they then run with
 	// debug: {pprof: true}.
 	ProfileDir string
 	// Log receives progress and notes; nil discards them.
@@ -178,7 +180,7 @@ func RunMesh(ctx context.Context, c MeshConfig) (*MeshRun, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := &mesh{ctx: ctx, p: p, sel: c.Selection, r: r, log: log, run: run}
+	m := &mesh{ctx: ctx, p: p, sel: c.Selection, r: r, log: log, run: run, prof: prof}
 	if m.tops, err = r.startTopologies(target, c.Selection, m.notef); err != nil {
 		return nil, err
 	}
@@ -506,10 +508,12 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 	settle()
 	rss0 := map[*proc]int64{}
 	heap0 := map[*proc]float64{}
+	stack0 := map[*proc]float64{}
 	gor0 := map[*proc]float64{}
 	for _, p := range t.procs() {
 		rss0[p] = p.rss()
 		heap0[p], _ = p.metric("go_memstats_heap_inuse_bytes")
+		stack0[p], _ = p.metric("go_memstats_stack_inuse_bytes")
 		gor0[p], _ = p.metric("go_goroutines")
 	}
 	closeAll, err := idleConnections(t.entry[kindTCP], n, 32)
@@ -517,19 +521,33 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 		return MeshResult{}, err
 	}
 	defer closeAll()
-	settle()
+	// Idle means idle: credflow parks a relay (no goroutine, no buffer)
+	// 1 to 1.5 s after its last byte, so the figures are taken past that.
+	time.Sleep(idleSettle)
+	if m.prof != nil {
+		// What the held connections keep, by where it was allocated.
+		for side, p := range map[string]*proc{"outbound": t.client, "inbound": t.server} {
+			m.prof.snapshot(m.ctx, p, fmt.Sprintf("%s-%s-scale-%d.heap.pprof", t.id, side, n))
+		}
+	}
 	f := map[string]float64{"connections": float64(n)}
 	for side, p := range map[string]*proc{"client": t.client, "server": t.server} {
 		f["rss_kib_per_conn."+side] = float64(p.rss()-rss0[p]) / 1024 / float64(n)
 		if p.admin != "" {
 			heap, _ := p.metric("go_memstats_heap_inuse_bytes")
+			stack, _ := p.metric("go_memstats_stack_inuse_bytes")
 			gor, _ := p.metric("go_goroutines")
 			f["heap_kib_per_conn."+side] = (heap - heap0[p]) / 1024 / float64(n)
+			f["stack_kib_per_conn."+side] = (stack - stack0[p]) / 1024 / float64(n)
 			f["goroutines_per_conn."+side] = (gor - gor0[p]) / float64(n)
 		}
 	}
 	return MeshResult{Scenario: "scale", Variant: fmt.Sprintf("%d idle", n), Topology: t.name, Figures: f}, nil
 }
+
+// idleSettle is how long the scale scenario leaves its connections idle
+// before it measures them.
+const idleSettle = 3 * time.Second
 
 // settle lets the processes finish what the last step started.
 func settle() { time.Sleep(time.Second) }

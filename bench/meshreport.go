@@ -268,11 +268,13 @@ func MeshTable(env *hostenv.Environment, run *MeshRun) string {
 		{"CPU-µs server side", "cpu_us_per_conn.server", "%.0f", false},
 	})
 	run.table(&b, "Connection scale", "scale", "Idle connections held through the pair, each after one exchange; growth per connection. "+
-		"Heap and goroutines from credflow's own metrics.", []column{
+		"Heap, goroutine stacks and goroutines from credflow's own metrics.", []column{
 		{"RSS KiB/conn client side", "rss_kib_per_conn.client", "%.1f", false},
 		{"RSS KiB/conn server side", "rss_kib_per_conn.server", "%.1f", false},
 		{"heap KiB/conn client side", "heap_kib_per_conn.client", "%.1f", false},
 		{"heap KiB/conn server side", "heap_kib_per_conn.server", "%.1f", false},
+		{"stack KiB/conn client side", "stack_kib_per_conn.client", "%.1f", false},
+		{"stack KiB/conn server side", "stack_kib_per_conn.server", "%.1f", false},
 		{"goroutines/conn client side", "goroutines_per_conn.client", "%.1f", false},
 	})
 	run.table(&b, "Rotation under load", "rotation", "Both identities get new SVIDs from the Workload API during the run.", []column{

@@ -134,6 +134,21 @@ func (pr *profiler) sidecar(ctx context.Context, p *proc, name string, started f
 	pr.write(name+".allocs.pprof", allocs)
 }
 
+// snapshot writes the sidecar's heap in use now, after a garbage
+// collection, to DIR/file; a sidecar without an admin listener is skipped.
+func (pr *profiler) snapshot(ctx context.Context, p *proc, file string) {
+	if p == nil || p.admin == "" {
+		return
+	}
+	heap, err := pr.fetch(ctx, p, "heap?gc=1")
+	if err != nil {
+		pr.warnf("%s: %v", file, err)
+		return
+	}
+	heap.DefaultSampleType = "inuse_space"
+	pr.write(file, heap)
+}
+
 // fetch gets /debug/pprof/WHAT from the sidecar's admin listener.
 func (pr *profiler) fetch(ctx context.Context, p *proc, what string) (*profile.Profile, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/debug/pprof/"+what, nil)
