@@ -1124,11 +1124,11 @@ func isTimeout(err error) bool {
 // returns when the relay ends.
 func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer spiffeid.ID,
 	cs *tls.ConnectionState, a, b net.Conn, transport string) {
-	// The relay is closed through its context: an idle relay parks
-	// (relay.Options.ParkAfter) and would not notice its connections
-	// closed from outside.
-	rctx, stop := context.WithCancelCause(ctx)
-	c := p.newConn(l, cs, func() { stop(errClosedBySidecar) })
+	// The sidecar closes the relay, not its connections: an idle relay
+	// parks (relay.Options.ParkAfter) and would not notice its
+	// connections closed from outside.
+	r := relay.New(a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
+	c := p.newConn(l, cs, func() { r.Close(errClosedBySidecar) })
 	c.expect, _ = ctx.Value(expectKey{}).(*authz.Policy)
 	p.mu.Lock()
 	p.conns[c] = struct{}{}
@@ -1143,21 +1143,18 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	}
 
 	span := p.connSpan(ctx, l, start, peer, cs, transport)
-	opts := relay.Options{IdleTimeout: p.cfg.IdleTimeout}
-	end := func(res relay.Result) {
-		stop(nil)
-		p.relayEnded(l, start, peer, cs, c, span, res, transport)
-	}
 	h := handoffOf(ctx)
 	if h == nil {
-		end(relay.Copy(rctx, a, b, opts))
+		res := make(chan relay.Result, 1)
+		r.Start(ctx, func(x relay.Result) { res <- x })
+		p.relayEnded(l, start, peer, cs, c, span, <-res, transport)
 		return
 	}
 	cleanups := h.take()
 	p.wg.Add(1) // the accepting goroutine's count is still held
-	relay.Start(rctx, a, b, opts, func(res relay.Result) {
+	r.Start(ctx, func(res relay.Result) {
 		defer p.wg.Done()
-		end(res)
+		p.relayEnded(l, start, peer, cs, c, span, res, transport)
 		cleanups()
 	})
 }

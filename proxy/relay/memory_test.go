@@ -11,7 +11,7 @@ import (
 )
 
 // TestIdleMemory measures what 1,000 idle relays hold: heap (buffers, timers,
-// session state) and goroutine stacks (one per direction, started by Start),
+// session state) and goroutine stacks (one per direction, started by Relay.Start),
 // over connections that already exist, so the figure is the relay's own
 // cost. Each relay has moved a byte each way before it is measured idle, and
 // has parked where it can (TLS and plain on Linux: no goroutine and no
@@ -60,7 +60,7 @@ func idleCost(t *testing.T, k kind, pairs []pair) (heap, stack float64) {
 	results := make([]<-chan Result, len(pairs))
 	for i, p := range pairs {
 		res := make(chan Result, 1)
-		Start(ctx, p.a, p.b, Options{ParkAfter: 10 * time.Millisecond}, func(r Result) { res <- r })
+		New(p.a, p.b, Options{ParkAfter: 10 * time.Millisecond}).Start(ctx, func(r Result) { res <- r })
 		results[i] = res
 	}
 	one := make([]byte, 1)

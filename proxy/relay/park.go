@@ -38,7 +38,7 @@ import (
 //     closed, so the relay never closes a connection without first taking
 //     its reader out of the poller and ending it (session.closeConn).
 //     Connections closed from outside the relay are not seen by a parked
-//     direction: cancel the relay's context instead.
+//     direction: use Relay.Close, or cancel the relay's context, instead.
 //
 // Parking stops for good once a direction has ended (a half-close): the
 // other direction's half-close bound is a read deadline, which only a
@@ -72,8 +72,8 @@ type parking struct {
 	since   time.Time // when seen last changed
 }
 
-// startParking returns the park state of s, or nil when s cannot park.
-func startParking(s *session, ab, ba *direction, after time.Duration) *parking {
+// newParking returns the park state of s, or nil when s cannot park.
+func newParking(s *session, ab, ba *direction, after time.Duration) *parking {
 	if after <= 0 || s.spliced {
 		return nil
 	}
@@ -86,13 +86,17 @@ func startParking(s *session, ab, ba *direction, after time.Duration) *parking {
 			return nil
 		}
 	}
-	k := &parking{s: s, after: after, p: p, since: time.Now()}
+	return &parking{s: s, after: after, p: p}
+}
+
+// start arms the check timer as the relay starts.
+func (k *parking) start() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.since = time.Now()
 	k.armed = true
-	s.wg.Add(1)
+	k.s.wg.Add(1)
 	k.t = time.AfterFunc(k.tick(), k.check)
-	return k
 }
 
 // tick is how often an active relay is checked: it parks between after

@@ -103,23 +103,25 @@ func TestParkAndWake(t *testing.T) {
 	}
 }
 
-// TestParkedEnds: a parked relay still ends on each of the ways Copy ends
-// on its own, with nothing left in the poller.
+// TestParkedEnds: a parked relay still ends on each of the ways a relay
+// ends, with nothing left in the poller.
 func TestParkedEnds(t *testing.T) {
 	needPoller(t)
+	errRevoked := errors.New("revoked")
 	cases := []struct {
 		name string
 		opts Options
-		act  func(t *testing.T, p pair, cancel context.CancelFunc)
+		act  func(t *testing.T, p pair, r *Relay, cancel context.CancelFunc)
 		want error
 	}{
-		{"cancel", Options{}, func(t *testing.T, p pair, cancel context.CancelFunc) { cancel() }, context.Canceled},
+		{"cancel", Options{}, func(t *testing.T, p pair, r *Relay, cancel context.CancelFunc) { cancel() }, context.Canceled},
+		{"close", Options{}, func(t *testing.T, p pair, r *Relay, cancel context.CancelFunc) { r.Close(errRevoked) }, errRevoked},
 		{"idle", Options{IdleTimeout: 300 * time.Millisecond}, nil, ErrIdle},
 		// The client half-closes: a->b wakes for the EOF, and b->a, parked,
 		// must wake to observe its half-close bound.
 		{"half-close bound", Options{HalfCloseTimeout: 200 * time.Millisecond},
-			func(t *testing.T, p pair, cancel context.CancelFunc) { closeWriteConn(t, p.client) }, ErrHalfCloseTimeout},
-		{"peer reset", Options{}, func(t *testing.T, p pair, cancel context.CancelFunc) {
+			func(t *testing.T, p pair, r *Relay, cancel context.CancelFunc) { closeWriteConn(t, p.client) }, ErrHalfCloseTimeout},
+		{"peer reset", Options{}, func(t *testing.T, p pair, r *Relay, cancel context.CancelFunc) {
 			// Without close_notify, which would be a clean end of a->b.
 			raw := p.client.(interface{ NetConn() net.Conn }).NetConn().(*net.TCPConn)
 			raw.SetLinger(0)
@@ -134,17 +136,19 @@ func TestParkedEnds(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			defer cancel()
 			c.opts.ParkAfter = 10 * time.Millisecond
-			res := relay(ctx, p, c.opts)
+			r := New(p.a, p.b, c.opts)
+			res := make(chan Result, 1)
+			r.Start(ctx, func(x Result) { res <- x })
 			waitParked(t, 2)
 			if c.act != nil {
-				c.act(t, p, cancel)
+				c.act(t, p, r, cancel)
 			}
-			r := wait(t, res, 10*time.Second)
+			got := wait(t, res, 10*time.Second)
 			switch {
-			case c.want != nil && !errors.Is(r.Err, c.want):
-				t.Errorf("Copy: %v, want %v", r.Err, c.want)
-			case c.want == nil && r.Err == nil:
-				t.Errorf("Copy: no error after a reset")
+			case c.want != nil && !errors.Is(got.Err, c.want):
+				t.Errorf("relay: %v, want %v", got.Err, c.want)
+			case c.want == nil && got.Err == nil:
+				t.Errorf("relay: no error after a reset")
 			}
 			if err := relayClosed(p); err != nil {
 				t.Error(err)
@@ -210,5 +214,40 @@ func TestNoParking(t *testing.T) {
 	closeWriteConn(t, p.backend)
 	if r := wait(t, res, 10*time.Second); r.Err != nil {
 		t.Fatalf("Copy: %v", r.Err)
+	}
+}
+
+// TestCloseBeforeStart: a relay closed before it starts reports the cause
+// at once and closes both connections; one closed while it runs ends with
+// the cause too.
+func TestCloseBeforeStart(t *testing.T) {
+	f := newFixture(t, kindTLS)
+	errGone := errors.New("gone")
+
+	p := f.pair(t)
+	defer p.closeAll()
+	r := New(p.a, p.b, Options{})
+	r.Close(errGone)
+	res := make(chan Result, 1)
+	r.Start(t.Context(), func(x Result) { res <- x })
+	if got := wait(t, res, 10*time.Second); !errors.Is(got.Err, errGone) {
+		t.Errorf("Result.Err = %v, want %v", got.Err, errGone)
+	}
+	if err := relayClosed(p); err != nil {
+		t.Error(err)
+	}
+
+	p = f.pair(t)
+	defer p.closeAll()
+	r = New(p.a, p.b, Options{})
+	res = make(chan Result, 1)
+	r.Start(t.Context(), func(x Result) { res <- x })
+	exchange(t, p.client, p.backend, []byte("x"))
+	r.Close(nil)
+	if got := wait(t, res, 10*time.Second); !errors.Is(got.Err, ErrClosed) {
+		t.Errorf("Result.Err = %v, want %v", got.Err, ErrClosed)
+	}
+	if err := relayClosed(p); err != nil {
+		t.Error(err)
 	}
 }

@@ -1,5 +1,5 @@
-// Package relay is the data plane's copy path: [Copy] (or [Start], which
-// does not wait) moves bytes both ways between two connections until both
+// Package relay is the data plane's copy path: [Copy] (or a [Relay], which
+// is not waited for) moves bytes both ways between two connections until both
 // directions have finished, and is the only place in CredentialFlow that
 // does so. It serves inbound traffic (TLS
 // from a peer sidecar ⇄ plain TCP to the local app), outbound traffic (plain
@@ -71,6 +71,8 @@ var (
 	// ErrHalfCloseTimeout reports that one direction was still open
 	// Options.HalfCloseTimeout after the other had finished.
 	ErrHalfCloseTimeout = errors.New("relay: half-close timeout")
+	// ErrClosed is the error of a relay stopped with Relay.Close(nil).
+	ErrClosed = errors.New("closed")
 )
 
 // Options configures [Copy]. The zero value is valid; each field documents
@@ -107,7 +109,7 @@ type Options struct {
 	ParkAfter time.Duration
 }
 
-// Result reports what [Copy] or [Start] moved.
+// Result reports what [Copy] or a [Relay] moved.
 type Result struct {
 	// AToB and BToA are the bytes written to b and to a.
 	AToB, BToA int64
@@ -123,7 +125,8 @@ type Result struct {
 
 // Copy relays a→b and b→a until both directions have finished, or an error,
 // a timeout from opts or the end of ctx stops it. It always closes both a
-// and b before returning. It is [Start] followed by waiting for its result.
+// and b before returning. It is New and Start followed by waiting for the
+// result.
 //
 // When a direction's source returns io.EOF, Copy half-closes the
 // destination: CloseWrite for *net.TCPConn, *net.UnixConn and any connection
@@ -133,42 +136,60 @@ type Result struct {
 // well or HalfCloseTimeout passes.
 //
 // Copy clears any deadline already set on a or b, and uses deadlines on both
-// itself: callers must not set them while Copy runs. Cancelling ctx is the
-// way to stop it early: closing a or b from outside is noticed only by a
-// direction that is reading, not by a parked one (Options.ParkAfter).
+// itself: callers must not set them while Copy runs. Cancelling ctx (or
+// Relay.Close) is the way to stop it early: closing a or b from outside is
+// noticed only by a direction that is reading, not by a parked one
+// (Options.ParkAfter).
 func Copy(ctx context.Context, a, b net.Conn, opts Options) Result {
 	res := make(chan Result, 1)
-	Start(ctx, a, b, opts, func(r Result) { res <- r })
+	New(a, b, opts).Start(ctx, func(r Result) { res <- r })
 	return <-res
 }
 
-// Start is Copy without the wait: it starts the relay and returns, and the
-// relay calls done with its Result once both directions have ended and both
-// connections are closed, on a goroutine of its own (or on the caller's,
-// before Start returns, if ctx has already ended). So a connection whose
-// relay has parked costs no goroutine at all.
-//
-// The relay runs one goroutine per direction while it moves bytes; the idle
-// and park timers and the context callback run briefly in goroutines of
-// their own when they fire. All have ended when done is called.
-func Start(ctx context.Context, a, b net.Conn, opts Options, done func(Result)) {
-	s := &session{conns: [2]net.Conn{a, b}, lim: opts.limits(), done: done}
+// Relay is one relay between two connections, for callers that do not wait
+// for it: New prepares it, Start runs it, Close stops it from any goroutine,
+// before or after Start. It behaves as Copy does.
+type Relay struct {
+	s *session
+}
+
+// New prepares a relay between a and b. Nothing runs until Start.
+func New(a, b net.Conn, opts Options) *Relay {
+	s := &session{conns: [2]net.Conn{a, b}, lim: opts.limits()}
 	ab := &direction{s: s, idx: 0, src: 0, dst: 1, name: "a->b"}
 	ba := &direction{s: s, idx: 1, src: 1, dst: 0, name: "b->a"}
 	s.dirs = [2]*direction{ab, ba}
 	ab.run, ba.run = ab.copyBuffered, ba.copyBuffered
 	ab.batch, ba.batch = batchOf(b), batchOf(a)
 	s.spliced = useKernel(ab, ba)
+	s.park = newParking(s, ab, ba, s.lim.park)
+	return &Relay{s: s}
+}
+
+// Start runs the relay and returns; the relay calls done with its Result
+// once both directions have ended and both connections are closed, on a
+// goroutine of its own (or on the caller's, before Start returns, if ctx
+// has already ended or Close was called). So a connection whose relay has
+// parked costs no goroutine at all. Start must be called once.
+//
+// The relay runs one goroutine per direction while it moves bytes; the idle
+// and park timers and the context callback run briefly in goroutines of
+// their own when they fire. All have ended when done is called.
+func (r *Relay) Start(ctx context.Context, done func(Result)) {
+	s := r.s
+	s.done = done
 	if ctx.Err() != nil {
 		s.fail(contextError(ctx))
+	}
+	if s.closed[0].Load() || s.closed[1].Load() {
+		s.closeConn(0)
+		s.closeConn(1)
 		done(s.result())
 		return
 	}
 	for _, c := range s.conns {
 		c.SetDeadline(time.Time{}) // an error shows up on the first read or write
 	}
-
-	s.park = startParking(s, ab, ba, s.lim.park) // before anything that may close
 	s.wg.Add(1)
 	s.stopCtx = context.AfterFunc(ctx, func() {
 		defer s.wg.Done()
@@ -177,9 +198,23 @@ func Start(ctx context.Context, a, b net.Conn, opts Options, done func(Result)) 
 	if s.lim.idle > 0 {
 		s.watchdog = startWatchdog(s, s.lim.idle)
 	}
+	if s.park != nil {
+		s.park.start()
+	}
 	s.live.Store(2)
-	go ab.loop()
-	go ba.loop()
+	go s.dirs[0].loop()
+	go s.dirs[1].loop()
+}
+
+// Close stops the relay as the end of its context would, and reports
+// cause (ErrClosed if nil) in its Result, unless it has already ended. It
+// closes both connections at once; the relay then ends as soon as its
+// directions see that.
+func (r *Relay) Close(cause error) {
+	if cause == nil {
+		cause = ErrClosed
+	}
+	r.s.fail(fmt.Errorf("relay: %w", cause))
 }
 
 // finish ends the session once both directions have: it stops the timers
