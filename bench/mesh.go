@@ -522,7 +522,7 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 	}
 	defer closeAll()
 	// Idle means idle: credflow parks a relay (no goroutine, no buffer)
-	// 1 to 1.5 s after its last byte, so the figures are taken past that.
+	// 5 to 7.5 s after its last byte, so the figures are taken past that.
 	time.Sleep(idleSettle)
 	if m.prof != nil {
 		// What the held connections keep, by where it was allocated.
@@ -547,7 +547,7 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 
 // idleSettle is how long the scale scenario leaves its connections idle
 // before it measures them.
-const idleSettle = 3 * time.Second
+const idleSettle = 9 * time.Second
 
 // settle lets the processes finish what the last step started.
 func settle() { time.Sleep(time.Second) }

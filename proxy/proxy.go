@@ -196,6 +196,11 @@ type Config struct {
 	// IdleTimeout closes a relayed connection with no traffic either way
 	// for this long. Default 1h.
 	IdleTimeout time.Duration
+	// ParkAfter parks a relayed connection with no traffic either way for
+	// this long: it holds no goroutine and no buffer until a byte arrives
+	// (relay.Options.ParkAfter). Zero means relay.DefaultParkAfter (5s);
+	// negative never parks.
+	ParkAfter time.Duration
 	// MaxConnections bounds the connections open at once, both directions
 	// together, inbound ones to all but OutboundReserve of them; further
 	// ones are closed at accept with the reason "limit".
@@ -1127,7 +1132,7 @@ func (p *Proxy) relay(ctx context.Context, l *listener, start time.Time, peer sp
 	// The sidecar closes the relay, not its connections: an idle relay
 	// parks (relay.Options.ParkAfter) and would not notice its
 	// connections closed from outside.
-	r := relay.New(a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout})
+	r := relay.New(a, b, relay.Options{IdleTimeout: p.cfg.IdleTimeout, ParkAfter: p.cfg.ParkAfter})
 	c := p.newConn(l, cs, func() { r.Close(errClosedBySidecar) })
 	c.expect, _ = ctx.Value(expectKey{}).(*authz.Policy)
 	p.mu.Lock()

@@ -304,6 +304,7 @@ func TestLongLivedConnections(t *testing.T) {
 		HandshakeTimeout:   2 * time.Second,
 		RevalidateInterval: 500 * time.Millisecond,
 		CloseOnPeerExpiry:  true,
+		ParkAfter:          50 * time.Millisecond,
 	})
 	in := &inbound{p: p, addr: p.Addr("app").String(), reg: reg}
 
@@ -338,6 +339,7 @@ func TestLongLivedConnections(t *testing.T) {
 
 	// Idle long enough for its relay to park (no goroutine reads it): the
 	// revocation still ends the relay, not only the sockets.
+	in.waitMetric(t, 0, "credflow_active_connections", "direction=inbound") // short's relay has ended
 	parked := in.metric(t, "credflow_parked_relay_directions")
 	c := open(ca.Issue(t, front))
 	waitAtLeast(t, func() float64 { return in.metric(t, "credflow_parked_relay_directions") }, parked+2)

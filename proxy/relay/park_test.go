@@ -251,3 +251,42 @@ func TestCloseBeforeStart(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// BenchmarkRoundTripAfterIdle: a one-byte round trip through a TLS relay
+// after a quiet period long enough to park it, against the same with
+// parking off: the difference is what waking both directions costs the
+// first exchange after a pause.
+func BenchmarkRoundTripAfterIdle(b *testing.B) {
+	if runtime.GOOS != "linux" {
+		b.Skip("relays park on Linux only")
+	}
+	for _, c := range []struct {
+		name string
+		park time.Duration
+	}{{"parked", time.Millisecond}, {"not-parked", -1}} {
+		b.Run(c.name, func(b *testing.B) {
+			f := newFixture(b, kindTLS)
+			p := f.pair(b)
+			defer p.closeAll()
+			res := relay(b.Context(), p, Options{ParkAfter: c.park})
+			one := make([]byte, 1)
+			for b.Loop() {
+				b.StopTimer()
+				if c.park > 0 {
+					waitParked(b, 2)
+				} else {
+					time.Sleep(2 * time.Millisecond) // as long as parking takes
+				}
+				b.StartTimer()
+				p.client.Write(one)
+				io.ReadFull(p.backend, one)
+				p.backend.Write(one)
+				io.ReadFull(p.client, one)
+			}
+			b.StopTimer()
+			p.client.Close()
+			p.backend.Close()
+			wait(b, res, 10*time.Second)
+		})
+	}
+}

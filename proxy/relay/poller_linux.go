@@ -1,7 +1,9 @@
 package relay
 
 import (
+	"os"
 	"sync"
+	"syscall"
 
 	"golang.org/x/sys/unix"
 )
@@ -10,11 +12,21 @@ import (
 // source becomes readable, with one epoll instance and one goroutine. Each
 // descriptor is registered one-shot and removed when it fires, so a
 // descriptor is in the set exactly while its direction is parked.
+//
+// The epoll instance is itself non-blocking and waited on through Go's
+// own poller (an epoll descriptor is readable while events are ready), so
+// the goroutine sleeps like any other network reader and a wake-up costs
+// a scheduler wake-up, not an OS thread's return from a blocking system
+// call: BenchmarkRoundTripAfterIdle measured 200–280 µs for the first
+// round trip after a park that way, against 100–110 µs without parking.
 type poller struct {
-	epfd int
+	fd int // the epoll instance; f's, never through f.Fd (it would make f blocking)
+	f  *os.File
+	rc syscall.RawConn
 
 	mu      sync.Mutex
 	waiting map[int32]*direction // by source descriptor
+	events  []unix.EpollEvent    // used by the poller's goroutine only
 }
 
 // thePoller is the process's poller, started on first use; nil if epoll is
@@ -24,30 +36,49 @@ var thePoller = sync.OnceValue(func() *poller {
 	if err != nil {
 		return nil
 	}
-	p := &poller{epfd: fd, waiting: map[int32]*direction{}}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return nil
+	}
+	f := os.NewFile(uintptr(fd), "relay-epoll") // non-blocking: registered with Go's poller
+	rc, err := f.SyscallConn()
+	if err != nil {
+		f.Close()
+		return nil
+	}
+	p := &poller{fd: fd, f: f, rc: rc, waiting: map[int32]*direction{}, events: make([]unix.EpollEvent, 128)}
 	go p.run()
 	return p
 })
 
 func (p *poller) run() {
-	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(p.epfd, events, -1)
-		if err != nil {
-			continue // EINTR; the instance itself never fails once made
+		// ready checks for events before Go's poller waits, so an event
+		// that arrives while the last batch is handled is never missed.
+		if err := p.rc.Read(p.ready); err != nil {
+			return // the instance is never closed
 		}
-		p.mu.Lock()
-		for _, ev := range events[:n] {
-			if d := p.waiting[ev.Fd]; d != nil {
-				p.resumeLocked(d)
-			}
-			// else: a direction already woken or ended, and the
-			// descriptor closed since; its number may now be another
-			// parked direction's, which then wakes for nothing and
-			// parks again later.
-		}
-		p.mu.Unlock()
 	}
+}
+
+// ready handles the ready events, if any: it reports false to wait for
+// more, true to be called again.
+func (p *poller) ready(fd uintptr) bool {
+	n, err := unix.EpollWait(int(fd), p.events, 0)
+	if err != nil || n <= 0 {
+		return err == unix.EINTR
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, ev := range p.events[:n] {
+		if d := p.waiting[ev.Fd]; d != nil {
+			p.resumeLocked(d)
+		}
+		// else: a direction already woken or ended, and the descriptor
+		// closed since; its number may now be another parked direction's,
+		// which then wakes for nothing and parks again later.
+	}
+	return true
 }
 
 // park moves d from running to parked and registers its source, unless
@@ -65,7 +96,7 @@ func (p *poller) park(d *direction) bool {
 		cerr := rc.Control(func(fd uintptr) {
 			d.fd = int32(fd)
 			ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLONESHOT, Fd: d.fd}
-			err = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, int(fd), &ev)
+			err = unix.EpollCtl(p.fd, unix.EPOLL_CTL_ADD, int(fd), &ev)
 		})
 		if err == nil {
 			err = cerr
@@ -111,7 +142,7 @@ func (p *poller) resumeLocked(d *direction) {
 // open: the relay closes it only after end.
 func (p *poller) removeLocked(d *direction) {
 	delete(p.waiting, d.fd)
-	unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, int(d.fd), nil) // once fired, one-shot leaves it disabled, not removed
+	unix.EpollCtl(p.fd, unix.EPOLL_CTL_DEL, int(d.fd), nil) // once fired, one-shot leaves it disabled, not removed
 }
 
 func (p *poller) parked() int {

@@ -104,7 +104,7 @@ type Options struct {
 	// a relay between two TCP connections (TLS or not) parks: it gives up
 	// its goroutines and buffers until a connection has something to read
 	// (see park.go). A relay parks between ParkAfter and 1.5×ParkAfter
-	// after its last byte, on Linux only. Zero means DefaultParkAfter (1s);
+	// after its last byte, on Linux only. Zero means DefaultParkAfter (5s);
 	// negative disables parking.
 	ParkAfter time.Duration
 }
