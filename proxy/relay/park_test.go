@@ -11,20 +11,28 @@ import (
 	"time"
 )
 
-// parkedNow is the number of directions, in the whole process, waiting in
-// the poller.
-func parkedNow() int { return Parked() }
-
 // waitParked waits until n directions are parked, and fails the test
 // after 10 s.
 func waitParked(t testing.TB, n int) {
 	t.Helper()
 	end := time.Now().Add(10 * time.Second)
-	for parkedNow() != n {
+	for Parked() != n {
 		if time.Now().After(end) {
-			t.Fatalf("%d directions parked after 10s, want %d", parkedNow(), n)
+			t.Fatalf("%d directions parked after 10s, want %d", Parked(), n)
 		}
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// checkEnded fails the test unless the relay on p closed both its
+// connections and left nothing in the poller.
+func checkEnded(t *testing.T, p pair) {
+	t.Helper()
+	if err := relayClosed(p); err != nil {
+		t.Error(err)
+	}
+	if n := Parked(); n != 0 {
+		t.Errorf("%d directions left in the poller", n)
 	}
 }
 
@@ -93,12 +101,7 @@ func TestParkAndWake(t *testing.T) {
 			if want := int64(1 + 100 + 1<<20 + 5000); r.AToB != want || r.BToA != want+10 {
 				t.Errorf("moved %d and %d bytes, want %d and %d", r.AToB, r.BToA, want, want+10)
 			}
-			if err := relayClosed(p); err != nil {
-				t.Error(err)
-			}
-			if n := parkedNow(); n != 0 {
-				t.Errorf("%d directions left in the poller", n)
-			}
+			checkEnded(t, p)
 		})
 	}
 }
@@ -150,12 +153,7 @@ func TestParkedEnds(t *testing.T) {
 			case c.want == nil && got.Err == nil:
 				t.Errorf("relay: no error after a reset")
 			}
-			if err := relayClosed(p); err != nil {
-				t.Error(err)
-			}
-			if n := parkedNow(); n != 0 {
-				t.Errorf("%d directions left in the poller", n)
-			}
+			checkEnded(t, p)
 		})
 	}
 }
@@ -191,30 +189,35 @@ func TestParkRaces(t *testing.T) {
 			if r := wait(t, res, 10*time.Second); r.Err != nil {
 				t.Fatalf("Copy: %v", r.Err)
 			}
-			if n := parkedNow(); n != 0 {
-				t.Errorf("%d directions left in the poller", n)
-			}
+			checkEnded(t, p)
 		})
 	}
 }
 
-// TestNoParking: ParkAfter < 0 keeps both goroutines.
+// TestNoParking: with ParkAfter < 0 a relay has no park state (so nothing
+// ever asks it to park), and relays as usual; with 0 it has one.
 func TestNoParking(t *testing.T) {
 	needPoller(t)
 	f := newFixture(t, kindTLS)
 	p := f.pair(t)
 	defer p.closeAll()
-	res := relay(t.Context(), p, Options{ParkAfter: -1})
-	exchange(t, p.client, p.backend, []byte("x"))
-	time.Sleep(50 * time.Millisecond)
-	if n := parkedNow(); n != 0 {
-		t.Errorf("%d directions parked with parking off", n)
+	if New(p.a, p.b, Options{}).s.park == nil {
+		t.Fatal("a TLS relay with the default period cannot park")
 	}
+	r := New(p.a, p.b, Options{ParkAfter: -1})
+	if r.s.park != nil {
+		t.Fatal("a relay with ParkAfter < 0 can park")
+	}
+	res := make(chan Result, 1)
+	r.Start(t.Context(), func(x Result) { res <- x })
+	exchange(t, p.client, p.backend, []byte("x"))
+	exchange(t, p.backend, p.client, []byte("y"))
 	closeWriteConn(t, p.client)
 	closeWriteConn(t, p.backend)
-	if r := wait(t, res, 10*time.Second); r.Err != nil {
-		t.Fatalf("Copy: %v", r.Err)
+	if got := wait(t, res, 10*time.Second); got.Err != nil {
+		t.Fatalf("relay: %v", got.Err)
 	}
+	checkEnded(t, p)
 }
 
 // TestCloseBeforeStart: a relay closed before it starts reports the cause

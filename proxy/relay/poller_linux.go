@@ -17,8 +17,9 @@ import (
 // own poller (an epoll descriptor is readable while events are ready), so
 // the goroutine sleeps like any other network reader and a wake-up costs
 // a scheduler wake-up, not an OS thread's return from a blocking system
-// call: BenchmarkRoundTripAfterIdle measured 200–280 µs for the first
-// round trip after a park that way, against 100–110 µs without parking.
+// call. BenchmarkRoundTripAfterIdle, the first round trip after a park:
+// 190–200 µs this way, 200–280 µs with a blocking epoll_wait, 85–110 µs
+// with parking off.
 type poller struct {
 	fd int // the epoll instance; f's, never through f.Fd (it would make f blocking)
 	f  *os.File
