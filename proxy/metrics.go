@@ -29,6 +29,8 @@ import (
 //	credflow_active_connections{direction}                connections being relayed now
 //	credflow_parked_relay_directions                      directions of idle relays parked (no goroutine, no buffer held
 //	                                                      until data arrives), for all of this process's listeners
+//	credflow_memory_releases_total                        times the process returned to the system what a wave of
+//	                                                      parked or closed relays freed (proxy/relay/release.go)
 //	credflow_connections_closed_total{direction,reason}   established connections closed by the sidecar: peer_expired,
 //	                                                      policy_revoked, rapid_reset (HTTP: too many requests cancelled early)
 //	credflow_classical_connections_total{direction,trust_domain}
@@ -56,6 +58,7 @@ type Metrics struct {
 	bytes     *prometheus.CounterVec
 	active    *prometheus.GaugeVec
 	parked    prometheus.GaugeFunc
+	releases  prometheus.CounterFunc
 	closed    *prometheus.CounterVec
 	classical *prometheus.CounterVec
 
@@ -109,6 +112,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "credflow_parked_relay_directions",
 			Help: "Directions of idle relays parked (no goroutine, no buffer held until data arrives), for all of this process's listeners.",
 		}, func() float64 { return float64(relay.Parked()) }),
+		releases: prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "credflow_memory_releases_total",
+			Help: "Times this process returned to the system the memory a wave of parked or closed relays freed.",
+		}, func() float64 { return float64(relay.Releases()) }),
 		closed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "credflow_connections_closed_total",
 			Help: "Established connections closed by the sidecar, by reason (peer_expired, policy_revoked, rapid_reset).",
@@ -148,7 +155,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"kind", "result"}),
 		tds: labelcap.New(maxTrustDomainLabels),
 	}
-	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.parked, m.closed, m.classical,
+	reg.MustRegister(m.conns, m.refusals, m.handshake, m.pending, m.tlsConns, m.bytes, m.active, m.parked, m.releases, m.closed, m.classical,
 		m.quicConns, m.quicStreams, m.quicFallbacks, m.quicRetries, m.quicHandshake, m.tokens, m.globalChecks)
 	return m
 }

@@ -43,9 +43,16 @@ var (
 func (d *direction) copyBuffered() (parked bool) {
 	src := d.s.conns[d.src]
 	small := smallPool.Get().(*[smallSize]byte)
-	defer smallPool.Put(small)
 	var large *[largeSize]byte
 	defer func() {
+		// A parked direction drops its buffers instead: a pool keeps what
+		// it holds through one collection, so thousands of relays parking
+		// at once would keep a buffer each past the release that follows
+		// (release.go). A wake-up takes a buffer from the pool again.
+		if parked {
+			return
+		}
+		smallPool.Put(small)
 		if large != nil {
 			largePool.Put(large)
 		}

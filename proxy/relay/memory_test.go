@@ -54,6 +54,7 @@ func idleCost(t *testing.T, k kind, pairs []pair) (heap, stack float64) {
 	runtime.GC() // twice: the second empties the pools' victim caches
 	var before, after runtime.MemStats
 	runtime.ReadMemStats(&before)
+	released := Releases()
 
 	ctx, cancel := context.WithCancel(t.Context())
 	defer cancel()
@@ -82,6 +83,9 @@ func idleCost(t *testing.T, k kind, pairs []pair) (heap, stack float64) {
 	time.Sleep(100 * time.Millisecond) // all blocked in their next read
 	if runtime.GOOS == "linux" && !k.spliced() {
 		waitParked(t, 2*len(pairs))
+		if 2*len(pairs) >= releaseAfter {
+			waitReleased(t, released)
+		}
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
@@ -93,4 +97,19 @@ func idleCost(t *testing.T, k kind, pairs []pair) (heap, stack float64) {
 	n := float64(len(pairs))
 	return (float64(after.HeapInuse) - float64(before.HeapInuse)) / n,
 		(float64(after.StackInuse) - float64(before.StackInuse)) / n
+}
+
+// waitReleased waits for the release that follows a wave of parks: at most
+// releaseEvery after the one before, once parking has stopped for
+// releaseQuiet.
+func waitReleased(t testing.TB, before int64) {
+	t.Helper()
+	bound := releaseEvery + releaseQuiet + 10*time.Second
+	end := time.Now().Add(bound)
+	for Releases() == before {
+		if time.Now().After(end) {
+			t.Fatalf("no memory release %v after a wave of parks", bound)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }

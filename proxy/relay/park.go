@@ -18,9 +18,11 @@ import (
 // either direction for Options.ParkAfter, the relay parks: it interrupts
 // both reads with a read deadline in the past, each direction hands its
 // source's descriptor to the process's poller (one epoll instance and one
-// goroutine for all relays) and its goroutine ends, returning its buffer.
+// goroutine for all relays) and its goroutine ends, dropping its buffer.
 // When the source becomes readable (data, EOF or an error), the poller
-// starts a new goroutine that carries on where the old one stopped.
+// starts a new goroutine that carries on where the old one stopped. After
+// a wave of parks the process returns the freed memory to the system
+// (release.go).
 //
 // Three properties make this safe:
 //   - A read deadline is not fatal to a *tls.Conn (crypto/tls keeps a

@@ -108,6 +108,7 @@ func (p *poller) park(d *direction) bool {
 		return false
 	}
 	p.waiting[d.fd] = d
+	retire(1)
 	return true
 }
 

@@ -236,6 +236,7 @@ func (s *session) finish() {
 	s.wg.Wait() // the context callback and the timers, if they fired
 	s.closeConn(0)
 	s.closeConn(1)
+	retire(len(s.dirs))
 	s.done(s.result())
 }
 
