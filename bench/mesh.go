@@ -505,7 +505,19 @@ func (m *mesh) scale() error {
 }
 
 func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
+	// A wave of connections first, opened and closed, so that the baseline
+	// is a process that has carried connections (code paged in, pools and
+	// caches grown) and has settled after a wave, as it has when the
+	// figures are taken: credflow returns what a wave of relays freed once
+	// it has parked or closed.
 	settle()
+	released := m.releases(t)
+	closeWarm, err := idleConnections(t.entry[kindTCP], scaleWarmup, 32)
+	if err != nil {
+		return MeshResult{}, fmt.Errorf("warm-up: %w", err)
+	}
+	closeWarm()
+	m.settleIdle(t, released)
 	rss0 := map[*proc]int64{}
 	heap0 := map[*proc]float64{}
 	stack0 := map[*proc]float64{}
@@ -516,14 +528,18 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 		stack0[p], _ = p.metric("go_memstats_stack_inuse_bytes")
 		gor0[p], _ = p.metric("go_goroutines")
 	}
+	released = m.releases(t)
 	closeAll, err := idleConnections(t.entry[kindTCP], n, 32)
 	if err != nil {
 		return MeshResult{}, err
 	}
 	defer closeAll()
 	// Idle means idle: credflow parks a relay (no goroutine, no buffer)
-	// 5 to 7.5 s after its last byte, so the figures are taken past that.
+	// 5 to 7.5 s after its last byte, and returns what the wave of parked
+	// relays freed once parking has stopped, so the figures are taken
+	// past that.
 	time.Sleep(idleSettle)
+	m.settleIdle(t, released)
 	if m.prof != nil {
 		// What the held connections keep, by where it was allocated.
 		for side, p := range map[string]*proc{"outbound": t.client, "inbound": t.server} {
@@ -545,9 +561,72 @@ func (m *mesh) scaleOnce(t *topology, n int) (MeshResult, error) {
 	return MeshResult{Scenario: "scale", Variant: fmt.Sprintf("%d idle", n), Topology: t.name, Figures: f}, nil
 }
 
-// idleSettle is how long the scale scenario leaves its connections idle
-// before it measures them.
-const idleSettle = 9 * time.Second
+const (
+	// idleSettle is how long the scale scenario leaves its connections
+	// idle before it measures them.
+	idleSettle = 9 * time.Second
+	// scaleWarmup is the size of the wave before the baseline: enough
+	// relays (600 directions) for credflow to release after them.
+	scaleWarmup = 300
+	// releaseWait bounds the wait for a credflow sidecar's release.
+	releaseWait = 30 * time.Second
+)
+
+// releases returns each credflow process's count of memory releases.
+func (m *mesh) releases(t *topology) map[*proc]float64 {
+	r := map[*proc]float64{}
+	for _, p := range t.procs() {
+		if p.admin != "" {
+			r[p], _ = p.metric("credflow_memory_releases_total")
+		}
+	}
+	return r
+}
+
+// settleIdle waits for each credflow process in t to have released memory
+// since the counts in before (at most releaseWait; a note says when one
+// did not), then for every process's RSS to stop falling.
+func (m *mesh) settleIdle(t *topology, before map[*proc]float64) {
+	end := time.Now().Add(releaseWait)
+	for p, n := range before {
+		for {
+			if now, _ := p.metric("credflow_memory_releases_total"); now > n {
+				break
+			}
+			if time.Now().After(end) {
+				m.notef("%s: a sidecar had not returned freed memory %v after a wave of connections; its scale figures include it", t.name, releaseWait)
+				break
+			}
+			time.Sleep(250 * time.Millisecond)
+		}
+	}
+	settleRSS(t.procs())
+}
+
+// settleRSS waits until no process in ps has shrunk by more than 1% for
+// rssSteady, for at most rssSettleMax: a process may return memory to the
+// system some time after its connections went quiet, and the scale figures
+// are what idle connections hold for good. A process that never shrinks
+// costs rssSteady.
+func settleRSS(ps []*proc) {
+	const (
+		rssSteady    = 2 * time.Second
+		rssSettleMax = 30 * time.Second
+	)
+	ref := make([]int64, len(ps))
+	for i, p := range ps {
+		ref[i] = p.rss()
+	}
+	steadySince := time.Now()
+	for end := time.Now().Add(rssSettleMax); time.Since(steadySince) < rssSteady && time.Now().Before(end); {
+		time.Sleep(250 * time.Millisecond)
+		for i, p := range ps {
+			if now := p.rss(); now < ref[i]-ref[i]/100 {
+				ref[i], steadySince = now, time.Now()
+			}
+		}
+	}
+}
 
 // settle lets the processes finish what the last step started.
 func settle() { time.Sleep(time.Second) }
