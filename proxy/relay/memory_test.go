@@ -28,6 +28,7 @@ func TestIdleMemory(t *testing.T) {
 	if raceEnabled {
 		t.Skip("the race detector enlarges stacks and pools")
 	}
+	defer releaseAfterForTest(releaseAfter)()
 	for _, k := range []kind{kindTCP, kindPlain, kindTLS} {
 		t.Run(fmt.Sprintf("conn=%v", k), func(t *testing.T) {
 			f := newFixture(t, k)

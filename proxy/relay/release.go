@@ -88,6 +88,11 @@ func (r *releaser) wait(now time.Time) time.Duration {
 func (r *releaser) fire() {
 	r.mu.Lock()
 	now := time.Now()
+	if r.n < r.after {
+		r.armed = false // the wave was counted off meanwhile (tests)
+		r.mu.Unlock()
+		return
+	}
 	if d := r.wait(now); d > 0 {
 		r.t.Reset(d)
 		r.mu.Unlock()

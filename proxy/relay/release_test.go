@@ -1,11 +1,33 @@
 package relay
 
 import (
+	"math"
+	"os"
 	"sync/atomic"
 	"testing"
 	"testing/synctest"
 	"time"
 )
+
+// TestMain holds the process's memory releases back: a release after one
+// test's wave of relays would run on a goroutine of its own during the
+// next test, and some tests count goroutines. TestIdleMemory lets them
+// happen.
+func TestMain(m *testing.M) {
+	releaseAfterForTest(math.MaxInt)
+	os.Exit(m.Run())
+}
+
+// releaseAfterForTest sets the size of a wave for the process's releaser,
+// counting from zero, and returns a function that puts the old size back.
+func releaseAfterForTest(n int) (restore func()) {
+	r := theReleaser()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.after
+	r.after, r.n = n, 0
+	return func() { releaseAfterForTest(old) }
+}
 
 func TestReleaser(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
