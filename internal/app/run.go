@@ -408,6 +408,7 @@ func proxyConfig(cfg *config.Config, src *agent.Source, log *slog.Logger, m *pro
 		IdleTimeout:         cfg.IdleTimeout,
 		MaxConnections:      cfg.MaxConnections,
 		FirstByteTimeout:    cfg.FirstByteTimeout,
+		ParkAfter:           cfg.ParkAfter,
 		OutboundReserve:     cfg.OutboundReserve,
 		MaxHandshakes:       cfg.MaxHandshakes,
 		HandshakesPerSource: cfg.HandshakesPerSource,

@@ -33,6 +33,7 @@ func TestParseConnectionBudgets(t *testing.T) {
 	}
 	for _, tc := range []struct{ timeouts, limits, want string }{
 		{", first_byte: 5s", "", "timeouts.first_byte: 5s is longer than timeouts.handshake"},
+		{", park: -1s", "", "timeouts.park"},
 		{"", ", outbound_reserve: 50", "limits.outbound_reserve: 50 leaves no slot"},
 		{"", ", outbound_reserve: -1", "limits.outbound_reserve: must be positive"},
 		{"", ", max_handshakes: -1", "limits.max_handshakes: must be positive"},
@@ -71,6 +72,29 @@ func TestParseTokenIssuanceLimits(t *testing.T) {
 	} {
 		if _, err := config.Parse([]byte(base + "  " + field + "\n" + listener)); err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("%s: %v, want %q", field, err, want)
+		}
+	}
+}
+
+// TestParsePark: timeouts.park absent leaves the data plane's default (0),
+// a duration is taken as is, and 0 turns parking off (negative for the
+// data plane).
+func TestParsePark(t *testing.T) {
+	for _, tc := range []struct {
+		park string
+		want time.Duration
+	}{
+		{"", 0},
+		{", park: 30s", 30 * time.Second},
+		{", park: 0", -1},
+		{", park: 0s", -1},
+	} {
+		c, err := config.Parse([]byte(strings.Replace(valid, "timeouts: {handshake: 3s, drain: 1m}", "timeouts: {handshake: 3s, drain: 1m"+tc.park+"}", 1)))
+		if err != nil {
+			t.Fatalf("%q: %v", tc.park, err)
+		}
+		if c.ParkAfter != tc.want {
+			t.Errorf("%q: ParkAfter %v, want %v", tc.park, c.ParkAfter, tc.want)
 		}
 	}
 }

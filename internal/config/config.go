@@ -69,6 +69,11 @@ type Config struct {
 	Revalidate       time.Duration
 	MaxConnections   int
 
+	// ParkAfter is timeouts.park: an L4 connection idle this long gives
+	// up its goroutines and buffers until a byte arrives. Zero means the
+	// data plane's default (5s), negative never (the file's 0).
+	ParkAfter time.Duration
+
 	// FirstByteTimeout is timeouts.first_byte: how long an inbound
 	// connection may stay silent after accept before it is closed.
 	FirstByteTimeout time.Duration

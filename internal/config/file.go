@@ -133,12 +133,13 @@ type fileLog struct {
 }
 
 type fileTimeouts struct {
-	Handshake  duration `yaml:"handshake"`
-	Dial       duration `yaml:"dial"`
-	Idle       duration `yaml:"idle"`
-	Drain      duration `yaml:"drain"`
-	Revalidate duration `yaml:"revalidate"`
-	FirstByte  duration `yaml:"first_byte"`
+	Handshake  duration       `yaml:"handshake"`
+	Dial       duration       `yaml:"dial"`
+	Idle       duration       `yaml:"idle"`
+	Park       zeroOrDuration `yaml:"park"`
+	Drain      duration       `yaml:"drain"`
+	Revalidate duration       `yaml:"revalidate"`
+	FirstByte  duration       `yaml:"first_byte"`
 
 	MaxConnectionAge  duration `yaml:"max_connection_age"`
 	CloseOnPeerExpiry bool     `yaml:"close_on_peer_expiry"`

@@ -77,6 +77,7 @@ func (v *validator) connections(c *Config, f *file) {
 	c.HandshakeTimeout = t.Handshake.or(defaults.HandshakeTimeout)
 	c.DialTimeout = t.Dial.or(defaults.DialTimeout)
 	c.IdleTimeout = t.Idle.or(defaults.IdleTimeout)
+	c.ParkAfter = t.Park.timeout()
 	c.Revalidate = t.Revalidate.or(defaults.RevalidateInterval)
 	c.MaxConnectionAge = t.MaxConnectionAge.or(0)
 	c.CloseOnPeerExpiry = t.CloseOnPeerExpiry
