@@ -114,7 +114,7 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 			if r.Context().Err() != nil {
 				p.m.refused(l.dir, reason.ClientCanceled, true)
 				rec.set("error", reason.ClientCanceled, 0, spiffeid.ID{})
-				return
+				abortClientGone()
 			}
 			why, isError := reason.UpstreamUnavailable, true
 			if errors.As(err, new(*tls.CertificateVerificationError)) {

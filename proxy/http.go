@@ -341,7 +341,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 				// The peer went away (stream reset, connection closed):
 				// nobody to answer, and not the app's doing.
 				p.m.refused(l.dir, reason.ClientCanceled, true)
-				return
+				abortClientGone()
 			}
 			if errors.Is(err, errUnaskedUpgrade) {
 				p.m.refused(l.dir, reason.AppBadUpgrade, true)
@@ -455,6 +455,15 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	p.forward(l, hc, h.proxy, w, r, start)
 }
 
+// abortClientGone ends a request whose client has gone away (its context
+// ended: a stream reset, a closed connection, or an HTTP/1.1 client that
+// half-closed, which net/http takes for gone) without an answer: returning
+// from the handler would have net/http send "200 OK" with an empty body to
+// a client that may still read, for a request never delivered.
+// http.ErrAbortHandler closes the HTTP/1.1 connection or resets the HTTP/2
+// stream instead, and net/http logs nothing for it.
+func abortClientGone() { panic(http.ErrAbortHandler) }
+
 // forward serves r with rp and counts it towards its connection's
 // rapid-reset limit if the client cancels it early.
 func (p *Proxy) forward(l *listener, hc *httpConn, rp http.Handler, w http.ResponseWriter, r *http.Request, start time.Time) {
@@ -463,7 +472,17 @@ func (p *Proxy) forward(l *listener, hc *httpConn, rp http.Handler, w http.Respo
 		return
 	}
 	hc.forwarded.Add(1)
-	rp.ServeHTTP(w, r) // a response cut off mid-body panics out of here
+	// Deferred: a response cut off mid-body, and a request its client gave
+	// up on (abortClientGone), panic out of ServeHTTP, and the latter are
+	// what is counted.
+	defer p.countPremature(l, hc, r, start)
+	rp.ServeHTTP(w, r)
+}
+
+// countPremature counts r towards its connection's rapid-reset budget if
+// its client gave up on it early, and closes the connection once too many
+// of its requests have ended that way.
+func (p *Proxy) countPremature(l *listener, hc *httpConn, r *http.Request, start time.Time) {
 	if r.Context().Err() == nil || time.Since(start) >= prematureResetWindow {
 		return
 	}
@@ -608,7 +627,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			if r.Context().Err() != nil {
 				p.m.refused(l.dir, reason.ClientCanceled, true) // the app went away
 				rec.set("error", reason.ClientCanceled, 0, spiffeid.ID{})
-				return
+				abortClientGone()
 			}
 			p.log.Debug("proxy: upstream request failed", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 			var refusal *upstreamRefusal

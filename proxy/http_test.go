@@ -462,6 +462,54 @@ func TestHTTPResponseStreams(t *testing.T) {
 	}
 }
 
+// TestHTTPShortRequestBody: a request whose body ends before its
+// Content-Length (the client half-closes after half of it) never reaches
+// the app whole, whether the inbound sidecar reads it whole first (up to
+// 16 KiB: the app is not called) or streams it, and the client gets no
+// success: an error status or the connection closed without an answer
+// (net/http takes a half-close for a client gone, and the sidecar then
+// answers nothing rather than an empty 200).
+func TestHTTPShortRequestBody(t *testing.T) {
+	var called, whole sync.Map // paths the app was called for; of those, read a complete body
+	hp := startHTTPPair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		called.Store(r.URL.Path, true)
+		b, err := io.ReadAll(r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		if int64(len(b)) == r.ContentLength {
+			whole.Store(r.URL.Path, len(b))
+		}
+	}))
+	for _, declared := range []int{100, 32 << 10} {
+		t.Run(fmt.Sprint(declared), func(t *testing.T) {
+			path := fmt.Sprintf("/api/upload/%d", declared)
+			c, err := net.Dial("tcp", hp.outAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(20 * time.Second))
+			fmt.Fprintf(c, "POST %s HTTP/1.1\r\nHost: backend\r\nContent-Length: %d\r\n\r\n%s", path, declared, strings.Repeat("x", declared/2))
+			c.(*net.TCPConn).CloseWrite()
+			resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode < 400 {
+					t.Errorf("a truncated body was answered %s", resp.Status)
+				}
+			} // else the outbound sidecar closed the connection: also an error the client sees
+			if n, ok := whole.Load(path); ok {
+				t.Errorf("the app read a complete body of %v bytes from a request cut at %d of %d", n, declared/2, declared)
+			}
+			if _, ok := called.Load(path); ok && declared <= 16<<10 {
+				t.Errorf("the app was called for a body of %d declared bytes, which the inbound sidecar reads whole first", declared)
+			}
+		})
+	}
+}
+
 // TestHTTPRequestBodies: request bodies reach the app whole through both
 // sidecars, whether the inbound sidecar reads them into memory first (known
 // length up to 16 KiB) or streams them (longer, or of unknown length). A
