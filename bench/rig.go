@@ -11,7 +11,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -19,7 +18,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 
@@ -27,6 +25,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
+	"github.com/credflow/credflow/internal/freeport"
 	"github.com/credflow/credflow/internal/wlapitest"
 )
 
@@ -346,81 +345,8 @@ func (p *proc) metric(name string) (float64, error) {
 }
 
 // freeAddr returns a loopback address with a port free at the time of the
-// call.
-func freeAddr() (string, error) { return ports.next() }
-
-// ports hands out loopback ports for the processes the harness starts. A
-// port from listening on :0 comes from the ephemeral range, where the
-// kernel also picks the local ports of outgoing connections: with
-// thousands of connections in flight, one of them could take the port
-// between the check and the process's own listen, and two successive :0
-// checks could return the same port. So ports come from below the
-// ephemeral range, are checked free, and are never handed out twice in
-// a run.
-var ports = &portAllocator{}
-
-type portAllocator struct {
-	mu     sync.Mutex
-	cursor int
-	low    int // first port below the ephemeral range that is used
-	high   int // the ephemeral range's first port
-}
-
-// portFloor is the lowest port handed out: below it are well-known and
-// registered services a machine may run.
-const portFloor = 20000
-
-func (a *portAllocator) next() (string, error) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.high == 0 {
-		a.high = ephemeralLow()
-		a.low = portFloor
-		if a.high-a.low < 1000 {
-			a.low = 0 // no room below the ephemeral range: ask the kernel
-		} else {
-			a.cursor = a.low + rand.IntN(a.high-a.low)
-		}
-	}
-	if a.low == 0 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			return "", err
-		}
-		defer l.Close()
-		return l.Addr().String(), nil
-	}
-	for range a.high - a.low {
-		port := a.cursor
-		if a.cursor++; a.cursor >= a.high {
-			a.cursor = a.low
-		}
-		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-		if l, err := net.Listen("tcp", addr); err == nil {
-			l.Close()
-			return addr, nil
-		}
-	}
-	return "", fmt.Errorf("bench: no free loopback port in %d-%d", a.low, a.high-1)
-}
-
-// ephemeralLow reads the first port of the kernel's ephemeral range,
-// 32768 when it cannot.
-func ephemeralLow() int {
-	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
-	if err != nil {
-		return 32768
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 32768
-	}
-	n, err := strconv.Atoi(f[0])
-	if err != nil {
-		return 32768
-	}
-	return n
-}
+// call, never handed out before in this run (internal/freeport).
+func freeAddr() (string, error) { return freeport.Addr() }
 
 // raiseFileLimit lifts this process's descriptor limit (and its children's)
 // to n when it can; connection scale needs two descriptors per connection

@@ -13,7 +13,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -25,6 +24,7 @@ import (
 
 	"github.com/go-jose/go-jose/v4"
 
+	"github.com/credflow/credflow/internal/freeport"
 	"github.com/credflow/credflow/internal/spiretest"
 )
 
@@ -232,12 +232,8 @@ func (h *Hydra) admin(ctx context.Context, method, path string, body, out any) e
 }
 
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	p, _ := freeport.Port() // 0 on error: the server then fails to start, and says so
+	return p
 }
 
 // lockedBuffer is the server's output, written by the process's copy

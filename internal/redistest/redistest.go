@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/credflow/credflow/internal/freeport"
 	"github.com/credflow/credflow/internal/testenv"
 )
 
@@ -39,12 +40,10 @@ type Server struct {
 func Start(t testing.TB) *Server {
 	t.Helper()
 	testenv.NeedsCommand(t, "redis-server", "apt-get install redis-server")
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	addr, err := freeport.Addr()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
 	s := &Server{Addr: addr, t: t, dir: t.TempDir()}
 	t.Cleanup(s.Kill)
 	s.Restart()

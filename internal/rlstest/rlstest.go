@@ -19,6 +19,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/credflow/credflow/internal/freeport"
 	"github.com/credflow/credflow/internal/spiretest"
 )
 
@@ -165,12 +166,8 @@ func healthy(ctx context.Context, url string) error {
 }
 
 func freePort() int {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
+	p, _ := freeport.Port() // 0 on error: the server then fails to start, and says so
+	return p
 }
 
 // lockedBuffer is a server's output, written by the process's copy

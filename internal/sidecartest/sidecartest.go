@@ -22,6 +22,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/credflow/credflow/internal/freeport"
 	"github.com/credflow/credflow/internal/spiretest"
 )
 
@@ -229,15 +230,10 @@ func (sc *Sidecar) LogLines(substr string) []string {
 	return out
 }
 
-// FreeAddr returns a loopback address with a port that was free a moment ago.
-func FreeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", fmt.Errorf("sidecartest: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+// FreeAddr returns a loopback address with a port that was free a moment
+// ago, below the kernel's ephemeral range and never handed out before by
+// this process (internal/freeport).
+func FreeAddr() (string, error) { return freeport.Addr() }
 
 // Echo serves a TCP echo app on loopback until ctx ends: each connection
 // gets back what it sends, and its write side is closed when it half-closes.

@@ -31,6 +31,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"github.com/credflow/credflow/internal/freeport"
 )
 
 // Options configures a SPIRE deployment. The zero value works.
@@ -644,12 +646,6 @@ func (s *SPIRE) InstallBinary(src string) (string, error) {
 	return dst, nil
 }
 
-// freePort returns a TCP port on 127.0.0.1 that was free a moment ago.
-func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, fmt.Errorf("spiretest: %w", err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
-}
+// freePort returns a TCP port on 127.0.0.1 that was free a moment ago
+// (internal/freeport).
+func freePort() (int, error) { return freeport.Port() }
