@@ -15,8 +15,9 @@ import (
 // then the runtime keeps freed pages up to its heap goal, about twice the
 // live heap. So a sidecar whose connections all went quiet, or closed, at
 // once would keep the memory of their busy moment. Once a wave of
-// directions has parked or ended (at least releaseAfter) and that has then
-// stopped for releaseQuiet, the process collects and returns its free
+// directions has parked or ended (at least releaseAfter since the last
+// release, however long that took) and that has then stopped for
+// releaseQuiet, the process collects and returns its free
 // memory (debug.FreeOSMemory), at most once per releaseEvery. A sidecar
 // whose relays park, wake, start and end all the time never sees the wave
 // stop, and never pays for a release: it costs one collection and, later,
