@@ -30,6 +30,7 @@ import (
 	"github.com/credflow/credflow/internal/config"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
+	"github.com/credflow/credflow/internal/procs"
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy"
 	"github.com/credflow/credflow/proxy/anomaly"
@@ -166,6 +167,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	procsChanged := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credflow_procs_changes_total",
+		Help: "Times the sidecar changed the number of threads running Go code at once (go_sched_gomaxprocs_threads): one while its load is light, the runtime's default once it nears a core.",
+	})
+	reg.MustRegister(procsChanged)
 	// The trail is made once the source is (it signs with the SVID): the
 	// source reaches it through trailRef.
 	var trailRef atomic.Pointer[trail]
@@ -272,6 +278,12 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 
 	srcDone := make(chan error, 1)
 	go func() { srcDone <- src.Run(srcCtx) }()
+	procsDone := make(chan struct{})
+	go func() {
+		defer close(procsDone)
+		procs.Run(srcCtx, procs.Policy{}, log, func(int) { procsChanged.Inc() })
+	}()
+	defer func() { stopSrc(); <-procsDone }()
 	creds.run(srcCtx)
 	if deny != nil {
 		go deny.run(srcCtx)
