@@ -138,6 +138,7 @@ func (p *Pool) Open(ctx context.Context) (*Stream, error) {
 
 // conn returns a live connection with a stream reserved on it.
 func (p *Pool) conn(ctx context.Context) (*Conn, error) {
+	waited := false // for a dial, in this call
 	for {
 		p.mu.Lock()
 		if p.closed {
@@ -147,6 +148,16 @@ func (p *Pool) conn(ctx context.Context) (*Conn, error) {
 		now := time.Now()
 		if cur := p.cur; cur != nil {
 			switch {
+			case cur.qc.Context().Err() != nil && waited:
+				// The connection just dialed is already gone. A server
+				// refuses the client's certificate or key exchange after
+				// the client's side of the handshake has finished, so its
+				// refusal can arrive after the dial returned: report it
+				// (a crypto error) rather than dial again, which would
+				// repeat for as long as the server refuses.
+				p.cur = nil
+				p.mu.Unlock()
+				return nil, fmt.Errorf("quicmux: connection closed after its handshake: %w", context.Cause(cur.qc.Context()))
 			case cur.qc.Context().Err() != nil:
 				p.cur = nil
 			case !now.Before(cur.renewAt):
@@ -169,6 +180,7 @@ func (p *Pool) conn(ctx context.Context) (*Conn, error) {
 		p.mu.Unlock()
 		select {
 		case <-ch:
+			waited = true
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}

@@ -187,6 +187,62 @@ func TestRefuse(t *testing.T) {
 	}
 }
 
+// TestPoolRefusedAfterHandshake: a server that refuses the client's
+// certificate does so after the client's side of the handshake is done, so
+// the dial may return a connection that is already closed. Open reports the
+// refusal (a crypto error) after one handshake rather than dialing again.
+// The pool's hook waits for the refusal to arrive before the dial returns,
+// the order that made the pool dial again, and again.
+func TestPoolRefusedAfterHandshake(t *testing.T) {
+	ca := testca.New(t, td)
+	bundles := x509bundle.NewSet(ca.Bundle())
+	nobody := func(spiffeid.ID) bool { return false }
+	srvTLS := mtls.Config{SVIDs: svidSource{ca.Issue(t, spiffeid.RequireFromPath(td, "/backend"))}, Bundles: bundles, Authorize: nobody}.Server()
+	srv, err := quicmux.Listen("127.0.0.1:0", quicmux.ServerConfig{TLS: srvTLS})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(srv.Close)
+	go func() {
+		for {
+			if _, err := srv.Accept(t.Context()); err != nil {
+				return
+			}
+		}
+	}()
+
+	svids := svidSource{ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend"))}
+	var dials atomic.Int32
+	p, err := quicmux.NewPool(quicmux.PoolConfig{
+		Addr: srv.Addr().String(), Target: "app", SVIDs: svids,
+		TLS: mtls.Config{SVIDs: svids, Bundles: bundles, Authorize: func(spiffeid.ID) bool { return true }}.Client(),
+		Handshaken: func(h quicmux.Handshake) {
+			dials.Add(1)
+			if h.Conn != nil {
+				select {
+				case <-h.Conn.Context().Done():
+				case <-time.After(5 * time.Second):
+				}
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	_, err = p.Open(ctx)
+	var te *quic.TransportError
+	if !errors.As(err, &te) || !te.ErrorCode.IsCryptoError() {
+		t.Errorf("Open: %v, want the server's refusal (a crypto error)", err)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Errorf("%d handshakes for one Open, want 1", n)
+	}
+}
+
 // TestPoolRecentlyFailed: after a handshake that fails (nothing answers),
 // the pool reports a backoff and fails at once until it passes.
 func TestPoolRecentlyFailed(t *testing.T) {
