@@ -9,8 +9,8 @@
 // hand-off may wake another thread, which looks for work, finds little and
 // sleeps again, and on a sidecar's typical load those wake-ups cost more
 // than the work they hand over. With one P a hand-off is a run-queue entry.
-// Measured with `make bench`'s mesh scenarios (bench/README.md, "One P
-// while the load is light"): 16–25% less CPU per HTTP request at 1000
+// Measured with `make bench`'s mesh scenarios (bench/README.md, "One
+// thread while the load is light"): 16–25% less CPU per HTTP request at 1000
 // requests per second, and a lower p99. But one P carries at most a core's
 // worth of bulk traffic and handshakes, so the controller hands the default
 // back within one sampling period of the process nearing a full core, and
