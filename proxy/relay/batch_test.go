@@ -73,3 +73,54 @@ func TestBatching(t *testing.T) {
 		wait(t, res, 10*time.Second)
 	}
 }
+
+// TestMessageOneWrite: a message a little over the small buffer (a 1 KB
+// HTTP request with its head) crosses the relay in one write each way, one
+// TLS record towards the TLS side, once the first message has moved the
+// direction to the medium buffer. With the small buffer alone, every such
+// message took two reads and two writes.
+func TestMessageOneWrite(t *testing.T) {
+	const size, rounds = smallSize + 99, 100
+	f := newFixture(t, kindTCP)
+	serverTLS, clientTLS := tlsConfigs(t)
+	p := f.pair(t)
+	toClient := &countingConn{TCPConn: p.a.(*net.TCPConn)}
+	toBackend := &countingConn{TCPConn: p.b.(*net.TCPConn)}
+	ts, tc := tls.Server(Batching(toClient), serverTLS), tls.Client(p.client, clientTLS)
+	errc := make(chan error, 1)
+	go func() { errc <- ts.Handshake() }()
+	if err := tc.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	p.a, p.b, p.client = ts, toBackend, tc
+	res := relay(t.Context(), p, Options{})
+	before := [2]int64{toClient.writes.Load(), toBackend.writes.Load()}
+
+	msg, got := payload(size, 3), make([]byte, size)
+	tc.SetDeadline(time.Now().Add(30 * time.Second))
+	p.backend.SetDeadline(time.Now().Add(30 * time.Second))
+	for i := range rounds {
+		for _, c := range [][2]net.Conn{{tc, p.backend}, {p.backend, tc}} {
+			if _, err := c[0].Write(msg); err != nil {
+				t.Fatalf("round %d: %v", i, err)
+			}
+			if _, err := io.ReadFull(c[1], got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("round %d: intact=%v, err=%v", i, bytes.Equal(got, msg), err)
+			}
+		}
+	}
+	for i, name := range []string{"to the TLS client", "to the backend"} {
+		c := []*countingConn{toClient, toBackend}[i]
+		// The first message may still split: it is what fills the small
+		// buffer.
+		if w := c.writes.Load() - before[i]; w > rounds+1 {
+			t.Errorf("%s: %d writes for %d messages of %d bytes, want at most %d", name, w, rounds, size, rounds+1)
+		}
+	}
+	tc.Close()
+	p.closeAll()
+	wait(t, res, 10*time.Second)
+}

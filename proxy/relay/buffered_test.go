@@ -44,19 +44,37 @@ func (c *scriptConn) SetReadDeadline(time.Time) error  { return nil }
 func (c *scriptConn) SetWriteDeadline(time.Time) error { return nil }
 
 // TestBufferSwitching: a direction reads into the small buffer until a read
-// fills it, then into the large one until a read returns less than the
-// small size.
+// fills it, then into the medium one (a TLS record) until smallRun reads in
+// a row would have fitted the small one, and into the large one from a read
+// that fills the medium one until a read returns less than a record.
 func TestBufferSwitching(t *testing.T) {
-	const S, L = smallSize, largeSize
+	const S, M, L = smallSize, mediumSize, largeSize
+	run := func(n, size int) []int {
+		out := make([]int, n)
+		for i := range out {
+			out[i] = size
+		}
+		return out
+	}
+	cat := func(parts ...[]int) []int {
+		var out []int
+		for _, p := range parts {
+			out = append(out, p...)
+		}
+		return out
+	}
 	tests := []struct {
 		name   string
 		script []int
 		want   []int // buffer size of each read, the last one returning EOF
 	}{
 		{"small messages", []int{100, S - 1, 1}, []int{S, S, S, S}},
-		{"burst", []int{S, L, L, 2 * S}, []int{S, L, L, L, L}},
-		{"burst then quiet", []int{S, L, S - 1, 10}, []int{S, L, L, S, S}},
-		{"burst ends on small size", []int{S, L, S, 5, S}, []int{S, L, L, L, S, L}},
+		{"messages over the small size", []int{S, 99, S + 99, S + 99}, []int{S, M, M, M, M}},
+		{"burst", []int{S, M, L, L, 2 * S}, []int{S, M, L, L, L, M}},
+		{"TLS records keep the large buffer", []int{S, M, M, M, 100}, []int{S, M, L, L, L, M}},
+		{"back to small after a run of small reads", cat([]int{S}, run(smallRun, 10)), cat([]int{S}, run(smallRun, M), []int{S})},
+		{"a larger message restarts the run", cat([]int{S}, run(smallRun-1, 10), []int{2000}, run(smallRun, 10)),
+			cat([]int{S}, run(2*smallRun, M), []int{S})},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -78,7 +96,10 @@ func TestBufferSwitchingAllocs(t *testing.T) {
 	if raceEnabled {
 		t.Skip("allocation counts are meaningless under the race detector")
 	}
-	cycle := []int{smallSize, 4000, 10} // small → large → small
+	cycle := append([]int{smallSize, mediumSize, 10}, make([]int, smallRun)...) // small → medium → large → medium → small
+	for i := 3; i < len(cycle); i++ {
+		cycle[i] = 10
+	}
 	allocs := func(cycles int) float64 {
 		var script []int
 		for range cycles {
