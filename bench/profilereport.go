@@ -70,17 +70,25 @@ func prefixed(prefixes ...string) func(string) bool {
 var costClasses = []costClass{
 	{"TLS record encryption and decryption", anyOf("crypto/tls.(*halfConn).encrypt", "crypto/tls.(*halfConn).decrypt")},
 	{"TLS handshakes", anyOf("crypto/tls.(*Conn).handshakeContext")},
-	{"system calls", prefixed("syscall.", "internal/runtime/syscall.")},
+	{"system calls", prefixed("syscall.", "internal/runtime/syscall/")},
 	{"scheduler and network poller", anyOf("runtime.schedule", "runtime.findRunnable", "runtime.netpoll")},
 	{"garbage collection", anyOf("runtime.gcBgMarkWorker", "runtime.gcAssistAlloc", "runtime.bgsweep", "runtime.bgscavenge")},
 	{"allocation", anyOf("runtime.mallocgc")},
-	{"HTTP/2 framing and streams", prefixed("golang.org/x/net/http2.", "net/http.(*http2", "net/http.http2")},
+	{"HTTP/2 framing and streams", prefixed("net/http/internal/http2.", "golang.org/x/net/http2.", "net/http.(*http2", "net/http.http2")},
 	{"reverse proxy", prefixed("net/http/httputil.")},
 	{"request filters", anyOf("github.com/credflow/credflow/proxy.pipeline.run")},
 	{"JWT-SVID validation", prefixed("github.com/credflow/credflow/agent.(*JWTValidationCache).Validate", "github.com/credflow/credflow/agent.JWTValidator.Validate")},
 	{"access log", prefixed("log/slog.")},
 	{"metrics", prefixed("github.com/prometheus/")},
-	{"L4 copy", prefixed("github.com/credflow/credflow/proxy/relay.")},
+	{"L4 copy", l4Copy},
+}
+
+// l4Copy is the relay's copy path: proxy/relay without the write batching
+// that sits under every TLS connection of a sidecar, the HTTP modes' too
+// (there it is the HTTP/2 and HTTP/1.1 writes' system calls, not a copy).
+func l4Copy(fn string) bool {
+	const relay = "github.com/credflow/credflow/proxy/relay."
+	return strings.HasPrefix(fn, relay) && !strings.HasPrefix(fn, relay+"(*batchConn)")
 }
 
 // profiledScenarios are the scenarios whose profiles the report

@@ -4,6 +4,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -133,5 +134,31 @@ func TestSummarizeProfiles(t *testing.T) {
 	}
 	if _, err := summarizeProfiles(dir, names); err == nil {
 		t.Error("a profile that does not parse was not an error")
+	}
+}
+
+// TestCostClassesOf: functions land in the classes the report names them
+// by: the HTTP/2 package vendored into net/http counts as HTTP/2, and the
+// write batching under every TLS connection is not the L4 copy.
+func TestCostClassesOf(t *testing.T) {
+	classesOf := func(fn string) []string {
+		var out []string
+		for _, c := range costClasses {
+			if c.in(fn) {
+				out = append(out, c.name)
+			}
+		}
+		return out
+	}
+	for fn, want := range map[string][]string{
+		"net/http/internal/http2.(*serverConn).writeFrameAsync":              {"HTTP/2 framing and streams"},
+		"golang.org/x/net/http2.(*Framer).ReadFrame":                         {"HTTP/2 framing and streams"},
+		"github.com/credflow/credflow/proxy/relay.(*direction).copyBuffered": {"L4 copy"},
+		"github.com/credflow/credflow/proxy/relay.(*batchConn).Write":        nil,
+		"internal/runtime/syscall/linux.Syscall6":                            {"system calls"},
+	} {
+		if got := classesOf(fn); !slices.Equal(got, want) {
+			t.Errorf("%s: classes %q, want %q", fn, got, want)
+		}
 	}
 }
