@@ -174,12 +174,20 @@ func (p *proc) exited() error {
 
 // start runs a program, its output in dir/NAME.log.
 func (r *rig) start(name string, args ...string) (*proc, error) {
+	return r.startEnv(name, nil, args...)
+}
+
+// startEnv is start with env added to the harness's environment.
+func (r *rig) startEnv(name string, env []string, args ...string) (*proc, error) {
 	logf, err := os.Create(r.path(name + ".log"))
 	if err != nil {
 		return nil, err
 	}
 	defer logf.Close()
 	cmd := exec.Command(args[0], args[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = logf, logf
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {

@@ -19,6 +19,8 @@ const (
 	idT3h          = "T3h"
 	idT3hGRPC      = "T3h-grpc"
 	idT3hJWT       = "T3h-jwt"
+	idT3Awake      = "T3-awake"
+	idT3hAwake     = "T3h-awake"
 	idT4           = "T4"
 	idT5           = "T5"
 	idT5h          = "T5h"
@@ -26,7 +28,7 @@ const (
 )
 
 // TopologyIDs lists the mesh's topologies by id, in the order they run.
-var TopologyIDs = []string{idT0, idT1, idT2, idT3X25519, idT3MLKEM, idT3P256MLKEM, idT3q, idT3h, idT3hGRPC, idT3hJWT, idT4, idT5, idT5h}
+var TopologyIDs = []string{idT0, idT1, idT2, idT3X25519, idT3MLKEM, idT3P256MLKEM, idT3q, idT3h, idT3hGRPC, idT3hJWT, idT3Awake, idT3hAwake, idT4, idT5, idT5h}
 
 // Scenario ids: the mesh's scenarios, in the order they run. rpc-http1 is
 // 1 KB HTTP/1.1 at a fixed rate (4 and 16 connections), rpc-grpc gRPC

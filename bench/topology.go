@@ -54,15 +54,29 @@ const (
 	T3h         = "T3h credflow HTTP/2"
 	T3hGRPC     = "T3h credflow HTTP/2 (gRPC app)"
 	T3hJWT      = "T3h credflow HTTP/2, jwt.require"
+	T3Awake     = "T3 credflow X25519MLKEM768, monitor awake"
+	T3hAwake    = "T3h credflow HTTP/2, monitor awake"
 	T4          = "T4 ghostunnel"
 	T5          = "T5 HAProxy"
 	T5h         = "T5h HAProxy HTTP/2"
 )
 
+// monitorAwake is the environment setting of the -awake topologies, an
+// opt-in for the sidecars (README, "Performance"): with schedtrace set, the
+// Go runtime's monitor thread (sysmon) never enters its deep sleep, which
+// it otherwise enters whenever every P is idle and leaves, woken by futex,
+// at the next system call: at 1000 requests per second that is twice per
+// request per sidecar. The value is the largest the runtime takes (in ms,
+// about 24.8 days), so the trace it would print comes at most that often.
+const monitorAwake = "GODEBUG=schedtrace=2147483647"
+
+// hybridConfig is the key exchange of T3-X25519MLKEM768 and T3-awake.
+const hybridConfig = "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"
+
 // kexGroups are T3's key-exchange variants: the config each side gets.
 var kexGroups = []struct{ name, topology, id, config string }{
 	{"X25519", T3X25519, idT3X25519, "key_exchange: {mode: classical, groups: [X25519]}\n"},
-	{"X25519MLKEM768", T3MLKEM, idT3MLKEM, "key_exchange: {mode: hybrid-required, groups: [X25519MLKEM768]}\n"},
+	{"X25519MLKEM768", T3MLKEM, idT3MLKEM, hybridConfig},
 	{"SecP256r1MLKEM768", T3P256MLKEM, idT3P256MLKEM, "key_exchange: {mode: hybrid-required, groups: [SecP256r1MLKEM768]}\n"},
 }
 
@@ -84,6 +98,7 @@ func (r *rig) startRelay(name, target string) (*proc, string, error) {
 type pairOpts struct {
 	name         string
 	extra        string
+	env          []string // added to both sidecars' environment
 	quic         bool
 	http         bool // protocol http on both; appProtocol h2c for gRPC
 	h2c          bool
@@ -91,7 +106,7 @@ type pairOpts struct {
 	noResumption bool
 }
 
-func (r *rig) credflow(name, wl, config string) (*proc, error) {
+func (r *rig) credflow(name, wl, config string, env ...string) (*proc, error) {
 	admin, err := freeAddr()
 	if err != nil {
 		return nil, err
@@ -104,7 +119,7 @@ func (r *rig) credflow(name, wl, config string) (*proc, error) {
 	if err := os.WriteFile(path, []byte(cfg), 0o644); err != nil {
 		return nil, err
 	}
-	p, err := r.start(name, r.bins.Credflow, "run", "-c", path)
+	p, err := r.startEnv(name, env, r.bins.Credflow, "run", "-c", path)
 	if err != nil {
 		return nil, err
 	}
@@ -147,10 +162,10 @@ func (r *rig) credflowPair(name, id string, o pairOpts, target string, kinds ...
 	for _, k := range kinds {
 		t.entry[k] = outAddr
 	}
-	if t.server, err = r.credflow(o.name+"-inbound", r.wlServer.Addr(), extra+inCfg); err != nil {
+	if t.server, err = r.credflow(o.name+"-inbound", r.wlServer.Addr(), extra+inCfg, o.env...); err != nil {
 		return nil, err
 	}
-	if t.client, err = r.credflow(o.name+"-outbound", r.wlClient.Addr(), extra+outCfg); err != nil {
+	if t.client, err = r.credflow(o.name+"-outbound", r.wlClient.Addr(), extra+outCfg, o.env...); err != nil {
 		return nil, err
 	}
 	return t, nil
@@ -273,6 +288,11 @@ func (r *rig) startTopologies(target string, sel Selection, notef func(string, .
 		// T3h-jwt: T3h with the JWT-SVID the outbound attaches to each
 		// request (audience: the server's ID) verified by the inbound.
 		pair{T3hJWT, idT3hJWT, pairOpts{name: "t3h-jwt", http: true, jwtRequire: true}, []string{kindHTTP1}},
+		// T3-awake, T3h-awake: T3 (hybrid) and T3h with the Go runtime's
+		// monitor thread kept out of its deep sleep (monitorAwake), for
+		// the RPC scenarios only.
+		pair{T3Awake, idT3Awake, pairOpts{name: "t3-awake", extra: hybridConfig, env: []string{monitorAwake}}, []string{kindHTTP1, kindGRPC}},
+		pair{T3hAwake, idT3hAwake, pairOpts{name: "t3h-awake", http: true, env: []string{monitorAwake}}, []string{kindHTTP1}},
 	)
 	for _, pr := range pairs {
 		if !sel.topology(pr.id) {
