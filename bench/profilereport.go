@@ -74,13 +74,25 @@ var costClasses = []costClass{
 	{"scheduler and network poller", anyOf("runtime.schedule", "runtime.findRunnable", "runtime.netpoll")},
 	{"garbage collection", anyOf("runtime.gcBgMarkWorker", "runtime.gcAssistAlloc", "runtime.bgsweep", "runtime.bgscavenge")},
 	{"allocation", anyOf("runtime.mallocgc")},
-	{"HTTP/2 framing and streams", prefixed("net/http/internal/http2.", "golang.org/x/net/http2.", "net/http.(*http2", "net/http.http2")},
+	{"HTTP/2 framing and streams", http2Framing},
 	{"reverse proxy", prefixed("net/http/httputil.")},
 	{"request filters", anyOf("github.com/credflow/credflow/proxy.pipeline.run")},
 	{"JWT-SVID validation", prefixed("github.com/credflow/credflow/agent.(*JWTValidationCache).Validate", "github.com/credflow/credflow/agent.JWTValidator.Validate")},
 	{"access log", prefixed("log/slog.")},
 	{"metrics", prefixed("github.com/prometheus/")},
 	{"L4 copy", l4Copy},
+}
+
+// http2Framing is the HTTP/2 code (Go 1.27's net/http/internal/http2, and
+// x/net/http2 and the older bundle inside net/http) but for the roots of
+// the server's handler goroutines: the handler's own work is not framing.
+func http2Framing(fn string) bool {
+	switch fn {
+	case "net/http/internal/http2.(*serverConn).runHandler", "net/http.http2Handler.ServeHTTP",
+		"golang.org/x/net/http2.(*serverConn).runHandler", "net/http.(*http2serverConn).runHandler":
+		return false
+	}
+	return prefixed("net/http/internal/http2.", "golang.org/x/net/http2.", "net/http.(*http2", "net/http.http2")(fn)
 }
 
 // l4Copy is the relay's copy path: proxy/relay without the write batching

@@ -138,8 +138,9 @@ func TestSummarizeProfiles(t *testing.T) {
 }
 
 // TestCostClassesOf: functions land in the classes the report names them
-// by: the HTTP/2 package vendored into net/http counts as HTTP/2, and the
-// write batching under every TLS connection is not the L4 copy.
+// by: the HTTP/2 package vendored into net/http counts as HTTP/2 but for
+// the roots of the handler goroutines it starts, and the write batching
+// under every TLS connection is not the L4 copy.
 func TestCostClassesOf(t *testing.T) {
 	classesOf := func(fn string) []string {
 		var out []string
@@ -153,6 +154,8 @@ func TestCostClassesOf(t *testing.T) {
 	for fn, want := range map[string][]string{
 		"net/http/internal/http2.(*serverConn).writeFrameAsync":              {"HTTP/2 framing and streams"},
 		"golang.org/x/net/http2.(*Framer).ReadFrame":                         {"HTTP/2 framing and streams"},
+		"net/http/internal/http2.(*serverConn).runHandler":                   nil,
+		"net/http.http2Handler.ServeHTTP":                                    nil,
 		"github.com/credflow/credflow/proxy/relay.(*direction).copyBuffered": {"L4 copy"},
 		"github.com/credflow/credflow/proxy/relay.(*batchConn).Write":        nil,
 		"internal/runtime/syscall/linux.Syscall6":                            {"system calls"},
