@@ -316,6 +316,17 @@ func TestRetireAndRevoke(t *testing.T) {
 	}
 	wantClose(t, closed, quicmux.CodeRetired)
 
+	// The server has accepted the second connection before it is revoked:
+	// its echo answers on s. A connection that closes before the server's
+	// side of the handshake is done is never accepted there, so revoking
+	// at once would leave nothing to see close (under load, it did).
+	s.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := s.Write([]byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(s, make([]byte, 1)); err != nil {
+		t.Fatalf("the second connection's echo: %v", err)
+	}
 	second.Revoke()
 	if _, err := s.Read(make([]byte, 1)); err == nil {
 		t.Fatal("a stream of a revoked connection still reads")
