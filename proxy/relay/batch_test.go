@@ -22,28 +22,36 @@ func (c *countingConn) Write(p []byte) (int, error) {
 	return c.TCPConn.Write(p)
 }
 
+// handshakeTLS runs a TLS handshake between a server over serverSide and a
+// client over clientSide, and returns both ends.
+func handshakeTLS(t *testing.T, serverSide, clientSide net.Conn) (server, client *tls.Conn) {
+	t.Helper()
+	serverTLS, clientTLS := tlsConfigs(t)
+	server, client = tls.Server(serverSide, serverTLS), tls.Client(clientSide, clientTLS)
+	errc := make(chan error, 1)
+	go func() { errc <- server.Handshake() }()
+	if err := client.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	return server, client
+}
+
 // TestBatching: with Batching under the TLS connection, the relay's writes
 // of up to 64 KiB leave as one write(2) each, not one per 16 KiB record, and
 // the bytes arrive intact.
 func TestBatching(t *testing.T) {
 	for _, batching := range []bool{false, true} {
 		f := newFixture(t, kindTCP)
-		serverTLS, clientTLS := tlsConfigs(t)
 		p := f.pair(t)
 		counted := &countingConn{TCPConn: p.a.(*net.TCPConn)}
 		var under net.Conn = counted
 		if batching {
 			under = Batching(counted)
 		}
-		ts, tc := tls.Server(under, serverTLS), tls.Client(p.client, clientTLS)
-		errc := make(chan error, 1)
-		go func() { errc <- ts.Handshake() }()
-		if err := tc.Handshake(); err != nil {
-			t.Fatal(err)
-		}
-		if err := <-errc; err != nil {
-			t.Fatal(err)
-		}
+		ts, tc := handshakeTLS(t, under, p.client)
 		p.a, p.client = ts, tc
 		res := relay(context.Background(), p, Options{})
 		before := counted.writes.Load()
@@ -82,19 +90,10 @@ func TestBatching(t *testing.T) {
 func TestMessageOneWrite(t *testing.T) {
 	const size, rounds = smallSize + 99, 100
 	f := newFixture(t, kindTCP)
-	serverTLS, clientTLS := tlsConfigs(t)
 	p := f.pair(t)
 	toClient := &countingConn{TCPConn: p.a.(*net.TCPConn)}
 	toBackend := &countingConn{TCPConn: p.b.(*net.TCPConn)}
-	ts, tc := tls.Server(Batching(toClient), serverTLS), tls.Client(p.client, clientTLS)
-	errc := make(chan error, 1)
-	go func() { errc <- ts.Handshake() }()
-	if err := tc.Handshake(); err != nil {
-		t.Fatal(err)
-	}
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
+	ts, tc := handshakeTLS(t, Batching(toClient), p.client)
 	p.a, p.b, p.client = ts, toBackend, tc
 	res := relay(t.Context(), p, Options{})
 	before := [2]int64{toClient.writes.Load(), toBackend.writes.Load()}
