@@ -28,6 +28,7 @@ import (
 	"github.com/credflow/credflow/credential"
 	"github.com/credflow/credflow/internal/admin"
 	"github.com/credflow/credflow/internal/config"
+	"github.com/credflow/credflow/internal/heaproom"
 	"github.com/credflow/credflow/internal/logkey"
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/internal/procs"
@@ -171,7 +172,11 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		Name: "credflow_procs_changes_total",
 		Help: "Times the sidecar changed the number of threads running Go code at once (go_sched_gomaxprocs_threads): one while its load is light, the runtime's default once it nears a core.",
 	})
-	reg.MustRegister(procsChanged)
+	heapRoomChanged := prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "credflow_heap_room_changes_total",
+		Help: "Times the sidecar changed the garbage collector's percent (go_gc_gogc_percent): room for the heap while it allocates fast, the default once it is quiet.",
+	})
+	reg.MustRegister(procsChanged, heapRoomChanged)
 	// The trail is made once the source is (it signs with the SVID): the
 	// source reaches it through trailRef.
 	var trailRef atomic.Pointer[trail]
@@ -284,6 +289,12 @@ func runSidecar(ctx context.Context, args []string, _, stderr io.Writer) error {
 		procs.Run(srcCtx, procs.Policy{}, log, func(int) { procsChanged.Inc() })
 	}()
 	defer func() { stopSrc(); <-procsDone }()
+	heapRoomDone := make(chan struct{})
+	go func() {
+		defer close(heapRoomDone)
+		heaproom.Run(srcCtx, heaproom.Policy{}, log, func(int) { heapRoomChanged.Inc() })
+	}()
+	defer func() { stopSrc(); <-heapRoomDone }()
 	creds.run(srcCtx)
 	if deny != nil {
 		go deny.run(srcCtx)
