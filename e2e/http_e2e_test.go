@@ -10,7 +10,9 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -205,6 +207,75 @@ func TestE2EHTTPAndGRPC(t *testing.T) {
 				t.Errorf("%s holds %q", name, secret)
 			}
 		}
+	}
+
+	// Heap room (internal/heaproom): under a request load that allocates
+	// fast the backend raises GOGC above the default, and sets the default
+	// back once the load has stopped. Polled with deadlines, not timed.
+	heapRoom(t, backend, func(stop <-chan struct{}) {
+		big := strings.Repeat("x", 1<<10) // 24 headers of 1 KiB: each request allocates tens of KB per sidecar
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			req, _ := http.NewRequestWithContext(ctx, "GET", "http://"+outHTTP+"/api/load", nil)
+			for i := range 24 {
+				req.Header.Set(fmt.Sprintf("X-Load-%d", i), big)
+			}
+			if resp, err := http.DefaultClient.Do(req); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+	})
+}
+
+// heapRoom waits for sc's go_gc_gogc_percent to be the default, runs load
+// on eight goroutines until it is above the default (within a minute),
+// stops the load, and waits (at most 30 s) for the default to be back.
+func heapRoom(t *testing.T, sc *sidecartest.Sidecar, load func(stop <-chan struct{})) {
+	t.Helper()
+	ctx := t.Context()
+	percent := func() float64 {
+		v, err := sc.Metric(ctx, "go_gc_gogc_percent")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	waitDefault := func(after string) {
+		t.Helper()
+		p := percent()
+		for end := time.Now().Add(30 * time.Second); p != 100 && time.Now().Before(end); p = percent() {
+			time.Sleep(200 * time.Millisecond)
+		}
+		if p != 100 {
+			t.Fatalf("%s: go_gc_gogc_percent %v 30 s %s, want the default 100", sc.Name, p, after)
+		}
+	}
+	waitDefault("before the load") // a start that allocated fast may hold room for 5 s
+	before, _ := sc.Metric(ctx, "credflow_heap_room_changes_total")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() { load(stop) })
+	}
+	raised := 0.0
+	for end := time.Now().Add(time.Minute); time.Now().Before(end); time.Sleep(200 * time.Millisecond) {
+		if raised = percent(); raised > 100 {
+			break
+		}
+	}
+	close(stop)
+	wg.Wait()
+	if raised <= 100 {
+		t.Fatalf("%s: go_gc_gogc_percent still %v after a minute of load, want the heap room (above 100)", sc.Name, raised)
+	}
+	waitDefault("after the load stopped")
+	if n, _ := sc.Metric(ctx, "credflow_heap_room_changes_total"); n-before < 2 {
+		t.Errorf("%s: credflow_heap_room_changes_total moved by %v over a raise and a return, want 2 or more", sc.Name, n-before)
 	}
 }
 
