@@ -103,7 +103,7 @@ func newPipeRig(t *testing.T) *pipeRig {
 	}
 	r := &pipeRig{p: p, l: p.listeners[0], app: &pipeApp{},
 		peer: &tls.ConnectionState{PeerCertificates: ca.Issue(t, spiffeid.RequireFromPath(td, "/frontend")).Certificates}}
-	r.l.httpIn().app.DialContext = r.app.dial
+	r.l.httpIn().app.Dial = func(ctx context.Context) (net.Conn, error) { return r.app.dial(ctx, "tcp", "app.test:80") }
 	return r
 }
 
@@ -124,7 +124,7 @@ func (r *pipeRig) serve(path string) (rec *httptest.ResponseRecorder, done <-cha
 func (r *pipeRig) stop() {
 	r.app.close()
 	r.wg.Wait()
-	r.l.httpIn().app.CloseIdleConnections()
+	r.l.httpIn().app.CloseIdle()
 }
 
 // answeredAt checks, on the fake clock, that done is closed at d from now

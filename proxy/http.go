@@ -1,12 +1,10 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -29,6 +27,7 @@ import (
 	"github.com/credflow/credflow/internal/peercred"
 	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/authz"
+	"github.com/credflow/credflow/proxy/h1"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/reason"
@@ -138,8 +137,11 @@ func (c InboundHTTP) withDefaults() InboundHTTP {
 }
 
 // OutboundHTTP makes an outbound listener HTTP-aware: app requests (HTTP/1.1
-// or h2c, gRPC included) are multiplexed over a small pool of HTTP/2 mTLS
-// connections to the upstream sidecar, each with a JWT-SVID attached.
+// or h2c, gRPC included) go to the upstream sidecar over pooled mTLS
+// connections, each with a JWT-SVID attached: over HTTP/1.1, one at a time
+// per connection, those of HTTP/1.1 apps that proxy/h1 carries
+// (upstreamRoute); the others multiplexed over a small pool of HTTP/2
+// ones.
 type OutboundHTTP struct {
 	// JWTAudience is the audience of the JWT-SVID attached to each request;
 	// default: the expected server ID when the listener expects exactly
@@ -149,7 +151,8 @@ type OutboundHTTP struct {
 	// own Authorization; default X-Credflow-Jwt-Svid.
 	TokenHeader string
 	// Pool is the number of HTTP/2 connections kept to the upstream;
-	// default 2. A request waits at most DialTimeout+HandshakeTimeout for
+	// default 2 (the HTTP/1.1 ones are up to 64, one per request in
+	// flight). A request waits at most DialTimeout+HandshakeTimeout for
 	// one of them, then is answered 502 upstream_unavailable.
 	Pool int
 	// Exchange makes this listener the edge of the mesh: the app's
@@ -229,7 +232,7 @@ type httpInbound struct {
 	ln       *chanListener
 	srv      *http.Server
 	proxy    *httputil.ReverseProxy
-	app      *http.Transport // the proxy's, to the app
+	app      *h1.Client // the proxy's, to the app; its slots bound the Transport's too
 
 	mu   sync.Mutex
 	open map[net.Conn]*httpConn
@@ -303,17 +306,41 @@ func (p *Proxy) newHTTPSettings(l *listener, cfg InboundHTTP, prev *httpSettings
 
 func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	cfg = cfg.withDefaults()
+	dialer := &net.Dialer{Timeout: p.cfg.DialTimeout}
+	app := &h1.Client{
+		Dial:        func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", l.target) },
+		MaxConns:    cfg.AppConnections,
+		IdleTimeout: appIdleTimeout,
+	}
+	// net/http's Transport carries what app does not speak: h2c, and
+	// requests that switch protocols (WebSocket) or expect 100-continue.
+	// Its connections take their slots from app, so that AppConnections
+	// bounds both together.
 	tr := &http.Transport{
-		DialContext:         (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			release, err := app.Hold(ctx)
+			if err != nil {
+				return nil, err
+			}
+			c, err := app.Dial(ctx)
+			if err != nil {
+				release()
+				return nil, err
+			}
+			return &heldConn{Conn: c, release: release}, nil
+		},
 		MaxConnsPerHost:     cfg.AppConnections,
 		MaxIdleConnsPerHost: cfg.AppConnections,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     appIdleTimeout,
 	}
+	var toApp http.RoundTripper = tr
 	if cfg.AppH2C {
 		tr.Protocols = new(http.Protocols)
 		tr.Protocols.SetUnencryptedHTTP2(true)
+	} else {
+		toApp = appRoute{h1: app, other: tr}
 	}
-	h := &httpInbound{app: tr}
+	h := &httpInbound{app: app}
 	h.settings.Store(p.newHTTPSettings(l, cfg, nil))
 	h.proxy = &httputil.ReverseProxy{
 		BufferPool: copyBuffers,
@@ -333,7 +360,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 			return nil
 		},
-		Transport:     p.traced(l, appBound{rt: tr, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
+		Transport:     p.traced(l, appBound{rt: toApp, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
@@ -379,6 +406,34 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h.open = make(map[net.Conn]*httpConn)
 	return h
+}
+
+// appIdleTimeout is how long an idle connection to the app is kept.
+const appIdleTimeout = 90 * time.Second
+
+// appRoute sends the requests h1 speaks (h1.Eligible) with it, the others
+// with other.
+type appRoute struct {
+	h1    *h1.Client
+	other http.RoundTripper
+}
+
+func (a appRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if h1.Eligible(r) {
+		return a.h1.RoundTrip(r)
+	}
+	return a.other.RoundTrip(r)
+}
+
+// heldConn is a connection that gives its slot back when it closes.
+type heldConn struct {
+	net.Conn
+	release func() // once only: h1.Client.Hold's
+}
+
+func (c *heldConn) Close() error {
+	c.release()
+	return c.Conn.Close()
 }
 
 // responseFlush is the ReverseProxy's FlushInterval in every HTTP mode:
@@ -572,6 +627,7 @@ type httpOutbound struct {
 	cfg      OutboundHTTP
 	srv      *http.Server
 	pool     *upstreamPool
+	h1       *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
 	audience string
 	filters  pipeline
 }
@@ -606,13 +662,15 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			IdleConnTimeout:   p.cfg.IdleTimeout,
 		}
 	})
+	h.h1 = p.newUpstreamH1(l, h)
 	rp := &httputil.ReverseProxy{
 		BufferPool: copyBuffers,
 		Rewrite: func(pr *httputil.ProxyRequest) {
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport:     p.traced(l, connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout}, "credflow outbound "+l.name+" to "+l.target),
+		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+			"credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
@@ -879,29 +937,17 @@ func (b appBound) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// smallBody is the largest request body of known length that is read
-// whole before its request goes to the app.
-const smallBody = 16 << 10
-
-// readSmallBody returns r (a copy) with its body in memory when the body
-// is of known length up to smallBody and no 100-continue is asked for;
-// otherwise r as it is. net/http sends a request whose body it knows to be
-// in memory in one write, headers and body; any other body it streams
-// after flushing the headers on their own, and copies it through a 32 KiB
-// buffer allocated per request. A larger body, or one of unknown length,
-// still streams.
+// readSmallBody returns r with its body in memory (h1.InMemory) when the
+// body is of known length up to h1.MaxBody (16 KiB) and no 100-continue is
+// asked for; otherwise r as it is: a larger body, or one of unknown
+// length, streams. net/http then sends the request's head and body in one
+// write, rather than the head on its own first, and copies no body
+// through a 32 KiB buffer allocated per request.
 func readSmallBody(r *http.Request) (*http.Request, error) {
-	if r.ContentLength <= 0 || r.ContentLength > smallBody || r.Body == nil || r.Body == http.NoBody || r.Header.Get("Expect") != "" {
+	if r.Header.Get("Expect") != "" {
 		return r, nil
 	}
-	buf := make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, buf); err != nil {
-		return nil, err
-	}
-	out := new(http.Request)
-	*out = *r
-	out.Body = io.NopCloser(bytes.NewReader(buf))
-	return out, nil
+	return h1.InMemory(r)
 }
 
 // httpAccess writes the access-log line of one request: inbound, when it

@@ -7,11 +7,13 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"github.com/credflow/credflow/pqc"
+	"github.com/credflow/credflow/proxy/h1"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/reason"
 )
@@ -67,6 +69,54 @@ func (u *upstreamPool) RoundTrip(r *http.Request) (*http.Response, error) {
 	tr := u.cur.tr
 	u.mu.Unlock()
 	return tr.RoundTrip(r)
+}
+
+// upstreamH1Conns bounds an HTTP outbound listener's HTTP/1.1 connections
+// to its upstream sidecar; a request finding them all in use goes over
+// HTTP/2 instead.
+const upstreamH1Conns = 64
+
+// newUpstreamH1 is h's client for the requests of HTTP/1.1 apps: one
+// request at a time per mTLS connection, written and read on the request's
+// own goroutine. Compared with the HTTP/2 pool it saves, per request, the
+// hand-offs between goroutines of both sidecars' HTTP/2 code (the
+// inbound's server reads and writes frames on goroutines of its own) and
+// the frame flushes, which were most of an HTTP sidecar's CPU
+// (bench/README.md, "One connection per request in flight").
+func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
+	conf := l.tls.Clone()
+	conf.NextProtos = []string{"http/1.1"}
+	return &h1.Client{
+		Dial: func(ctx context.Context) (net.Conn, error) { return p.dialUpstream(ctx, l, h, conf, nil) },
+		// The inbound sidecar closes a connection idle for IdleTimeout;
+		// this side lets go of it first.
+		IdleTimeout: p.cfg.IdleTimeout * 9 / 10,
+		MaxConns:    upstreamH1Conns,
+		NoWait:      true,
+		Reuse: func(nc net.Conn) bool {
+			uc := h.pool.conn(nc)
+			return uc != nil && !uc.retiring.Load() && time.Now().Before(uc.renewAt)
+		},
+	}
+}
+
+// upstreamRoute sends an HTTP outbound listener's requests upstream: those
+// of HTTP/1.1 apps that h1 speaks over h1, the others (h2c and gRPC apps,
+// upgrades, large or streamed bodies), and any that find h1 full, over the
+// HTTP/2 pool.
+type upstreamRoute struct {
+	h1 *h1.Client
+	h2 http.RoundTripper
+}
+
+func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.ProtoMajor == 1 && h1.Eligible(r) {
+		resp, err := u.h1.RoundTrip(r)
+		if !errors.Is(err, h1.ErrFull) {
+			return resp, err
+		}
+	}
+	return u.h2.RoundTrip(r)
 }
 
 // closedKeep is how long the record of a closed connection is kept: the
@@ -148,7 +198,8 @@ func (g *poolGen) dialed(raw net.Conn) *countedConn {
 	return &countedConn{Conn: raw, g: g}
 }
 
-// countedConn tells its poolGen when it closes, and runs onClose if set.
+// countedConn tells its poolGen, if any, when it closes, and runs onClose
+// if set.
 type countedConn struct {
 	net.Conn
 	g       *poolGen
@@ -156,11 +207,16 @@ type countedConn struct {
 	once    sync.Once
 }
 
+// NetConn returns the socket, for h1's look at an idle connection.
+func (c *countedConn) NetConn() net.Conn { return c.Conn }
+
 func (c *countedConn) Close() error {
 	c.once.Do(func() {
-		c.g.mu.Lock()
-		c.g.open--
-		c.g.mu.Unlock()
+		if c.g != nil {
+			c.g.mu.Lock()
+			c.g.open--
+			c.g.mu.Unlock()
+		}
 		if c.onClose != nil {
 			c.onClose()
 		}
@@ -177,6 +233,11 @@ type upstreamConn struct {
 	cs     *tls.ConnectionState
 	peer   spiffeid.ID
 	closed chan struct{}
+	// h1 marks a connection of the HTTP/1.1 client; renewAt and retiring
+	// end its reuse (h1.Client.Reuse).
+	h1       bool
+	renewAt  time.Time
+	retiring atomic.Bool
 
 	mu                 sync.Mutex
 	confirmed, refused bool
@@ -211,6 +272,11 @@ func (uc *upstreamConn) refusedUs(err error) bool {
 	}
 	if refusedByPeer(err) {
 		return true
+	}
+	if uc.h1 {
+		// An HTTP/1.1 connection reports the upstream's close as it is;
+		// an end without an alert is the upstream failing the request.
+		return false
 	}
 	t := time.NewTimer(closeGrace)
 	defer t.Stop()
@@ -305,6 +371,9 @@ func (p *Proxy) upstreamClosed(l *listener, uc *upstreamConn) {
 // first expiry. The connection is tracked like any other: closed when the
 // upstream no longer matches expect or its chain no longer verifies, and
 // retired at MaxConnectionAge.
+//
+// With g nil the connection is one of h.h1's (HTTP/1.1): it is not reused
+// past its renewal point, and retiring it closes it once idle.
 func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, conf *tls.Config, g *poolGen) (net.Conn, error) {
 	raw, err := (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext(ctx, "tcp", l.target)
 	if err != nil {
@@ -312,7 +381,10 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, 
 	}
 	// tls.Client wraps the counted connection: net/http must see a
 	// *tls.Conn to speak HTTP/2 on it.
-	counted := g.dialed(raw)
+	counted := &countedConn{Conn: raw}
+	if g != nil {
+		counted = g.dialed(raw)
+	}
 	tc := tls.Client(counted, conf)
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
@@ -340,13 +412,20 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, 
 	if svid, err := p.cfg.SVIDs.GetX509SVID(); err == nil && svid.Certificates[0].NotAfter.Before(end) {
 		end = svid.Certificates[0].NotAfter
 	}
-	g.expires(end)
-	uc := &upstreamConn{cs: cs, closed: make(chan struct{})}
+	uc := &upstreamConn{cs: cs, closed: make(chan struct{}), h1: g == nil, renewAt: renewAt(end, time.Now())}
 	uc.peer, _ = peerOf(cs)
 	h.pool.conns.Store(tc, uc)
 	// Tracked for revalidation (policy, trust, age) while open.
 	c := p.newConn(l, cs, func() { tc.Close() })
-	c.retire = func() { h.pool.retire(g) }
+	if g != nil {
+		g.expires(end)
+		c.retire = func() { h.pool.retire(g) }
+	} else {
+		c.retire = func() {
+			uc.retiring.Store(true)
+			h.h1.Evict(tc)
+		}
+	}
 	p.track(c)
 	counted.onClose = func() {
 		p.untrack(c)

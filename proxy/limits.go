@@ -70,8 +70,8 @@ func budgetFor(n, extra int) int {
 
 // sharedSockets is how many sockets the HTTP listeners of cfg may hold
 // outside connection slots: each inbound's app connections, and each
-// outbound's upstream pool twice over (a pool being replaced drains while
-// its successor fills).
+// outbound's upstream HTTP/2 pool twice over (a pool being replaced drains
+// while its successor fills) and its HTTP/1.1 connections.
 func sharedSockets(cfg Config) int {
 	n := 0
 	for _, in := range cfg.Inbound {
@@ -81,7 +81,7 @@ func sharedSockets(cfg Config) int {
 	}
 	for _, out := range cfg.Outbound {
 		if out.HTTP != nil {
-			n += 2 * out.HTTP.pool()
+			n += 2*out.HTTP.pool() + upstreamH1Conns
 		}
 	}
 	return n

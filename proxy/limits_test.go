@@ -229,10 +229,10 @@ func TestDescriptorBudgetCountsAppSockets(t *testing.T) {
 	}
 	json.Unmarshal(logs.Bytes(), &line)
 	// 1024 descriptors, a reserve of 64, 2 × 64 app connections (the
-	// default), 2 × 2 pooled upstream connections (the default pool, and
-	// its replacement): (1024 - 64 - 128 - 4) / 2 connections of two
-	// descriptors each.
-	if want := (limit - 64 - 2*64 - 2*2) / 2; line.MaxConnections != want {
+	// default), 2 × 2 pooled HTTP/2 upstream connections (the default
+	// pool, and its replacement) and 64 HTTP/1.1 ones: (1024 - 64 - 128 -
+	// 4 - 64) / 2 connections of two descriptors each.
+	if want := (limit - 64 - 2*64 - 2*2 - 64) / 2; line.MaxConnections != want {
 		t.Errorf("max_connections lowered to %d, want %d; log: %s", line.MaxConnections, want, logs.String())
 	}
 }

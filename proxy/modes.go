@@ -140,6 +140,7 @@ func (h *httpInbound) close() {
 	if h.ln != nil {
 		h.ln.Close()
 	}
+	h.app.Close()
 }
 
 func (h *httpInbound) swept() {}
@@ -243,6 +244,7 @@ func (h *httpOutbound) drain(context.Context, *sync.WaitGroup) {}
 func (h *httpOutbound) close() {
 	h.srv.Close()
 	h.pool.closeIdle()
+	h.h1.Close()
 }
 
 func (h *httpOutbound) swept() { h.pool.sweep() }

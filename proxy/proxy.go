@@ -207,8 +207,9 @@ type Config struct {
 	// Default 10000, lowered to what the file-descriptor limit allows (two
 	// per connection, with a reserve of a sixteenth, at least 64, and the
 	// sockets HTTP listeners share: each inbound's AppConnections, twice
-	// each outbound's Pool), so that the admin endpoints keep answering. A connection that still finds no
-	// descriptor is closed at accept with the reason "fd_limit".
+	// each outbound's Pool and its 64 HTTP/1.1 upstream connections), so
+	// that the admin endpoints keep answering. A connection that still
+	// finds no descriptor is closed at accept with the reason "fd_limit".
 	MaxConnections int
 	// GlobalLimits, if set, is the rate limit service the inbound
 	// listeners whose Limits.Global asks for it count their requests or

@@ -1,0 +1,570 @@
+package h1
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/http/httptrace"
+	"net/textproto"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// dialer dials addr, counting its connections.
+func dialer(addr string, dials *atomic.Int64) func(context.Context) (net.Conn, error) {
+	return func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+	}
+}
+
+func get(t *testing.T, c *Client, url string) string {
+	t.Helper()
+	s, err := fetch(c, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func fetch(c *Client, url string) (string, error) {
+	req, _ := http.NewRequest(http.MethodGet, url, nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		return "", err
+	}
+	b, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return string(b), err
+}
+
+// TestReuse: sequential requests, GET, POST with a body of known and of
+// unknown length, HEAD and 204, go over one connection.
+func TestReuse(t *testing.T) {
+	var conns atomic.Int64
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/echo":
+			io.Copy(w, r.Body)
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			fmt.Fprint(w, "hello")
+		}
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	defer srv.Close()
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials)}
+	defer c.Close()
+	for i := range 20 {
+		if got := get(t, c, srv.URL+"/"); got != "hello" {
+			t.Fatalf("GET %d: %q", i, got)
+		}
+		for _, length := range []int64{5, -1} {
+			req, _ := http.NewRequest(http.MethodPost, srv.URL+"/echo", io.NopCloser(strings.NewReader("12345")))
+			req.ContentLength = length
+			resp, err := c.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if string(b) != "12345" {
+				t.Fatalf("POST (length %d) echoed %q", length, b)
+			}
+		}
+		for _, m := range []string{http.MethodHead, http.MethodGet} {
+			path := "/"
+			if m == http.MethodGet {
+				path = "/empty"
+			}
+			req, _ := http.NewRequest(m, srv.URL+path, nil)
+			resp, err := c.RoundTrip(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+		}
+	}
+	if n := conns.Load(); n != 1 {
+		t.Fatalf("server saw %d connections, want 1", n)
+	}
+}
+
+// rawServer answers each connection's requests with handle until it
+// returns false, then closes the connection and reports it on closed.
+func rawServer(t *testing.T, handle func(br *bufio.Reader, c net.Conn) bool) (addr string, closed <-chan struct{}) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	ch := make(chan struct{}, 16)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				br := bufio.NewReader(c)
+				for handle(br, c) {
+				}
+				c.Close()
+				ch <- struct{}{}
+			}()
+		}
+	}()
+	return ln.Addr().String(), ch
+}
+
+// answer reads one request and writes a keep-alive response.
+func answer(br *bufio.Reader, c net.Conn) bool {
+	req, err := http.ReadRequest(br)
+	if err != nil {
+		return false
+	}
+	io.Copy(io.Discard, req.Body)
+	_, err = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+	return err == nil
+}
+
+// TestServerClosedIdle: the server closes a connection after one response
+// (its keep-alive timeout); a POST whose body cannot be sent twice then
+// goes on a new connection, because the closed one is not reused.
+func TestServerClosedIdle(t *testing.T) {
+	addr, closed := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		answer(br, c)
+		return false
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	for i := range 3 {
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", io.NopCloser(strings.NewReader("body")))
+		req.ContentLength = 4
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("POST %d on a connection the server closed: %v", i, err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		<-closed
+	}
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials, want 3", n)
+	}
+}
+
+// TestRetryIdempotent: a GET on a reused connection that fails before any
+// response byte is sent again on a fresh connection; a POST that may have
+// been acted on is not.
+func TestRetryIdempotent(t *testing.T) {
+	var served atomic.Int64
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		if served.Add(1)%2 == 0 {
+			// The second request on a connection: read it, then close
+			// without answering.
+			http.ReadRequest(br)
+			return false
+		}
+		return answer(br, c)
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	if got := get(t, c, "http://"+addr+"/"); got != "ok" {
+		t.Fatal(got)
+	}
+	if got := get(t, c, "http://"+addr+"/"); got != "ok" { // fails once, retried
+		t.Fatal(got)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2", n)
+	}
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("x"))
+	if _, err := c.RoundTrip(req); err == nil {
+		t.Fatal("a POST whose connection died after it was sent succeeded; it must not be sent twice")
+	}
+}
+
+// TestMaxConns: with one connection allowed, a second request waits for
+// the first's body to end, and gives up when its context does.
+func TestMaxConns(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			w.(http.Flusher).Flush()
+			<-release
+		}
+		fmt.Fprint(w, "done")
+	}))
+	defer srv.Close()
+	defer close(release)
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1}
+	defer c.Close()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/slow", nil)
+	slow, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/", nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.RoundTrip(req)
+		errc <- err
+	}()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("waiting request: %v, want context.Canceled", err)
+	}
+	got := make(chan string, 1)
+	go func() {
+		s, err := fetch(c, srv.URL+"/")
+		if err != nil {
+			s = err.Error()
+		}
+		got <- s
+	}()
+	release <- struct{}{}
+	io.ReadAll(slow.Body)
+	slow.Body.Close()
+	if s := <-got; s != "done" {
+		t.Fatal(s)
+	}
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials, want 1 (the waiting request takes the connection over)", n)
+	}
+}
+
+// TestHeaderTooLarge: a response head over MaxHeaderBytes fails the
+// request.
+func TestHeaderTooLarge(t *testing.T) {
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		http.ReadRequest(br)
+		fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nX-Big: %s\r\nContent-Length: 0\r\n\r\n", strings.Repeat("a", 4096))
+		return false
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials), MaxHeaderBytes: 1024}
+	defer c.Close()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+addr+"/", nil)
+	if _, err := c.RoundTrip(req); !errors.Is(err, errHeaderTooLarge) {
+		t.Fatalf("got %v, want %v", err, errHeaderTooLarge)
+	}
+}
+
+// TestCancelWhileWaiting: a request whose context ends while the server
+// has not answered fails at once with the context's cause, and its
+// connection is not reused.
+func TestCancelWhileWaiting(t *testing.T) {
+	block, arrived := make(chan struct{}), make(chan struct{})
+	var reqs atomic.Int64
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		if reqs.Add(1) == 1 {
+			http.ReadRequest(br)
+			close(arrived)
+			<-block
+			return false
+		}
+		return answer(br, c)
+	})
+	defer close(block)
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	cause := errors.New("app timeout")
+	ctx, cancel := context.WithCancelCause(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.RoundTrip(req)
+		errc <- err
+	}()
+	<-arrived
+	cancel(cause)
+	if err := <-errc; !errors.Is(err, cause) {
+		t.Fatalf("got %v, want the context's cause", err)
+	}
+	if got := get(t, c, "http://"+addr+"/"); got != "ok" {
+		t.Fatal(got)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2", n)
+	}
+}
+
+// TestInterim: a 103 before the final response is reported and skipped.
+func TestInterim(t *testing.T) {
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		if _, err := http.ReadRequest(br); err != nil {
+			return false
+		}
+		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+		return true
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	var hints []string
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+		Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+			hints = append(hints, fmt.Sprint(code, " ", h.Get("Link")))
+			return nil
+		},
+	})
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/", nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "ok" || len(hints) != 1 || hints[0] != "103 </a.css>" {
+		t.Fatalf("status %d body %q hints %q", resp.StatusCode, b, hints)
+	}
+}
+
+// TestBodyClosedEarly: a body closed before its end closes its connection
+// (what is left of it would be read as the next response).
+func TestBodyClosedEarly(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, strings.Repeat("x", 64<<10))
+	}))
+	defer srv.Close()
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials)}
+	defer c.Close()
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Read(make([]byte, 10))
+		resp.Body.Close()
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2", n)
+	}
+}
+
+// TestNoResponseSmuggled: bytes after a response that its length does not
+// cover are not taken as the next request's response.
+func TestNoResponseSmuggled(t *testing.T) {
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		if _, err := http.ReadRequest(br); err != nil {
+			return false
+		}
+		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+		return true
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	if got := get(t, c, "http://"+addr+"/"); got != "ok" {
+		t.Fatal(got)
+	}
+	if got := get(t, c, "http://"+addr+"/"); got != "ok" {
+		t.Fatalf("second response %q: the unasked one was taken for it", got)
+	}
+}
+
+// TestHold: a slot held for a connection of the caller's counts against
+// MaxConns: a request waits until it is released, and an idle connection
+// is closed to make room for a holder.
+func TestHold(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1}
+	defer c.Close()
+	get(t, c, srv.URL) // one idle connection now
+	release, err := c.Hold(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	if _, err := c.RoundTrip(req); !errors.Is(err, context.Canceled) {
+		t.Fatalf("request while the only slot is held: %v, want to wait", err)
+	}
+	release()
+	release() // once only
+	if got := get(t, c, srv.URL); got != "ok" {
+		t.Fatal(got)
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2 (the idle connection was closed for the holder)", n)
+	}
+}
+
+// TestEligible: what the client sends and what it leaves to another.
+func TestEligible(t *testing.T) {
+	body := func(n int64) *http.Request {
+		r, _ := http.NewRequest(http.MethodPost, "http://x/", strings.NewReader(strings.Repeat("a", int(n))))
+		return r
+	}
+	get, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	ws, _ := http.NewRequest(http.MethodGet, "http://x/", nil)
+	ws.Header.Set("Upgrade", "websocket")
+	expect := body(10)
+	expect.Header.Set("Expect", "100-continue")
+	chunked := body(10)
+	chunked.ContentLength = -1
+	for _, c := range []struct {
+		name string
+		r    *http.Request
+		want bool
+	}{
+		{"GET", get, true},
+		{"small body", body(MaxBody), true},
+		{"large body", body(MaxBody + 1), false},
+		{"body of unknown length", chunked, false},
+		{"upgrade", ws, false},
+		{"100-continue", expect, false},
+	} {
+		if got := Eligible(c.r); got != c.want {
+			t.Errorf("%s: Eligible %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+// TestNoWaitAndReuse: a NoWait client at MaxConns fails at once with
+// ErrFull; a connection Reuse refuses is closed when its response ends,
+// and Evict closes an idle one.
+func TestNoWaitAndReuse(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			w.(http.Flusher).Flush()
+			<-release
+		}
+		io.WriteString(w, "ok")
+	}))
+	defer srv.Close()
+	var dials atomic.Int64
+	var refuse atomic.Bool
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1, NoWait: true,
+		Reuse: func(net.Conn) bool { return !refuse.Load() }}
+	defer c.Close()
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/slow", nil)
+	slow, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fetch(c, srv.URL); !errors.Is(err, ErrFull) {
+		t.Fatalf("got %v, want ErrFull", err)
+	}
+	refuse.Store(true)
+	close(release)
+	io.ReadAll(slow.Body)
+	slow.Body.Close()
+	refuse.Store(false)
+	get(t, c, srv.URL) // a new connection: the refused one was closed
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2", n)
+	}
+	var last net.Conn
+	ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{GotConn: func(i httptrace.GotConnInfo) { last = i.Conn }})
+	req, _ = http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+	resp, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.ReadAll(resp.Body)
+	resp.Body.Close()
+	c.Evict(last)
+	get(t, c, srv.URL)
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials, want 3 (the evicted connection was not reused)", n)
+	}
+}
+
+// writeCounter counts the writes on a connection.
+type writeCounter struct {
+	net.Conn
+	writes *atomic.Int64
+}
+
+func (c writeCounter) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
+
+// TestOneWritePerRequest: a request with a small body of a type net/http
+// does not know to be in memory (an app's body, read by a server) leaves
+// in one write, head and body, and can be sent again.
+func TestOneWritePerRequest(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(w, r.Body) }))
+	defer srv.Close()
+	var writes atomic.Int64
+	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		nc, err := (&net.Dialer{}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
+		return writeCounter{nc, &writes}, err
+	}}
+	defer c.Close()
+	const n = 10
+	for range n {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, struct{ io.Reader }{strings.NewReader("hello")})
+		req.ContentLength = 5
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if string(b) != "hello" {
+			t.Fatalf("echoed %q", b)
+		}
+	}
+	if got := writes.Load(); got != n {
+		t.Fatalf("%d writes for %d requests, want one each", got, n)
+	}
+	req, _ := http.NewRequest(http.MethodPost, srv.URL, struct{ io.Reader }{strings.NewReader("hello")})
+	req.ContentLength = 5
+	if req, _ = InMemory(req); req.GetBody == nil {
+		t.Fatal("InMemory left the request without GetBody")
+	}
+}
+
+// TestResponseTLS: a response over TLS carries the connection's state, as
+// net/http's Transport sets it.
+func TestResponseTLS(t *testing.T) {
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	conf := srv.Client().Transport.(*http.Transport).TLSClientConfig
+	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		tc, err := (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
+		return tc, err
+	}}
+	defer c.Close()
+	for range 2 {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL, nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.TLS == nil || len(resp.TLS.PeerCertificates) == 0 {
+			t.Fatalf("response TLS state %v, want the connection's", resp.TLS)
+		}
+	}
+}
