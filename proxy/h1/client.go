@@ -321,13 +321,44 @@ func (c *Client) dial(ctx context.Context) (*conn, error) {
 // reusable reports whether the idle pc can carry another request.
 func (c *Client) reusable(pc *conn) bool {
 	if time.Since(pc.idleSince) > c.idleTimeout() || pc.br.Buffered() > 0 {
-		return false // the server sent something unasked: not an HTTP/1.1 peer to trust
+		return false // stale, or the server sent something unasked
 	}
 	if c.Reuse != nil && !c.Reuse(pc.nc) {
 		return false
 	}
-	return alive(pc.nc)
+	switch peek(pc.nc) {
+	case sockOpen:
+		return true
+	case sockClosed:
+		return false
+	}
+	// Bytes wait on the socket. On a plain connection that is a response
+	// nobody asked for (a 408 before the server closes, say). Under TLS it
+	// can be a session ticket, which changes nothing, or the server's
+	// close_notify as it closes the connection: read, briefly, to tell.
+	if pc.tls == nil {
+		return false
+	}
+	pc.nc.SetReadDeadline(time.Now().Add(pendingWait))
+	_, err := pc.br.Peek(1)
+	pc.nc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && pc.br.Buffered() == 0
 }
+
+// pendingWait bounds the read that tells what waits on an idle TLS
+// connection: a closing server's alert is there already, and a session
+// ticket is consumed without waiting for more.
+const pendingWait = time.Millisecond
+
+// sockState is what an idle connection's socket holds.
+type sockState int
+
+const (
+	sockOpen    sockState = iota // open, nothing waiting
+	sockClosed                   // closed or reset by the server, or unusable
+	sockPending                  // open, with bytes waiting
+)
 
 // release returns pc to the pool, or closes it.
 func (c *Client) release(pc *conn, reuse bool) {

@@ -568,3 +568,43 @@ func TestResponseTLS(t *testing.T) {
 		}
 	}
 }
+
+// TestTLSServerClosedIdle: a TLS server that closes an idle connection
+// sends close_notify first, so bytes wait on the socket; the connection is
+// still not reused, and a POST that cannot be sent twice goes on a new one.
+func TestTLSServerClosedIdle(t *testing.T) {
+	closed := make(chan struct{}, 4)
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.Copy(io.Discard, r.Body)
+		io.WriteString(w, "ok")
+	}))
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateClosed {
+			closed <- struct{}{}
+		}
+	}
+	srv.StartTLS()
+	defer srv.Close()
+	conf := srv.Client().Transport.(*http.Transport).TLSClientConfig
+	var dials atomic.Int64
+	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		return (&tls.Dialer{Config: conf}).DialContext(ctx, "tcp", srv.Listener.Addr().String())
+	}}
+	defer c.Close()
+	for i := range 3 {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, struct{ io.Reader }{strings.NewReader("body")})
+		req.ContentLength = 4
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("POST %d after the server closed the idle connection: %v", i, err)
+		}
+		io.ReadAll(resp.Body)
+		resp.Body.Close()
+		srv.CloseClientConnections()
+		<-closed
+	}
+	if n := dials.Load(); n != 3 {
+		t.Fatalf("%d dials, want 3", n)
+	}
+}
