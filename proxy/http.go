@@ -318,6 +318,13 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	// bounds both together.
 	tr := &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			// The Transport dials apart from the request, under a context
+			// the request's end does not end: the wait is bounded here.
+			if cfg.ResponseHeaderTimeout > 0 {
+				var cancel context.CancelFunc
+				ctx, cancel = context.WithTimeout(ctx, cfg.ResponseHeaderTimeout)
+				defer cancel()
+			}
 			release, err := app.Hold(ctx)
 			if err != nil {
 				return nil, err
@@ -333,6 +340,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		MaxIdleConnsPerHost: cfg.AppConnections,
 		IdleConnTimeout:     appIdleTimeout,
 	}
+	app.Full = tr.CloseIdleConnections // its idle connections hold slots too
 	var toApp http.RoundTripper = tr
 	if cfg.AppH2C {
 		tr.Protocols = new(http.Protocols)
@@ -669,7 +677,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 			"credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),

@@ -104,14 +104,27 @@ func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
 // of HTTP/1.1 apps that h1 speaks over h1, the others (h2c and gRPC apps,
 // upgrades, large or streamed bodies), and any that find h1 full, over the
 // HTTP/2 pool.
+//
+// An upstream that closes a new HTTP/1.1 connection before answering on
+// it is taken to refuse connections beyond what it allows (its
+// connection limits were sized for the pool's two): for h1Pause, every
+// request then goes over HTTP/2.
 type upstreamRoute struct {
-	h1 *h1.Client
-	h2 http.RoundTripper
+	h1       *h1.Client
+	h2       http.RoundTripper
+	h1Paused *atomic.Int64 // until then (Unix ns), HTTP/2 only
 }
 
+// h1Pause is how long an HTTP outbound listener sends nothing over
+// HTTP/1.1 after the upstream closed a new connection unanswered.
+const h1Pause = 30 * time.Second
+
 func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.ProtoMajor == 1 && h1.Eligible(r) {
+	if r.ProtoMajor == 1 && h1.Eligible(r) && time.Now().UnixNano() >= u.h1Paused.Load() {
 		resp, err := u.h1.RoundTrip(r)
+		if errors.Is(err, h1.ErrNoResponse) {
+			u.h1Paused.Store(time.Now().Add(h1Pause).UnixNano())
+		}
 		if !errors.Is(err, h1.ErrFull) {
 			return resp, err
 		}

@@ -143,7 +143,7 @@ func (h *httpInbound) close() {
 	h.app.Close()
 }
 
-func (h *httpInbound) swept() {}
+func (h *httpInbound) swept() { h.app.Sweep() }
 
 func (h *httpInbound) serveConn(_ context.Context, p *Proxy, l *listener, tc *tls.Conn, cs *tls.ConnectionState, _ time.Time) {
 	p.serveHTTPConn(l, h, tc, cs)
@@ -247,7 +247,10 @@ func (h *httpOutbound) close() {
 	h.h1.Close()
 }
 
-func (h *httpOutbound) swept() { h.pool.sweep() }
+func (h *httpOutbound) swept() {
+	h.pool.sweep()
+	h.h1.Sweep()
+}
 
 // captureOutbound takes the connections the netfilter rules of `credflow
 // init` redirect to it, on both address families' loopback, and relays

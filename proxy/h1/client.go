@@ -54,10 +54,16 @@ type Client struct {
 	// MaxHeaderBytes bounds the size of a response's head; default
 	// DefaultMaxHeaderBytes.
 	MaxHeaderBytes int64
-	// Reuse, if set, is asked before a connection goes back to the pool
-	// and before it is taken from it; false closes it (a connection whose
-	// certificates are due for renewal, say).
+	// Reuse, if set, is asked before a connection goes back to the pool,
+	// before it is taken from it and by Sweep; false closes it (a
+	// connection whose certificates are due for renewal, say). It must
+	// not call the Client.
 	Reuse func(net.Conn) bool
+	// Full, if set, is called when a request or Hold finds MaxConns
+	// connections in use and is about to wait: a chance to close idle
+	// connections counted through Hold (another client's). It must not
+	// wait for this Client.
+	Full func()
 	// NoWait makes a request that finds MaxConns connections in use fail
 	// at once with ErrFull, for the caller to send another way, instead of
 	// waiting for one.
@@ -74,8 +80,13 @@ type Client struct {
 var ErrClosed = errors.New("h1: client closed")
 
 // ErrFull fails a request of a NoWait client that finds every connection
-// in use; nothing of it was sent.
+// in use; nothing of it was sent, and its body is untouched.
 var ErrFull = errors.New("h1: every connection in use")
+
+// ErrNoResponse marks the failure of a request on a new connection that
+// ended before any byte of a response: a server that closes connections
+// it will not serve (over a connection limit, say) looks like this.
+var ErrNoResponse = errors.New("h1: new connection ended without a response")
 
 // errHeaderTooLarge fails a response whose head exceeds MaxHeaderBytes.
 var errHeaderTooLarge = errors.New("h1: response header too large")
@@ -102,32 +113,47 @@ func Eligible(r *http.Request) bool {
 func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	ctx := r.Context()
 	trace := httptrace.ContextClientTrace(ctx)
-	r, err := InMemory(r)
+	pc, err := c.get(ctx)
 	if err != nil {
+		return nil, err // ErrFull included: r is untouched
+	}
+	if r, err = InMemory(r); err != nil {
+		c.release(pc, true) // nothing was written on it
 		return nil, err
 	}
 	for retried := false; ; retried = true {
-		pc, err := c.get(ctx)
-		if err != nil {
-			return nil, err
+		if retried {
+			var again error
+			if pc, again = c.get(ctx); again != nil {
+				return nil, err // the first attempt's failure says more
+			}
 		}
 		if trace != nil && trace.GotConn != nil {
 			trace.GotConn(httptrace.GotConnInfo{Conn: pc.nc, Reused: pc.reused})
 		}
-		resp, wrote, err := c.exchange(ctx, pc, r, trace)
+		var (
+			resp  *http.Response
+			wrote bool
+		)
+		resp, wrote, err = c.exchange(ctx, pc, r, trace)
 		if err == nil {
 			return resp, nil
 		}
 		c.discard(pc)
+		if !pc.reused && pc.lr.got == 0 && ctx.Err() == nil {
+			err = errors.Join(ErrNoResponse, err)
+		}
 		// A reused connection the server closed just as the request went
 		// out: try once more on a fresh one if the request can be sent
 		// again and the server cannot have acted on it.
 		if retried || !pc.reused || pc.lr.got > 0 || ctx.Err() != nil || !(replayable(r) && (!wrote || idempotent(r.Method))) {
 			return nil, err
 		}
-		if r, err = rewound(r); err != nil {
+		again, rerr := rewound(r)
+		if rerr != nil {
 			return nil, err
 		}
+		r = again
 	}
 }
 
@@ -233,6 +259,9 @@ func (c *Client) awaitLocked(ctx context.Context) (*conn, error) {
 	w := make(chan *conn, 1)
 	c.waiters = append(c.waiters, w)
 	c.mu.Unlock()
+	if c.Full != nil {
+		c.Full()
+	}
 	select {
 	case pc := <-w:
 		return pc, nil
@@ -276,7 +305,8 @@ func (c *Client) Hold(ctx context.Context) (release func(), err error) {
 	return release, nil
 }
 
-// forget removes the waiter w, passing on what it was handed meanwhile.
+// forget removes the waiter w, passing on what it was handed meanwhile
+// (handed under c.mu: if w is no longer queued, it is in w).
 func (c *Client) forget(w chan *conn) {
 	c.mu.Lock()
 	for i, x := range c.waiters {
@@ -374,10 +404,11 @@ func (c *Client) release(pc *conn, reuse bool) {
 		return
 	}
 	if len(c.waiters) > 0 {
-		w := c.waiters[0]
+		// Sent under the lock (the channel holds one, and gets one):
+		// a waiter that gives up either is still queued or finds it.
+		c.waiters[0] <- pc
 		c.waiters = c.waiters[1:]
 		c.mu.Unlock()
-		w <- pc
 		return
 	}
 	c.idle = append(c.idle, pc)
@@ -402,15 +433,13 @@ func (c *Client) discard(pc *conn) {
 // dropSlot frees a connection slot, handing it to a waiting request.
 func (c *Client) dropSlot() {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if len(c.waiters) > 0 {
-		w := c.waiters[0]
+		c.waiters[0] <- nil // under the lock, as in release
 		c.waiters = c.waiters[1:]
-		c.mu.Unlock()
-		w <- nil
 		return
 	}
 	c.open--
-	c.mu.Unlock()
 }
 
 // Evict closes nc if it is idle in the pool; a connection in use is
@@ -428,6 +457,29 @@ func (c *Client) Evict(nc net.Conn) {
 	c.mu.Unlock()
 	if found != nil {
 		c.discard(found)
+	}
+}
+
+// Sweep closes the idle connections past IdleTimeout, those Reuse
+// refuses, and those the server has closed: otherwise they are looked at
+// only when a request would take them. Call it now and then.
+func (c *Client) Sweep() {
+	now := time.Now()
+	c.mu.Lock()
+	var stale []*conn
+	kept := c.idle[:0]
+	for _, pc := range c.idle {
+		if now.Sub(pc.idleSince) > c.idleTimeout() || c.Reuse != nil && !c.Reuse(pc.nc) || peek(pc.nc) == sockClosed {
+			stale = append(stale, pc)
+		} else {
+			kept = append(kept, pc)
+		}
+	}
+	clear(c.idle[len(kept):])
+	c.idle = kept
+	c.mu.Unlock()
+	for _, pc := range stale {
+		c.discard(pc)
 	}
 }
 

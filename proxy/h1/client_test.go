@@ -472,6 +472,14 @@ func TestNoWaitAndReuse(t *testing.T) {
 	if _, err := fetch(c, srv.URL); !errors.Is(err, ErrFull) {
 		t.Fatalf("got %v, want ErrFull", err)
 	}
+	post, _ := http.NewRequest(http.MethodPost, srv.URL, struct{ io.Reader }{strings.NewReader("hello")})
+	post.ContentLength = 5
+	if _, err := c.RoundTrip(post); !errors.Is(err, ErrFull) {
+		t.Fatalf("got %v, want ErrFull", err)
+	}
+	if b, _ := io.ReadAll(post.Body); string(b) != "hello" {
+		t.Fatalf("the body after ErrFull: %q, want it untouched for the other way", b)
+	}
 	refuse.Store(true)
 	close(release)
 	io.ReadAll(slow.Body)
@@ -606,5 +614,69 @@ func TestTLSServerClosedIdle(t *testing.T) {
 	}
 	if n := dials.Load(); n != 3 {
 		t.Fatalf("%d dials, want 3", n)
+	}
+}
+
+// TestNoResponse: a new connection the server closes without answering
+// fails its request with ErrNoResponse; one that answers does not.
+func TestNoResponse(t *testing.T) {
+	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		http.ReadRequest(br)
+		return false // closed unanswered
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	if _, err := fetch(c, "http://"+addr+"/"); !errors.Is(err, ErrNoResponse) {
+		t.Fatalf("got %v, want ErrNoResponse", err)
+	}
+	addr, _ = rawServer(t, answer)
+	ok := &Client{Dial: dialer(addr, &dials)}
+	defer ok.Close()
+	if _, err := fetch(ok, "http://"+addr+"/"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSweep: idle connections past IdleTimeout, or closed by the server,
+// are closed and their slots freed without a request to look at them.
+func TestSweep(t *testing.T) {
+	addr, closed := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
+		answer(br, c)
+		return false
+	})
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(addr, &dials)}
+	defer c.Close()
+	get(t, c, "http://"+addr+"/")
+	<-closed
+	c.Sweep()
+	c.mu.Lock()
+	open, idle := c.open, len(c.idle)
+	c.mu.Unlock()
+	if open != 0 || idle != 0 {
+		t.Fatalf("after Sweep: %d open, %d idle; want the closed connection gone", open, idle)
+	}
+}
+
+// TestFullHook: a request that finds every slot taken calls Full before it
+// waits, and takes the slot Full gives back.
+func TestFullHook(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") }))
+	defer srv.Close()
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1}
+	defer c.Close()
+	release, err := c.Hold(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full atomic.Int64
+	c.Full = func() {
+		full.Add(1)
+		release() // as the Transport closing its idle connection would
+	}
+	if got := get(t, c, srv.URL); got != "ok" || full.Load() != 1 {
+		t.Fatalf("got %q, Full called %d times", got, full.Load())
 	}
 }
