@@ -146,7 +146,7 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 		// A reused connection the server closed just as the request went
 		// out: try once more on a fresh one if the request can be sent
 		// again and the server cannot have acted on it.
-		if retried || !pc.reused || pc.lr.got > 0 || ctx.Err() != nil || !(replayable(r) && (!wrote || idempotent(r.Method))) {
+		if retried || !pc.reused || pc.lr.got > 0 || ctx.Err() != nil || !(replayable(r) && (!wrote || idempotent(r))) {
 			return nil, err
 		}
 		again, rerr := rewound(r)
@@ -604,13 +604,16 @@ func replayable(r *http.Request) bool {
 	return r.Body == nil || r.Body == http.NoBody || r.GetBody != nil
 }
 
-// idempotent reports whether a request of this method may be repeated.
-func idempotent(method string) bool {
-	switch method {
-	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+// idempotent reports whether r may be sent again after it was written
+// whole: the rule of net/http's Transport, which leaves out PUT and DELETE
+// (idempotent by RFC 9110, but not repeated unasked) unless the request
+// carries an idempotency key.
+func idempotent(r *http.Request) bool {
+	switch r.Method {
+	case "", http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace:
 		return true
 	}
-	return false
+	return len(r.Header["Idempotency-Key"]) > 0 || len(r.Header["X-Idempotency-Key"]) > 0
 }
 
 // InMemory returns r (a copy) with its body read into memory, and GetBody

@@ -195,9 +195,12 @@ func TestRetryIdempotent(t *testing.T) {
 	if n := dials.Load(); n != 2 {
 		t.Fatalf("%d dials, want 2", n)
 	}
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader("x"))
-	if _, err := c.RoundTrip(req); err == nil {
-		t.Fatal("a POST whose connection died after it was sent succeeded; it must not be sent twice")
+	for _, m := range []string{http.MethodPost, http.MethodPut} {
+		req, _ := http.NewRequest(m, "http://"+addr+"/", strings.NewReader("x"))
+		if _, err := c.RoundTrip(req); err == nil {
+			t.Fatalf("a %s whose connection died after it was sent succeeded; it must not be sent twice", m)
+		}
+		get(t, c, "http://"+addr+"/") // a connection to reuse again
 	}
 }
 
