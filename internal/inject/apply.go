@@ -1,8 +1,11 @@
 package inject
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 )
@@ -11,10 +14,11 @@ import (
 // a JSON document, as the API server does: a path ending in "-" appends to
 // an array, one ending in an index inserts before it, any other sets a
 // member. It lets tests, and operators with `credflow inject`'s output, see
-// the pod a patch makes.
+// the pod a patch makes. Numbers are kept as written: a float64 would round
+// large integers and refuse 1e700.
 func Apply(doc []byte, ops []Op) ([]byte, error) {
-	var root any
-	if err := json.Unmarshal(doc, &root); err != nil {
+	root, err := decode(doc)
+	if err != nil {
 		return nil, err
 	}
 	for _, op := range ops {
@@ -26,13 +30,29 @@ func Apply(doc []byte, ops []Op) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		var v any
-		json.Unmarshal(raw, &v)
+		v, err := decode(raw)
+		if err != nil {
+			return nil, err
+		}
 		if root, err = add(root, pointer(op.Path), v); err != nil {
 			return nil, fmt.Errorf("inject: %s: %w", op.Path, err)
 		}
 	}
 	return json.Marshal(root)
+}
+
+// decode reads one JSON value with its numbers as json.Number.
+func decode(doc []byte) (any, error) {
+	d := json.NewDecoder(bytes.NewReader(doc))
+	d.UseNumber()
+	var v any
+	if err := d.Decode(&v); err != nil {
+		return nil, err
+	}
+	if _, err := d.Token(); err != io.EOF {
+		return nil, errors.New("inject: data after the JSON value")
+	}
+	return v, nil
 }
 
 func pointer(p string) []string {

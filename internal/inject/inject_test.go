@@ -320,6 +320,24 @@ func TestHandlerRefuses(t *testing.T) {
 	}
 }
 
+// Apply leaves the document's numbers as they were written, and refuses
+// what is not one JSON value.
+func TestApplyKeepsNumbers(t *testing.T) {
+	doc := `{"spec":{"priority":12345678901234567890123,"x":1e700,"y":0.10}}`
+	out, err := Apply([]byte(doc), []Op{{"add", "/spec/z", 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"spec":{"priority":12345678901234567890123,"x":1e700,"y":0.10,"z":1}}`; string(out) != want {
+		t.Errorf("got  %s\nwant %s", out, want)
+	}
+	for _, bad := range []string{`{"spec":{}} {}`, `{"spec":{}}}`, ``} {
+		if _, err := Apply([]byte(bad), nil); err == nil {
+			t.Errorf("Apply(%q) took it", bad)
+		}
+	}
+}
+
 // FuzzPatch: whatever the API server sends as a pod, Patch never panics;
 // a patch it makes applies to that pod, and patching the result again is
 // a no-op.
