@@ -39,6 +39,14 @@ const (
 	// PeerHeader carries the verified peer SPIFFE ID to the app. Any value
 	// a peer sends is replaced.
 	PeerHeader = "X-Credflow-Peer-Id"
+	// ConnectionsHeader is how an inbound HTTP listener tells a caller's
+	// sidecar, on the first response of each connection, whether it limits
+	// the connections a caller may hold ("limited") or not ("per-request":
+	// one connection per request in flight is welcome). A caller's sidecar
+	// opens HTTP/1.1 connections to it only when told the second, and
+	// removes the header from what reaches its app; the inbound removes
+	// any the app sets.
+	ConnectionsHeader = "X-Credflow-Connections"
 	// xfcc is stripped: only the sidecar speaks for the peer's identity.
 	xfcc = "X-Forwarded-Client-Cert"
 )
@@ -268,6 +276,18 @@ type httpConn struct {
 // httpConnKey is the context key of a request's *httpConn.
 type httpConnKey struct{}
 
+// connectionsOffer is what an inbound HTTP listener says in
+// ConnectionsHeader: "limited" while its limits bound a peer's
+// connections, for then a caller opening one per request in flight would
+// be refused past them (and the whole identity's replicas share them);
+// "per-request" otherwise.
+func connectionsOffer(l *listener) string {
+	if lim := l.limiter.Load(); lim != nil && lim.Config().LimitsConnections() {
+		return "limited"
+	}
+	return "per-request"
+}
+
 // peerKey is the context key of an authorized request's peer ID, which
 // the reverse proxy's Rewrite sets as PeerHeader.
 type peerKey struct{}
@@ -363,6 +383,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 		},
 		ModifyResponse: func(res *http.Response) error {
+			res.Header.Del(ConnectionsHeader) // the sidecar's to say
 			if res.StatusCode == http.StatusSwitchingProtocols && len(res.Request.Header.Values("Upgrade")) == 0 {
 				return errUnaskedUpgrade
 			}
@@ -462,7 +483,11 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	_, span := p.serverSpan(l, r)
 	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
 	if hc != nil {
-		hc.served.Store(true)
+		if !hc.served.Swap(true) {
+			// The connection's first response, whatever it is, tells a
+			// caller's sidecar how many connections it may open.
+			w.Header().Set(ConnectionsHeader, connectionsOffer(l))
+		}
 		defer func() {
 			if hc.hijacked.Load() {
 				// The upgrade tunnel ended: the connection's slot and
@@ -632,12 +657,25 @@ func denyAs(w http.ResponseWriter, r *http.Request, info reason.Info, why reason
 
 // httpOutbound serves the HTTP side of an outbound listener.
 type httpOutbound struct {
-	cfg      OutboundHTTP
-	srv      *http.Server
-	pool     *upstreamPool
-	h1       *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
-	audience string
-	filters  pipeline
+	cfg  OutboundHTTP
+	srv  *http.Server
+	pool *upstreamPool
+	h1   *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
+	// perRequest: the upstream said (ConnectionsHeader) that it takes a
+	// connection per request in flight.
+	perRequest atomic.Bool
+	audience   string
+	filters    pipeline
+}
+
+// offered takes in what the upstream said in ConnectionsHeader. Told that
+// it limits connections, h closes its idle HTTP/1.1 ones (within the
+// limits, but the identity's other replicas share them).
+func (h *httpOutbound) offered(offer string) {
+	per := offer == "per-request"
+	if was := h.perRequest.Swap(per); was && !per {
+		h.h1.CloseIdle()
+	}
 }
 
 // pool is c.Pool or its default.
@@ -677,11 +715,15 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, perRequest: &h.perRequest, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 			"credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
+			if offer := resp.Header[ConnectionsHeader]; len(offer) > 0 {
+				h.offered(offer[0])
+				resp.Header.Del(ConnectionsHeader)
+			}
 			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {
 				rec.responded(p, l, resp)
 				rec.respond(resp)

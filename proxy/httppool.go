@@ -105,14 +105,18 @@ func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
 // upgrades, large or streamed bodies), and any that find h1 full, over the
 // HTTP/2 pool.
 //
-// An upstream that closes a new HTTP/1.1 connection before answering on
-// it is taken to refuse connections beyond what it allows (its
-// connection limits were sized for the pool's two): for h1Pause, every
-// request then goes over HTTP/2.
+// h1 opens a connection per request in flight, so it is used only once
+// the upstream has said that it does not limit a caller's connections
+// (ConnectionsHeader, on the first response of each connection; the first
+// requests go over HTTP/2). An upstream that closes a new HTTP/1.1
+// connection before answering on it all the same (an overload limit, say)
+// sends every request over HTTP/2 for h1Pause; the request is sent there
+// too if it may be sent again (h1.Resend), and fails otherwise.
 type upstreamRoute struct {
-	h1       *h1.Client
-	h2       http.RoundTripper
-	h1Paused *atomic.Int64 // until then (Unix ns), HTTP/2 only
+	h1         *h1.Client
+	h2         http.RoundTripper
+	perRequest *atomic.Bool  // the upstream takes a connection per request in flight
+	h1Paused   *atomic.Int64 // until then (Unix ns), HTTP/2 only
 }
 
 // h1Pause is how long an HTTP outbound listener sends nothing over
@@ -120,16 +124,26 @@ type upstreamRoute struct {
 const h1Pause = 30 * time.Second
 
 func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.ProtoMajor == 1 && h1.Eligible(r) && time.Now().UnixNano() >= u.h1Paused.Load() {
-		resp, err := u.h1.RoundTrip(r)
-		if errors.Is(err, h1.ErrNoResponse) {
-			u.h1Paused.Store(time.Now().Add(h1Pause).UnixNano())
-		}
-		if !errors.Is(err, h1.ErrFull) {
-			return resp, err
+	if r.ProtoMajor != 1 || !u.perRequest.Load() || !h1.Eligible(r) || time.Now().UnixNano() < u.h1Paused.Load() {
+		return u.h2.RoundTrip(r)
+	}
+	// The body in memory (once h1 is to be tried: it reads it only once it
+	// has a connection otherwise) can go either way, and again.
+	r, err := h1.InMemory(r)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := u.h1.RoundTrip(r)
+	switch {
+	case errors.Is(err, h1.ErrFull):
+		return u.h2.RoundTrip(r)
+	case errors.Is(err, h1.ErrNoResponse):
+		u.h1Paused.Store(time.Now().Add(h1Pause).UnixNano())
+		if again, ok := h1.Resend(r); ok {
+			return u.h2.RoundTrip(again)
 		}
 	}
-	return u.h2.RoundTrip(r)
+	return resp, err
 }
 
 // closedKeep is how long the record of a closed connection is kept: the
@@ -144,9 +158,11 @@ func (u *upstreamPool) conn(c net.Conn) *upstreamConn {
 	return r
 }
 
-// sweep closes the idle connections of replaced transports and forgets
-// those with none left open, and the records of connections closed for
-// closedKeep.
+// sweep replaces the current transport if it is due (a pool no request
+// has used since, its HTTP/1.1 apps' requests all going over h1, would
+// keep its connection past its renewal point), closes the idle
+// connections of replaced transports and forgets those with none left
+// open, and the records of connections closed for closedKeep.
 func (u *upstreamPool) sweep() {
 	now := time.Now()
 	u.conns.Range(func(c, uc any) bool {
@@ -157,6 +173,10 @@ func (u *upstreamPool) sweep() {
 	})
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	if g := u.cur; g.due(now) {
+		u.old = append(u.old, g)
+		u.cur = u.newGen()
+	}
 	kept := u.old[:0]
 	for _, g := range u.old {
 		g.tr.CloseIdleConnections()

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -297,5 +298,67 @@ func TestRouteRateLimits(t *testing.T) {
 	}
 	if got := send(front, "/export/orders.csv", 6); got[200] != 5 || got[429] != 1 {
 		t.Errorf("after a reload to a burst of 5: %v", got)
+	}
+}
+
+// TestHTTPConnectionLimitsAndCallers: an HTTP inbound that limits each
+// identity's open connections serves a caller whose app keeps more
+// requests in flight than that (each on its own connection to its
+// sidecar) without refusing it once and without a request failing: told
+// by the upstream that it limits connections, the caller's sidecar keeps
+// to its HTTP/2 pool instead of one connection per request in flight. The
+// app behind the inbound cannot tell it otherwise.
+func TestHTTPConnectionLimitsAndCallers(t *testing.T) {
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set(proxy.ConnectionsHeader, "per-request") // not the app's to say
+		io.WriteString(w, "ok")
+	})
+	hp := startHTTPPairSet(t, app, func(in *proxy.Inbound, _ *proxy.Outbound) {
+		in.Limits = limit.Config{ConcurrentPerIdentity: 3}
+	})
+	send := func(method string) map[string]int {
+		const workers, each = 8, 25
+		got := make(chan string, workers*each)
+		var wg sync.WaitGroup
+		for range workers {
+			wg.Go(func() {
+				client := &http.Client{Transport: &http.Transport{}, Timeout: 10 * time.Second}
+				defer client.CloseIdleConnections()
+				for range each {
+					var body io.Reader
+					if method == http.MethodPost {
+						body = strings.NewReader("payload")
+					}
+					req, _ := http.NewRequest(method, "http://"+hp.outAddr+"/api/x", body)
+					resp, err := client.Do(req)
+					if err != nil {
+						got <- err.Error()
+						continue
+					}
+					io.Copy(io.Discard, resp.Body)
+					resp.Body.Close()
+					if h := resp.Header.Values(proxy.ConnectionsHeader); len(h) > 0 {
+						got <- "app saw " + proxy.ConnectionsHeader + ": " + strings.Join(h, ",")
+						continue
+					}
+					got <- resp.Status
+				}
+			})
+		}
+		wg.Wait()
+		close(got)
+		n := map[string]int{}
+		for s := range got {
+			n[s]++
+		}
+		return n
+	}
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		if got := send(method); got["200 OK"] != 200 {
+			t.Errorf("%s: %v, want 200 × 200 OK", method, got)
+		}
+	}
+	if n := hp.in.metric(t, "credflow_refusals_total", "reason=rate_limited"); n != 0 {
+		t.Errorf("the inbound refused the caller's connections %v times", n)
 	}
 }

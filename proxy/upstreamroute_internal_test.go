@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/http"
+	"strings"
 	"sync/atomic"
 	"testing"
 
@@ -20,21 +21,26 @@ func (c *countingRT) RoundTrip(r *http.Request) (*http.Response, error) {
 	return &http.Response{StatusCode: http.StatusNoContent, Body: http.NoBody, Request: r}, nil
 }
 
-// TestUpstreamRoutePausesH1: an upstream that closes a new HTTP/1.1
-// connection unanswered (as one over its connection limits does) fails
-// that request, and the next ones go over HTTP/2 for h1Pause.
+// TestUpstreamRoutePausesH1: HTTP/1.1 connections are opened only once
+// the upstream has said it takes one per request in flight. An upstream
+// that then closes a new one unanswered (as one over an overload limit
+// does) has the request sent over HTTP/2 if it may be sent again, and
+// failed otherwise; either way the next requests go over HTTP/2 for
+// h1Pause, without a connection tried.
 func TestUpstreamRoutePausesH1(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer ln.Close()
+	var accepted atomic.Int64
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			accepted.Add(1)
 			http.ReadRequest(bufio.NewReader(c))
 			c.Close()
 		}
@@ -44,18 +50,46 @@ func TestUpstreamRoutePausesH1(t *testing.T) {
 	}}
 	defer client.Close()
 	h2 := &countingRT{}
-	u := upstreamRoute{h1: client, h2: h2, h1Paused: new(atomic.Int64)}
-	req, _ := http.NewRequest(http.MethodGet, "http://upstream/x", nil)
-	if _, err := u.RoundTrip(req); !errors.Is(err, h1.ErrNoResponse) {
-		t.Fatalf("first request: %v, want h1.ErrNoResponse", err)
+	route := func() upstreamRoute {
+		return upstreamRoute{h1: client, h2: h2, perRequest: new(atomic.Bool), h1Paused: new(atomic.Int64)}
 	}
-	for range 3 {
-		resp, err := u.RoundTrip(req)
+	get, _ := http.NewRequest(http.MethodGet, "http://upstream/x", nil)
+	post := func() *http.Request {
+		r, _ := http.NewRequest(http.MethodPost, "http://upstream/x", strings.NewReader("payload"))
+		return r
+	}
+	roundTrip := func(u upstreamRoute, r *http.Request) {
+		t.Helper()
+		resp, err := u.RoundTrip(r)
 		if err != nil || resp.StatusCode != http.StatusNoContent {
-			t.Fatalf("got %v, %v; want the HTTP/2 pool's answer", resp, err)
+			t.Fatalf("%s: got %v, %v; want the HTTP/2 pool's answer", r.Method, resp, err)
 		}
 	}
-	if n := h2.n.Load(); n != 3 {
-		t.Fatalf("%d requests over HTTP/2, want 3", n)
+
+	u := route()
+	roundTrip(u, get) // not told yet
+	if n := accepted.Load(); n != 0 {
+		t.Fatalf("%d HTTP/1.1 connections before the upstream said it takes them", n)
+	}
+	u.perRequest.Store(true)
+	roundTrip(u, get) // refused, sent again over HTTP/2
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d HTTP/1.1 connections tried, want 1", n)
+	}
+	for range 3 {
+		roundTrip(u, get)
+		roundTrip(u, post())
+	}
+	if n, a := h2.n.Load(), accepted.Load(); n != 8 || a != 1 {
+		t.Fatalf("%d requests over HTTP/2, %d HTTP/1.1 connections tried; want 8 and 1", n, a)
+	}
+
+	u = route()
+	u.perRequest.Store(true)
+	if _, err := u.RoundTrip(post()); !errors.Is(err, h1.ErrNoResponse) {
+		t.Fatalf("a POST refused on a new connection: %v, want h1.ErrNoResponse (it may not be sent twice)", err)
+	}
+	if n := h2.n.Load(); n != 8 {
+		t.Fatalf("the refused POST went over HTTP/2 too")
 	}
 }

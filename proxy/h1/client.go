@@ -638,6 +638,17 @@ func InMemory(r *http.Request) (*http.Request, error) {
 	return out, nil
 }
 
+// Resend returns r ready to be sent again, another way, after it failed
+// with ErrNoResponse, if it may be: as this client itself sends a request
+// again, when it is idempotent and its body is at hand (InMemory).
+func Resend(r *http.Request) (*http.Request, bool) {
+	if !replayable(r) || !idempotent(r) {
+		return nil, false
+	}
+	again, err := rewound(r)
+	return again, err == nil
+}
+
 // rewound returns r with a fresh copy of its body, for a second attempt.
 func rewound(r *http.Request) (*http.Request, error) {
 	if r.Body == nil || r.Body == http.NoBody {

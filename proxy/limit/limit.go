@@ -93,6 +93,12 @@ type GlobalKinds struct {
 	Connections bool
 }
 
+// LimitsConnections reports whether c bounds a peer's connections, open
+// or new.
+func (c Config) LimitsConnections() bool {
+	return !c.Connections.isZero() || c.ConcurrentPerIdentity > 0 || c.Global.Connections
+}
+
 // IsZero reports whether c limits nothing.
 func (c Config) IsZero() bool {
 	return c.Requests.isZero() && c.Connections.isZero() && c.ConcurrentPerIdentity <= 0 &&
