@@ -74,6 +74,7 @@ type Client struct {
 	open    int
 	waiters []chan *conn // nil sent: a connection may be dialled
 	closed  bool
+	done    chan struct{} // closed by Close; made by the first waiter
 }
 
 // ErrClosed fails requests made after Close.
@@ -258,6 +259,10 @@ func (c *Client) get(ctx context.Context) (*conn, error) {
 func (c *Client) awaitLocked(ctx context.Context) (*conn, error) {
 	w := make(chan *conn, 1)
 	c.waiters = append(c.waiters, w)
+	if c.done == nil {
+		c.done = make(chan struct{})
+	}
+	done := c.done
 	c.mu.Unlock()
 	if c.Full != nil {
 		c.Full()
@@ -268,6 +273,9 @@ func (c *Client) awaitLocked(ctx context.Context) (*conn, error) {
 	case <-ctx.Done():
 		c.forget(w)
 		return nil, context.Cause(ctx)
+	case <-done:
+		c.forget(w)
+		return nil, ErrClosed
 	}
 }
 
@@ -494,11 +502,17 @@ func (c *Client) CloseIdle() {
 	}
 }
 
-// Close closes the idle connections and fails later requests; the
-// connections in use close when their responses end.
+// Close closes the idle connections, fails the requests waiting for one
+// and those made later; the connections in use close when their responses
+// end.
 func (c *Client) Close() {
 	c.mu.Lock()
-	c.closed = true
+	if !c.closed {
+		c.closed = true
+		if c.done != nil {
+			close(c.done)
+		}
+	}
 	c.mu.Unlock()
 	c.CloseIdle()
 }

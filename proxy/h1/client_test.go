@@ -15,6 +15,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // dialer dials addr, counting its connections.
@@ -309,6 +310,54 @@ func TestCancelWhileWaiting(t *testing.T) {
 	}
 	if n := dials.Load(); n != 2 {
 		t.Fatalf("%d dials, want 2", n)
+	}
+}
+
+// TestCloseWakesWaiters: Close fails a request waiting for a connection
+// at once, with ErrClosed, and the connection in use still ends its
+// response.
+func TestCloseWakesWaiters(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			w.(http.Flusher).Flush()
+			<-release
+		}
+		fmt.Fprint(w, "done")
+	}))
+	defer srv.Close()
+	var dials atomic.Int64
+	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1}
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/slow", nil)
+	slow, err := c.RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiting := make(chan struct{})
+	c.Full = func() { close(waiting) } // called as the request starts to wait
+	errc := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequest(http.MethodGet, srv.URL+"/", nil)
+		_, err := c.RoundTrip(req)
+		errc <- err
+	}()
+	<-waiting
+	c.Close()
+	select {
+	case err := <-errc:
+		if !errors.Is(err, ErrClosed) {
+			t.Fatalf("the waiting request: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting request still waits 10 s after Close")
+	}
+	close(release)
+	if b, err := io.ReadAll(slow.Body); err != nil || string(b) != "done" {
+		t.Fatalf("the response in flight: %q, %v", b, err)
+	}
+	slow.Body.Close()
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials, want 1", n)
 	}
 }
 
