@@ -40,12 +40,13 @@ const (
 	// a peer sends is replaced.
 	PeerHeader = "X-Credflow-Peer-Id"
 	// ConnectionsHeader is how an inbound HTTP listener tells a caller's
-	// sidecar, on the first response of each connection, whether it limits
-	// the connections a caller may hold ("limited") or not ("per-request":
-	// one connection per request in flight is welcome). A caller's sidecar
-	// opens HTTP/1.1 connections to it only when told the second, and
-	// removes the header from what reaches its app; the inbound removes
-	// any the app sets.
+	// sidecar whether it limits the connections a caller may hold:
+	// "limited", on every final response while its limits do, or
+	// "per-request" (one connection per request in flight is welcome), on
+	// the first final response of each connection otherwise. A caller's
+	// sidecar opens HTTP/1.1 connections to it only when told the second,
+	// and removes the header from what reaches its app; the inbound
+	// removes any the app sets on a final response.
 	ConnectionsHeader = "X-Credflow-Connections"
 	// xfcc is stripped: only the sidecar speaks for the peer's identity.
 	xfcc = "X-Forwarded-Client-Cert"
@@ -277,15 +278,33 @@ type httpConn struct {
 type httpConnKey struct{}
 
 // connectionsOffer is what an inbound HTTP listener says in
-// ConnectionsHeader: "limited" while its limits bound a peer's
-// connections, for then a caller opening one per request in flight would
-// be refused past them (and the whole identity's replicas share them);
-// "per-request" otherwise.
-func connectionsOffer(l *listener) string {
+// ConnectionsHeader on a response, first telling whether it is its
+// connection's first: "limited" on every response while its limits bound
+// a peer's connections (a caller opening one per request in flight would
+// be refused past them, and its identity's replicas share them; said on
+// every response so that a caller learns of limits a reload added on the
+// connections it holds), "per-request" on a connection's first otherwise,
+// and "" (nothing to say).
+func connectionsOffer(l *listener, first bool) string {
 	if lim := l.limiter.Load(); lim != nil && lim.Config().LimitsConnections() {
 		return "limited"
 	}
-	return "per-request"
+	if first {
+		return "per-request"
+	}
+	return ""
+}
+
+// offerKey is the context key of the ConnectionsHeader value a request's
+// response carries, when it carries one.
+type offerKey struct{}
+
+// setOffer puts the ConnectionsHeader value r's response carries, if any,
+// in h.
+func setOffer(h http.Header, r *http.Request) {
+	if offer, _ := r.Context().Value(offerKey{}).(string); offer != "" {
+		h.Set(ConnectionsHeader, offer)
+	}
 }
 
 // peerKey is the context key of an authorized request's peer ID, which
@@ -384,6 +403,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 		},
 		ModifyResponse: func(res *http.Response) error {
 			res.Header.Del(ConnectionsHeader) // the sidecar's to say
+			setOffer(res.Header, res.Request)
 			if res.StatusCode == http.StatusSwitchingProtocols && len(res.Request.Header.Values("Upgrade")) == 0 {
 				return errUnaskedUpgrade
 			}
@@ -399,6 +419,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 				p.m.refused(l.dir, reason.ClientCanceled, true)
 				abortClientGone()
 			}
+			setOffer(w.Header(), r)
 			if errors.Is(err, errUnaskedUpgrade) {
 				p.m.refused(l.dir, reason.AppBadUpgrade, true)
 				deny(w, r, reason.AppBadUpgrade)
@@ -482,12 +503,10 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	start := time.Now()
 	_, span := p.serverSpan(l, r)
 	hc, _ := r.Context().Value(httpConnKey{}).(*httpConn)
+	// Set on the final response only (an interim one would carry it, and
+	// clear it from the final).
+	offer := connectionsOffer(l, hc != nil && !hc.served.Swap(true))
 	if hc != nil {
-		if !hc.served.Swap(true) {
-			// The connection's first response, whatever it is, tells a
-			// caller's sidecar how many connections it may open.
-			w.Header().Set(ConnectionsHeader, connectionsOffer(l))
-		}
 		defer func() {
 			if hc.hijacked.Load() {
 				// The upgrade tunnel ended: the connection's slot and
@@ -504,6 +523,9 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 	s := h.settings.Load()
 	peer, err := requestPeer(hc, r)
 	if err != nil {
+		if offer != "" {
+			w.Header().Set(ConnectionsHeader, offer)
+		}
 		deny(w, r, reason.InvalidSVID)
 		return
 	}
@@ -529,6 +551,9 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		if req.RetryAfter > 0 {
 			w.Header().Set("Retry-After", strconv.Itoa(int((req.RetryAfter+time.Second-1)/time.Second)))
 		}
+		if offer != "" {
+			w.Header().Set(ConnectionsHeader, offer)
+		}
 		deny(w, r, why)
 		return
 	}
@@ -538,7 +563,13 @@ func (p *Proxy) serveInboundHTTP(l *listener, h *httpInbound, w http.ResponseWri
 		// from it: the span goes into theirs.
 		ctx = trace.ContextWithSpan(ctx, span)
 	}
-	r = req.HTTP.WithContext(context.WithValue(ctx, peerKey{}, peer))
+	ctx = context.WithValue(ctx, peerKey{}, peer)
+	if offer != "" {
+		// For the app's response (ModifyResponse) or the answer to its
+		// failure (ErrorHandler).
+		ctx = context.WithValue(ctx, offerKey{}, offer)
+	}
+	r = req.HTTP.WithContext(ctx)
 	p.httpAccess(l, start, peer, r, "allow", "", 0, req.Attrs...)
 	p.forward(l, hc, h.proxy, w, r, start)
 }
@@ -661,21 +692,42 @@ type httpOutbound struct {
 	srv  *http.Server
 	pool *upstreamPool
 	h1   *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
-	// perRequest: the upstream said (ConnectionsHeader) that it takes a
-	// connection per request in flight.
-	perRequest atomic.Bool
-	audience   string
-	filters    pipeline
+	// offer: what the upstream said about connections (ConnectionsHeader).
+	offer    connOffer
+	audience string
+	filters  pipeline
 }
 
-// offered takes in what the upstream said in ConnectionsHeader. Told that
-// it limits connections, h closes its idle HTTP/1.1 ones (within the
-// limits, but the identity's other replicas share them).
-func (h *httpOutbound) offered(offer string) {
-	per := offer == "per-request"
-	if was := h.perRequest.Swap(per); was && !per {
-		h.h1.CloseIdle()
+// connOffer is what an HTTP outbound listener's upstream said in
+// ConnectionsHeader.
+type connOffer struct {
+	perRequest   atomic.Bool  // it said "per-request"
+	limitedUntil atomic.Int64 // Unix ns: "limited" said since limitedHold before
+}
+
+// limitedHold is how long an upstream that said "limited" gets no HTTP/1.1
+// connections, whatever it says meanwhile: the replicas behind one
+// upstream address can differ (a canary, a rollout of new limits), and
+// one connection per request in flight is then for none of them.
+const limitedHold = 10 * time.Minute
+
+// take takes in offer, said at now; it reports whether HTTP/1.1
+// connections stop being usable with it.
+func (o *connOffer) take(offer string, now time.Time) (stop bool) {
+	switch offer {
+	case "per-request":
+		o.perRequest.Store(true)
+	case "limited":
+		was := o.usable(now)
+		o.limitedUntil.Store(now.Add(limitedHold).UnixNano())
+		return was
 	}
+	return false
+}
+
+// usable reports whether HTTP/1.1 connections may be used at now.
+func (o *connOffer) usable(now time.Time) bool {
+	return o.perRequest.Load() && now.UnixNano() >= o.limitedUntil.Load()
 }
 
 // pool is c.Pool or its default.
@@ -715,13 +767,18 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, perRequest: &h.perRequest, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, offer: &h.offer, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 			"credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {
 			if offer := resp.Header[ConnectionsHeader]; len(offer) > 0 {
-				h.offered(offer[0])
+				if h.offer.take(offer[0], time.Now()) {
+					// Within the limits, but the identity's other
+					// replicas share them; those in use close as they
+					// end (Reuse).
+					h.h1.CloseIdle()
+				}
 				resp.Header.Del(ConnectionsHeader)
 			}
 			if rec, ok := resp.Request.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {

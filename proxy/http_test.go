@@ -11,8 +11,11 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
 	"strings"
 	"sync"
 	"testing"
@@ -372,6 +375,58 @@ func TestHTTPPooling(t *testing.T) {
 	hp.in.waitMetric(t, 2, "credflow_tls_connections_total", "direction=inbound", "version=TLS 1.3")
 	hp.out.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=attached")
 	hp.in.waitMetric(t, 50, "credflow_jwt_tokens_total", "op=validated")
+}
+
+// TestHTTPConnectionsOffer: an inbound HTTP listener's first answer on a
+// connection tells the caller's sidecar that it takes a connection per
+// request in flight, even when that answer is a refusal; an interim
+// response does not carry it (nor take it from the final one), an app
+// cannot say otherwise, and the caller's app sees it on neither.
+func TestHTTPConnectionsOffer(t *testing.T) {
+	app := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Link", "</style.css>; rel=preload")
+		w.WriteHeader(http.StatusEarlyHints)
+		w.Header().Set(proxy.ConnectionsHeader, "limited") // not the app's to say
+		io.WriteString(w, "ok")
+	})
+	hp := startHTTPPair(t, app)
+	resp, err := http.Get("http://" + hp.outAddr + "/elsewhere") // no route: refused
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden || len(resp.Header.Values(proxy.ConnectionsHeader)) > 0 {
+		t.Fatalf("the refusal: %d, %v", resp.StatusCode, resp.Header)
+	}
+	for i := range 5 {
+		var interim []textproto.MIMEHeader
+		ctx := httptrace.WithClientTrace(context.Background(), &httptrace.ClientTrace{
+			Got1xxResponse: func(code int, h textproto.MIMEHeader) error {
+				interim = append(interim, maps.Clone(h))
+				return nil
+			},
+		})
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+hp.outAddr+"/api/x", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || string(body) != "ok" || len(resp.Header.Values(proxy.ConnectionsHeader)) > 0 {
+			t.Fatalf("request %d: %d %q, %v", i, resp.StatusCode, body, resp.Header)
+		}
+		if len(interim) != 1 || interim[0].Get("Link") == "" || len(interim[0].Values(proxy.ConnectionsHeader)) > 0 {
+			t.Fatalf("request %d: interim responses %v, want one 103 with Link and nothing else of ours", i, interim)
+		}
+	}
+	// The HTTP/2 pool's connection (the refusal said per-request on it)
+	// and one HTTP/1.1 connection for the five; the app's "limited" would
+	// have closed that one after its first answer.
+	if n := hp.out.metric(t, "credflow_handshake_duration_seconds"); n != 2 {
+		t.Errorf("%v handshakes, want 2", n)
+	}
+	hp.in.waitMetric(t, 2, "credflow_active_connections", "direction=inbound")
 }
 
 // TestHTTP2AuthorityHost is B2's HTTP/2 half: a request whose Host header

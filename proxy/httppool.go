@@ -95,7 +95,8 @@ func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
 		NoWait:      true,
 		Reuse: func(nc net.Conn) bool {
 			uc := h.pool.conn(nc)
-			return uc != nil && !uc.retiring.Load() && time.Now().Before(uc.renewAt)
+			now := time.Now()
+			return uc != nil && !uc.retiring.Load() && now.Before(uc.renewAt) && h.offer.usable(now)
 		},
 	}
 }
@@ -106,17 +107,17 @@ func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
 // HTTP/2 pool.
 //
 // h1 opens a connection per request in flight, so it is used only once
-// the upstream has said that it does not limit a caller's connections
-// (ConnectionsHeader, on the first response of each connection; the first
-// requests go over HTTP/2). An upstream that closes a new HTTP/1.1
+// the upstream has said that it does not limit a caller's connections, and
+// not for limitedHold after it said it does (ConnectionsHeader, connOffer);
+// the first requests go over HTTP/2. An upstream that closes a new HTTP/1.1
 // connection before answering on it all the same (an overload limit, say)
 // sends every request over HTTP/2 for h1Pause; the request is sent there
 // too if it may be sent again (h1.Resend), and fails otherwise.
 type upstreamRoute struct {
-	h1         *h1.Client
-	h2         http.RoundTripper
-	perRequest *atomic.Bool  // the upstream takes a connection per request in flight
-	h1Paused   *atomic.Int64 // until then (Unix ns), HTTP/2 only
+	h1       *h1.Client
+	h2       http.RoundTripper
+	offer    *connOffer    // whether the upstream takes a connection per request in flight
+	h1Paused *atomic.Int64 // until then (Unix ns), HTTP/2 only
 }
 
 // h1Pause is how long an HTTP outbound listener sends nothing over
@@ -124,7 +125,7 @@ type upstreamRoute struct {
 const h1Pause = 30 * time.Second
 
 func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
-	if r.ProtoMajor != 1 || !u.perRequest.Load() || !h1.Eligible(r) || time.Now().UnixNano() < u.h1Paused.Load() {
+	if now := time.Now(); r.ProtoMajor != 1 || !u.offer.usable(now) || !h1.Eligible(r) || now.UnixNano() < u.h1Paused.Load() {
 		return u.h2.RoundTrip(r)
 	}
 	// The body in memory (once h1 is to be tried: it reads it only once it

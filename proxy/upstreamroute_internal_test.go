@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/credflow/credflow/proxy/h1"
 )
@@ -51,7 +52,7 @@ func TestUpstreamRoutePausesH1(t *testing.T) {
 	defer client.Close()
 	h2 := &countingRT{}
 	route := func() upstreamRoute {
-		return upstreamRoute{h1: client, h2: h2, perRequest: new(atomic.Bool), h1Paused: new(atomic.Int64)}
+		return upstreamRoute{h1: client, h2: h2, offer: new(connOffer), h1Paused: new(atomic.Int64)}
 	}
 	get, _ := http.NewRequest(http.MethodGet, "http://upstream/x", nil)
 	post := func() *http.Request {
@@ -71,7 +72,7 @@ func TestUpstreamRoutePausesH1(t *testing.T) {
 	if n := accepted.Load(); n != 0 {
 		t.Fatalf("%d HTTP/1.1 connections before the upstream said it takes them", n)
 	}
-	u.perRequest.Store(true)
+	u.offer.take("per-request", time.Now())
 	roundTrip(u, get) // refused, sent again over HTTP/2
 	if n := accepted.Load(); n != 1 {
 		t.Fatalf("%d HTTP/1.1 connections tried, want 1", n)
@@ -85,11 +86,42 @@ func TestUpstreamRoutePausesH1(t *testing.T) {
 	}
 
 	u = route()
-	u.perRequest.Store(true)
+	u.offer.take("per-request", time.Now())
 	if _, err := u.RoundTrip(post()); !errors.Is(err, h1.ErrNoResponse) {
 		t.Fatalf("a POST refused on a new connection: %v, want h1.ErrNoResponse (it may not be sent twice)", err)
 	}
 	if n := h2.n.Load(); n != 8 {
 		t.Fatalf("the refused POST went over HTTP/2 too")
+	}
+}
+
+// TestConnOffer: HTTP/1.1 connections are usable once the upstream said
+// "per-request", and not for limitedHold after it said "limited", whatever
+// it says meanwhile; take reports the moment they stop being usable.
+func TestConnOffer(t *testing.T) {
+	var o connOffer
+	now := time.Unix(1000, 0)
+	if o.usable(now) {
+		t.Fatal("usable before the upstream said anything")
+	}
+	if o.take("per-request", now) || !o.usable(now) {
+		t.Fatal("not usable once told per-request")
+	}
+	if !o.take("limited", now) || o.usable(now) {
+		t.Fatal("told limited: should stop, and did not")
+	}
+	if o.take("limited", now) {
+		t.Fatal("told limited again: reported as a stop again")
+	}
+	o.take("per-request", now.Add(time.Minute)) // another replica, say
+	if o.usable(now.Add(limitedHold - time.Second)) {
+		t.Fatal("usable within limitedHold of a limited")
+	}
+	if !o.usable(now.Add(limitedHold)) {
+		t.Fatal("not usable limitedHold after the last limited")
+	}
+	later := now.Add(limitedHold)
+	if o.take("something else", later) || !o.usable(later) {
+		t.Fatal("an unknown value changed the state")
 	}
 }
