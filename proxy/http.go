@@ -767,8 +767,11 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
 			pr.Out.Host = pr.In.Host
 		},
-		Transport: p.traced(l, connectBound{rt: upstreamRoute{h1: h.h1, h2: h.pool, offer: &h.offer, h1Paused: new(atomic.Int64)}, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
-			"credflow outbound "+l.name+" to "+l.target),
+		Transport: p.traced(l, upstreamRoute{
+			h1:    connectBound{rt: h.h1, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+			h2:    connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
+			offer: &h.offer, h1Paused: new(atomic.Int64),
+		}, "credflow outbound "+l.name+" to "+l.target),
 		FlushInterval: responseFlush,
 		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ModifyResponse: func(resp *http.Response) error {

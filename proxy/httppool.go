@@ -114,7 +114,7 @@ func (p *Proxy) newUpstreamH1(l *listener, h *httpOutbound) *h1.Client {
 // sends every request over HTTP/2 for h1Pause; the request is sent there
 // too if it may be sent again (h1.Resend), and fails otherwise.
 type upstreamRoute struct {
-	h1       *h1.Client
+	h1       http.RoundTripper // an *h1.Client, bounded (connectBound)
 	h2       http.RoundTripper
 	offer    *connOffer    // whether the upstream takes a connection per request in flight
 	h1Paused *atomic.Int64 // until then (Unix ns), HTTP/2 only
@@ -128,8 +128,8 @@ func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
 	if now := time.Now(); r.ProtoMajor != 1 || !u.offer.usable(now) || !h1.Eligible(r) || now.UnixNano() < u.h1Paused.Load() {
 		return u.h2.RoundTrip(r)
 	}
-	// The body in memory (once h1 is to be tried: it reads it only once it
-	// has a connection otherwise) can go either way, and again.
+	// The body in memory, read before any wait for a connection (a slow
+	// upload is not the upstream's delay), can go either way, and again.
 	r, err := h1.InMemory(r)
 	if err != nil {
 		return nil, err
@@ -137,7 +137,11 @@ func (u upstreamRoute) RoundTrip(r *http.Request) (*http.Response, error) {
 	resp, err := u.h1.RoundTrip(r)
 	switch {
 	case errors.Is(err, h1.ErrFull):
-		return u.h2.RoundTrip(r)
+		// At once, or once a first attempt on a reused connection had
+		// failed where sending r again was safe.
+		if again, rerr := h1.Rewind(r); rerr == nil {
+			return u.h2.RoundTrip(again)
+		}
 	case errors.Is(err, h1.ErrNoResponse):
 		u.h1Paused.Store(time.Now().Add(h1Pause).UnixNano())
 		if again, ok := h1.Resend(r); ok {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -123,5 +124,36 @@ func TestConnOffer(t *testing.T) {
 	later := now.Add(limitedHold)
 	if o.take("something else", later) || !o.usable(later) {
 		t.Fatal("an unknown value changed the state")
+	}
+}
+
+// rtFunc is a RoundTripper made of a function.
+type rtFunc func(*http.Request) (*http.Response, error)
+
+func (f rtFunc) RoundTrip(r *http.Request) (*http.Response, error) { return f(r) }
+
+// TestUpstreamRouteFullAfterAttempt: a request h1 found no connection for
+// after a first attempt had read its body goes over HTTP/2 with its whole
+// body.
+func TestUpstreamRouteFullAfterAttempt(t *testing.T) {
+	tried := rtFunc(func(r *http.Request) (*http.Response, error) {
+		io.Copy(io.Discard, r.Body) // written on a reused connection that failed
+		return nil, errors.Join(errors.New("connection reset"), h1.ErrFull)
+	})
+	var got string
+	h2 := rtFunc(func(r *http.Request) (*http.Response, error) {
+		b, _ := io.ReadAll(r.Body)
+		got = string(b)
+		return &http.Response{StatusCode: http.StatusNoContent, Body: http.NoBody, Request: r}, nil
+	})
+	u := upstreamRoute{h1: tried, h2: h2, offer: new(connOffer), h1Paused: new(atomic.Int64)}
+	u.offer.take("per-request", time.Now())
+	req, _ := http.NewRequest(http.MethodGet, "http://upstream/x", struct{ io.Reader }{strings.NewReader("payload")})
+	req.ContentLength = int64(len("payload")) // a body with no GetBody, as a server's request has
+	if resp, err := u.RoundTrip(req); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("got %v, %v", resp, err)
+	}
+	if got != "payload" {
+		t.Fatalf("HTTP/2 got the body %q, want %q", got, "payload")
 	}
 }

@@ -81,7 +81,10 @@ type Client struct {
 var ErrClosed = errors.New("h1: client closed")
 
 // ErrFull fails a request of a NoWait client that finds every connection
-// in use; nothing of it was sent, and its body is untouched.
+// in use: nothing of it was sent, and its body is untouched; or, joined
+// with the error of a first attempt that failed on a reused connection,
+// when the request could be sent again but found no connection (Rewind
+// gives it its body back).
 var ErrFull = errors.New("h1: every connection in use")
 
 // ErrNoResponse marks the failure of a request on a new connection that
@@ -102,7 +105,7 @@ const MaxBody = 16 << 10
 // reading it, could leave that write stuck where net/http's Transport
 // would have read the answer.
 func Eligible(r *http.Request) bool {
-	if len(r.Header["Upgrade"]) > 0 || len(r.Header["Expect"]) > 0 {
+	if len(r.Header["Upgrade"]) > 0 || len(r.Header["Expect"]) > 0 || r.Method == http.MethodConnect {
 		return false
 	}
 	return r.Body == nil || r.Body == http.NoBody || r.ContentLength > 0 && r.ContentLength <= MaxBody
@@ -126,17 +129,19 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 		if retried {
 			var again error
 			if pc, again = c.get(ctx); again != nil {
-				return nil, err // the first attempt's failure says more
+				// The first attempt's failure says more; ErrFull says that
+				// r may go another way (it may be sent again: Rewind).
+				return nil, errors.Join(err, again)
 			}
 		}
 		if trace != nil && trace.GotConn != nil {
 			trace.GotConn(httptrace.GotConnInfo{Conn: pc.nc, Reused: pc.reused})
 		}
 		var (
-			resp  *http.Response
-			wrote bool
+			resp *http.Response
+			sent bool
 		)
-		resp, wrote, err = c.exchange(ctx, pc, r, trace)
+		resp, sent, err = c.exchange(ctx, pc, r, trace)
 		if err == nil {
 			return resp, nil
 		}
@@ -147,10 +152,10 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 		// A reused connection the server closed just as the request went
 		// out: try once more on a fresh one if the request can be sent
 		// again and the server cannot have acted on it.
-		if retried || !pc.reused || pc.lr.got > 0 || ctx.Err() != nil || !(replayable(r) && (!wrote || idempotent(r))) {
+		if retried || !pc.reused || pc.lr.got > 0 || ctx.Err() != nil || !(replayable(r) && (!sent || idempotent(r))) {
 			return nil, err
 		}
-		again, rerr := rewound(r)
+		again, rerr := Rewind(r)
 		if rerr != nil {
 			return nil, err
 		}
@@ -158,10 +163,11 @@ func (c *Client) RoundTrip(r *http.Request) (*http.Response, error) {
 	}
 }
 
-// exchange writes r on pc and reads the response head; wrote reports
-// whether the whole request was written.
-func (c *Client) exchange(ctx context.Context, pc *conn, r *http.Request, trace *httptrace.ClientTrace) (resp *http.Response, wrote bool, err error) {
+// exchange writes r on pc and reads the response head; sent reports
+// whether any byte of the request reached the connection.
+func (c *Client) exchange(ctx context.Context, pc *conn, r *http.Request, trace *httptrace.ClientTrace) (resp *http.Response, sent bool, err error) {
 	pc.lr.got = 0
+	before := pc.cw.n
 	stop := context.AfterFunc(ctx, func() { pc.nc.SetDeadline(aLongTimeAgo) })
 	defer func() {
 		if err != nil && !stop() {
@@ -169,10 +175,10 @@ func (c *Client) exchange(ctx context.Context, pc *conn, r *http.Request, trace 
 		}
 	}()
 	if err := r.Write(pc.bw); err != nil {
-		return nil, false, err
+		return nil, pc.cw.n > before, err
 	}
 	if err := pc.bw.Flush(); err != nil {
-		return nil, false, err
+		return nil, pc.cw.n > before, err
 	}
 	for {
 		pc.lr.n = c.maxHeaderBytes()
@@ -352,7 +358,8 @@ func (c *Client) dial(ctx context.Context) (*conn, error) {
 	}
 	pc.lr = &limitedReader{r: nc, n: unlimited}
 	pc.br = bufio.NewReader(pc.lr)
-	pc.bw = bufio.NewWriter(nc)
+	pc.cw = &countWriter{w: nc}
+	pc.bw = bufio.NewWriter(pc.cw)
 	return pc, nil
 }
 
@@ -362,6 +369,9 @@ func (c *Client) reusable(pc *conn) bool {
 		return false // stale, or the server sent something unasked
 	}
 	if c.Reuse != nil && !c.Reuse(pc.nc) {
+		return false
+	}
+	if pc.tls != nil && !tlsQuiet(pc) {
 		return false
 	}
 	switch peek(pc.nc) {
@@ -378,6 +388,19 @@ func (c *Client) reusable(pc *conn) bool {
 		return false
 	}
 	pc.nc.SetReadDeadline(time.Now().Add(pendingWait))
+	_, err := pc.br.Peek(1)
+	pc.nc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout() && pc.br.Buffered() == 0
+}
+
+// tlsQuiet reports whether crypto/tls holds nothing of pc's that came
+// after its last response: plaintext past the response's end and records
+// it read along with the last one are on no socket, and a close_notify it
+// read with the last bytes is remembered as EOF. A read with a deadline in
+// the past returns what it holds, or times out without a system call.
+func tlsQuiet(pc *conn) bool {
+	pc.nc.SetReadDeadline(aLongTimeAgo)
 	_, err := pc.br.Peek(1)
 	pc.nc.SetReadDeadline(time.Time{})
 	var ne net.Error
@@ -537,6 +560,7 @@ type conn struct {
 	tls       *tls.ConnectionState // a TLS connection's, as each response's TLS
 	lr        *limitedReader
 	br        *bufio.Reader
+	cw        *countWriter // under bw
 	bw        *bufio.Writer
 	reused    bool
 	idleSince time.Time
@@ -609,6 +633,18 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
+// countWriter counts what it writes to w.
+type countWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
+}
+
 // aLongTimeAgo is a deadline in the past: set on a connection, it fails
 // its pending reads and writes at once.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -634,9 +670,10 @@ func idempotent(r *http.Request) bool {
 // set, when the body is of known length up to MaxBody and r has no GetBody
 // yet (a request with GetBody is taken to have its body at hand);
 // otherwise r as it is. net/http sends a body it knows to be in memory
-// with the head, in one write (its Transport and Request.Write alike);
-// any other body it sends after flushing the head on its own. And the
-// request can then be sent again. RoundTrip does this itself.
+// with the head (its Transport and Request.Write alike: one write while
+// both fit the connection's 4 KiB write buffer); any other body it sends
+// after flushing the head on its own. And the request can then be sent
+// again. RoundTrip does this itself.
 func InMemory(r *http.Request) (*http.Request, error) {
 	if r.GetBody != nil || r.Body == nil || r.Body == http.NoBody || r.ContentLength <= 0 || r.ContentLength > MaxBody {
 		return r, nil
@@ -659,12 +696,15 @@ func Resend(r *http.Request) (*http.Request, bool) {
 	if !replayable(r) || !idempotent(r) {
 		return nil, false
 	}
-	again, err := rewound(r)
+	again, err := Rewind(r)
 	return again, err == nil
 }
 
-// rewound returns r with a fresh copy of its body, for a second attempt.
-func rewound(r *http.Request) (*http.Request, error) {
+// Rewind returns r with a fresh copy of its body (GetBody), to be sent
+// again: after a failure on a reused connection, or another way after
+// ErrFull came once the first attempt had failed (InMemory gives a body
+// GetBody).
+func Rewind(r *http.Request) (*http.Request, error) {
 	if r.Body == nil || r.Body == http.NoBody {
 		return r, nil
 	}

@@ -732,3 +732,176 @@ func TestFullHook(t *testing.T) {
 		t.Fatalf("got %q, Full called %d times", got, full.Load())
 	}
 }
+
+// TestTLSNoResponseSmuggled: over TLS, bytes after a response that came in
+// the same record as its body's end stay inside crypto/tls, on no socket;
+// they are not taken as the next request's response either.
+func TestTLSNoResponseSmuggled(t *testing.T) {
+	certs := httptest.NewUnstartedServer(nil)
+	certs.StartTLS() // for its certificate and a client configuration
+	defer certs.Close()
+	conf := certs.TLS.Clone()
+	conf.NextProtos = nil
+	conf.DynamicRecordSizingDisabled = true // full records from the start
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	body := strings.Repeat("a", 10000)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					// One write, so one record: the body's end and the
+					// unasked response together.
+					io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 10000\r\n\r\n"+body+
+						"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
+				}
+			}()
+		}
+	}()
+	client := certs.Client().Transport.(*http.Transport).TLSClientConfig
+	var dials atomic.Int64
+	c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+		dials.Add(1)
+		return (&tls.Dialer{Config: client}).DialContext(ctx, "tcp", ln.Addr().String())
+	}}
+	defer c.Close()
+	for i := range 2 {
+		req, _ := http.NewRequest(http.MethodGet, "https://"+ln.Addr().String()+"/", nil)
+		resp, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		// Read in large pieces, as a proxy copying the body does: once
+		// bufio's buffer is empty, a read as large as it goes to
+		// crypto/tls directly, for no more than the body's rest.
+		var got strings.Builder
+		if _, err := io.CopyBuffer(&got, resp.Body, make([]byte, 32<<10)); err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got.String() != body {
+			t.Fatalf("response %d: %.20q… (%d bytes), want the 10000-byte body", i, got.String(), got.Len())
+		}
+	}
+	if n := dials.Load(); n != 2 {
+		t.Fatalf("%d dials, want 2: the connection with bytes left over is not reused", n)
+	}
+}
+
+// cutConn fails a write once cut more bytes have gone through (cut < 0:
+// never), as a connection the server resets mid-request does.
+type cutConn struct {
+	net.Conn
+	cut   atomic.Int64
+	onCut func() // if set, called as the write fails
+}
+
+func (c *cutConn) Write(p []byte) (int, error) {
+	switch left := c.cut.Load(); {
+	case left < 0:
+		return c.Conn.Write(p)
+	case int64(len(p)) <= left:
+		c.cut.Add(-int64(len(p)))
+		return c.Conn.Write(p)
+	}
+	left := c.cut.Load()
+	n, _ := c.Conn.Write(p[:left])
+	c.cut.Store(0)
+	if c.onCut != nil {
+		c.onCut()
+	}
+	return n, errors.New("connection reset by peer (test)")
+}
+
+func (c *cutConn) NetConn() net.Conn { return c.Conn }
+
+// TestRetryPartlyWritten: a POST whose write failed on a reused connection
+// is sent again on a fresh one only if none of it reached the connection.
+func TestRetryPartlyWritten(t *testing.T) {
+	addr, _ := rawServer(t, answer)
+	for _, tc := range []struct {
+		cut   int64
+		again bool
+	}{{0, true}, {100, false}} {
+		var dials atomic.Int64
+		var last atomic.Pointer[cutConn]
+		c := &Client{Dial: func(ctx context.Context) (net.Conn, error) {
+			nc, err := dialer(addr, &dials)(ctx)
+			if err != nil {
+				return nil, err
+			}
+			cc := &cutConn{Conn: nc}
+			cc.cut.Store(-1)
+			last.Store(cc)
+			return cc, nil
+		}}
+		get(t, c, "http://"+addr+"/") // one idle connection
+		last.Load().cut.Store(tc.cut)
+		req, _ := http.NewRequest(http.MethodPost, "http://"+addr+"/", strings.NewReader(strings.Repeat("b", 10000)))
+		resp, err := c.RoundTrip(req)
+		if err == nil {
+			io.ReadAll(resp.Body)
+			resp.Body.Close()
+		}
+		if sentAgain := err == nil && dials.Load() == 2; sentAgain != tc.again {
+			t.Errorf("write cut after %d bytes: sent again %v (%v, %d dials), want %v", tc.cut, sentAgain, err, dials.Load(), tc.again)
+		}
+		c.Close()
+	}
+}
+
+// TestRetryFindsFull: a request whose reused connection failed, and that
+// may be sent again, reports ErrFull when no connection is to be had for
+// the second attempt (NoWait), so that its caller sends it another way.
+func TestRetryFindsFull(t *testing.T) {
+	addr, _ := rawServer(t, answer)
+	var dials atomic.Int64
+	var last atomic.Pointer[cutConn]
+	held := make(chan func(), 1)
+	waiting := make(chan struct{})
+	c := &Client{MaxConns: 1, NoWait: true, Full: func() { close(waiting) }}
+	c.Dial = func(ctx context.Context) (net.Conn, error) {
+		nc, err := dialer(addr, &dials)(ctx)
+		if err != nil {
+			return nil, err
+		}
+		cc := &cutConn{Conn: nc}
+		cc.cut.Store(-1)
+		cc.onCut = func() {
+			// Someone else queues for the only slot before this
+			// connection gives it back.
+			go func() {
+				release, err := c.Hold(context.Background())
+				if err == nil {
+					held <- release
+				}
+			}()
+			<-waiting
+		}
+		last.Store(cc)
+		return cc, nil
+	}
+	defer c.Close()
+	get(t, c, "http://"+addr+"/") // one idle connection
+	last.Load().cut.Store(0)
+	_, err := fetch(c, "http://"+addr+"/")
+	if !errors.Is(err, ErrFull) || errors.Is(err, ErrNoResponse) {
+		t.Fatalf("got %v, want ErrFull joined to the first attempt's error", err)
+	}
+	(<-held)()
+	if n := dials.Load(); n != 1 {
+		t.Fatalf("%d dials, want 1", n)
+	}
+}
