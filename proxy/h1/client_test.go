@@ -205,17 +205,24 @@ func TestRetryIdempotent(t *testing.T) {
 	}
 }
 
-// TestMaxConns: with one connection allowed, a second request waits for
-// the first's body to end, and gives up when its context does.
-func TestMaxConns(t *testing.T) {
+// slowServer answers body; a request for /slow gets its head at once and
+// its body once release is closed or sent to.
+func slowServer(body string) (*httptest.Server, chan struct{}) {
 	release := make(chan struct{})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
 			w.(http.Flusher).Flush()
 			<-release
 		}
-		fmt.Fprint(w, "done")
+		io.WriteString(w, body)
 	}))
+	return srv, release
+}
+
+// TestMaxConns: with one connection allowed, a second request waits for
+// the first's body to end, and gives up when its context does.
+func TestMaxConns(t *testing.T) {
+	srv, release := slowServer("done")
 	defer srv.Close()
 	defer close(release)
 	var dials atomic.Int64
@@ -317,14 +324,7 @@ func TestCancelWhileWaiting(t *testing.T) {
 // at once, with ErrClosed, and the connection in use still ends its
 // response.
 func TestCloseWakesWaiters(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			w.(http.Flusher).Flush()
-			<-release
-		}
-		fmt.Fprint(w, "done")
-	}))
+	srv, release := slowServer("done")
 	defer srv.Close()
 	var dials atomic.Int64
 	c := &Client{Dial: dialer(srv.Listener.Addr().String(), &dials), MaxConns: 1}
@@ -502,14 +502,7 @@ func TestEligible(t *testing.T) {
 // ErrFull; a connection Reuse refuses is closed when its response ends,
 // and Evict closes an idle one.
 func TestNoWaitAndReuse(t *testing.T) {
-	release := make(chan struct{})
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path == "/slow" {
-			w.(http.Flusher).Flush()
-			<-release
-		}
-		io.WriteString(w, "ok")
-	}))
+	srv, release := slowServer("ok")
 	defer srv.Close()
 	var dials atomic.Int64
 	var refuse atomic.Bool
