@@ -132,6 +132,18 @@ func rawServer(t *testing.T, handle func(br *bufio.Reader, c net.Conn) bool) (ad
 	return ln.Addr().String(), ch
 }
 
+// canned returns a rawServer handler that answers every request with
+// response, written as it is.
+func canned(response string) func(br *bufio.Reader, c net.Conn) bool {
+	return func(br *bufio.Reader, c net.Conn) bool {
+		if _, err := http.ReadRequest(br); err != nil {
+			return false
+		}
+		_, err := io.WriteString(c, response)
+		return err == nil
+	}
+}
+
 // answer reads one request and writes a keep-alive response.
 func answer(br *bufio.Reader, c net.Conn) bool {
 	req, err := http.ReadRequest(br)
@@ -363,13 +375,7 @@ func TestCloseWakesWaiters(t *testing.T) {
 
 // TestInterim: a 103 before the final response is reported and skipped.
 func TestInterim(t *testing.T) {
-	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
-		if _, err := http.ReadRequest(br); err != nil {
-			return false
-		}
-		io.WriteString(c, "HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-		return true
-	})
+	addr, _ := rawServer(t, canned("HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
 	var dials atomic.Int64
 	c := &Client{Dial: dialer(addr, &dials)}
 	defer c.Close()
@@ -419,13 +425,7 @@ func TestBodyClosedEarly(t *testing.T) {
 // TestNoResponseSmuggled: bytes after a response that its length does not
 // cover are not taken as the next request's response.
 func TestNoResponseSmuggled(t *testing.T) {
-	addr, _ := rawServer(t, func(br *bufio.Reader, c net.Conn) bool {
-		if _, err := http.ReadRequest(br); err != nil {
-			return false
-		}
-		io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged")
-		return true
-	})
+	addr, _ := rawServer(t, canned("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nforged"))
 	var dials atomic.Int64
 	c := &Client{Dial: dialer(addr, &dials)}
 	defer c.Close()
