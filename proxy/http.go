@@ -239,7 +239,8 @@ type httpInbound struct {
 	// once, so it sees the old settings or the new, never a mix.
 	settings atomic.Pointer[httpSettings]
 	ln       *chanListener
-	srv      *http.Server
+	srv      *http.Server // HTTP/2, and the HTTP/1.1 requests own does not serve
+	own      *h1.Server   // HTTP/1.1
 	proxy    *httputil.ReverseProxy
 	app      *h1.Client // the proxy's, to the app; its slots bound the Transport's too
 
@@ -453,6 +454,12 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			defer h.mu.Unlock()
 			return context.WithValue(ctx, httpConnKey{}, h.open[c])
 		},
+	}
+	h.own = &h1.Server{
+		Handler:           h.srv.Handler,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		ErrorLog:          h.srv.ErrorLog,
 	}
 	h.open = make(map[net.Conn]*httpConn)
 	return h
@@ -689,9 +696,13 @@ func denyAs(w http.ResponseWriter, r *http.Request, info reason.Info, why reason
 // httpOutbound serves the HTTP side of an outbound listener.
 type httpOutbound struct {
 	cfg  OutboundHTTP
-	srv  *http.Server
-	pool *upstreamPool
-	h1   *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
+	own  *h1.Server   // the app's HTTP/1.1 requests
+	srv  *http.Server // h2c, and the HTTP/1.1 requests own does not serve
+	rest *chanListener
+	// handed: the *httpConn of each connection own handed to srv.
+	handed sync.Map
+	pool   *upstreamPool
+	h1     *h1.Client // HTTP/1.1 apps' requests, while it has room (upstreamRoute)
 	// offer: what the upstream said about connections (ConnectionsHeader).
 	offer    connOffer
 	audience string
@@ -849,15 +860,73 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		MaxHeaderBytes:    64 << 10,
 		ErrorLog:          slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
 		ConnContext: func(ctx context.Context, c net.Conn) context.Context {
-			hc := &httpConn{nc: c}
-			hc.caller.nc = c
-			if !l.callers.Load().Any() {
-				hc.caller.get() // while the app's socket is surely open
+			hc, ok := h.handed.LoadAndDelete(c)
+			if !ok {
+				hc = p.newAppConn(l, c)
 			}
 			return context.WithValue(ctx, httpConnKey{}, hc)
 		},
 	}
+	h.own = &h1.Server{
+		Handler:           h.srv.Handler,
+		ReadHeaderTimeout: p.cfg.HandshakeTimeout,
+		IdleTimeout:       p.cfg.IdleTimeout,
+		ErrorLog:          h.srv.ErrorLog,
+	}
 	return h
+}
+
+// connContext is the context of the requests of hc, a connection an
+// h1.Server serves for srv: it names srv as net/http's server does, which
+// makes ReverseProxy end a response it cannot complete with
+// http.ErrAbortHandler (the client then sees it cut off, not ended).
+func connContext(srv *http.Server, hc *httpConn) context.Context {
+	return context.WithValue(context.WithValue(context.Background(), http.ServerContextKey, srv), httpConnKey{}, hc)
+}
+
+// newAppConn returns the *httpConn of an app's connection to l.
+func (p *Proxy) newAppConn(l *listener, c net.Conn) *httpConn {
+	hc := &httpConn{nc: c}
+	hc.caller.nc = c
+	if !l.callers.Load().Any() {
+		hc.caller.get() // while the app's socket is surely open
+	}
+	return hc
+}
+
+// serveApps takes the app's connections to l and serves each: its
+// HTTP/1.1 requests with h.own, in line on the connection's goroutine,
+// and the rest (h2c, and what own leaves) with h.srv.
+func (h *httpOutbound) serveApps(p *Proxy, l *listener) {
+	var wait time.Duration
+	for {
+		c, err := l.ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of descriptors, say: back off as net/http's server
+			// does, rather than spin.
+			wait = min(max(2*wait, 5*time.Millisecond), time.Second)
+			p.log.Debug("proxy: accept failed", slog.String(logkey.Listener, l.name),
+				slog.String(logkey.Error, err.Error()), slog.Duration("retry_in", wait))
+			time.Sleep(wait)
+			continue
+		}
+		wait = 0
+		go func() {
+			hc := p.newAppConn(l, c)
+			rest := h.own.ServeConn(connContext(h.srv, hc), c, nil)
+			if rest == nil {
+				return
+			}
+			h.handed.Store(rest, hc)
+			if !h.rest.give(rest) {
+				h.handed.Delete(rest)
+				rest.Close()
+			}
+		}()
+	}
 }
 
 // checkHTTPCaller returns the refusal reason of a request on an HTTP
@@ -1110,14 +1179,15 @@ func (p *Proxy) httpAccess(l *listener, start time.Time, peer spiffeid.ID, r *ht
 	}
 }
 
-// serveHTTPConn hands an authorized mTLS connection to the listener's HTTP
-// server and tracks it until the server closes it, so that revalidation
-// can close it and its slot is held while it is open.
+// serveHTTPConn serves an authorized mTLS connection's requests, HTTP/1.1
+// ones with the listener's own server (in line on this goroutine) and the
+// rest with net/http's, and tracks it until it closes, so that
+// revalidation can close it and its slot is held while it is open.
 //
 // The connection must bring a complete first request within the header
 // timeout (HandshakeTimeout) or it is closed with the reason
-// "header_timeout": net/http bounds HTTP/1 request headers itself, but not
-// an HTTP/2 connection that never completes a header block.
+// "header_timeout": the servers bound HTTP/1 request headers themselves,
+// but not an HTTP/2 connection that never completes a header block.
 func (p *Proxy) serveHTTPConn(l *listener, h *httpInbound, tc *tls.Conn, cs *tls.ConnectionState) {
 	peer, _ := peerOf(cs)
 	c := p.newConn(l, cs, func() { tc.Close() })
@@ -1129,21 +1199,27 @@ func (p *Proxy) serveHTTPConn(l *listener, h *httpInbound, tc *tls.Conn, cs *tls
 	p.m.started(l.dir)
 	p.m.established(l.dir, cs)
 	hc := &httpConn{c: c, closed: make(chan struct{})}
-	h.track(tc, hc)
 	start := time.Now()
 	timer := time.AfterFunc(p.cfg.HandshakeTimeout, func() {
 		if !hc.served.Load() {
 			tc.Close()
 		}
 	})
-	if !h.ln.give(tc) {
-		tc.Close()
-		close(hc.closed)
+	var rest net.Conn = tc
+	if cs.NegotiatedProtocol != "h2" {
+		rest = h.own.ServeConn(connContext(h.srv, hc), tc, cs)
 	}
-	<-hc.closed // the slot is held until the HTTP server closes the connection
+	if rest != nil {
+		h.track(rest, hc)
+		if !h.ln.give(rest) {
+			rest.Close()
+			h.connState(rest, http.StateClosed)
+		}
+		<-hc.closed // the slot is held until the HTTP server closes the connection
+	}
 	timer.Stop()
 	if !hc.served.Load() && time.Since(start) >= p.cfg.HandshakeTimeout {
-		// Closed by the timer, or by net/http's own header timeout.
+		// Closed by the timer, or by a server's own header timeout.
 		p.m.refused(l.dir, reason.HeaderTimeout, false)
 		p.access(l, start, peer, cs, "deny", reason.HeaderTimeout, relay.Result{}, "http")
 	}

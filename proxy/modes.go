@@ -132,10 +132,12 @@ func (h *httpInbound) serve(ctx context.Context, p *Proxy, l *listener, wg *sync
 }
 
 func (h *httpInbound) drain(ctx context.Context, wg *sync.WaitGroup) {
-	wg.Go(func() { h.srv.Shutdown(ctx) }) // in-flight requests finish
+	h.own.Shutdown()                      // in-flight requests finish
+	wg.Go(func() { h.srv.Shutdown(ctx) }) // likewise
 }
 
 func (h *httpInbound) close() {
+	h.own.Close()
 	h.srv.Close()
 	if h.ln != nil {
 		h.ln.Close()
@@ -233,16 +235,27 @@ func (p *Proxy) relayQUIC(ctx context.Context, l *listener, pool *quicmux.Pool, 
 // connections and sends their requests over a pool of HTTP/2 mTLS
 // connections (http.go, httppool.go).
 
-func (h *httpOutbound) bind(_ *Proxy, l *listener) error { return bindTCP(l) }
+func (h *httpOutbound) bind(_ *Proxy, l *listener) error {
+	if err := bindTCP(l); err != nil {
+		return err
+	}
+	h.rest = newChanListener(l.ln.Addr())
+	return nil
+}
 
-func (h *httpOutbound) serve(_ context.Context, _ *Proxy, l *listener, wg *sync.WaitGroup) {
-	wg.Go(func() { h.srv.Serve(l.ln) })
+func (h *httpOutbound) serve(_ context.Context, p *Proxy, l *listener, wg *sync.WaitGroup) {
+	wg.Go(func() { h.srv.Serve(h.rest) })
+	wg.Go(func() { h.serveApps(p, l) })
 }
 
 func (h *httpOutbound) drain(context.Context, *sync.WaitGroup) {}
 
 func (h *httpOutbound) close() {
+	h.own.Close()
 	h.srv.Close()
+	if h.rest != nil {
+		h.rest.Close()
+	}
 	h.pool.closeIdle()
 	h.h1.Close()
 }

@@ -1,7 +1,9 @@
-// Package h1 is an HTTP/1.1 client that runs each exchange on the calling
-// goroutine: it writes the request, reads the response head and hands the
-// body to the caller, who returns the connection to the pool by reading
-// the body to its end.
+// Package h1 is HTTP/1.1 without goroutine hand-offs: a client that runs
+// each exchange on the calling goroutine (it writes the request, reads the
+// response head and hands the body to the caller, who returns the
+// connection to the pool by reading the body to its end), and a server
+// that runs each request's handler on its connection's goroutine
+// (server.go).
 //
 // net/http's Transport gives every connection a read loop and a write loop
 // and passes each request and response between them and the caller over
