@@ -149,7 +149,10 @@ func (s *Server) closeConns(idleOnly bool) {
 	s.closing = true
 	var close []net.Conn
 	for sc := range s.conns {
-		if sc.idle || !idleOnly {
+		// A connection yet to bring its first request is spared, as
+		// net/http's server spares it: that request may be on its
+		// way; it is served, with "Connection: close".
+		if !idleOnly || sc.idle && sc.served {
 			close = append(close, sc.c)
 		}
 	}
@@ -179,16 +182,19 @@ func (s *Server) untrack(sc *serverConn) {
 	delete(s.conns, sc)
 }
 
-// busy marks sc as serving a request, unless the server is closing.
+// busy marks sc as serving a request, unless the server is closing (a
+// connection's first request is served all the same).
 func (s *Server) busy(sc *serverConn) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	sc.idle = false
-	if !s.scanning && !s.closing {
+	first := !sc.served
+	sc.served = true
+	if !s.scanning {
 		s.scanning = true
 		go s.scan()
 	}
-	return !s.closing
+	return !s.closing || first
 }
 
 // scan looks at the requests running every WatchAfter, and starts
@@ -212,7 +218,7 @@ func (s *Server) scan() {
 				busy = append(busy, sc)
 			}
 		}
-		if len(busy) == 0 || s.closing {
+		if len(busy) == 0 {
 			s.scanning = false
 			s.mu.Unlock()
 			return
@@ -256,6 +262,7 @@ type serverConn struct {
 	br     *bufio.Reader
 	bw     *bufio.Writer
 	idle   bool // waiting for a request (Server.mu)
+	served bool // it has begun a request (Server.mu)
 
 	lastPOST bool   // the last request was a POST
 	head     []byte // the last request's head, as read
@@ -535,23 +542,24 @@ func (wt *watch) start(sc *serverConn, w *response, cancel context.CancelFunc) {
 // check fires the watch if its request has run d by now.
 func (wt *watch) check(sc *serverConn, now time.Time, d time.Duration) {
 	wt.mu.Lock()
-	due := wt.req != nil && !wt.due && now.Sub(wt.since) >= d
+	w := wt.req
+	due := w != nil && !wt.due && now.Sub(wt.since) >= d
 	wt.due = wt.due || due
 	wt.mu.Unlock()
 	if due {
-		wt.fire(sc)
+		wt.fire(sc, w)
 	}
 }
 
-// fire starts the read if the request still runs, once its body is read.
-func (wt *watch) fire(sc *serverConn) {
+// fire starts the read if w's request still runs, once its body is
+// read.
+func (wt *watch) fire(sc *serverConn, w *response) {
 	wt.mu.Lock()
 	defer wt.mu.Unlock()
-	w := wt.req
-	if w == nil || wt.reading {
+	if wt.req != w || wt.reading {
 		return
 	}
-	if w.body != nil && !w.body.whenEOF(func() { wt.fireFor(sc, w) }) {
+	if w.body != nil && !w.body.whenEOF(func() { wt.fire(sc, w) }) {
 		return
 	}
 	if sc.br.Buffered() > 0 {
@@ -578,16 +586,6 @@ func (wt *watch) fire(sc *serverConn) {
 	}()
 }
 
-// fireFor is fire for w's request only: the body's end may come after it.
-func (wt *watch) fireFor(sc *serverConn, w *response) {
-	wt.mu.Lock()
-	same := wt.req == w
-	wt.mu.Unlock()
-	if same {
-		wt.fire(sc)
-	}
-}
-
 // stop ends the watch of the request that ended and reports whether its
 // client went away.
 func (wt *watch) stop(sc *serverConn) (gone bool) {
@@ -611,9 +609,15 @@ func (wt *watch) stop(sc *serverConn) (gone bool) {
 // requestBody is a request's body as the handler sees it. The body
 // http.ReadRequest made is never closed: its Close reads to the end,
 // however long.
+//
+// Two locks: reading holds read, for as long as the client takes; the
+// state is under mu, which no one holds across a read, so that the
+// server and its watch can look at the body while a read waits.
 type requestBody struct {
+	read sync.Mutex // held while r is read
+	r    io.ReadCloser
+
 	mu     sync.Mutex
-	r      io.ReadCloser
 	left   int64 // bytes left, if the length is known (else -1)
 	eof    bool
 	onEOF  func() // run once when eof is reached
@@ -622,21 +626,30 @@ type requestBody struct {
 }
 
 func (b *requestBody) Read(p []byte) (int, error) {
+	b.read.Lock()
+	defer b.read.Unlock()
 	b.mu.Lock()
-	if b.closed || b.ended {
-		b.mu.Unlock()
+	closed, eof := b.closed || b.ended, b.eof
+	b.mu.Unlock()
+	if closed {
 		return 0, http.ErrBodyReadAfterClose
 	}
-	if b.eof {
-		b.mu.Unlock()
+	if eof {
 		return 0, io.EOF
 	}
 	n, err := b.r.Read(p)
+	b.counted(int64(n), err == io.EOF)
+	return n, err
+}
+
+// counted records n bytes read, and the end if eof, running onEOF then.
+func (b *requestBody) counted(n int64, eof bool) {
+	b.mu.Lock()
 	if b.left > 0 {
-		b.left -= int64(n)
+		b.left -= n
 	}
 	var onEOF func()
-	if err == io.EOF {
+	if eof && !b.eof {
 		b.eof = true
 		onEOF, b.onEOF = b.onEOF, nil
 	}
@@ -644,7 +657,6 @@ func (b *requestBody) Read(p []byte) (int, error) {
 	if onEOF != nil {
 		onEOF() // outside the lock: it takes the watch's
 	}
-	return n, err
 }
 
 // whenEOF reports whether the body has been read to its end, and if not,
@@ -662,24 +674,25 @@ func (b *requestBody) whenEOF(f func()) (atEOF bool) {
 // maxPostHandlerReadBytes, so that the connection may be kept (as
 // net/http's server does).
 func (b *requestBody) Close() error {
+	b.read.Lock()
+	defer b.read.Unlock()
 	b.mu.Lock()
-	if b.closed || b.ended {
-		b.mu.Unlock()
-		return nil
-	}
+	done := b.closed || b.ended
 	b.closed = true
-	var onEOF func()
-	if !b.eof {
-		b.discardLocked(b.left > maxPostHandlerReadBytes)
-		if b.eof {
-			onEOF, b.onEOF = b.onEOF, nil
-		}
-	}
+	discard := !done && !b.eof && b.left <= maxPostHandlerReadBytes
 	b.mu.Unlock()
-	if onEOF != nil {
-		onEOF()
+	if discard {
+		b.discard()
 	}
 	return nil
+}
+
+// discard reads up to maxPostHandlerReadBytes of what is left, and
+// records whether that reached the end (as net/http's server: the end
+// counts if it comes within that many bytes). b.read must be held.
+func (b *requestBody) discard() {
+	n, err := io.CopyN(io.Discard, b.r, maxPostHandlerReadBytes+1)
+	b.counted(n, err == io.EOF && n <= maxPostHandlerReadBytes)
 }
 
 func (b *requestBody) atEOF() bool {
@@ -688,19 +701,21 @@ func (b *requestBody) atEOF() bool {
 	return b.eof
 }
 
-func (b *requestBody) discardLocked(tooLong bool) {
-	if tooLong {
-		return
-	}
-	_, err := io.CopyN(io.Discard, b.r, maxPostHandlerReadBytes)
-	if err == io.EOF {
-		b.eof = true
-	}
+// state returns whether the body was closed (by the handler or the
+// server) before its end, and whether it is known to have at least
+// maxPostHandlerReadBytes left.
+func (b *requestBody) state() (closedEarly, tooBig bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return (b.closed || b.ended) && !b.eof, !b.eof && b.left >= maxPostHandlerReadBytes
 }
 
 // close ends the body for the handler's transport, which may still hold
-// it.
+// it; once it returns, no read of the connection is under way through
+// the body.
 func (b *requestBody) close() {
+	b.read.Lock()
+	defer b.read.Unlock()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.ended = true
@@ -945,10 +960,7 @@ func (w *response) writeHead(p []byte) {
 		w.closeAfterReply = true
 	}
 	if w.body != nil && !w.closeAfterReply {
-		w.body.mu.Lock()
-		closedEarly := (w.body.closed || w.body.ended) && !w.body.eof
-		tooBig := !w.body.eof && w.body.left >= maxPostHandlerReadBytes
-		w.body.mu.Unlock()
+		closedEarly, tooBig := w.body.state()
 		switch {
 		case closedEarly:
 			w.closeAfterReply = true

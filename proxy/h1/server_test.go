@@ -298,6 +298,13 @@ func TestServerAsNetHTTP(t *testing.T) {
 			strings.Repeat("2710\r\n"+strings.Repeat("c", 10000)+"\r\n", 30) + "0\r\n\r\n" + get("/small"),
 		"empty content-length": get("/empty-cl"),
 		"options *":            "OPTIONS * HTTP/1.1\r\nHost: example\r\n\r\n" + get("/small"),
+		// Exactly as much left unread as the server reads to keep the
+		// connection.
+		"256 KiB left, closed": "POST /close-body HTTP/1.1\r\nHost: example\r\nContent-Length: 262144\r\n\r\n" + strings.Repeat("x", 262144) + get("/small"),
+		"256 KiB left, chunked": "POST /close-body HTTP/1.1\r\nHost: example\r\nTransfer-Encoding: chunked\r\n\r\n40000\r\n" +
+			strings.Repeat("x", 262144) + "\r\n0\r\n\r\n" + get("/small"),
+		"256 KiB left, chunked, unread": "POST /ignore-body HTTP/1.1\r\nHost: example\r\nTransfer-Encoding: chunked\r\n\r\n40000\r\n" +
+			strings.Repeat("x", 262144) + "\r\n0\r\n\r\n" + get("/small"),
 	}
 	for name, raw := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -540,5 +547,103 @@ func TestServerWriteErrorCancels(t *testing.T) {
 	c.Close()
 	if err := <-ended; !errors.Is(err, context.Canceled) {
 		t.Fatalf("after a failed write, the request's context: %v", err)
+	}
+}
+
+// waitHandler answers /wait once its client has gone away (the request's
+// context ended), reporting that on ended, or after 10 s if it has not.
+func waitHandler(started chan<- struct{}, ended chan<- error) func(http.ResponseWriter, *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request) {
+		close(started)
+		select {
+		case <-r.Context().Done():
+			ended <- r.Context().Err()
+		case <-time.After(10 * time.Second):
+			ended <- errors.New("the request's context was not cancelled 10 s after its client left")
+		}
+	}
+}
+
+// TestServerWatchBesideStalledUpload: an upload that stalls while its
+// handler reads it does not stop the watch of other requests.
+func TestServerWatchBesideStalledUpload(t *testing.T) {
+	uploading, started, ended := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	wait := waitHandler(started, ended)
+	srv := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/upload" {
+			close(uploading)
+			io.ReadAll(r.Body) // waits for the 5 bytes that never come
+			return
+		}
+		wait(w, r)
+	})}
+	addr := serveOne(t, srv)
+	a, _ := dial(t, addr)
+	io.WriteString(a, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nhello")
+	<-uploading
+	// Wait until the upload's request is due for watching: its check has
+	// run, and would have blocked behind the read with one lock.
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		due := false
+		srv.mu.Lock()
+		for sc := range srv.conns {
+			sc.watch.mu.Lock()
+			due = due || sc.watch.due
+			sc.watch.mu.Unlock()
+		}
+		srv.mu.Unlock()
+		if due {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the upload was never due for watching")
+		}
+	}
+	b, _ := dial(t, addr)
+	io.WriteString(b, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	b.Close()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+}
+
+// TestServerWatchDuringShutdown: requests still running after Shutdown
+// are watched as before.
+func TestServerWatchDuringShutdown(t *testing.T) {
+	started, ended := make(chan struct{}), make(chan error, 1)
+	srv := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(waitHandler(started, ended))}
+	c, _ := dial(t, serveOne(t, srv))
+	io.WriteString(c, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+	<-started
+	srv.Shutdown()
+	c.Close()
+	if err := <-ended; !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+}
+
+// TestServerShutdownSparesNew: a connection yet to send its first
+// request when Shutdown comes is served once, then closed.
+func TestServerShutdownSparesNew(t *testing.T) {
+	srv := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
+	addr := serveOne(t, srv)
+	c, br := dial(t, addr)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		srv.mu.Lock()
+		n := len(srv.conns)
+		srv.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never reached the server")
+		}
+	}
+	srv.Shutdown()
+	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+	resp, body := readResponse(t, br)
+	if body != "ok" || !resp.Close {
+		t.Errorf("got %q, close %v; want \"ok\" and Connection: close", body, resp.Close)
 	}
 }
