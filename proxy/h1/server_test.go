@@ -367,20 +367,47 @@ func readResponse(t *testing.T, br *bufio.Reader) (*http.Response, string) {
 	return resp, string(b)
 }
 
+// eventually reports whether cond became true within 10 s, looking every
+// millisecond.
+func eventually(cond func() bool) bool {
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
+}
+
+// watchOf returns what f returns for the first of srv's connections for
+// which it says ok, under the server's and the watch's locks.
+func watchOf[T any](srv *Server, f func(wt *watch) (T, bool)) (T, bool) {
+	srv.mu.Lock()
+	defer srv.mu.Unlock()
+	for sc := range srv.conns {
+		sc.watch.mu.Lock()
+		v, ok := f(&sc.watch)
+		sc.watch.mu.Unlock()
+		if ok {
+			return v, true
+		}
+	}
+	var zero T
+	return zero, false
+}
+
+// dueWatch reports whether a request of srv has run WatchAfter (its
+// check has run).
+func dueWatch(srv *Server) bool {
+	_, ok := watchOf(srv, func(wt *watch) (struct{}, bool) { return struct{}{}, wt.due })
+	return ok
+}
+
 // TestServerWatchesClientGone: a request still running after WatchAfter
 // whose client goes away has its context cancelled, and the connection
 // is closed.
 func TestServerWatchesClientGone(t *testing.T) {
 	started, ended := make(chan struct{}), make(chan error, 1)
-	srv := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		close(started)
-		select {
-		case <-r.Context().Done():
-			ended <- r.Context().Err()
-		case <-time.After(10 * time.Second):
-			ended <- errors.New("the request's context was not cancelled")
-		}
-	})}
+	srv := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(waitHandler(started, ended))}
 	c, _ := dial(t, serveOne(t, srv))
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
 	<-started
@@ -410,20 +437,11 @@ func TestServerWatchKeepsPipelined(t *testing.T) {
 	io.WriteString(c, "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
 	// Wait until the watch reads the connection.
 	var done chan struct{}
-	for deadline := time.Now().Add(10 * time.Second); done == nil; {
-		srv.mu.Lock()
-		for sc := range srv.conns {
-			sc.watch.mu.Lock()
-			if sc.watch.reading {
-				done = sc.watch.done
-			}
-			sc.watch.mu.Unlock()
-		}
-		srv.mu.Unlock()
-		if time.Now().After(deadline) {
-			t.Fatal("the watch did not start")
-		}
-		time.Sleep(time.Millisecond)
+	if !eventually(func() (ok bool) {
+		done, ok = watchOf(srv, func(wt *watch) (chan struct{}, bool) { return wt.done, wt.reading })
+		return ok
+	}) {
+		t.Fatal("the watch did not start")
 	}
 	io.WriteString(c, "GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
 	<-done // the watch read the next request's first byte
@@ -504,20 +522,24 @@ func TestServerTimeouts(t *testing.T) {
 // WatchAfter is watched from then on.
 func TestServerWatchesAfterBody(t *testing.T) {
 	read, ended := make(chan struct{}), make(chan error, 1)
-	srv := &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(20 * time.Millisecond) // past WatchAfter, the body still unread
-		io.ReadAll(r.Body)
-		close(read)
-		select {
-		case <-r.Context().Done():
-			ended <- r.Context().Err()
-		case <-time.After(10 * time.Second):
-			ended <- errors.New("the request's context was not cancelled")
+	var srv *Server
+	wait := waitHandler(read, ended)
+	srv = &Server{WatchAfter: time.Millisecond, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// Read the body only once the request was due for watching.
+		if !eventually(func() bool { return dueWatch(srv) }) {
+			ended <- errors.New("the request was never due for watching")
+			return
 		}
+		io.ReadAll(r.Body)
+		wait(w, r)
 	})}
 	c, _ := dial(t, serveOne(t, srv))
 	io.WriteString(c, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello")
-	<-read
+	select {
+	case <-read:
+	case err := <-ended:
+		t.Fatal(err)
+	}
 	c.Close()
 	if err := <-ended; !errors.Is(err, context.Canceled) {
 		t.Fatal(err)
@@ -583,21 +605,8 @@ func TestServerWatchBesideStalledUpload(t *testing.T) {
 	<-uploading
 	// Wait until the upload's request is due for watching: its check has
 	// run, and would have blocked behind the read with one lock.
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
-		due := false
-		srv.mu.Lock()
-		for sc := range srv.conns {
-			sc.watch.mu.Lock()
-			due = due || sc.watch.due
-			sc.watch.mu.Unlock()
-		}
-		srv.mu.Unlock()
-		if due {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the upload was never due for watching")
-		}
+	if !eventually(func() bool { return dueWatch(srv) }) {
+		t.Fatal("the upload was never due for watching")
 	}
 	b, _ := dial(t, addr)
 	io.WriteString(b, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -629,16 +638,12 @@ func TestServerShutdownSparesNew(t *testing.T) {
 	srv := &Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })}
 	addr := serveOne(t, srv)
 	c, br := dial(t, addr)
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+	if !eventually(func() bool {
 		srv.mu.Lock()
-		n := len(srv.conns)
-		srv.mu.Unlock()
-		if n == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the connection never reached the server")
-		}
+		defer srv.mu.Unlock()
+		return len(srv.conns) == 1
+	}) {
+		t.Fatal("the connection never reached the server")
 	}
 	srv.Shutdown()
 	io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n")
