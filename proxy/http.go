@@ -241,7 +241,7 @@ type httpInbound struct {
 	ln       *chanListener
 	srv      *http.Server // HTTP/2, and the HTTP/1.1 requests own does not serve
 	own      *h1.Server   // HTTP/1.1
-	proxy    *httputil.ReverseProxy
+	proxy    *forwarder
 	app      *h1.Client // the proxy's, to the app; its slots bound the Transport's too
 
 	mu   sync.Mutex
@@ -390,19 +390,18 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	}
 	h := &httpInbound{app: app}
 	h.settings.Store(p.newHTTPSettings(l, cfg, nil))
-	h.proxy = &httputil.ReverseProxy{
-		BufferPool: copyBuffers,
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", l.target
-			pr.Out.Host = pr.In.Host
-			// Set here, after ReverseProxy has removed the headers the
-			// Connection header names, so that nothing removes it.
-			pr.Out.Header.Del(PeerHeader)
-			if peer, ok := pr.In.Context().Value(peerKey{}).(spiffeid.ID); ok {
-				pr.Out.Header.Set(PeerHeader, peer.String())
+	h.proxy = newForwarder(&forwarder{
+		rewrite: func(out, in *http.Request) {
+			out.URL.Scheme, out.URL.Host = "http", l.target
+			out.Host = in.Host
+			// Set here, after the headers the Connection header names are
+			// gone, so that nothing removes it.
+			out.Header.Del(PeerHeader)
+			if peer, ok := in.Context().Value(peerKey{}).(spiffeid.ID); ok {
+				out.Header.Set(PeerHeader, peer.String())
 			}
 		},
-		ModifyResponse: func(res *http.Response) error {
+		modifyResponse: func(res *http.Response) error {
 			res.Header.Del(ConnectionsHeader) // the sidecar's to say
 			setOffer(res.Header, res.Request)
 			if res.StatusCode == http.StatusSwitchingProtocols && len(res.Request.Header.Values("Upgrade")) == 0 {
@@ -410,10 +409,9 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			}
 			return nil
 		},
-		Transport:     p.traced(l, appBound{rt: toApp, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
-		FlushInterval: responseFlush,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+		transport: p.traced(l, appBound{rt: toApp, limit: cfg.ResponseHeaderTimeout}, "credflow inbound "+l.name+" to app"),
+		errorLog:  slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		errorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			if r.Context().Err() != nil {
 				// The peer went away (stream reset, connection closed):
 				// nobody to answer, and not the app's doing.
@@ -440,7 +438,7 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 			p.m.refused(l.dir, reason.AppUnavailable, true)
 			deny(w, r, reason.AppUnavailable)
 		},
-	}
+	})
 	h.srv = &http.Server{
 		Handler:           http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { p.serveInboundHTTP(l, h, w, r) }),
 		HTTP2:             &http.HTTP2Config{MaxConcurrentStreams: cfg.MaxConcurrentStreams},
@@ -772,20 +770,23 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 		}
 	})
 	h.h1 = p.newUpstreamH1(l, h)
-	rp := &httputil.ReverseProxy{
-		BufferPool: copyBuffers,
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "https", l.target
-			pr.Out.Host = pr.In.Host
+	rp := newForwarder(&forwarder{
+		rewrite: func(out, in *http.Request) {
+			out.URL.Scheme, out.URL.Host = "https", l.target
+			out.Host = in.Host
 		},
-		Transport: p.traced(l, upstreamRoute{
+		trace: func(r *http.Request, t *httptrace.ClientTrace) {
+			if rec, ok := r.Context().Value(outboundRequestKey{}).(*outboundRequest); ok {
+				t.GotConn = rec.gotConn
+			}
+		},
+		transport: p.traced(l, upstreamRoute{
 			h1:    connectBound{rt: h.h1, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 			h2:    connectBound{rt: h.pool, limit: p.cfg.DialTimeout + p.cfg.HandshakeTimeout},
 			offer: &h.offer, h1Paused: new(atomic.Int64),
 		}, "credflow outbound "+l.name+" to "+l.target),
-		FlushInterval: responseFlush,
-		ErrorLog:      slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
-		ModifyResponse: func(resp *http.Response) error {
+		errorLog: slog.NewLogLogger(p.log.Handler(), slog.LevelDebug),
+		modifyResponse: func(resp *http.Response) error {
 			if offer := resp.Header[ConnectionsHeader]; len(offer) > 0 {
 				if h.offer.take(offer[0], time.Now()) {
 					// Within the limits, but the identity's other
@@ -801,7 +802,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			}
 			return nil
 		},
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
+		errorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
 			rec, _ := r.Context().Value(outboundRequestKey{}).(*outboundRequest)
 			if r.Context().Err() != nil {
 				p.m.refused(l.dir, reason.ClientCanceled, true) // the app went away
@@ -827,7 +828,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 				deny(w, r, reason.UpstreamUnavailable)
 			}
 		},
-	}
+	})
 	protocols := new(http.Protocols)
 	protocols.SetHTTP1(true)
 	protocols.SetUnencryptedHTTP2(true)
@@ -837,8 +838,7 @@ func (p *Proxy) newHTTPOutbound(l *listener, cfg OutboundHTTP, expectOne spiffei
 			rec := &outboundRequest{h: h, decision: "allow"}
 			var ctx context.Context
 			ctx, rec.span = p.serverSpan(l, r)
-			ctx = context.WithValue(ctx, outboundRequestKey{}, rec)
-			r = r.WithContext(httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{GotConn: rec.gotConn}))
+			r = r.WithContext(context.WithValue(ctx, outboundRequestKey{}, rec))
 			defer func() { rec.log(p, l, start, r) }() // a response cut off mid-body panics
 			req := &Request{HTTP: r, Listener: l.name}
 			why := h.filters.run(req)

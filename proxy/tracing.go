@@ -139,8 +139,9 @@ func endServerSpan(span trace.Span, l *listener, method string, peer spiffeid.ID
 // client span, child of the span in the request's context, and sends the
 // trace context on with the request (replacing any the sender put there).
 // It sets the trace headers on the request it is given rather than on a
-// copy: its callers are httputil.ReverseProxy's, whose requests are their
-// own copies of the request received.
+// copy: its callers are the forwarder's and httputil.ReverseProxy's, whose
+// requests are their own copies of the request received, each with a
+// header map of its own.
 type tracedTransport struct {
 	rt         http.RoundTripper
 	tracer     trace.Tracer

@@ -214,7 +214,7 @@ func (c *Client) exchange(ctx context.Context, pc *conn, r *http.Request, trace 
 		c.release(pc, reuse)
 		return resp, true, nil
 	}
-	resp.Body = &body{rc: resp.Body, c: c, pc: pc, stop: stop, reuse: reuse}
+	resp.Body = &body{rc: resp.Body, c: c, pc: pc, stop: stop, reuse: reuse, left: resp.ContentLength}
 	return resp, true, nil
 }
 
@@ -575,6 +575,10 @@ type body struct {
 	pc    *conn
 	stop  func() bool
 	reuse bool
+	// Of the reader's: the bytes of the body still to read (-1: unknown),
+	// and whether a Read has returned an error (EOF included).
+	left  int64
+	ended bool
 
 	mu   sync.Mutex
 	done bool
@@ -582,10 +586,27 @@ type body struct {
 
 func (b *body) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
+	if b.left > 0 {
+		b.left -= int64(n)
+	}
 	if err != nil {
+		b.ended = true
 		b.finish(err == io.EOF)
 	}
 	return n, err
+}
+
+// Waiting reports whether the next Read may wait for the server: true
+// unless the body is of known length and either read to its end or with
+// bytes of it buffered unread (the next Read then returns them at once).
+// A relay that flushes what it has written when this is true, and only
+// then, sends what arrived together together and keeps nothing back
+// behind a read that blocks. (Bytes already in the kernel's or TLS's
+// buffers are not seen: a body larger than the connection's read buffer
+// may be flushed in more parts than it arrived in.) It must be called by
+// the body's reader, and not after Close.
+func (b *body) Waiting() bool {
+	return b.left < 0 || !b.ended && b.left > 0 && b.pc.br.Buffered() == 0
 }
 
 // Close closes the connection unless the body was read to its end.
