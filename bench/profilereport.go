@@ -75,7 +75,10 @@ var costClasses = []costClass{
 	{"garbage collection", anyOf("runtime.gcBgMarkWorker", "runtime.gcAssistAlloc", "runtime.bgsweep", "runtime.bgscavenge")},
 	{"allocation", anyOf("runtime.mallocgc")},
 	{"HTTP/2 framing and streams", http2Framing},
-	{"reverse proxy", prefixed("net/http/httputil.")},
+	// The sidecar's own forwarder (proxy/forward.go) relays what
+	// httputil.ReverseProxy relayed before it, and still relays protocol
+	// switches: both are the reverse proxy, with the transport under it.
+	{"reverse proxy", prefixed("net/http/httputil.", "github.com/credflow/credflow/proxy.(*forwarder).")},
 	{"request filters", anyOf("github.com/credflow/credflow/proxy.pipeline.run")},
 	{"JWT-SVID validation", prefixed("github.com/credflow/credflow/agent.(*JWTValidationCache).Validate", "github.com/credflow/credflow/agent.JWTValidator.Validate")},
 	{"access log", prefixed("log/slog.")},
