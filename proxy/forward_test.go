@@ -392,3 +392,27 @@ func TestForwarderOneWritePerShortResponse(t *testing.T) {
 		}
 	}
 }
+
+// TestForwarderKeepsFieldsAcross1xx: fields set on the response before the
+// forwarder runs (Connection: close on a connection being retired, say)
+// reach the final response although an interim one came first, and the
+// interim one carries its own fields only. ReverseProxy loses them.
+func TestForwarderKeepsFieldsAcross1xx(t *testing.T) {
+	const resp = "HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n" +
+		"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+	for _, netHTTP := range []bool{false, true} {
+		backend := startScripted(t, resp)
+		addr := startRelay(t, viaForwarder, backend.ln.Addr().String(), netHTTP)
+		got := roundTripRaw(t, addr, "GET /p HTTP/1.1\r\nHost: app\r\nX-Preset: 1\r\nConnection: close\r\n\r\n")
+		interim, final, ok := strings.Cut(got, "\r\n\r\n")
+		if !ok || !strings.HasPrefix(interim, "HTTP/1.1 103 ") || !strings.HasPrefix(final, "HTTP/1.1 200 ") {
+			t.Fatalf("netHTTP %v: got %q, want a 103 and then a 200", netHTTP, got)
+		}
+		if strings.Contains(interim, "X-Modified") || !strings.Contains(interim, "Link: </a.css>") {
+			t.Errorf("netHTTP %v: the 103 is %q, want its own fields only", netHTTP, interim)
+		}
+		if !strings.Contains(final, "X-Modified: 0\r\nX-Modified: 1\r\n") || strings.Contains(final, "Link:") {
+			t.Errorf("netHTTP %v: the final response is %q, want the field set before it and the hook's, and not the 103's", netHTTP, final)
+		}
+	}
+}
