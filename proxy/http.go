@@ -28,6 +28,7 @@ import (
 	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/h1"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/route"
 	"github.com/credflow/credflow/reason"
@@ -348,7 +349,13 @@ func (p *Proxy) newHTTPInbound(l *listener, cfg InboundHTTP) *httpInbound {
 	cfg = cfg.withDefaults()
 	dialer := &net.Dialer{Timeout: p.cfg.DialTimeout}
 	app := &h1.Client{
-		Dial:        func(ctx context.Context) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", l.target) },
+		Dial: func(ctx context.Context) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, "tcp", l.target)
+			if err != nil {
+				return nil, err
+			}
+			return rawio.Wrap(c), nil
+		},
 		MaxConns:    cfg.AppConnections,
 		IdleTimeout: appIdleTimeout,
 	}
@@ -914,6 +921,7 @@ func (h *httpOutbound) serveApps(p *Proxy, l *listener) {
 			continue
 		}
 		wait = 0
+		c = rawio.Wrap(c)
 		go func() {
 			hc := p.newAppConn(l, c)
 			rest := h.own.ServeConn(connContext(h.srv, hc), c, nil)

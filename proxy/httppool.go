@@ -15,6 +15,7 @@ import (
 	"github.com/credflow/credflow/pqc"
 	"github.com/credflow/credflow/proxy/h1"
 	"github.com/credflow/credflow/proxy/mtls"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/reason"
 )
 
@@ -419,6 +420,7 @@ func (p *Proxy) dialUpstream(ctx context.Context, l *listener, h *httpOutbound, 
 	}
 	// tls.Client wraps the counted connection: net/http must see a
 	// *tls.Conn to speak HTTP/2 on it.
+	raw = rawio.Wrap(raw)
 	counted := &countedConn{Conn: raw}
 	if g != nil {
 		counted = g.dialed(raw)

@@ -19,6 +19,7 @@ import (
 	"github.com/credflow/credflow/proxy/authz"
 	"github.com/credflow/credflow/proxy/capture"
 	"github.com/credflow/credflow/proxy/quicmux"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
@@ -112,7 +113,7 @@ func (m *tcpInbound) serveConn(ctx context.Context, p *Proxy, l *listener, tc *t
 		return
 	}
 	// a = the peer (TLS), b = the app: AToB is to_app, BToA from_app.
-	p.relay(ctx, l, start, peer, cs, tc, app, "tcp")
+	p.relay(ctx, l, start, peer, cs, tc, rawio.Wrap(app), "tcp")
 }
 
 // httpInbound's mode: authorized connections go to the listener's HTTP
@@ -187,6 +188,7 @@ func (m *tcpOutbound) serveApp(ctx context.Context, p *Proxy, l *listener, app n
 	if p.refuseCaller(l, app, netip.AddrPort{}, start) {
 		return
 	}
+	app = rawio.Wrap(app)
 	if m.quic != nil && p.relayQUIC(ctx, l, m.quic, app, start) {
 		return
 	}
@@ -338,7 +340,8 @@ func (p *Proxy) originate(ctx context.Context, l *listener, app net.Conn, target
 		p.log.Warn("proxy: upstream unreachable", slog.String(logkey.Listener, l.name), slog.String(logkey.Error, err.Error()))
 		return
 	}
-	tc := tls.Client(relay.Batching(raw), l.tls)
+	app = rawio.Wrap(app)
+	tc := tls.Client(relay.Batching(rawio.Wrap(raw)), l.tls)
 	cs, err := p.handshake(ctx, l, tc)
 	if err != nil {
 		tc.Close()

@@ -54,6 +54,7 @@ import (
 	"github.com/credflow/credflow/proxy/limit/rls"
 	"github.com/credflow/credflow/proxy/mtls"
 	"github.com/credflow/credflow/proxy/quicmux"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/proxy/revoke"
 	"github.com/credflow/credflow/reason"
@@ -953,7 +954,7 @@ func (p *Proxy) accept(ctx context.Context, l *listener, ln net.Listener) {
 // its handshake has ended, well or not.
 func (p *Proxy) handleInbound(ctx context.Context, l *listener, m inboundMode, raw net.Conn, handshaken func()) {
 	start := time.Now()
-	fb := &firstByteConn{Conn: raw}
+	fb := &firstByteConn{Conn: rawio.Wrap(raw)}
 	raw.SetReadDeadline(start.Add(p.cfg.FirstByteTimeout))
 	tc := tls.Server(relay.Batching(fb), l.tls)
 	cs, err := p.handshake(ctx, l, tc)

@@ -14,6 +14,7 @@ import (
 	"github.com/credflow/credflow/proxy/anomaly"
 	"github.com/credflow/credflow/proxy/limit"
 	"github.com/credflow/credflow/proxy/quicmux"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/proxy/relay"
 	"github.com/credflow/credflow/reason"
 )
@@ -140,7 +141,7 @@ func (p *Proxy) serveStream(ctx context.Context, l *listener, cs *tls.Connection
 		p.access(l, start, peer, cs, "error", reason.AppUnavailable, relay.Result{}, "quic")
 		return
 	}
-	p.relay(ctx, l, start, peer, cs, s, app, "quic")
+	p.relay(ctx, l, start, peer, cs, s, rawio.Wrap(app), "quic")
 }
 
 // newQUICPool makes the QUIC pool of an outbound listener whose upstream

@@ -3,6 +3,7 @@ package h1
 import (
 	"net"
 	"syscall"
+	"unsafe"
 )
 
 // peek looks at an idle connection's socket once, without blocking or
@@ -25,20 +26,27 @@ func peek(nc net.Conn) sockState {
 		return sockClosed
 	}
 	var (
-		n    int
-		perr error
+		n    uintptr
+		perr syscall.Errno
 		b    [1]byte
 	)
 	err = rc.Read(func(fd uintptr) bool {
-		n, _, perr = syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true
+		// A raw call, as proxy/rawio makes for the connection's reads and
+		// writes: it cannot block, and this is on every reuse.
+		for {
+			n, _, perr = syscall.RawSyscall6(syscall.SYS_RECVFROM, fd, uintptr(unsafe.Pointer(&b[0])), 1,
+				syscall.MSG_PEEK|syscall.MSG_DONTWAIT, 0, 0)
+			if perr != syscall.EINTR {
+				return true // never wait: an empty socket is the answer
+			}
+		}
 	})
 	switch {
 	case err != nil:
 		return sockClosed
 	case perr == syscall.EAGAIN:
 		return sockOpen
-	case perr != nil, n == 0:
+	case perr != 0, n == 0:
 		return sockClosed // reset, or closed by the server
 	}
 	return sockPending
