@@ -19,6 +19,7 @@ import (
 
 	"github.com/credflow/credflow/credential"
 	"github.com/credflow/credflow/internal/logkey"
+	"github.com/credflow/credflow/proxy/rawio"
 	"github.com/credflow/credflow/reason"
 )
 
@@ -81,8 +82,15 @@ func (p *Proxy) newHTTPEgress(l *listener, cfg Egress) (*httpEgress, error) {
 		e.filters = append(e.filters, injectFilter{cfg.Inject})
 	}
 	e.filters = append(e.filters, cfg.Filters...)
+	dialer := &net.Dialer{Timeout: p.cfg.DialTimeout}
 	e.tr = &http.Transport{
-		DialContext: (&net.Dialer{Timeout: p.cfg.DialTimeout}).DialContext,
+		DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := dialer.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			return rawio.Wrap(c), nil
+		},
 		TLSClientConfig: &tls.Config{
 			ServerName: cfg.ServerName,
 			RootCAs:    cfg.RootCAs,
@@ -214,7 +222,7 @@ func (e *httpEgress) bind(_ *Proxy, l *listener) error {
 }
 
 func (e *httpEgress) serve(_ context.Context, _ *Proxy, l *listener, wg *sync.WaitGroup) {
-	wg.Go(func() { e.srv.Serve(l.ln) })
+	wg.Go(func() { e.srv.Serve(rawio.Listener(l.ln)) })
 	wg.Go(func() { e.srv.Serve(e.captured) })
 }
 
@@ -230,7 +238,7 @@ func (e *httpEgress) close() {
 // external API, as if the app had called the listener, and returns when
 // it is closed: the capture listener's slot is held until then.
 func (e *httpEgress) serveCaptured(ctx context.Context, app net.Conn, dst netip.AddrPort) {
-	c := &capturedConn{Conn: app, dst: dst, closed: make(chan struct{})}
+	c := &capturedConn{Conn: rawio.Wrap(app), dst: dst, closed: make(chan struct{})}
 	if !e.captured.give(c) {
 		app.Close()
 		return

@@ -31,3 +31,17 @@ func Wrap(c net.Conn) net.Conn {
 	}
 	return wrap(tc)
 }
+
+// Listener returns ln with every connection it accepts wrapped, for a
+// server that accepts its own (net/http's).
+func Listener(ln net.Listener) net.Listener { return listener{ln} }
+
+type listener struct{ net.Listener }
+
+func (l listener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return Wrap(c), nil
+}

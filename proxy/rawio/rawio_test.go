@@ -73,6 +73,34 @@ func TestWrapLeavesOtherConnsAlone(t *testing.T) {
 	}
 }
 
+func TestListenerWraps(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wl := rawio.Listener(ln)
+	defer wl.Close()
+	go func() {
+		if c, err := net.Dial("tcp", ln.Addr().String()); err == nil {
+			c.Write([]byte("hello"))
+			c.Close()
+		}
+	}()
+	c, err := wl.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wrapped(t, c)
+	if got, err := io.ReadAll(c); err != nil || string(got) != "hello" {
+		t.Fatalf("ReadAll = %q, %v; want \"hello\"", got, err)
+	}
+	wl.Close()
+	if _, err := wl.Accept(); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("Accept after Close: %v; want net.ErrClosed", err)
+	}
+}
+
 func TestNetConnIsTheSocket(t *testing.T) {
 	a, b := pair(t)
 	wrapped(t, a)
