@@ -11,11 +11,12 @@
 // they bring). A sidecar at a thousand requests a second is idle between
 // requests most of the time, so it paid that twice per request.
 //
-// A Conn makes the same calls through the connection's syscall.RawConn, so
+// A connection from Wrap makes the same calls inside its syscall.RawConn, so
 // deadlines, Close and the network poller behave exactly as they do for a
 // *net.TCPConn: a read that finds nothing waits in the poller, and a write
 // the socket cannot take waits until it can. Only the system call itself is
-// made raw.
+// made raw. Under the race detector it is made through the syscall package
+// instead, for the annotations the detector needs.
 package rawio
 
 import (
