@@ -120,9 +120,10 @@ func TestNetConnIsTheSocket(t *testing.T) {
 	}
 }
 
-// TestCopiesBothWays moves more than the sockets' buffers hold in each
-// direction at once, so writes find a full socket and wait, and reads find
-// an empty one and wait.
+// TestCopiesBothWays moves 8 MiB in each direction at once, byte for byte:
+// reads find an empty socket and wait, and writes most likely find a full
+// one (loopback buffers grow to a few MiB; the write-deadline case of
+// TestErrorsAreTCPConns is the one that surely waits).
 func TestCopiesBothWays(t *testing.T) {
 	a, b := pair(t)
 	wrapped(t, a)
